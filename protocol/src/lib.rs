@@ -1,0 +1,286 @@
+//! The vGPU wire protocol.
+//!
+//! Every side speaks it: the guest shim (`libcuda.so.1`), the `vhost-gpu` daemon and, later, the
+//! TCP transport between hosts. It describes *what a call is*; *where its bulk bytes are* is left
+//! to the transport:
+//!
+//! * A **message** is a [`MsgHeader`] followed by `ncalls` call records. Each record is a
+//!   [`CallHeader`] and a body (a fixed struct from [`calls`], optionally followed by a
+//!   variable-length tail such as kernel parameters or a symbol name).
+//! * Bulk data never sits inside a call. A call names a [`DataRef`]: a byte range of the
+//!   message's *data-in* stream (host-to-device bytes) or *data-out* stream (device-to-host
+//!   bytes). On virtio those streams are the guest-memory descriptors that follow the message in
+//!   the descriptor chain; on TCP they travel inline after the message.
+//! * The reply is a [`RespHeader`] followed by one [`ReplyHeader`] + body per executed call.
+//!
+//! All integers are little-endian; all structs are unaligned (`zerocopy` byte-order types), so
+//! they can be read from any offset of a guest buffer without copying.
+
+pub mod calls;
+pub mod codec;
+pub mod result;
+
+pub use codec::{
+    CallIter, DecodeError, EncodeError, Encoder, ReplyIter, ReplyWriter, parse_request,
+    parse_response,
+};
+pub use result::CuResult;
+use zerocopy::{
+    FromBytes, Immutable, IntoBytes, KnownLayout,
+    little_endian::{U16, U32, U64},
+};
+
+/// `"VGPU"` read as a little-endian u32; first word of every message and reply.
+pub const MAGIC: u32 = 0x5550_4756;
+/// Protocol major version: a different major is refused at the handshake.
+pub const PROTOCOL_MAJOR: u16 = 1;
+/// Protocol minor version: additions that an older peer can ignore.
+pub const PROTOCOL_MINOR: u16 = 0;
+/// Build identity of this crate, exchanged in the handshake and logged on both sides.
+pub const BUILD_ID: &str = concat!("vgpu-protocol ", env!("CARGO_PKG_VERSION"));
+
+/// Bytes of device config space served to the guest (`VHOST_USER_GET_CONFIG`).
+pub const CONFIG_SPACE_LEN: usize = 8;
+
+/// The config space a guest driver reads to recognise our device: `"VGPU"`, the protocol
+/// major version and the number of queues.
+pub fn config_space(num_queues: u16) -> [u8; CONFIG_SPACE_LEN] {
+    let mut c = [0u8; CONFIG_SPACE_LEN];
+    c[0..4].copy_from_slice(b"VGPU");
+    c[4..6].copy_from_slice(&PROTOCOL_MAJOR.to_le_bytes());
+    c[6..8].copy_from_slice(&num_queues.to_le_bytes());
+    c
+}
+
+/// Message flags.
+pub mod flags {
+    /// The sender waits for a reply in the chain's writable area.
+    pub const WANT_REPLY: u16 = 1 << 0;
+    /// The client (one guest process) went away: free everything it holds. No calls follow.
+    pub const CLIENT_CLOSE: u16 = 1 << 1;
+}
+
+/// Call flags.
+pub mod call_flags {
+    /// A stream-ordered call issued asynchronously (`...Async` variants).
+    pub const ASYNC: u16 = 1 << 0;
+}
+
+/// Capability bits exchanged in the handshake.
+pub mod caps {
+    /// The executor is the CPU simulator: nothing runs on a GPU.
+    pub const SIM_GPU: u32 = 1 << 0;
+    /// Bulk data may travel inline after the message (TCP).
+    pub const INLINE_DATA: u32 = 1 << 1;
+    /// Bulk data may be described by guest-memory descriptors (virtio).
+    pub const SCATTER_DATA: u32 = 1 << 2;
+    /// Errors of fire-and-forget calls are reported at the next synchronising call.
+    pub const DEFERRED_ERRORS: u32 = 1 << 3;
+    /// The host enforces a memory quota smaller than the physical device.
+    pub const MEMORY_QUOTA: u32 = 1 << 4;
+}
+
+/// Header of every message (32 bytes).
+#[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[repr(C)]
+pub struct MsgHeader {
+    pub magic: U32,
+    pub version: U16,
+    pub flags: U16,
+    /// Client identity. On virtio the guest kernel driver overwrites it, so a guest process
+    /// cannot claim another's; over virtio-user it is whatever the single frontend says.
+    pub client: U32,
+    pub ncalls: U32,
+    /// Bytes of the message, this header included.
+    pub req_len: U32,
+    /// Bytes reserved for the reply at the start of the writable area.
+    pub resp_cap: U32,
+    pub seq: U64,
+}
+
+/// Header of one call record (8 bytes); `len` bytes of body follow, padded to 8.
+#[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[repr(C)]
+pub struct CallHeader {
+    pub opcode: U16,
+    pub flags: U16,
+    pub len: U32,
+}
+
+/// Header of a reply (24 bytes).
+#[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[repr(C)]
+pub struct RespHeader {
+    pub magic: U32,
+    /// Number of reply records that follow.
+    pub nreplies: U32,
+    /// Bytes of the reply, this header included.
+    pub len: U32,
+    /// Bytes written to the data-out stream.
+    pub data_out_len: U32,
+    pub seq: U64,
+}
+
+/// Header of one reply record (12 bytes, padded body follows).
+#[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[repr(C)]
+pub struct ReplyHeader {
+    pub opcode: U16,
+    pub _reserved: U16,
+    /// `CUresult` of the call.
+    pub result: U32,
+    pub len: U32,
+}
+
+/// A byte range of the message's data-in or data-out stream.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable,
+)]
+#[repr(C)]
+pub struct DataRef {
+    pub offset: U64,
+    pub len: U64,
+}
+
+impl DataRef {
+    pub fn new(offset: u64, len: u64) -> Self {
+        Self {
+            offset: offset.into(),
+            len: len.into(),
+        }
+    }
+}
+
+/// Operation codes. Values are part of the wire format: never renumber.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u16)]
+pub enum Opcode {
+    Hello = 0x0001,
+    DeviceGetCount = 0x0010,
+    DeviceGetInfo = 0x0011,
+    CtxCreate = 0x0020,
+    CtxDestroy = 0x0021,
+    PrimaryCtxRetain = 0x0022,
+    PrimaryCtxRelease = 0x0023,
+    PrimaryCtxReset = 0x0024,
+    CtxSynchronize = 0x0025,
+    PrimaryCtxSetFlags = 0x0026,
+    MemAlloc = 0x0030,
+    MemFree = 0x0031,
+    MemGetInfo = 0x0032,
+    Memset = 0x0033,
+    MemcpyHtoD = 0x0034,
+    MemcpyDtoH = 0x0035,
+    MemcpyDtoD = 0x0036,
+    MemGetAddressRange = 0x0037,
+    StreamCreate = 0x0040,
+    StreamDestroy = 0x0041,
+    StreamSynchronize = 0x0042,
+    StreamQuery = 0x0043,
+    StreamWaitEvent = 0x0044,
+    EventCreate = 0x0050,
+    EventDestroy = 0x0051,
+    EventRecord = 0x0052,
+    EventSynchronize = 0x0053,
+    EventQuery = 0x0054,
+    EventElapsedTime = 0x0055,
+    ModuleLoad = 0x0060,
+    ModuleUnload = 0x0061,
+    ModuleGetGlobal = 0x0062,
+    FuncGetAttribute = 0x0063,
+    FuncSetAttribute = 0x0064,
+    OccupancyMaxActiveBlocks = 0x0065,
+    LaunchKernel = 0x0070,
+}
+
+impl Opcode {
+    pub const ALL: &'static [Opcode] = &[
+        Opcode::Hello,
+        Opcode::DeviceGetCount,
+        Opcode::DeviceGetInfo,
+        Opcode::CtxCreate,
+        Opcode::CtxDestroy,
+        Opcode::PrimaryCtxRetain,
+        Opcode::PrimaryCtxRelease,
+        Opcode::PrimaryCtxReset,
+        Opcode::CtxSynchronize,
+        Opcode::PrimaryCtxSetFlags,
+        Opcode::MemAlloc,
+        Opcode::MemFree,
+        Opcode::MemGetInfo,
+        Opcode::Memset,
+        Opcode::MemcpyHtoD,
+        Opcode::MemcpyDtoH,
+        Opcode::MemcpyDtoD,
+        Opcode::MemGetAddressRange,
+        Opcode::StreamCreate,
+        Opcode::StreamDestroy,
+        Opcode::StreamSynchronize,
+        Opcode::StreamQuery,
+        Opcode::StreamWaitEvent,
+        Opcode::EventCreate,
+        Opcode::EventDestroy,
+        Opcode::EventRecord,
+        Opcode::EventSynchronize,
+        Opcode::EventQuery,
+        Opcode::EventElapsedTime,
+        Opcode::ModuleLoad,
+        Opcode::ModuleUnload,
+        Opcode::ModuleGetGlobal,
+        Opcode::FuncGetAttribute,
+        Opcode::FuncSetAttribute,
+        Opcode::OccupancyMaxActiveBlocks,
+        Opcode::LaunchKernel,
+    ];
+
+    pub fn from_u16(v: u16) -> Option<Self> {
+        Self::ALL.iter().copied().find(|op| *op as u16 == v)
+    }
+
+    /// Calls that wait for the device. A deferred error from an earlier fire-and-forget call
+    /// is reported by the next one of these.
+    pub fn is_synchronising(self) -> bool {
+        matches!(
+            self,
+            Opcode::CtxSynchronize | Opcode::StreamSynchronize | Opcode::EventSynchronize
+        )
+    }
+}
+
+/// Stream handle values with a meaning of their own, as in `cuda.h`.
+pub mod stream {
+    /// The context's default (NULL) stream.
+    pub const NULL: u64 = 0;
+    /// `CU_STREAM_LEGACY`.
+    pub const LEGACY: u64 = 1;
+    /// `CU_STREAM_PER_THREAD`.
+    pub const PER_THREAD: u64 = 2;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_sizes_are_fixed() {
+        assert_eq!(size_of::<MsgHeader>(), 32);
+        assert_eq!(size_of::<CallHeader>(), 8);
+        assert_eq!(size_of::<RespHeader>(), 24);
+        assert_eq!(size_of::<ReplyHeader>(), 12);
+        assert_eq!(size_of::<DataRef>(), 16);
+    }
+
+    #[test]
+    fn magic_spells_vgpu() {
+        assert_eq!(&MAGIC.to_le_bytes(), b"VGPU");
+        assert_eq!(&config_space(2)[..4], b"VGPU");
+    }
+
+    #[test]
+    fn opcodes_round_trip() {
+        for op in Opcode::ALL {
+            assert_eq!(Opcode::from_u16(*op as u16), Some(*op));
+        }
+        assert_eq!(Opcode::from_u16(0xffff), None);
+    }
+}

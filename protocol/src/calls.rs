@@ -168,8 +168,14 @@ wire!(StreamCreate {
     priority: I32,
 });
 
+wire!(
+    /// A call naming a stream; `ctx` says whose default stream the special values 0/1/2 mean.
+    StreamArg { stream: U64, ctx: U64 }
+);
+
 wire!(StreamWaitEvent {
     stream: U64,
+    ctx: U64,
     event: U64,
     flags: U32,
     _pad: U32,
@@ -184,6 +190,7 @@ wire!(EventCreate {
 wire!(EventRecord {
     event: U64,
     stream: U64,
+    ctx: U64,
 });
 
 wire!(EventElapsed {

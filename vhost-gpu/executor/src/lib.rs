@@ -1,1 +1,941 @@
-//! (being written)
+//! The transport-free core of `vhost-gpu`: it decodes a message, checks every field against the
+//! calling client's own objects, runs the calls on a [`Gpu`] and encodes the reply. It knows
+//! nothing about virtio or sockets: adapters hand it the message bytes and the host memory
+//! segments that make up the data-in and data-out streams.
+
+pub mod cuda;
+pub mod gpu;
+mod handles;
+pub mod image;
+pub mod sim;
+
+use std::collections::{BTreeMap, HashMap};
+
+use gpu::{DeviceProps, Gpu, GpuKind, GpuResult, HostSeg, LaunchConfig};
+use handles::Slab;
+use log::{info, warn};
+use vgpu_protocol::{
+    BUILD_ID, CuResult, DecodeError, MsgHeader, Opcode, PROTOCOL_MAJOR, PROTOCOL_MINOR, ReplyWriter, call_flags,
+    calls::{self, BUILD_ID_LEN, HELLO_MESSAGE_LEN, fill_str, read_str},
+    caps, codec::Call, flags, parse_request,
+};
+use zerocopy::{FromBytes, IntoBytes};
+
+/// Limits of one vGPU slice, enforced here.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SliceLimits {
+    /// Device memory the VM may hold, in bytes; `None` means the whole device.
+    pub mem_limit: Option<u64>,
+}
+
+/// The bulk-data segments of one message (data-in or data-out), in stream order.
+#[derive(Clone, Copy)]
+pub struct DataStream<'a> {
+    segs: &'a [HostSeg],
+    total: u64,
+}
+
+impl<'a> DataStream<'a> {
+    pub const EMPTY: DataStream<'static> = DataStream { segs: &[], total: 0 };
+
+    pub fn new(segs: &'a [HostSeg]) -> Self {
+        Self {
+            segs,
+            total: segs.iter().map(|s| s.len as u64).sum(),
+        }
+    }
+
+    pub fn len(&self) -> u64 {
+        self.total
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.total == 0
+    }
+
+    /// Calls `f(piece, offset_within_range)` for each host piece of `[offset, offset+len)`.
+    fn walk(&self, offset: u64, len: u64, mut f: impl FnMut(HostSeg, u64) -> GpuResult<()>) -> GpuResult<()> {
+        let end = offset.checked_add(len).ok_or(CuResult::INVALID_VALUE)?;
+        if end > self.total {
+            return Err(CuResult::INVALID_VALUE);
+        }
+        let mut seg_start = 0u64;
+        for seg in self.segs {
+            let seg_end = seg_start + seg.len as u64;
+            let lo = offset.max(seg_start);
+            let hi = end.min(seg_end);
+            if lo < hi {
+                // SAFETY: `lo - seg_start < seg.len`, so the pointer stays inside the segment.
+                let ptr = unsafe { seg.ptr.add((lo - seg_start) as usize) };
+                f(HostSeg { ptr, len: (hi - lo) as usize }, lo - offset)?;
+            }
+            if seg_end >= end {
+                break;
+            }
+            seg_start = seg_end;
+        }
+        Ok(())
+    }
+
+    fn gather(&self, offset: u64, len: u64, out: &mut Vec<u8>) -> GpuResult<()> {
+        out.clear();
+        self.walk(offset, len, |seg, _| {
+            // SAFETY: `walk` yields pieces inside the segments, which are readable for the
+            // duration of the request.
+            out.extend_from_slice(unsafe { std::slice::from_raw_parts(seg.ptr, seg.len) });
+            Ok(())
+        })
+    }
+}
+
+/// What the adapter must do after [`Executor::execute`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Outcome {
+    /// Bytes of reply in the reply buffer (0 when none is wanted).
+    pub reply_len: usize,
+    /// Bytes written into the data-out stream.
+    pub data_out_len: u64,
+}
+
+enum Object {
+    Ctx { raw: u64 },
+    Stream { raw: u64, ctx: u64 },
+    Event { raw: u64, ctx: u64 },
+    Module { raw: u64, ctx: u64, funcs: Vec<u64> },
+    Func { raw: u64, ctx: u64, layout: Vec<(u32, u32)>, params_len: u32 },
+}
+
+impl Object {
+    fn ctx(&self) -> Option<u64> {
+        match self {
+            Object::Ctx { .. } => None,
+            Object::Stream { ctx, .. } | Object::Event { ctx, .. } | Object::Module { ctx, .. } | Object::Func { ctx, .. } => {
+                Some(*ctx)
+            }
+        }
+    }
+}
+
+struct Allocation {
+    size: u64,
+    ctx: u64,
+}
+
+#[derive(Default)]
+struct Client {
+    greeted: bool,
+    objects: Slab<Object>,
+    allocations: BTreeMap<u64, Allocation>,
+    /// Module globals the client may copy to and from: base -> size.
+    globals: BTreeMap<u64, u64>,
+    primary: Option<u64>,
+    primary_refs: u32,
+    primary_flags: u32,
+    deferred: Option<CuResult>,
+    mem_used: u64,
+}
+
+impl Client {
+    fn owns_range(&self, dptr: u64, len: u64) -> bool {
+        let Some(end) = dptr.checked_add(len) else {
+            return false;
+        };
+        let within = |base: u64, size: u64| dptr >= base && end <= base + size;
+        self.allocations.range(..=dptr).next_back().is_some_and(|(&b, a)| within(b, a.size))
+            || self.globals.range(..=dptr).next_back().is_some_and(|(&b, &s)| within(b, s))
+    }
+}
+
+/// Counts of what a client held when it went away (logged, and checked by tests).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Freed {
+    pub allocations: usize,
+    pub bytes: u64,
+    pub objects: usize,
+}
+
+/// Runs the calls of every client of one vGPU.
+pub struct Executor {
+    gpu: Box<dyn Gpu>,
+    limits: SliceLimits,
+    clients: HashMap<u32, Client>,
+    mem_used: u64,
+    current_ctx: u64,
+    props: Option<DeviceProps>,
+    scratch: Vec<u8>,
+}
+
+type CallResult = Result<(), CuResult>;
+
+impl Executor {
+    pub fn new(gpu: Box<dyn Gpu>, limits: SliceLimits) -> Self {
+        Self {
+            gpu,
+            limits,
+            clients: HashMap::new(),
+            mem_used: 0,
+            current_ctx: 0,
+            props: None,
+            scratch: Vec::new(),
+        }
+    }
+
+    pub fn kind(&self) -> GpuKind {
+        self.gpu.kind()
+    }
+
+    pub fn launches_recorded(&self) -> Option<u64> {
+        self.gpu.launches_recorded()
+    }
+
+    /// Bytes of device memory held by all clients (the slice's ledger).
+    pub fn mem_used(&self) -> u64 {
+        self.mem_used
+    }
+
+    pub fn client_count(&self) -> usize {
+        self.clients.len()
+    }
+
+    /// Pins guest memory for direct copies. Failure is not fatal: copies still work, slower.
+    pub fn register_host(&mut self, ptr: *mut u8, len: usize) -> bool {
+        let ok = self.gpu.register_host(ptr, len).is_ok();
+        self.current_ctx = 0;
+        ok
+    }
+
+    pub fn unregister_host(&mut self, ptr: *mut u8) {
+        let _ = self.gpu.unregister_host(ptr);
+        self.current_ctx = 0;
+    }
+
+    /// Runs one message. `reply` is reused between calls to avoid allocating.
+    ///
+    /// A message that cannot be decoded at all gets an error reply when its header is good
+    /// enough to say where a reply may go, and nothing otherwise; the daemon keeps serving.
+    pub fn execute(&mut self, msg: &[u8], data_in: DataStream<'_>, data_out: DataStream<'_>, reply: &mut Vec<u8>) -> Outcome {
+        let (hdr, calls) = match parse_request(msg) {
+            Ok(v) => v,
+            Err(e) => return self.refuse(msg, &e, reply),
+        };
+        let client_id = hdr.client.get();
+        if hdr.flags.get() & flags::CLIENT_CLOSE != 0 {
+            self.close_client(client_id);
+            return Outcome { reply_len: 0, data_out_len: 0 };
+        }
+        let want_reply = hdr.flags.get() & flags::WANT_REPLY != 0;
+        let mut w = ReplyWriter::new(reply);
+        let mut data_out_len = 0u64;
+        for call in calls {
+            let call = match call {
+                Ok(c) => c,
+                Err(e) => {
+                    warn!("client {client_id}: malformed call record: {e}");
+                    self.defer(client_id, CuResult::INVALID_VALUE);
+                    w.push_status(0, CuResult::INVALID_VALUE.0);
+                    break;
+                }
+            };
+            let before = w.len();
+            let result = self.dispatch(client_id, &call, data_in, data_out, &mut data_out_len, &mut w);
+            let result = match result {
+                Ok(()) => continue,
+                Err(r) => r,
+            };
+            // The call failed: drop any partial record and report the error in its place.
+            w.buffer().truncate(before);
+            w.push_status(call.opcode, result.0);
+            let is_async = call.flags & call_flags::ASYNC != 0 || is_fire_and_forget(call.opcode);
+            if is_async || !want_reply {
+                self.defer(client_id, result);
+            }
+        }
+        if !want_reply {
+            return Outcome { reply_len: 0, data_out_len };
+        }
+        let n = w.finish(hdr.seq.get(), data_out_len.min(u64::from(u32::MAX)) as u32);
+        if n > hdr.resp_cap.get() as usize {
+            warn!("client {client_id}: reply of {n} bytes does not fit the {} offered", hdr.resp_cap.get());
+            let mut w = ReplyWriter::new(reply);
+            w.push(0, CuResult::OUT_OF_MEMORY.0, &calls::HandleReply { handle: (n as u64).into() }, &[]);
+            let n = w.finish(hdr.seq.get(), 0);
+            return Outcome {
+                reply_len: if n <= hdr.resp_cap.get() as usize { n } else { 0 },
+                data_out_len,
+            };
+        }
+        Outcome { reply_len: n, data_out_len }
+    }
+
+    fn refuse(&mut self, msg: &[u8], e: &DecodeError, reply: &mut Vec<u8>) -> Outcome {
+        warn!("refused a message: {e}");
+        let Ok((hdr, _)) = MsgHeader::read_from_prefix(msg) else {
+            return Outcome { reply_len: 0, data_out_len: 0 };
+        };
+        if hdr.magic.get() != vgpu_protocol::MAGIC || hdr.flags.get() & flags::WANT_REPLY == 0 {
+            return Outcome { reply_len: 0, data_out_len: 0 };
+        }
+        let mut w = ReplyWriter::new(reply);
+        let mut body = self.hello_reply();
+        body.message = fill_str::<HELLO_MESSAGE_LEN>(&format!(
+            "refused: {e}; this host speaks protocol {PROTOCOL_MAJOR}.{PROTOCOL_MINOR} ({BUILD_ID})"
+        ));
+        w.push(Opcode::Hello as u16, CuResult::NOT_SUPPORTED.0, &body, &[]);
+        let n = w.finish(hdr.seq.get(), 0);
+        Outcome {
+            reply_len: if n <= hdr.resp_cap.get() as usize { n } else { 0 },
+            data_out_len: 0,
+        }
+    }
+
+    fn defer(&mut self, client: u32, r: CuResult) {
+        if let Some(c) = self.clients.get_mut(&client) {
+            c.deferred.get_or_insert(r);
+        }
+    }
+
+    fn hello_reply(&self) -> calls::HelloReply {
+        let mut caps = caps::SCATTER_DATA | caps::DEFERRED_ERRORS | caps::INLINE_DATA;
+        if self.gpu.kind() == GpuKind::Sim {
+            caps |= caps::SIM_GPU;
+        }
+        if self.limits.mem_limit.is_some() {
+            caps |= caps::MEMORY_QUOTA;
+        }
+        calls::HelloReply {
+            proto_major: PROTOCOL_MAJOR.into(),
+            proto_minor: PROTOCOL_MINOR.into(),
+            caps: caps.into(),
+            device_count: (self.gpu.device_count() as u32).into(),
+            driver_version: self.gpu.driver_version().into(),
+            build_id: fill_str::<BUILD_ID_LEN>(BUILD_ID),
+            message: fill_str::<HELLO_MESSAGE_LEN>(&format!("vhost-gpu {} on {}", env!("CARGO_PKG_VERSION"), self.gpu.kind())),
+        }
+    }
+
+    fn client(&mut self, id: u32) -> Result<&mut Client, CuResult> {
+        match self.clients.get_mut(&id) {
+            Some(c) if c.greeted => Ok(c),
+            _ => Err(CuResult::NOT_INITIALIZED),
+        }
+    }
+
+    fn make_current(&mut self, client: u32, ctx: u64) -> Result<(), CuResult> {
+        let raw = match self.client(client)?.objects.get(ctx) {
+            Some(Object::Ctx { raw }) => *raw,
+            _ => return Err(CuResult::INVALID_CONTEXT),
+        };
+        if raw != self.current_ctx {
+            self.gpu.set_current(raw)?;
+            self.current_ctx = raw;
+        }
+        Ok(())
+    }
+
+    /// Resolves a stream handle (or a special stream value) and makes its context current.
+    fn stream(&mut self, client: u32, stream: u64, ctx: u64) -> Result<u64, CuResult> {
+        if stream <= vgpu_protocol::stream::PER_THREAD {
+            self.make_current(client, ctx)?;
+            // Every guest thread's per-thread stream maps to the context's legacy stream:
+            // the daemon runs one guest's calls on one thread.
+            return Ok(if stream == vgpu_protocol::stream::PER_THREAD { vgpu_protocol::stream::NULL } else { stream });
+        }
+        let (raw, sctx) = match self.client(client)?.objects.get(stream) {
+            Some(Object::Stream { raw, ctx }) => (*raw, *ctx),
+            _ => return Err(CuResult::INVALID_HANDLE),
+        };
+        self.make_current(client, sctx)?;
+        Ok(raw)
+    }
+
+    fn event(&mut self, client: u32, event: u64) -> Result<u64, CuResult> {
+        let (raw, ctx) = match self.client(client)?.objects.get(event) {
+            Some(Object::Event { raw, ctx }) => (*raw, *ctx),
+            _ => return Err(CuResult::INVALID_HANDLE),
+        };
+        self.make_current(client, ctx)?;
+        Ok(raw)
+    }
+
+    fn check_range(&mut self, client: u32, dptr: u64, len: u64) -> CallResult {
+        if self.client(client)?.owns_range(dptr, len) { Ok(()) } else { Err(CuResult::INVALID_VALUE) }
+    }
+
+    fn take_deferred(&mut self, client: u32) -> CallResult {
+        match self.client(client)?.deferred.take() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    #[allow(clippy::too_many_lines)]
+    fn dispatch(
+        &mut self,
+        client: u32,
+        call: &Call<'_>,
+        data_in: DataStream<'_>,
+        data_out: DataStream<'_>,
+        data_out_len: &mut u64,
+        w: &mut ReplyWriter<'_>,
+    ) -> CallResult {
+        let Some(op) = Opcode::from_u16(call.opcode) else {
+            warn!("client {client}: unknown opcode {:#06x}", call.opcode);
+            return Err(CuResult::NOT_SUPPORTED);
+        };
+        let is_async = call.flags & call_flags::ASYNC != 0;
+        let bad = |_| CuResult::INVALID_VALUE;
+        let code = call.opcode;
+        match op {
+            Opcode::Hello => {
+                let (h, _) = call.parse::<calls::Hello>().map_err(bad)?;
+                let reply = self.hello_reply();
+                if h.proto_major.get() != PROTOCOL_MAJOR {
+                    let mut r = reply;
+                    r.message = fill_str::<HELLO_MESSAGE_LEN>(&format!(
+                        "refused: guest speaks protocol {}.{}, this host {PROTOCOL_MAJOR}.{PROTOCOL_MINOR}",
+                        h.proto_major.get(),
+                        h.proto_minor.get()
+                    ));
+                    w.push(code, CuResult::NOT_SUPPORTED.0, &r, &[]);
+                    return Ok(());
+                }
+                let first = !self.clients.contains_key(&client);
+                self.clients.entry(client).or_default().greeted = true;
+                if first {
+                    info!(
+                        "client {client} connected: guest build '{}', protocol {}.{}, executor {}",
+                        read_str(&h.build_id),
+                        h.proto_major.get(),
+                        h.proto_minor.get(),
+                        self.gpu.kind()
+                    );
+                }
+                w.push(code, 0, &reply, &[]);
+            }
+            Opcode::DeviceGetCount => {
+                self.client(client)?;
+                w.push(code, 0, &calls::I32Reply { value: self.gpu.device_count().into(), _pad: 0.into() }, &[]);
+            }
+            Opcode::DeviceGetInfo => {
+                self.client(client)?;
+                let (a, _) = call.parse::<calls::DeviceArg>().map_err(bad)?;
+                if a.device.get() != 0 {
+                    return Err(CuResult::INVALID_DEVICE);
+                }
+                if self.props.is_none() {
+                    self.props = Some(self.gpu.device_props(0)?);
+                }
+                let p = self.props.as_ref().ok_or(CuResult::UNKNOWN)?;
+                let quota = self.limits.mem_limit.map_or(p.total_mem, |l| l.min(p.total_mem));
+                let info = calls::DeviceInfo {
+                    name: fill_str(&p.name),
+                    uuid: p.uuid,
+                    total_mem: p.total_mem.into(),
+                    quota_mem: quota.into(),
+                    attr_count: (p.attributes.len() as u32).into(),
+                    _pad: 0.into(),
+                };
+                w.push(code, 0, &info, p.attributes.as_bytes());
+            }
+            Opcode::CtxCreate => {
+                let (a, _) = call.parse::<calls::CtxCreate>().map_err(bad)?;
+                self.client(client)?;
+                let raw = self.gpu.ctx_create(a.device.get(), a.flags.get())?;
+                self.current_ctx = raw;
+                let h = self.client(client)?.objects.insert(Object::Ctx { raw });
+                w.push(code, 0, &calls::HandleReply { handle: h.into() }, &[]);
+            }
+            Opcode::CtxDestroy => {
+                let (a, _) = call.parse::<calls::CtxArg>().map_err(bad)?;
+                let ctx = a.ctx.get();
+                if self.client(client)?.primary == Some(ctx) {
+                    return Err(CuResult::INVALID_CONTEXT);
+                }
+                self.destroy_ctx(client, ctx)?;
+                w.push_status(code, 0);
+            }
+            Opcode::PrimaryCtxRetain => {
+                let (a, _) = call.parse::<calls::DeviceArg>().map_err(bad)?;
+                if a.device.get() != 0 {
+                    return Err(CuResult::INVALID_DEVICE);
+                }
+                let c = self.client(client)?;
+                let h = match c.primary {
+                    Some(h) => h,
+                    None => {
+                        let flags = c.primary_flags;
+                        let raw = self.gpu.ctx_create(0, flags)?;
+                        self.current_ctx = raw;
+                        let c = self.client(client)?;
+                        let h = c.objects.insert(Object::Ctx { raw });
+                        c.primary = Some(h);
+                        h
+                    }
+                };
+                self.client(client)?.primary_refs += 1;
+                w.push(code, 0, &calls::HandleReply { handle: h.into() }, &[]);
+            }
+            Opcode::PrimaryCtxRelease | Opcode::PrimaryCtxReset => {
+                let (a, _) = call.parse::<calls::DeviceArg>().map_err(bad)?;
+                if a.device.get() != 0 {
+                    return Err(CuResult::INVALID_DEVICE);
+                }
+                let c = self.client(client)?;
+                let Some(h) = c.primary else {
+                    return if op == Opcode::PrimaryCtxReset { Ok(w.push_status(code, 0)) } else { Err(CuResult::INVALID_CONTEXT) };
+                };
+                c.primary_refs = c.primary_refs.saturating_sub(1);
+                if op == Opcode::PrimaryCtxReset || c.primary_refs == 0 {
+                    c.primary = None;
+                    c.primary_refs = 0;
+                    self.destroy_ctx(client, h)?;
+                }
+                w.push_status(code, 0);
+            }
+            Opcode::PrimaryCtxSetFlags => {
+                let (a, _) = call.parse::<calls::PrimaryCtxSetFlags>().map_err(bad)?;
+                self.client(client)?.primary_flags = a.flags.get();
+                w.push_status(code, 0);
+            }
+            Opcode::CtxSynchronize => {
+                let (a, _) = call.parse::<calls::CtxArg>().map_err(bad)?;
+                self.make_current(client, a.ctx.get())?;
+                self.gpu.ctx_synchronize()?;
+                self.take_deferred(client)?;
+                w.push_status(code, 0);
+            }
+            Opcode::MemAlloc => {
+                let (a, _) = call.parse::<calls::MemAlloc>().map_err(bad)?;
+                let size = a.size.get();
+                self.make_current(client, a.ctx.get())?;
+                if size == 0 {
+                    return Err(CuResult::INVALID_VALUE);
+                }
+                if let Some(limit) = self.limits.mem_limit {
+                    if self.mem_used.checked_add(size).is_none_or(|t| t > limit) {
+                        return Err(CuResult::OUT_OF_MEMORY);
+                    }
+                }
+                let dptr = self.gpu.mem_alloc(size)?;
+                self.mem_used += size;
+                let c = self.client(client)?;
+                c.mem_used += size;
+                c.allocations.insert(dptr, Allocation { size, ctx: a.ctx.get() });
+                w.push(code, 0, &calls::HandleReply { handle: dptr.into() }, &[]);
+            }
+            Opcode::MemFree => {
+                let (a, _) = call.parse::<calls::MemFree>().map_err(bad)?;
+                self.make_current(client, a.ctx.get())?;
+                let dptr = a.dptr.get();
+                if !self.client(client)?.allocations.contains_key(&dptr) {
+                    return Err(CuResult::INVALID_VALUE);
+                }
+                self.gpu.mem_free(dptr)?;
+                let c = self.client(client)?;
+                let size = c.allocations.remove(&dptr).map_or(0, |a| a.size);
+                c.mem_used -= size;
+                self.mem_used -= size;
+                w.push_status(code, 0);
+            }
+            Opcode::MemGetInfo => {
+                let (a, _) = call.parse::<calls::CtxArg>().map_err(bad)?;
+                self.make_current(client, a.ctx.get())?;
+                let (free, total) = self.gpu.mem_info()?;
+                let (free, total) = match self.limits.mem_limit {
+                    Some(limit) => {
+                        let total = limit.min(total);
+                        (total.saturating_sub(self.mem_used).min(free), total)
+                    }
+                    None => (free, total),
+                };
+                w.push(code, 0, &calls::MemInfoReply { free: free.into(), total: total.into() }, &[]);
+            }
+            Opcode::MemGetAddressRange => {
+                let (a, _) = call.parse::<calls::MemFree>().map_err(bad)?;
+                let c = self.client(client)?;
+                let dptr = a.dptr.get();
+                let (base, size) = c
+                    .allocations
+                    .range(..=dptr)
+                    .next_back()
+                    .filter(|(b, al)| dptr < *b + al.size)
+                    .map(|(b, al)| (*b, al.size))
+                    .ok_or(CuResult::NOT_FOUND)?;
+                w.push(code, 0, &calls::AddressRangeReply { base: base.into(), size: size.into() }, &[]);
+            }
+            Opcode::Memset => {
+                let (a, _) = call.parse::<calls::Memset>().map_err(bad)?;
+                let s = self.stream(client, a.stream.get(), a.ctx.get())?;
+                let len = a.count.get().checked_mul(u64::from(a.elem_size.get())).ok_or(CuResult::INVALID_VALUE)?;
+                self.check_range(client, a.dptr.get(), len)?;
+                self.gpu.memset(a.dptr.get(), a.value.get(), a.elem_size.get(), a.count.get(), s, is_async)?;
+                if !is_async {
+                    self.take_deferred(client)?;
+                }
+                w.push_status(code, 0);
+            }
+            Opcode::MemcpyHtoD => {
+                let (a, _) = call.parse::<calls::MemcpyHtoD>().map_err(bad)?;
+                let s = self.stream(client, a.stream.get(), a.ctx.get())?;
+                let (off, len) = (a.data.offset.get(), a.data.len.get());
+                self.check_range(client, a.dst.get(), len)?;
+                let dst = a.dst.get();
+                let gpu = &mut self.gpu;
+                data_in.walk(off, len, |seg, rel| {
+                    // SAFETY: `seg` lies inside the request's data-in segments, which stay
+                    // mapped until the client is torn down (streams are synchronised first).
+                    unsafe { gpu.memcpy_htod(dst + rel, seg, s, is_async) }
+                })?;
+                if !is_async {
+                    self.take_deferred(client)?;
+                }
+                w.push_status(code, 0);
+            }
+            Opcode::MemcpyDtoH => {
+                let (a, _) = call.parse::<calls::MemcpyDtoH>().map_err(bad)?;
+                let s = self.stream(client, a.stream.get(), a.ctx.get())?;
+                let (off, len) = (a.data.offset.get(), a.data.len.get());
+                self.check_range(client, a.src.get(), len)?;
+                let src = a.src.get();
+                let gpu = &mut self.gpu;
+                data_out.walk(off, len, |seg, rel| {
+                    // SAFETY: as for HtoD; the data-out segments are guest-writable memory.
+                    unsafe { gpu.memcpy_dtoh(seg, src + rel, s, is_async) }
+                })?;
+                *data_out_len = (*data_out_len).max(off + len);
+                if !is_async {
+                    self.take_deferred(client)?;
+                }
+                w.push_status(code, 0);
+            }
+            Opcode::MemcpyDtoD => {
+                let (a, _) = call.parse::<calls::MemcpyDtoD>().map_err(bad)?;
+                let s = self.stream(client, a.stream.get(), a.ctx.get())?;
+                self.check_range(client, a.src.get(), a.len.get())?;
+                self.check_range(client, a.dst.get(), a.len.get())?;
+                self.gpu.memcpy_dtod(a.dst.get(), a.src.get(), a.len.get(), s, is_async)?;
+                if !is_async {
+                    self.take_deferred(client)?;
+                }
+                w.push_status(code, 0);
+            }
+            Opcode::StreamCreate => {
+                let (a, _) = call.parse::<calls::StreamCreate>().map_err(bad)?;
+                self.make_current(client, a.ctx.get())?;
+                let raw = self.gpu.stream_create(a.flags.get(), a.priority.get())?;
+                let h = self.client(client)?.objects.insert(Object::Stream { raw, ctx: a.ctx.get() });
+                w.push(code, 0, &calls::HandleReply { handle: h.into() }, &[]);
+            }
+            Opcode::StreamDestroy => {
+                let (a, _) = call.parse::<calls::StreamArg>().map_err(bad)?;
+                if a.stream.get() <= vgpu_protocol::stream::PER_THREAD {
+                    return Err(CuResult::INVALID_HANDLE);
+                }
+                let raw = self.stream(client, a.stream.get(), a.ctx.get())?;
+                self.gpu.stream_destroy(raw)?;
+                self.client(client)?.objects.remove(a.stream.get());
+                w.push_status(code, 0);
+            }
+            Opcode::StreamSynchronize | Opcode::StreamQuery => {
+                let (a, _) = call.parse::<calls::StreamArg>().map_err(bad)?;
+                let raw = self.stream(client, a.stream.get(), a.ctx.get())?;
+                if op == Opcode::StreamSynchronize {
+                    self.gpu.stream_synchronize(raw)?;
+                    self.take_deferred(client)?;
+                } else {
+                    self.gpu.stream_query(raw)?;
+                }
+                w.push_status(code, 0);
+            }
+            Opcode::StreamWaitEvent => {
+                let (a, _) = call.parse::<calls::StreamWaitEvent>().map_err(bad)?;
+                let ev = self.event(client, a.event.get())?;
+                let s = self.stream(client, a.stream.get(), a.ctx.get())?;
+                self.gpu.stream_wait_event(s, ev, a.flags.get())?;
+                w.push_status(code, 0);
+            }
+            Opcode::EventCreate => {
+                let (a, _) = call.parse::<calls::EventCreate>().map_err(bad)?;
+                self.make_current(client, a.ctx.get())?;
+                let raw = self.gpu.event_create(a.flags.get())?;
+                let h = self.client(client)?.objects.insert(Object::Event { raw, ctx: a.ctx.get() });
+                w.push(code, 0, &calls::HandleReply { handle: h.into() }, &[]);
+            }
+            Opcode::EventDestroy => {
+                let (a, _) = call.parse::<calls::HandleArg>().map_err(bad)?;
+                let raw = self.event(client, a.handle.get())?;
+                self.gpu.event_destroy(raw)?;
+                self.client(client)?.objects.remove(a.handle.get());
+                w.push_status(code, 0);
+            }
+            Opcode::EventRecord => {
+                let (a, _) = call.parse::<calls::EventRecord>().map_err(bad)?;
+                let ev = self.event(client, a.event.get())?;
+                let s = self.stream(client, a.stream.get(), a.ctx.get())?;
+                self.gpu.event_record(ev, s)?;
+                w.push_status(code, 0);
+            }
+            Opcode::EventSynchronize | Opcode::EventQuery => {
+                let (a, _) = call.parse::<calls::HandleArg>().map_err(bad)?;
+                let ev = self.event(client, a.handle.get())?;
+                if op == Opcode::EventSynchronize {
+                    self.gpu.event_synchronize(ev)?;
+                    self.take_deferred(client)?;
+                } else {
+                    self.gpu.event_query(ev)?;
+                }
+                w.push_status(code, 0);
+            }
+            Opcode::EventElapsedTime => {
+                let (a, _) = call.parse::<calls::EventElapsed>().map_err(bad)?;
+                let s = self.event(client, a.start.get())?;
+                let e = self.event(client, a.end.get())?;
+                let ms = self.gpu.event_elapsed_ms(s, e)?;
+                w.push(code, 0, &calls::F32Reply { value: ms.into(), _pad: 0.into() }, &[]);
+            }
+            Opcode::ModuleLoad => {
+                let (a, _) = call.parse::<calls::ModuleLoad>().map_err(bad)?;
+                self.make_current(client, a.ctx.get())?;
+                let mut image = std::mem::take(&mut self.scratch);
+                let gathered = data_in.gather(a.image.offset.get(), a.image.len.get(), &mut image);
+                let loaded = gathered.and_then(|()| self.gpu.module_load(&image));
+                self.scratch = image;
+                let (raw, kernels) = loaded?;
+                let ctx = a.ctx.get();
+                let c = self.client(client)?;
+                let mut funcs = Vec::with_capacity(kernels.len());
+                let buf = w.buffer();
+                let record_start = buf.len();
+                buf.extend_from_slice(&[0u8; size_of::<vgpu_protocol::ReplyHeader>()]);
+                buf.extend_from_slice(&[0u8; size_of::<calls::ModuleLoadReply>()]);
+                for k in &kernels {
+                    let params_len = k.params.iter().map(|(o, s)| o + s).max().unwrap_or(0);
+                    let h = c.objects.insert(Object::Func { raw: k.raw, ctx, layout: k.params.clone(), params_len });
+                    funcs.push(h);
+                    let info = calls::FuncInfo {
+                        handle: h.into(),
+                        name_len: (k.name.len() as u32).into(),
+                        nparams: (k.params.len() as u32).into(),
+                    };
+                    buf.extend_from_slice(info.as_bytes());
+                    buf.extend_from_slice(k.name.as_bytes());
+                    for &(o, s) in &k.params {
+                        buf.extend_from_slice(calls::ParamInfo { offset: o.into(), size: s.into() }.as_bytes());
+                    }
+                    buf.resize(buf.len().next_multiple_of(8), 0);
+                }
+                let module = c.objects.insert(Object::Module { raw, ctx, funcs });
+                let body_len = buf.len() - record_start - size_of::<vgpu_protocol::ReplyHeader>();
+                let hdr = vgpu_protocol::ReplyHeader {
+                    opcode: code.into(),
+                    _reserved: 0.into(),
+                    result: 0.into(),
+                    len: (body_len as u32).into(),
+                };
+                let fixed = calls::ModuleLoadReply {
+                    module: module.into(),
+                    nfuncs: (kernels.len() as u32).into(),
+                    _pad: 0.into(),
+                };
+                let at = record_start + size_of::<vgpu_protocol::ReplyHeader>();
+                buf[record_start..at].copy_from_slice(hdr.as_bytes());
+                buf[at..at + size_of::<calls::ModuleLoadReply>()].copy_from_slice(fixed.as_bytes());
+                w.count_record();
+            }
+            Opcode::ModuleUnload => {
+                let (a, _) = call.parse::<calls::HandleArg>().map_err(bad)?;
+                self.unload_module(client, a.handle.get())?;
+                w.push_status(code, 0);
+            }
+            Opcode::ModuleGetGlobal => {
+                let (a, tail) = call.parse::<calls::ModuleGetGlobal>().map_err(bad)?;
+                let name = tail.get(..a.name_len.get() as usize).ok_or(CuResult::INVALID_VALUE)?;
+                let name = std::str::from_utf8(name).map_err(|_| CuResult::INVALID_VALUE)?;
+                let (raw, ctx) = match self.client(client)?.objects.get(a.module.get()) {
+                    Some(Object::Module { raw, ctx, .. }) => (*raw, *ctx),
+                    _ => return Err(CuResult::INVALID_HANDLE),
+                };
+                self.make_current(client, ctx)?;
+                let (dptr, size) = self.gpu.module_get_global(raw, name)?;
+                self.client(client)?.globals.insert(dptr, size);
+                w.push(code, 0, &calls::GlobalReply { dptr: dptr.into(), size: size.into() }, &[]);
+            }
+            Opcode::FuncGetAttribute | Opcode::FuncSetAttribute => {
+                let (a, _) = call.parse::<calls::FuncAttribute>().map_err(bad)?;
+                let (raw, ctx) = self.func(client, a.func.get())?;
+                self.make_current(client, ctx)?;
+                if op == Opcode::FuncGetAttribute {
+                    let v = self.gpu.func_get_attribute(raw, a.attribute.get())?;
+                    w.push(code, 0, &calls::I32Reply { value: v.into(), _pad: 0.into() }, &[]);
+                } else {
+                    self.gpu.func_set_attribute(raw, a.attribute.get(), a.value.get())?;
+                    w.push_status(code, 0);
+                }
+            }
+            Opcode::OccupancyMaxActiveBlocks => {
+                let (a, _) = call.parse::<calls::Occupancy>().map_err(bad)?;
+                let (raw, ctx) = self.func(client, a.func.get())?;
+                self.make_current(client, ctx)?;
+                let n = self.gpu.occupancy_max_active_blocks(raw, a.block_size.get(), a.dynamic_smem.get(), a.flags.get())?;
+                w.push(code, 0, &calls::I32Reply { value: n.into(), _pad: 0.into() }, &[]);
+            }
+            Opcode::LaunchKernel => {
+                let (a, tail) = call.parse::<calls::LaunchKernel>().map_err(bad)?;
+                let params = tail.get(..a.params_len.get() as usize).ok_or(CuResult::INVALID_VALUE)?;
+                let s = self.stream(client, a.stream.get(), a.ctx.get())?;
+                let config = LaunchConfig {
+                    grid: a.grid.map(|v| v.get()),
+                    block: a.block.map(|v| v.get()),
+                    shared_mem: a.shared_mem.get(),
+                    cooperative: a.flags.get() & calls::launch_flags::COOPERATIVE != 0,
+                };
+                let c = self.clients.get(&client).filter(|c| c.greeted).ok_or(CuResult::NOT_INITIALIZED)?;
+                let Some(Object::Func { raw, layout, params_len, .. }) = c.objects.get(a.func.get()) else {
+                    return Err(CuResult::INVALID_HANDLE);
+                };
+                if params.len() != *params_len as usize {
+                    return Err(CuResult::INVALID_VALUE);
+                }
+                self.gpu.launch(*raw, &config, s, params, layout)?;
+                w.push_status(code, 0);
+            }
+        }
+        Ok(())
+    }
+
+    fn func(&mut self, client: u32, func: u64) -> Result<(u64, u64), CuResult> {
+        match self.client(client)?.objects.get(func) {
+            Some(Object::Func { raw, ctx, .. }) => Ok((*raw, *ctx)),
+            _ => Err(CuResult::INVALID_HANDLE),
+        }
+    }
+
+    fn unload_module(&mut self, client: u32, module: u64) -> CallResult {
+        let (raw, ctx) = match self.client(client)?.objects.get(module) {
+            Some(Object::Module { raw, ctx, .. }) => (*raw, *ctx),
+            _ => return Err(CuResult::INVALID_HANDLE),
+        };
+        self.make_current(client, ctx)?;
+        self.gpu.module_unload(raw)?;
+        let c = self.client(client)?;
+        if let Some(Object::Module { funcs, .. }) = c.objects.remove(module) {
+            for f in funcs {
+                c.objects.remove(f);
+            }
+        }
+        Ok(())
+    }
+
+    /// Destroys a context and everything the client created in it.
+    fn destroy_ctx(&mut self, client: u32, ctx: u64) -> CallResult {
+        let raw = match self.client(client)?.objects.get(ctx) {
+            Some(Object::Ctx { raw }) => *raw,
+            _ => return Err(CuResult::INVALID_CONTEXT),
+        };
+        self.release_ctx_objects(client, ctx);
+        let _ = self.gpu.ctx_destroy(raw);
+        self.current_ctx = 0;
+        self.client(client)?.objects.remove(ctx);
+        Ok(())
+    }
+
+    /// Frees the allocations, streams, events and modules of `ctx`; returns what was freed.
+    fn release_ctx_objects(&mut self, client: u32, ctx: u64) -> Freed {
+        let mut freed = Freed::default();
+        let Some(raw_ctx) = self.clients.get(&client).and_then(|c| match c.objects.get(ctx) {
+            Some(Object::Ctx { raw }) => Some(*raw),
+            _ => None,
+        }) else {
+            return freed;
+        };
+        if self.gpu.set_current(raw_ctx).is_ok() {
+            self.current_ctx = raw_ctx;
+            // Let queued work finish before its memory goes away.
+            let _ = self.gpu.ctx_synchronize();
+        }
+        let Some(c) = self.clients.get_mut(&client) else {
+            return freed;
+        };
+        let dptrs: Vec<u64> = c.allocations.iter().filter(|(_, a)| a.ctx == ctx).map(|(d, _)| *d).collect();
+        for d in dptrs {
+            if let Some(a) = c.allocations.remove(&d) {
+                let _ = self.gpu.mem_free(d);
+                c.mem_used -= a.size;
+                self.mem_used -= a.size;
+                freed.allocations += 1;
+                freed.bytes += a.size;
+            }
+        }
+        let owned = c.objects.handles_where(|o| o.ctx() == Some(ctx));
+        for h in owned {
+            match c.objects.remove(h) {
+                Some(Object::Stream { raw, .. }) => {
+                    let _ = self.gpu.stream_destroy(raw);
+                }
+                Some(Object::Event { raw, .. }) => {
+                    let _ = self.gpu.event_destroy(raw);
+                }
+                Some(Object::Module { raw, .. }) => {
+                    let _ = self.gpu.module_unload(raw);
+                }
+                _ => {}
+            }
+            freed.objects += 1;
+        }
+        freed
+    }
+
+    /// Frees everything a client holds. Called when a guest process goes away.
+    pub fn close_client(&mut self, client: u32) -> Freed {
+        let mut total = Freed::default();
+        let Some(c) = self.clients.get(&client) else {
+            return total;
+        };
+        let contexts = c.objects.handles_where(|o| matches!(o, Object::Ctx { .. }));
+        for ctx in contexts {
+            let f = self.release_ctx_objects(client, ctx);
+            total.allocations += f.allocations;
+            total.bytes += f.bytes;
+            total.objects += f.objects + 1;
+            if let Some(Some(Object::Ctx { raw })) = self.clients.get_mut(&client).map(|c| c.objects.remove(ctx)) {
+                let _ = self.gpu.ctx_destroy(raw);
+            }
+        }
+        self.current_ctx = 0;
+        if let Some(c) = self.clients.remove(&client) {
+            // Allocations whose context handle was never valid cannot exist, but keep the
+            // ledger exact regardless.
+            self.mem_used -= c.mem_used;
+        }
+        let launches = self.gpu.launches_recorded().map(|n| format!(", {n} launches recorded by sim")).unwrap_or_default();
+        info!(
+            "client {client} freed: {} allocations ({} bytes), {} objects{launches}; slice now holds {} bytes",
+            total.allocations, total.bytes, total.objects, self.mem_used
+        );
+        total
+    }
+
+    /// Frees every client (the frontend disconnected).
+    pub fn close_all(&mut self) -> Freed {
+        let ids: Vec<u32> = self.clients.keys().copied().collect();
+        let mut total = Freed::default();
+        for id in ids {
+            let f = self.close_client(id);
+            total.allocations += f.allocations;
+            total.bytes += f.bytes;
+            total.objects += f.objects;
+        }
+        total
+    }
+}
+
+/// Calls whose errors the guest only sees at the next synchronising call.
+fn is_fire_and_forget(opcode: u16) -> bool {
+    matches!(
+        Opcode::from_u16(opcode),
+        Some(Opcode::LaunchKernel | Opcode::EventRecord | Opcode::StreamWaitEvent)
+    )
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,1 +1,20 @@
-fn main(){}
+//! Stand-alone host agent binary (to be folded into `vhost-gpu agent`).
+
+use clap::Parser;
+use vgpu_agent::AgentArgs;
+
+#[derive(Parser, Debug)]
+#[command(name = "vgpu-agent", version, about = "vGPU pool host agent")]
+struct Cli {
+    #[command(flatten)]
+    agent: AgentArgs,
+}
+
+fn main() {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let cli = Cli::parse();
+    if let Err(e) = vgpu_agent::run(cli.agent) {
+        eprintln!("vgpu-agent: error: {e:#}");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,144 @@
+//! The agent's Prometheus endpoint (hand-written text exposition format, tiny HTTP server).
+
+use std::fmt::Write as _;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::wire::{Assignment, GpuInfo};
+use crate::workers::Workers;
+
+/// What the agent exports.
+#[derive(Debug)]
+pub struct AgentMetrics {
+    host: String,
+    gpus: Vec<GpuInfo>,
+    pub heartbeats: u64,
+    pub heartbeat_failures: u64,
+    worker_starts: u64,
+    worker_exits: u64,
+    worker_start_failures: u64,
+    running: Vec<(Assignment, Option<u64>)>,
+}
+
+/// Escape a label value for the text format.
+pub fn esc(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+impl AgentMetrics {
+    pub fn new(host: &str, gpus: &[GpuInfo]) -> Self {
+        AgentMetrics {
+            host: host.to_string(),
+            gpus: gpus.to_vec(),
+            heartbeats: 0,
+            heartbeat_failures: 0,
+            worker_starts: 0,
+            worker_exits: 0,
+            worker_start_failures: 0,
+            running: Vec::new(),
+        }
+    }
+
+    pub(crate) fn update_workers(&mut self, w: &Workers) {
+        self.worker_starts = w.starts;
+        self.worker_exits = w.exits;
+        self.worker_start_failures = w.start_failures;
+        let reports = w.report();
+        self.running = w
+            .running
+            .iter()
+            .filter_map(|(id, wk)| {
+                let rss = reports.iter().find(|r| &r.allocation_id == id).and_then(|r| r.rss_bytes);
+                wk.assignment.clone().map(|a| (a, rss))
+            })
+            .collect();
+    }
+
+    /// Render the Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut s = String::new();
+        let h = esc(&self.host);
+        // DCGM-exporter names per physical GPU. Only what the agent really knows: the frame buffer
+        // size from discovery (MiB, as DCGM reports it). Usage figures (FB_USED, GPU_UTIL) need
+        // NVML and are not exported yet.
+        s.push_str("# HELP DCGM_FI_DEV_FB_TOTAL Total frame buffer of the GPU in MiB.\n# TYPE DCGM_FI_DEV_FB_TOTAL gauge\n");
+        for g in &self.gpus {
+            let _ = writeln!(
+                s,
+                "DCGM_FI_DEV_FB_TOTAL{{gpu=\"{}\",UUID=\"{}\",pci_bus_id=\"{}\",device=\"nvidia{}\",modelName=\"{}\",Hostname=\"{h}\",hostname=\"{h}\"}} {}",
+                g.index,
+                esc(&g.uuid),
+                esc(&g.pci_bus_id),
+                g.index,
+                esc(&g.model),
+                g.memory_bytes >> 20
+            );
+        }
+        s.push_str("# HELP vgpu_agent_gpu_sim 1 when the GPU is simulated (CI only).\n# TYPE vgpu_agent_gpu_sim gauge\n");
+        for g in &self.gpus {
+            let _ = writeln!(s, "vgpu_agent_gpu_sim{{host=\"{h}\",device_uuid=\"{}\"}} {}", esc(&g.uuid), u8::from(g.sim));
+        }
+        // HAMi-compatible per-vGPU families (namespace = project, pod = VM, container = vGPU index).
+        s.push_str("# HELP hami_vgpu_memory_limit_bytes Memory limit of the vGPU slice.\n# TYPE hami_vgpu_memory_limit_bytes gauge\n");
+        for (a, _) in &self.running {
+            let _ = writeln!(
+                s,
+                "hami_vgpu_memory_limit_bytes{{namespace=\"{}\",pod=\"{}\",container=\"0\",vdevice_index=\"0\",device_uuid=\"{}\",host=\"{h}\",allocation=\"{}\",remote=\"{}\"}} {}",
+                esc(&a.project),
+                esc(&a.vm),
+                esc(&a.gpu_uuid),
+                esc(&a.allocation_id),
+                a.remote_endpoint.is_some(),
+                a.memory_bytes
+            );
+        }
+        s.push_str("# HELP vgpu_agent_worker_rss_bytes Resident memory of the worker process.\n# TYPE vgpu_agent_worker_rss_bytes gauge\n");
+        for (a, rss) in &self.running {
+            if let Some(r) = rss {
+                let _ = writeln!(s, "vgpu_agent_worker_rss_bytes{{host=\"{h}\",allocation=\"{}\"}} {r}", esc(&a.allocation_id));
+            }
+        }
+        let _ = writeln!(s, "# HELP vgpu_agent_workers Worker processes running.\n# TYPE vgpu_agent_workers gauge\nvgpu_agent_workers{{host=\"{h}\"}} {}", self.running.len());
+        for (name, help, v) in [
+            ("vgpu_agent_worker_starts_total", "Workers started.", self.worker_starts),
+            ("vgpu_agent_worker_exits_total", "Workers that exited on their own.", self.worker_exits),
+            ("vgpu_agent_worker_start_failures_total", "Workers that could not be started.", self.worker_start_failures),
+            ("vgpu_agent_heartbeats_total", "Heartbeats answered by the controller.", self.heartbeats),
+            ("vgpu_agent_heartbeat_failures_total", "Heartbeats or registrations that failed.", self.heartbeat_failures),
+        ] {
+            let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} counter\n{name}{{host=\"{h}\"}} {v}");
+        }
+        s
+    }
+}
+
+/// Serve GET /metrics on `addr` from a background thread; returns the bound address.
+pub fn serve(addr: &str, m: Arc<Mutex<AgentMetrics>>, _stop: Arc<AtomicBool>) -> std::io::Result<SocketAddr> {
+    let l = TcpListener::bind(addr)?;
+    let bound = l.local_addr()?;
+    std::thread::Builder::new().name("agent-metrics".into()).spawn(move || {
+        for conn in l.incoming() {
+            let Ok(mut c) = conn else { continue };
+            let _ = c.set_read_timeout(Some(Duration::from_secs(2)));
+            let mut buf = [0u8; 2048];
+            let n = c.read(&mut buf).unwrap_or(0);
+            let req = String::from_utf8_lossy(&buf[..n]);
+            let path = req.split_whitespace().nth(1).unwrap_or("");
+            let (status, body, ctype) = if path == "/metrics" {
+                let body = m.lock().unwrap_or_else(|p| p.into_inner()).render();
+                ("200 OK", body, "text/plain; version=0.0.4")
+            } else {
+                ("404 Not Found", "{\"error\":{\"code\":\"not_found\",\"message\":\"only /metrics\"}}".to_string(), "application/json")
+            };
+            let _ = write!(
+                c,
+                "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    })?;
+    Ok(bound)
+}

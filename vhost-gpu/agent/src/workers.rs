@@ -1,0 +1,263 @@
+//! Per-VM worker processes: start, watch, stop, adopt after an agent restart.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::wire::{Assignment, WorkerReport, WorkerState};
+
+enum Proc {
+    /// Started by this agent process.
+    Child(Child),
+    /// Found running at start-up (pid file); we cannot wait() on it, only watch /proc.
+    Adopted(u32),
+}
+
+pub(crate) struct Worker {
+    proc: Proc,
+    pub(crate) assignment: Option<Assignment>,
+}
+
+pub(crate) struct Workers {
+    dir: PathBuf,
+    bin: PathBuf,
+    prefix_args: Vec<String>,
+    pub(crate) running: HashMap<String, Worker>,
+    /// Workers that exited on their own, kept (and reported) while the controller still assigns them.
+    pub(crate) exited: HashMap<String, Option<i32>>,
+    pub(crate) starts: u64,
+    pub(crate) exits: u64,
+    pub(crate) start_failures: u64,
+}
+
+fn pid_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // Field 3 is the state; a zombie ("Z") has exited.
+        Ok(s) => s.rsplit_once(')').map(|(_, rest)| !rest.trim_start().starts_with('Z')).unwrap_or(false),
+        Err(_) => false,
+    }
+}
+
+fn rss_bytes(pid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
+    let pages: u64 = s.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * 4096)
+}
+
+fn signal(pid: u32, sig: i32) {
+    // SAFETY: kill(2) with a pid we started or adopted from our own pid file; no memory involved.
+    unsafe {
+        libc::kill(pid as libc::pid_t, sig);
+    }
+}
+
+impl Workers {
+    pub(crate) fn new(dir: PathBuf, bin: PathBuf, prefix_args: Vec<String>) -> Self {
+        Workers {
+            dir,
+            bin,
+            prefix_args,
+            running: HashMap::new(),
+            exited: HashMap::new(),
+            starts: 0,
+            exits: 0,
+            start_failures: 0,
+        }
+    }
+
+    fn pid_file(&self, id: &str) -> PathBuf {
+        self.dir.join(format!("{id}.pid"))
+    }
+
+    /// Adopt workers recorded in pid files that still run.
+    pub(crate) fn adopt(&mut self) {
+        let Ok(rd) = std::fs::read_dir(&self.dir) else { return };
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.extension().and_then(|x| x.to_str()) != Some("pid") {
+                continue;
+            }
+            let Some(id) = p.file_stem().and_then(|x| x.to_str()).map(str::to_string) else { continue };
+            let pid = std::fs::read_to_string(&p).ok().and_then(|s| s.trim().parse::<u32>().ok());
+            match pid {
+                Some(pid) if pid_alive(pid) => {
+                    log::info!("adopting running worker for {id} (pid {pid})");
+                    self.running.insert(id, Worker { proc: Proc::Adopted(pid), assignment: None });
+                }
+                _ => {
+                    let _ = std::fs::remove_file(&p);
+                }
+            }
+        }
+    }
+
+    /// Collect workers that exited.
+    pub(crate) fn reap(&mut self) {
+        let mut gone = Vec::new();
+        for (id, w) in self.running.iter_mut() {
+            match &mut w.proc {
+                Proc::Child(c) => match c.try_wait() {
+                    Ok(Some(st)) => gone.push((id.clone(), st.code())),
+                    Ok(None) => {}
+                    Err(_) => gone.push((id.clone(), None)),
+                },
+                Proc::Adopted(pid) => {
+                    if !pid_alive(*pid) {
+                        gone.push((id.clone(), None));
+                    }
+                }
+            }
+        }
+        for (id, code) in gone {
+            log::warn!("worker for {id} exited (code {code:?})");
+            self.running.remove(&id);
+            let _ = std::fs::remove_file(self.pid_file(&id));
+            self.exited.insert(id, code);
+            self.exits += 1;
+        }
+    }
+
+    pub(crate) fn report(&self) -> Vec<WorkerReport> {
+        let mut v: Vec<WorkerReport> = self
+            .running
+            .iter()
+            .map(|(id, w)| {
+                let pid = match &w.proc {
+                    Proc::Child(c) => c.id(),
+                    Proc::Adopted(p) => *p,
+                };
+                WorkerReport {
+                    allocation_id: id.clone(),
+                    state: WorkerState::Running,
+                    pid: Some(pid),
+                    exit_code: None,
+                    rss_bytes: rss_bytes(pid),
+                }
+            })
+            .collect();
+        v.extend(self.exited.iter().map(|(id, code)| WorkerReport {
+            allocation_id: id.clone(),
+            state: WorkerState::Exited,
+            pid: None,
+            exit_code: *code,
+            rss_bytes: None,
+        }));
+        v
+    }
+
+    /// Make what runs match what the controller wants.
+    pub(crate) fn reconcile(&mut self, want: &[Assignment]) {
+        let wanted: HashMap<&str, &Assignment> = want.iter().map(|a| (a.allocation_id.as_str(), a)).collect();
+        // Exited workers are forgotten once the controller no longer assigns them.
+        self.exited.retain(|id, _| wanted.contains_key(id.as_str()));
+        let stale: Vec<String> = self.running.keys().filter(|id| !wanted.contains_key(id.as_str())).cloned().collect();
+        for id in stale {
+            log::info!("stopping worker for {id}: no longer allocated to this host");
+            self.stop(&id);
+        }
+        for a in want {
+            if let Some(w) = self.running.get_mut(&a.allocation_id) {
+                w.assignment = Some(a.clone());
+                continue;
+            }
+            if self.exited.contains_key(&a.allocation_id) {
+                continue; // reported; the controller releases it
+            }
+            self.start(a);
+        }
+    }
+
+    fn command(&self, a: &Assignment) -> Command {
+        let mut c = Command::new(&self.bin);
+        c.args(&self.prefix_args);
+        c.arg("--socket").arg(&a.socket_path);
+        if let Some(ep) = &a.remote_endpoint {
+            c.arg("--remote").arg(ep);
+        }
+        c.arg("--gpu").arg(&a.gpu_arg);
+        c.arg("--mem-limit").arg(a.memory_bytes.to_string());
+        c.arg("--sm-count").arg(a.sm_count.to_string());
+        c
+    }
+
+    fn start(&mut self, a: &Assignment) {
+        let log_path = self.dir.join(format!("{}.log", a.allocation_id));
+        let log = std::fs::File::create(&log_path).ok();
+        let mut cmd = self.command(a);
+        cmd.stdin(Stdio::null());
+        match log.and_then(|f| Some((f.try_clone().ok()?, f))) {
+            Some((o, e)) => {
+                cmd.stdout(o).stderr(e);
+            }
+            None => {
+                cmd.stdout(Stdio::null()).stderr(Stdio::null());
+            }
+        }
+        if let Some(parent) = std::path::Path::new(&a.socket_path).parent() {
+            let _ = std::fs::create_dir_all(parent);
+        }
+        match cmd.spawn() {
+            Ok(child) => {
+                let pid = child.id();
+                log::info!(
+                    "started worker for {} (vm {}, gpu {}, {} bytes, {} SMs{}) pid {pid}",
+                    a.allocation_id,
+                    a.vm,
+                    a.gpu_arg,
+                    a.memory_bytes,
+                    a.sm_count,
+                    a.remote_endpoint.as_deref().map(|e| format!(", remote {e}")).unwrap_or_default()
+                );
+                let _ = std::fs::write(self.pid_file(&a.allocation_id), pid.to_string());
+                self.running.insert(a.allocation_id.clone(), Worker { proc: Proc::Child(child), assignment: Some(a.clone()) });
+                self.starts += 1;
+            }
+            Err(e) => {
+                log::error!("cannot start worker {} for {}: {e}", self.bin.display(), a.allocation_id);
+                self.start_failures += 1;
+                // Report it as exited so the controller returns the slice to the pool.
+                self.exited.insert(a.allocation_id.clone(), Some(127));
+            }
+        }
+    }
+
+    fn stop(&mut self, id: &str) {
+        let Some(w) = self.running.remove(id) else { return };
+        match w.proc {
+            Proc::Child(mut c) => {
+                signal(c.id(), libc::SIGTERM);
+                let deadline = Instant::now() + Duration::from_secs(2);
+                loop {
+                    match c.try_wait() {
+                        Ok(Some(_)) | Err(_) => break,
+                        Ok(None) if Instant::now() >= deadline => {
+                            let _ = c.kill();
+                            let _ = c.wait();
+                            break;
+                        }
+                        Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+                    }
+                }
+            }
+            Proc::Adopted(pid) => {
+                signal(pid, libc::SIGTERM);
+                let deadline = Instant::now() + Duration::from_secs(2);
+                while pid_alive(pid) && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                if pid_alive(pid) {
+                    signal(pid, libc::SIGKILL);
+                }
+            }
+        }
+        let _ = std::fs::remove_file(self.pid_file(id));
+    }
+
+    pub(crate) fn stop_all(&mut self) {
+        let ids: Vec<String> = self.running.keys().cloned().collect();
+        for id in ids {
+            self.stop(&id);
+        }
+    }
+}

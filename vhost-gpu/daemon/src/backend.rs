@@ -1,0 +1,226 @@
+//! The vhost-user side: feature negotiation, config space, guest memory registration, and the
+//! queue loop that feeds descriptor chains to the executor.
+
+use std::{
+    io,
+    time::{Duration, Instant},
+};
+
+use log::{info, warn};
+use vgpu_executor::{DataStream, Executor, Freed};
+use vgpu_protocol::{CuResult, ReplyWriter, config_space};
+use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
+use vhost_user_backend::{VhostUserBackendMut, VringRwLock, VringT};
+use virtio_bindings::{
+    virtio_config::{VIRTIO_F_NOTIFY_ON_EMPTY, VIRTIO_F_VERSION_1},
+    virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC},
+};
+use virtio_queue::QueueT;
+use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vmm_sys_util::event::{EventConsumer, EventFlag, EventNotifier, new_event_consumer_and_notifier};
+
+use crate::{
+    chain::{Desc, ParsedChain},
+    config::Config,
+};
+
+/// State of the device for one connected frontend (and what carries over between them).
+pub struct VgpuBackend {
+    executor: Executor,
+    mem: Option<GuestMemoryAtomic<GuestMemoryMmap>>,
+    /// Guest memory regions pinned for DMA: (host address, length).
+    registered: Vec<(usize, usize)>,
+    event_idx: bool,
+    queues: usize,
+    queue_size: usize,
+    poll: Duration,
+    parsed: ParsedChain,
+    descs: Vec<Desc>,
+    reply: Vec<u8>,
+}
+
+impl VgpuBackend {
+    pub fn new(executor: Executor, config: &Config) -> Self {
+        Self {
+            executor,
+            mem: None,
+            registered: Vec::new(),
+            event_idx: false,
+            queues: config.queues,
+            queue_size: config.queue_size,
+            poll: Duration::from_micros(config.poll_us),
+            parsed: ParsedChain::default(),
+            descs: Vec::with_capacity(64),
+            reply: Vec::with_capacity(64 << 10),
+        }
+    }
+
+    pub fn executor(&self) -> &Executor {
+        &self.executor
+    }
+
+    /// The frontend went away: free every client's resources, then unpin its memory.
+    pub fn disconnected(&mut self) -> Freed {
+        let freed = self.executor.close_all();
+        for (ptr, _) in self.registered.drain(..) {
+            self.executor.unregister_host(ptr as *mut u8);
+        }
+        self.mem = None;
+        freed
+    }
+
+    /// Pops and runs every available chain; returns how many ran.
+    fn drain(&mut self, vring: &VringRwLock) -> io::Result<usize> {
+        let Some(atomic) = self.mem.clone() else {
+            return Ok(0);
+        };
+        let mem = atomic.memory();
+        let mut n = 0;
+        loop {
+            let chain = vring.get_mut().get_queue_mut().pop_descriptor_chain(mem.clone());
+            let Some(chain) = chain else { break };
+            let head = chain.head_index();
+            self.descs.clear();
+            self.descs.extend(chain.map(|d| Desc {
+                addr: d.addr().0,
+                len: d.len(),
+                writable: d.is_write_only(),
+            }));
+            let used = self.run_chain(&mem);
+            vring.add_used(head, used).map_err(io::Error::other)?;
+            n += 1;
+        }
+        if n > 0 && vring.needs_notification().map_err(io::Error::other)? {
+            vring.signal_used_queue()?;
+        }
+        Ok(n)
+    }
+
+    /// Runs one chain; returns the used length to report.
+    fn run_chain(&mut self, mem: &GuestMemoryMmap) -> u32 {
+        if let Err(e) = self.parsed.parse(mem, &self.descs) {
+            warn!("refused a descriptor chain: {e}");
+            // Answer in the reply area if the chain has one we can trust.
+            if self.parsed.reply_cap >= 64 {
+                let mut w = ReplyWriter::new(&mut self.reply);
+                w.push_status(0, CuResult::INVALID_VALUE.0);
+                let n = w.finish(0, 0);
+                return self.parsed.write_reply(mem, &self.reply[..n]) as u32;
+            }
+            return 0;
+        }
+        let outcome = self.executor.execute(
+            &self.parsed.msg,
+            DataStream::new(&self.parsed.data_in),
+            DataStream::new(&self.parsed.data_out),
+            &mut self.reply,
+        );
+        let written = self.parsed.write_reply(mem, &self.reply[..outcome.reply_len]);
+        if outcome.data_out_len > 0 {
+            (self.parsed.reply_cap as u64 + outcome.data_out_len).min(u64::from(u32::MAX)) as u32
+        } else {
+            written as u32
+        }
+    }
+
+    fn serve_queue(&mut self, vring: &VringRwLock) -> io::Result<()> {
+        let mut idle_since = Instant::now();
+        loop {
+            if self.event_idx {
+                vring.disable_notification().map_err(io::Error::other)?;
+            }
+            if self.drain(vring)? > 0 {
+                idle_since = Instant::now();
+                continue;
+            }
+            // Keep polling briefly: the next call of a synchronous guest usually follows
+            // within microseconds, and a poll is cheaper than a kick and a wake-up.
+            if idle_since.elapsed() < self.poll {
+                std::hint::spin_loop();
+                continue;
+            }
+            if !self.event_idx || !vring.enable_notification().map_err(io::Error::other)? {
+                return Ok(());
+            }
+        }
+    }
+}
+
+impl VhostUserBackendMut for VgpuBackend {
+    type Bitmap = ();
+    type Vring = VringRwLock;
+
+    fn num_queues(&self) -> usize {
+        self.queues
+    }
+
+    fn max_queue_size(&self) -> usize {
+        self.queue_size
+    }
+
+    fn features(&self) -> u64 {
+        (1 << VIRTIO_F_VERSION_1)
+            | (1 << VIRTIO_F_NOTIFY_ON_EMPTY)
+            | (1 << VIRTIO_RING_F_EVENT_IDX)
+            | (1 << VIRTIO_RING_F_INDIRECT_DESC)
+            | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
+    }
+
+    fn protocol_features(&self) -> VhostUserProtocolFeatures {
+        VhostUserProtocolFeatures::MQ
+            | VhostUserProtocolFeatures::CONFIG
+            | VhostUserProtocolFeatures::REPLY_ACK
+            | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
+    }
+
+    fn set_event_idx(&mut self, enabled: bool) {
+        self.event_idx = enabled;
+    }
+
+    fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
+        let cfg = config_space(self.queues as u16);
+        let start = (offset as usize).min(cfg.len());
+        let end = start.saturating_add(size as usize).min(cfg.len());
+        let mut out = cfg[start..end].to_vec();
+        out.resize(size as usize, 0);
+        out
+    }
+
+    fn update_memory(&mut self, atomic: GuestMemoryAtomic<GuestMemoryMmap>) -> io::Result<()> {
+        let mem = atomic.memory();
+        let now: Vec<(usize, usize)> = mem
+            .iter()
+            .filter_map(|r| {
+                r.get_host_address(vm_memory::MemoryRegionAddress(0))
+                    .ok()
+                    .map(|p| (p as usize, r.len() as usize))
+            })
+            .collect();
+        // Unpin regions that went away, pin the new ones.
+        let gone: Vec<(usize, usize)> = self.registered.iter().copied().filter(|r| !now.contains(r)).collect();
+        for r in gone {
+            self.executor.unregister_host(r.0 as *mut u8);
+            self.registered.retain(|x| *x != r);
+        }
+        for r in now {
+            if !self.registered.contains(&r) && self.executor.register_host(r.0 as *mut u8, r.1) {
+                self.registered.push(r);
+                info!("guest memory region of {} KiB pinned for DMA", r.1 >> 10);
+            }
+        }
+        drop(mem);
+        self.mem = Some(atomic);
+        Ok(())
+    }
+
+    fn handle_event(&mut self, device_event: u16, _evset: vmm_sys_util::epoll::EventSet, vrings: &[VringRwLock], _thread_id: usize) -> io::Result<()> {
+        let Some(vring) = vrings.get(usize::from(device_event)) else {
+            return Ok(());
+        };
+        self.serve_queue(vring)
+    }
+
+    fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
+        new_event_consumer_and_notifier(EventFlag::NONBLOCK).ok()
+    }
+}

@@ -1,0 +1,144 @@
+//! Command-line configuration, validated into a [`Config`].
+
+use std::path::PathBuf;
+
+use clap::Parser;
+use thiserror::Error;
+use vgpu_executor::SliceLimits;
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("--gpu must be 'sim' or a CUDA device ordinal, not '{0}'")]
+    BadGpu(String),
+    #[error("'{0}' is not a size (examples: 1073741824, 512M, 8G, 2GiB)")]
+    BadSize(String),
+    #[error("--queues must be between 1 and 64, not {0}")]
+    BadQueues(usize),
+    #[error("--queue-size must be a power of two between 64 and 32768, not {0}")]
+    BadQueueSize(usize),
+}
+
+/// Which device executes the calls.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GpuSelection {
+    Sim,
+    Cuda(i32),
+}
+
+#[derive(Parser, Debug)]
+#[command(name = "vhost-gpu", version, about = "Serves a VM's vGPU over vhost-user")]
+pub struct Args {
+    /// vhost-user socket to listen on (one frontend at a time).
+    #[arg(long)]
+    pub socket: PathBuf,
+    /// 'sim' for the CPU simulator (CI only: nothing runs on a GPU) or a CUDA device ordinal.
+    #[arg(long, default_value = "0")]
+    pub gpu: String,
+    /// Device memory the VM may hold (the slice), e.g. 8G. Default: the whole device.
+    #[arg(long)]
+    pub mem_limit: Option<String>,
+    /// Memory of the simulated device, e.g. 16G.
+    #[arg(long, default_value = "16G")]
+    pub sim_memory: String,
+    /// Number of virtqueues offered.
+    #[arg(long, default_value_t = 2)]
+    pub queues: usize,
+    /// Largest queue size offered.
+    #[arg(long, default_value_t = 1024)]
+    pub queue_size: usize,
+    /// Microseconds to keep polling a queue after it runs dry, before waiting for a kick.
+    #[arg(long, default_value_t = 200)]
+    pub poll_us: u64,
+    /// Exit after serving this many frontends (default: serve forever).
+    #[arg(long)]
+    pub max_connections: Option<usize>,
+}
+
+/// Validated configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub socket: PathBuf,
+    pub gpu: GpuSelection,
+    pub limits: SliceLimits,
+    pub sim_memory: u64,
+    pub queues: usize,
+    pub queue_size: usize,
+    pub poll_us: u64,
+}
+
+/// Parses "1048576", "512M", "8G", "2GiB", "64KiB".
+pub fn parse_size(s: &str) -> Result<u64, ConfigError> {
+    let bad = || ConfigError::BadSize(s.to_string());
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num.parse().map_err(|_| bad())?;
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        "t" | "tb" | "tib" => 40,
+        _ => return Err(bad()),
+    };
+    n.checked_mul(1u64 << shift).ok_or_else(bad)
+}
+
+impl TryFrom<Args> for Config {
+    type Error = ConfigError;
+
+    fn try_from(a: Args) -> Result<Self, ConfigError> {
+        let gpu = if a.gpu == "sim" {
+            GpuSelection::Sim
+        } else {
+            GpuSelection::Cuda(a.gpu.parse().map_err(|_| ConfigError::BadGpu(a.gpu.clone()))?)
+        };
+        if !(1..=64).contains(&a.queues) {
+            return Err(ConfigError::BadQueues(a.queues));
+        }
+        if !a.queue_size.is_power_of_two() || !(64..=32768).contains(&a.queue_size) {
+            return Err(ConfigError::BadQueueSize(a.queue_size));
+        }
+        Ok(Config {
+            socket: a.socket,
+            gpu,
+            limits: SliceLimits {
+                mem_limit: a.mem_limit.as_deref().map(parse_size).transpose()?,
+            },
+            sim_memory: parse_size(&a.sim_memory)?,
+            queues: a.queues,
+            queue_size: a.queue_size,
+            poll_us: a.poll_us,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(extra: &[&str]) -> Args {
+        let mut v = vec!["vhost-gpu", "--socket", "/tmp/s"];
+        v.extend_from_slice(extra);
+        Args::parse_from(v)
+    }
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(parse_size("512M"), Ok(512 << 20));
+        assert_eq!(parse_size("2GiB"), Ok(2 << 30));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("99999999999T").is_err());
+    }
+
+    #[test]
+    fn bad_flags_get_clear_errors() {
+        assert_eq!(Config::try_from(args(&["--gpu", "h200"])).unwrap_err(), ConfigError::BadGpu("h200".into()));
+        assert_eq!(Config::try_from(args(&["--queues", "0"])).unwrap_err(), ConfigError::BadQueues(0));
+        assert_eq!(Config::try_from(args(&["--queue-size", "100"])).unwrap_err(), ConfigError::BadQueueSize(100));
+        let c = Config::try_from(args(&["--gpu", "sim", "--mem-limit", "1G"])).unwrap();
+        assert_eq!(c.gpu, GpuSelection::Sim);
+        assert_eq!(c.limits.mem_limit, Some(1 << 30));
+    }
+}

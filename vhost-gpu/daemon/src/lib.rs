@@ -1,0 +1,75 @@
+//! `vhost-gpu`: serves one VM's vGPU on a vhost-user socket. The vhost-user adapter
+//! ([`backend`]) turns descriptor chains into messages and host memory segments; the executor
+//! (crate `vgpu-executor`) runs them on the GPU.
+
+pub mod backend;
+pub mod chain;
+pub mod config;
+
+use std::sync::{Arc, Mutex};
+
+use log::{error, info};
+use thiserror::Error;
+use vgpu_executor::{
+    Executor,
+    cuda::{CudaGpu, CudaInitError},
+    gpu::Gpu,
+    sim::SimGpu,
+};
+use vhost_user_backend::VhostUserDaemon;
+use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
+
+pub use crate::{
+    backend::VgpuBackend,
+    config::{Config, GpuSelection},
+};
+
+#[derive(Debug, Error)]
+pub enum Error {
+    #[error("Could not open the GPU")]
+    Gpu(#[source] CudaInitError),
+    #[error("Could not create the vhost-user daemon: {0}")]
+    Daemon(vhost_user_backend::Error),
+}
+
+/// Opens the device the configuration names.
+pub fn open_gpu(config: &Config) -> Result<Box<dyn Gpu>, Error> {
+    Ok(match config.gpu {
+        GpuSelection::Sim => Box::new(SimGpu::new(config.sim_memory)),
+        GpuSelection::Cuda(ordinal) => Box::new(CudaGpu::open(ordinal).map_err(Error::Gpu)?),
+    })
+}
+
+/// Serves frontends on the configured socket, one after another, until an error or until
+/// `max_connections` have been served (`None`: forever). Everything a frontend held is freed
+/// when it disconnects.
+pub fn run(config: &Config, max_connections: Option<usize>) -> Result<(), Error> {
+    let gpu = open_gpu(config)?;
+    let kind = gpu.kind();
+    let executor = Executor::new(gpu, config.limits);
+    let backend = Arc::new(Mutex::new(VgpuBackend::new(executor, config)));
+    info!(
+        "vhost-gpu: serving {} with executor {kind}, {} queues, memory limit {}",
+        config.socket.display(),
+        config.queues,
+        config.limits.mem_limit.map_or("none (whole device)".into(), |l| format!("{l} bytes"))
+    );
+    let mut served = 0usize;
+    loop {
+        let mut daemon = VhostUserDaemon::new("vhost-gpu".into(), backend.clone(), GuestMemoryAtomic::new(GuestMemoryMmap::new()))
+            .map_err(Error::Daemon)?;
+        let result = daemon.serve(&config.socket);
+        let freed = backend.lock().unwrap_or_else(std::sync::PoisonError::into_inner).disconnected();
+        info!(
+            "frontend disconnected, freed {} allocations ({} bytes) and {} objects; waiting for the next",
+            freed.allocations, freed.bytes, freed.objects
+        );
+        if let Err(source) = result {
+            error!("connection ended with an error: {source}");
+        }
+        served += 1;
+        if max_connections.is_some_and(|m| served >= m) {
+            return Ok(());
+        }
+    }
+}

@@ -1,0 +1,414 @@
+//! The CPU simulator. It exists so CI can exercise every path without a GPU, and it must never
+//! be mistaken for the product: its device name, the handshake and every log line say "sim".
+//!
+//! Device memory lives in host RAM and copies really move bytes, so checksums through the
+//! whole stack are meaningful. Kernels are validated (handle, parameter buffer size) and
+//! recorded, never executed.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    time::Instant,
+};
+
+use log::info;
+use vgpu_protocol::CuResult;
+
+use crate::{
+    gpu::{ATTRIBUTE_SLOTS, DeviceProps, Gpu, GpuKind, GpuResult, HostSeg, KernelDesc, LaunchConfig},
+    image,
+};
+
+/// Device addresses the simulator hands out start here (and look like real ones).
+const SIM_VA_BASE: u64 = 0x7f00_0000_0000;
+const SIM_ALIGN: u64 = 512;
+
+pub struct SimGpu {
+    total_mem: u64,
+    used_mem: u64,
+    next_va: u64,
+    allocations: BTreeMap<u64, Vec<u8>>,
+    next_handle: u64,
+    contexts: HashMap<u64, i32>,
+    streams: HashMap<u64, ()>,
+    events: HashMap<u64, Option<Instant>>,
+    modules: HashMap<u64, Vec<u64>>,
+    functions: HashMap<u64, SimFunction>,
+    host_regions: HashMap<usize, usize>,
+    launches: u64,
+}
+
+struct SimFunction {
+    name: String,
+    params_len: u32,
+    attrs: HashMap<i32, i32>,
+}
+
+impl SimGpu {
+    /// A simulated device with `total_mem` bytes of (host) memory.
+    pub fn new(total_mem: u64) -> Self {
+        info!("sim: simulated GPU with {} MiB of host RAM as device memory; nothing runs on a GPU", total_mem >> 20);
+        Self {
+            total_mem,
+            used_mem: 0,
+            next_va: SIM_VA_BASE,
+            allocations: BTreeMap::new(),
+            next_handle: 0x1000,
+            contexts: HashMap::new(),
+            streams: HashMap::new(),
+            events: HashMap::new(),
+            modules: HashMap::new(),
+            functions: HashMap::new(),
+            host_regions: HashMap::new(),
+            launches: 0,
+        }
+    }
+
+    fn handle(&mut self) -> u64 {
+        self.next_handle += 0x10;
+        self.next_handle
+    }
+
+    /// The allocation holding `[dptr, dptr+len)`, as (base, offset).
+    fn locate(&self, dptr: u64, len: u64) -> GpuResult<(u64, usize)> {
+        let (&base, buf) = self.allocations.range(..=dptr).next_back().ok_or(CuResult::INVALID_VALUE)?;
+        let off = dptr - base;
+        if off.checked_add(len).is_none_or(|end| end > buf.len() as u64) {
+            return Err(CuResult::INVALID_VALUE);
+        }
+        Ok((base, off as usize))
+    }
+
+    fn check_stream(&self, stream: u64) -> GpuResult<()> {
+        if stream <= vgpu_protocol::stream::PER_THREAD || self.streams.contains_key(&stream) {
+            Ok(())
+        } else {
+            Err(CuResult::INVALID_HANDLE)
+        }
+    }
+
+    /// Attribute table of an H200-like device (values a real H200 reports).
+    fn attributes() -> Vec<i32> {
+        let mut a = vec![0i32; ATTRIBUTE_SLOTS];
+        let set = |a: &mut Vec<i32>, i: usize, v: i32| a[i] = v;
+        set(&mut a, 1, 1024); // MAX_THREADS_PER_BLOCK
+        set(&mut a, 2, 1024);
+        set(&mut a, 3, 1024);
+        set(&mut a, 4, 64);
+        set(&mut a, 5, 2_147_483_647);
+        set(&mut a, 6, 65535);
+        set(&mut a, 7, 65535);
+        set(&mut a, 8, 49152); // MAX_SHARED_MEMORY_PER_BLOCK
+        set(&mut a, 9, 65536); // TOTAL_CONSTANT_MEMORY
+        set(&mut a, 10, 32); // WARP_SIZE
+        set(&mut a, 11, 2_147_483_647); // MAX_PITCH
+        set(&mut a, 12, 65536); // MAX_REGISTERS_PER_BLOCK
+        set(&mut a, 13, 1_980_000); // CLOCK_RATE
+        set(&mut a, 14, 512); // TEXTURE_ALIGNMENT
+        set(&mut a, 15, 1); // GPU_OVERLAP
+        set(&mut a, 16, 132); // MULTIPROCESSOR_COUNT
+        set(&mut a, 19, 1); // INTEGRATED=0? keep CAN_MAP_HOST_MEMORY at 19
+        set(&mut a, 18, 0); // INTEGRATED
+        set(&mut a, 20, 0); // COMPUTE_MODE default
+        set(&mut a, 31, 1); // CONCURRENT_KERNELS
+        set(&mut a, 32, 0); // ECC_ENABLED
+        set(&mut a, 33, 0x19); // PCI_BUS_ID
+        set(&mut a, 34, 0); // PCI_DEVICE_ID
+        set(&mut a, 36, 2_619_000); // MEMORY_CLOCK_RATE
+        set(&mut a, 37, 6144); // GLOBAL_MEMORY_BUS_WIDTH
+        set(&mut a, 38, 52_428_800); // L2_CACHE_SIZE
+        set(&mut a, 39, 2048); // MAX_THREADS_PER_MULTIPROCESSOR
+        set(&mut a, 40, 2); // ASYNC_ENGINE_COUNT
+        set(&mut a, 41, 1); // UNIFIED_ADDRESSING
+        set(&mut a, 50, 0); // PCI_DOMAIN_ID
+        set(&mut a, 75, 9); // COMPUTE_CAPABILITY_MAJOR
+        set(&mut a, 76, 0); // COMPUTE_CAPABILITY_MINOR
+        set(&mut a, 81, 233_472); // MAX_SHARED_MEMORY_PER_MULTIPROCESSOR
+        set(&mut a, 82, 65536); // MAX_REGISTERS_PER_MULTIPROCESSOR
+        set(&mut a, 83, 0); // MANAGED_MEMORY: not supported by vGPU yet
+        set(&mut a, 86, 0); // PAGEABLE_MEMORY_ACCESS
+        set(&mut a, 95, 1); // COOPERATIVE_LAUNCH
+        set(&mut a, 97, 232_448); // MAX_SHARED_MEMORY_PER_BLOCK_OPTIN
+        set(&mut a, 106, 32); // MAX_BLOCKS_PER_MULTIPROCESSOR
+        set(&mut a, 115, 1); // MEMORY_POOLS_SUPPORTED
+        a
+    }
+}
+
+impl Gpu for SimGpu {
+    fn kind(&self) -> GpuKind {
+        GpuKind::Sim
+    }
+
+    fn driver_version(&self) -> i32 {
+        13000
+    }
+
+    fn device_count(&self) -> i32 {
+        1
+    }
+
+    fn device_props(&mut self, device: i32) -> GpuResult<DeviceProps> {
+        if device != 0 {
+            return Err(CuResult::INVALID_DEVICE);
+        }
+        Ok(DeviceProps {
+            name: "vGPU SIM (simulated, no GPU)".into(),
+            uuid: *b"vgpu-sim-device0",
+            total_mem: self.total_mem,
+            attributes: Self::attributes(),
+        })
+    }
+
+    fn mem_info(&mut self) -> GpuResult<(u64, u64)> {
+        Ok((self.total_mem - self.used_mem, self.total_mem))
+    }
+
+    fn ctx_create(&mut self, device: i32, _flags: u32) -> GpuResult<u64> {
+        if device != 0 {
+            return Err(CuResult::INVALID_DEVICE);
+        }
+        let h = self.handle();
+        self.contexts.insert(h, device);
+        Ok(h)
+    }
+
+    fn ctx_destroy(&mut self, ctx: u64) -> GpuResult<()> {
+        self.contexts.remove(&ctx).map(|_| ()).ok_or(CuResult::INVALID_CONTEXT)
+    }
+
+    fn set_current(&mut self, ctx: u64) -> GpuResult<()> {
+        if self.contexts.contains_key(&ctx) {
+            Ok(())
+        } else {
+            Err(CuResult::INVALID_CONTEXT)
+        }
+    }
+
+    fn ctx_synchronize(&mut self) -> GpuResult<()> {
+        Ok(())
+    }
+
+    fn mem_alloc(&mut self, size: u64) -> GpuResult<u64> {
+        if size == 0 {
+            return Err(CuResult::INVALID_VALUE);
+        }
+        if size > self.total_mem - self.used_mem {
+            return Err(CuResult::OUT_OF_MEMORY);
+        }
+        let buf = vec![0u8; usize::try_from(size).map_err(|_| CuResult::OUT_OF_MEMORY)?];
+        let va = self.next_va;
+        self.next_va += size.div_ceil(SIM_ALIGN) * SIM_ALIGN + SIM_ALIGN;
+        self.allocations.insert(va, buf);
+        self.used_mem += size;
+        Ok(va)
+    }
+
+    fn mem_free(&mut self, dptr: u64) -> GpuResult<()> {
+        let buf = self.allocations.remove(&dptr).ok_or(CuResult::INVALID_VALUE)?;
+        self.used_mem -= buf.len() as u64;
+        Ok(())
+    }
+
+    fn memset(&mut self, dptr: u64, value: u32, elem_size: u32, count: u64, stream: u64, _is_async: bool) -> GpuResult<()> {
+        self.check_stream(stream)?;
+        let len = count.checked_mul(u64::from(elem_size)).ok_or(CuResult::INVALID_VALUE)?;
+        let (base, off) = self.locate(dptr, len)?;
+        let buf = &mut self.allocations.get_mut(&base).ok_or(CuResult::INVALID_VALUE)?[off..off + len as usize];
+        match elem_size {
+            1 => buf.fill(value as u8),
+            2 => buf.chunks_exact_mut(2).for_each(|c| c.copy_from_slice(&(value as u16).to_le_bytes())),
+            4 => buf.chunks_exact_mut(4).for_each(|c| c.copy_from_slice(&value.to_le_bytes())),
+            _ => return Err(CuResult::INVALID_VALUE),
+        }
+        Ok(())
+    }
+
+    unsafe fn memcpy_htod(&mut self, dst: u64, src: HostSeg, stream: u64, _is_async: bool) -> GpuResult<()> {
+        self.check_stream(stream)?;
+        let (base, off) = self.locate(dst, src.len as u64)?;
+        let buf = self.allocations.get_mut(&base).ok_or(CuResult::INVALID_VALUE)?;
+        // SAFETY: the caller guarantees `src` is readable for `src.len` bytes; the destination
+        // range was bounds-checked by `locate`. Guest memory may change under us, which only
+        // affects the guest's own data.
+        unsafe { std::ptr::copy_nonoverlapping(src.ptr, buf.as_mut_ptr().add(off), src.len) };
+        Ok(())
+    }
+
+    unsafe fn memcpy_dtoh(&mut self, dst: HostSeg, src: u64, stream: u64, _is_async: bool) -> GpuResult<()> {
+        self.check_stream(stream)?;
+        let (base, off) = self.locate(src, dst.len as u64)?;
+        let buf = self.allocations.get(&base).ok_or(CuResult::INVALID_VALUE)?;
+        // SAFETY: the caller guarantees `dst` is writable for `dst.len` bytes; the source
+        // range was bounds-checked by `locate`.
+        unsafe { std::ptr::copy_nonoverlapping(buf.as_ptr().add(off), dst.ptr, dst.len) };
+        Ok(())
+    }
+
+    fn memcpy_dtod(&mut self, dst: u64, src: u64, len: u64, stream: u64, _is_async: bool) -> GpuResult<()> {
+        self.check_stream(stream)?;
+        let (sbase, soff) = self.locate(src, len)?;
+        let (dbase, doff) = self.locate(dst, len)?;
+        let len = len as usize;
+        if sbase == dbase {
+            let buf = self.allocations.get_mut(&sbase).ok_or(CuResult::INVALID_VALUE)?;
+            buf.copy_within(soff..soff + len, doff);
+        } else {
+            let tmp = self.allocations[&sbase][soff..soff + len].to_vec();
+            self.allocations.get_mut(&dbase).ok_or(CuResult::INVALID_VALUE)?[doff..doff + len].copy_from_slice(&tmp);
+        }
+        Ok(())
+    }
+
+    fn stream_create(&mut self, _flags: u32, _priority: i32) -> GpuResult<u64> {
+        let h = self.handle();
+        self.streams.insert(h, ());
+        Ok(h)
+    }
+
+    fn stream_destroy(&mut self, stream: u64) -> GpuResult<()> {
+        self.streams.remove(&stream).ok_or(CuResult::INVALID_HANDLE)
+    }
+
+    fn stream_synchronize(&mut self, stream: u64) -> GpuResult<()> {
+        self.check_stream(stream)
+    }
+
+    fn stream_query(&mut self, stream: u64) -> GpuResult<()> {
+        self.check_stream(stream)
+    }
+
+    fn stream_wait_event(&mut self, stream: u64, event: u64, _flags: u32) -> GpuResult<()> {
+        self.check_stream(stream)?;
+        self.events.get(&event).map(|_| ()).ok_or(CuResult::INVALID_HANDLE)
+    }
+
+    fn event_create(&mut self, _flags: u32) -> GpuResult<u64> {
+        let h = self.handle();
+        self.events.insert(h, None);
+        Ok(h)
+    }
+
+    fn event_destroy(&mut self, event: u64) -> GpuResult<()> {
+        self.events.remove(&event).map(|_| ()).ok_or(CuResult::INVALID_HANDLE)
+    }
+
+    fn event_record(&mut self, event: u64, stream: u64) -> GpuResult<()> {
+        self.check_stream(stream)?;
+        let e = self.events.get_mut(&event).ok_or(CuResult::INVALID_HANDLE)?;
+        *e = Some(Instant::now());
+        Ok(())
+    }
+
+    fn event_synchronize(&mut self, event: u64) -> GpuResult<()> {
+        self.events.get(&event).map(|_| ()).ok_or(CuResult::INVALID_HANDLE)
+    }
+
+    fn event_query(&mut self, event: u64) -> GpuResult<()> {
+        self.event_synchronize(event)
+    }
+
+    fn event_elapsed_ms(&mut self, start: u64, end: u64) -> GpuResult<f32> {
+        let s = self.events.get(&start).ok_or(CuResult::INVALID_HANDLE)?;
+        let e = self.events.get(&end).ok_or(CuResult::INVALID_HANDLE)?;
+        match (s, e) {
+            (Some(s), Some(e)) => Ok(e.saturating_duration_since(*s).as_secs_f32() * 1000.0),
+            _ => Err(CuResult::NOT_READY),
+        }
+    }
+
+    fn module_load(&mut self, image: &[u8]) -> GpuResult<(u64, Vec<KernelDesc>)> {
+        let kernels = image::kernels(image).map_err(|e| {
+            info!("sim: module image refused: {e}");
+            CuResult::INVALID_IMAGE
+        })?;
+        let module = self.handle();
+        let mut descs = Vec::with_capacity(kernels.len());
+        for k in kernels {
+            let raw = self.handle();
+            let params_len = k.params.iter().map(|(o, s)| o + s).max().unwrap_or(0);
+            self.functions.insert(
+                raw,
+                SimFunction {
+                    name: k.name.clone(),
+                    params_len,
+                    attrs: HashMap::new(),
+                },
+            );
+            descs.push(KernelDesc {
+                name: k.name,
+                raw,
+                params: k.params,
+            });
+        }
+        info!("sim: module loaded with {} kernels (recorded, never executed)", descs.len());
+        self.modules.insert(module, descs.iter().map(|d| d.raw).collect());
+        Ok((module, descs))
+    }
+
+    fn module_unload(&mut self, module: u64) -> GpuResult<()> {
+        let funcs = self.modules.remove(&module).ok_or(CuResult::INVALID_HANDLE)?;
+        for f in funcs {
+            self.functions.remove(&f);
+        }
+        Ok(())
+    }
+
+    fn module_get_global(&mut self, module: u64, _name: &str) -> GpuResult<(u64, u64)> {
+        if !self.modules.contains_key(&module) {
+            return Err(CuResult::INVALID_HANDLE);
+        }
+        Err(CuResult::NOT_FOUND)
+    }
+
+    fn func_get_attribute(&mut self, func: u64, attribute: i32) -> GpuResult<i32> {
+        let f = self.functions.get(&func).ok_or(CuResult::INVALID_HANDLE)?;
+        Ok(match attribute {
+            0 => f.attrs.get(&0).copied().unwrap_or(1024), // MAX_THREADS_PER_BLOCK
+            4 => 16,                                       // NUM_REGS
+            5 => 90,                                       // PTX_VERSION
+            6 => 90,                                       // BINARY_VERSION
+            a => f.attrs.get(&a).copied().unwrap_or(0),
+        })
+    }
+
+    fn func_set_attribute(&mut self, func: u64, attribute: i32, value: i32) -> GpuResult<()> {
+        let f = self.functions.get_mut(&func).ok_or(CuResult::INVALID_HANDLE)?;
+        f.attrs.insert(attribute, value);
+        Ok(())
+    }
+
+    fn occupancy_max_active_blocks(&mut self, func: u64, block_size: i32, _dynamic_smem: u64, _flags: u32) -> GpuResult<i32> {
+        if !self.functions.contains_key(&func) || block_size <= 0 {
+            return Err(CuResult::INVALID_VALUE);
+        }
+        Ok((2048 / block_size).clamp(0, 32))
+    }
+
+    fn launch(&mut self, func: u64, config: &LaunchConfig, stream: u64, params: &[u8], _layout: &[(u32, u32)]) -> GpuResult<()> {
+        self.check_stream(stream)?;
+        let f = self.functions.get(&func).ok_or(CuResult::INVALID_HANDLE)?;
+        let threads: u64 = config.block.iter().map(|&b| u64::from(b)).product();
+        if config.grid.contains(&0) || threads == 0 || threads > 1024 {
+            return Err(CuResult::INVALID_VALUE);
+        }
+        if params.len() != f.params_len as usize {
+            info!("sim: launch of {} refused: {} parameter bytes, kernel takes {}", f.name, params.len(), f.params_len);
+            return Err(CuResult::INVALID_VALUE);
+        }
+        self.launches += 1;
+        Ok(())
+    }
+
+    fn register_host(&mut self, ptr: *mut u8, len: usize) -> GpuResult<()> {
+        self.host_regions.insert(ptr as usize, len);
+        Ok(())
+    }
+
+    fn unregister_host(&mut self, ptr: *mut u8) -> GpuResult<()> {
+        self.host_regions.remove(&(ptr as usize)).map(|_| ()).ok_or(CuResult::INVALID_VALUE)
+    }
+
+    fn launches_recorded(&self) -> Option<u64> {
+        Some(self.launches)
+    }
+}

@@ -1,0 +1,349 @@
+//! `vgpuctl`: command-line client of the pool controller's REST API.
+
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use serde_json::{Value, json};
+
+#[derive(Parser, Debug)]
+#[command(name = "vgpuctl", version, about = "Command-line client of the vGPU pool controller")]
+struct Cli {
+    /// Controller URL.
+    #[arg(long, env = "VGPU_URL", default_value = "http://127.0.0.1:8470", global = true)]
+    url: String,
+    /// Bearer token (admin or project).
+    #[arg(long, env = "VGPU_TOKEN", hide_env_values = true, global = true)]
+    token: Option<String>,
+    /// Print the controller's JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// List hosts.
+    Hosts,
+    /// List GPUs with their free capacity.
+    Gpus,
+    /// List slices in use.
+    Slices,
+    /// List allocations.
+    Allocations,
+    /// Show one allocation.
+    Get { id: String },
+    /// Allocate a slice for a VM.
+    Allocate {
+        #[arg(long)]
+        vm: String,
+        /// The host the VM runs on.
+        #[arg(long)]
+        host: String,
+        /// Project (admin token only).
+        #[arg(long)]
+        project: Option<String>,
+        /// Fixed profile: 1, 1/2, 1/4, 1/8, ...
+        #[arg(long, conflicts_with_all = ["sm", "memory"])]
+        profile: Option<String>,
+        /// Arbitrary slice: SM count.
+        #[arg(long, requires = "memory")]
+        sm: Option<u32>,
+        /// Arbitrary slice: memory (bytes, or with KiB/MiB/GiB/TiB suffix).
+        #[arg(long, requires = "sm")]
+        memory: Option<String>,
+        /// Allow a GPU on another host (network fallback).
+        #[arg(long)]
+        allow_remote: bool,
+        /// Use the emptiest GPU instead of the fullest (binpack).
+        #[arg(long)]
+        spread: bool,
+        /// Prefer GPUs on this NUMA node.
+        #[arg(long)]
+        numa: Option<i32>,
+    },
+    /// Release an allocation.
+    Release { id: String },
+    /// Stop placing new slices on a host.
+    Drain { host: String },
+    /// Undo a drain.
+    Undrain { host: String },
+    /// List projects.
+    Projects,
+    /// Create a project (prints its token once).
+    ProjectCreate {
+        name: String,
+        #[arg(long)]
+        max_allocations: Option<u64>,
+        /// Memory quota (bytes or with suffix).
+        #[arg(long)]
+        max_memory: Option<String>,
+        #[arg(long)]
+        max_sm: Option<u64>,
+    },
+    /// Set a GPU's slice mode or compute oversubscription ratio.
+    GpuSet {
+        uuid: String,
+        /// homogeneous or mixed
+        #[arg(long)]
+        slice_mode: Option<String>,
+        #[arg(long)]
+        oversubscription: Option<f64>,
+        /// healthy or unhealthy
+        #[arg(long)]
+        health: Option<String>,
+    },
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n.parse().map_err(|_| format!("bad size {s:?}"))?;
+    let mul: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" => 1 << 10,
+        "m" | "mib" => 1 << 20,
+        "g" | "gib" => 1 << 30,
+        "t" | "tib" => 1 << 40,
+        u => return Err(format!("unknown size unit {u:?} (use KiB, MiB, GiB, TiB)")),
+    };
+    n.checked_mul(mul).ok_or_else(|| format!("size {s:?} too large"))
+}
+
+fn human_bytes(b: u64) -> String {
+    const U: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = b as f64;
+    let mut i = 0;
+    while v >= 1024.0 && i < U.len() - 1 {
+        v /= 1024.0;
+        i += 1;
+    }
+    if i == 0 { format!("{b} B") } else { format!("{v:.1} {}", U[i]) }
+}
+
+struct Api {
+    url: String,
+    token: Option<String>,
+    agent: ureq::Agent,
+}
+
+impl Api {
+    fn call(&self, method: &str, path: &str, body: Option<Value>) -> Result<Value, String> {
+        let url = format!("{}{}", self.url.trim_end_matches('/'), path);
+        let auth = self.token.as_ref().map(|t| format!("Bearer {t}"));
+        let resp = match (method, body) {
+            ("GET", _) => {
+                let mut r = self.agent.get(&url);
+                if let Some(a) = &auth {
+                    r = r.header("authorization", a);
+                }
+                r.call()
+            }
+            ("DELETE", _) => {
+                let mut r = self.agent.delete(&url);
+                if let Some(a) = &auth {
+                    r = r.header("authorization", a);
+                }
+                r.call()
+            }
+            (m, body) => {
+                let mut r = if m == "PATCH" { self.agent.patch(&url) } else { self.agent.post(&url) };
+                if let Some(a) = &auth {
+                    r = r.header("authorization", a);
+                }
+                r.send_json(body.unwrap_or(json!({})))
+            }
+        };
+        let mut resp = resp.map_err(|e| format!("cannot reach {}: {e}", self.url))?;
+        let status = resp.status().as_u16();
+        let text = resp.body_mut().read_to_string().map_err(|e| e.to_string())?;
+        let v: Value = if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
+        if status >= 400 {
+            let msg = v["error"]["message"].as_str().map(str::to_string).unwrap_or_else(|| v.to_string());
+            let code = v["error"]["code"].as_str().unwrap_or("error");
+            return Err(format!("HTTP {status} {code}: {msg}"));
+        }
+        Ok(v)
+    }
+}
+
+fn s(v: &Value) -> String {
+    match v {
+        Value::Null => "-".into(),
+        Value::String(x) => x.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn table(headers: &[&str], rows: Vec<Vec<String>>) {
+    let mut w: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for r in &rows {
+        for (i, c) in r.iter().enumerate() {
+            w[i] = w[i].max(c.len());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let mut out = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                out.push_str(c);
+            } else {
+                out.push_str(&format!("{c:<width$}  ", width = w[i]));
+            }
+        }
+        println!("{}", out.trim_end());
+    };
+    line(headers.iter().map(|h| h.to_string()).collect());
+    for r in rows {
+        line(r);
+    }
+}
+
+fn print_allocations(v: &Value) {
+    let rows = v
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|a| {
+            vec![
+                s(&a["id"]),
+                s(&a["project"]),
+                s(&a["vm"]),
+                s(&a["vm_host"]),
+                s(&a["gpu_uuid"]),
+                a["profile"].as_u64().map(|n| if n == 1 { "1".into() } else { format!("1/{n}") }).unwrap_or_else(|| "custom".into()),
+                s(&a["sm_count"]),
+                human_bytes(a["memory_bytes"].as_u64().unwrap_or(0)),
+                if a["remote"].as_bool() == Some(true) { s(&a["endpoint"]) } else { "local".into() },
+                s(&a["state"]),
+                s(&a["socket_path"]),
+            ]
+        })
+        .collect();
+    table(&["ID", "PROJECT", "VM", "VM HOST", "GPU", "PROFILE", "SMS", "MEMORY", "WHERE", "STATE", "SOCKET"], rows);
+}
+
+fn run(cli: Cli) -> Result<(), String> {
+    let agent = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(30)))
+        .http_status_as_error(false)
+        .build()
+        .new_agent();
+    let api = Api { url: cli.url.clone(), token: cli.token.clone(), agent };
+    let (v, printer): (Value, fn(&Value)) = match cli.cmd {
+        Cmd::Hosts => (api.call("GET", "/v1/hosts", None)?, |v| {
+            let rows = v.as_array().cloned().unwrap_or_default().iter().map(|h| {
+                let labels = h["labels"].as_object().map(|m| m.iter().map(|(k, x)| format!("{k}={}", s(x))).collect::<Vec<_>>().join(",")).unwrap_or_default();
+                vec![
+                    s(&h["name"]),
+                    if h["alive"].as_bool() == Some(true) { "alive".into() } else { "lost".into() },
+                    if h["schedulable"].as_bool() == Some(true) { "yes".into() } else { "drained".into() },
+                    s(&h["gpu_source"]),
+                    s(&h["gpus"]),
+                    s(&h["allocations"]),
+                    format!("{}:{}", s(&h["address"]), s(&h["serve_port"])),
+                    if labels.is_empty() { "-".into() } else { labels },
+                ]
+            }).collect();
+            table(&["HOST", "STATE", "SCHEDULABLE", "GPUS FROM", "GPUS", "ALLOCS", "SERVE ENDPOINT", "LABELS"], rows);
+        }),
+        Cmd::Gpus => (api.call("GET", "/v1/gpus", None)?, |v| {
+            let rows = v.as_array().cloned().unwrap_or_default().iter().map(|g| vec![
+                s(&g["uuid"]),
+                s(&g["host"]),
+                s(&g["index"]),
+                s(&g["model"]),
+                format!("{}/{}", s(&g["sm_allocated"]), s(&g["sm_capacity"])),
+                format!("{} / {}", human_bytes(g["memory_allocated_bytes"].as_u64().unwrap_or(0)), human_bytes(g["memory_bytes"].as_u64().unwrap_or(0))),
+                s(&g["slices"]),
+                s(&g["slice_mode"]),
+                s(&g["health"]),
+                s(&g["numa_node"]),
+            ]).collect();
+            table(&["UUID", "HOST", "IDX", "MODEL", "SMS USED", "MEMORY USED", "SLICES", "MODE", "HEALTH", "NUMA"], rows);
+        }),
+        Cmd::Slices => (api.call("GET", "/v1/slices", None)?, |v| {
+            let rows = v.as_array().cloned().unwrap_or_default().iter().map(|x| vec![
+                s(&x["id"]), s(&x["gpu_uuid"]), s(&x["gpu_host"]), x["profile"].as_str().unwrap_or("custom").to_string(),
+                s(&x["sm_count"]), human_bytes(x["memory_bytes"].as_u64().unwrap_or(0)), s(&x["allocation_id"]), s(&x["project"]), s(&x["vm"]),
+            ]).collect();
+            table(&["SLICE", "GPU", "HOST", "PROFILE", "SMS", "MEMORY", "ALLOCATION", "PROJECT", "VM"], rows);
+        }),
+        Cmd::Allocations => (api.call("GET", "/v1/allocations", None)?, print_allocations),
+        Cmd::Get { id } => (api.call("GET", &format!("/v1/allocations/{id}"), None)?, |v| print_allocations(&json!([v]))),
+        Cmd::Allocate { vm, host, project, profile, sm, memory, allow_remote, spread, numa } => {
+            let slice = match (profile, sm, memory) {
+                (Some(p), _, _) => json!({"profile": p}),
+                (None, Some(sm), Some(m)) => json!({"sm_count": sm, "memory_bytes": parse_size(&m)?}),
+                _ => return Err("give --profile, or --sm and --memory".into()),
+            };
+            let mut body = json!({
+                "vm": vm, "host": host, "slice": slice,
+                "policy": {"allow_remote": allow_remote, "strategy": if spread { "spread" } else { "binpack" }, "numa_node": numa}
+            });
+            if let Some(p) = project {
+                body["project"] = json!(p);
+            }
+            (api.call("POST", "/v1/allocations", Some(body))?, |v| {
+                print_allocations(&json!([v]));
+                println!("\nRun a program on it:\n  VGPU_DEVICE=vhost-user:{} LD_LIBRARY_PATH=<dir with our libcuda.so.1> ./program", s(&v["socket_path"]));
+            })
+        }
+        Cmd::Release { id } => (api.call("DELETE", &format!("/v1/allocations/{id}"), None)?, |v| println!("released {}", s(&v["id"]))),
+        Cmd::Drain { host } => (api.call("POST", &format!("/v1/hosts/{host}/drain"), None)?, |v| println!("host {} drained: no new slices on its GPUs", s(&v["name"]))),
+        Cmd::Undrain { host } => (api.call("POST", &format!("/v1/hosts/{host}/undrain"), None)?, |v| println!("host {} schedulable again", s(&v["name"]))),
+        Cmd::Projects => (api.call("GET", "/v1/projects", None)?, |v| {
+            let rows = v.as_array().cloned().unwrap_or_default().iter().map(|p| vec![
+                s(&p["name"]),
+                format!("{} / {}", s(&p["usage"]["allocations"]), s(&p["quota"]["max_allocations"])),
+                format!("{} / {}", human_bytes(p["usage"]["memory_bytes"].as_u64().unwrap_or(0)), p["quota"]["max_memory_bytes"].as_u64().map(human_bytes).unwrap_or_else(|| "-".into())),
+                format!("{} / {}", s(&p["usage"]["sm"]), s(&p["quota"]["max_sm"])),
+            ]).collect();
+            table(&["PROJECT", "ALLOCS (USED / QUOTA)", "MEMORY", "SMS"], rows);
+        }),
+        Cmd::ProjectCreate { name, max_allocations, max_memory, max_sm } => {
+            let mem = max_memory.map(|m| parse_size(&m)).transpose()?;
+            let body = json!({"name": name, "quota": {"max_allocations": max_allocations, "max_memory_bytes": mem, "max_sm": max_sm}});
+            (api.call("POST", "/v1/projects", Some(body))?, |v| {
+                println!("project {} created; its token (shown once):\n{}", s(&v["name"]), s(&v["token"]));
+            })
+        }
+        Cmd::GpuSet { uuid, slice_mode, oversubscription, health } => {
+            let body = json!({"slice_mode": slice_mode, "oversubscription_ratio": oversubscription, "health": health});
+            (api.call("PATCH", &format!("/v1/gpus/{uuid}"), Some(body))?, |v| {
+                println!("GPU {}: mode {}, oversubscription {}, health {}", s(&v["uuid"]), s(&v["slice_mode"]), s(&v["oversubscription_ratio"]), s(&v["health"]));
+            })
+        }
+    };
+    if cli.json {
+        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+    } else {
+        printer(&v);
+    }
+    Ok(())
+}
+
+fn main() {
+    let cli = Cli::parse();
+    if let Err(e) = run(cli) {
+        eprintln!("vgpuctl: {e}");
+        std::process::exit(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("16GiB").unwrap(), 16 << 30);
+        assert_eq!(parse_size("512m").unwrap(), 512 << 20);
+        assert_eq!(parse_size("100").unwrap(), 100);
+        assert!(parse_size("-1").is_err());
+        assert!(parse_size("3 parsecs").is_err());
+        assert_eq!(human_bytes(3 << 30), "3.0 GiB");
+    }
+}

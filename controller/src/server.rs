@@ -1,0 +1,131 @@
+//! Controller start-up shared by `vgpu-controller serve` and `vgpu-controller up`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+
+use crate::api::{AppState, router, serve, spawn_reclaimer};
+use crate::auth::{Auth, AuthFile};
+use crate::pool::{Pool, PoolConfig};
+use crate::store::SqliteStore;
+
+#[derive(Args, Debug, Clone)]
+pub struct ControllerArgs {
+    /// Address to listen on (port 0 picks a free port).
+    #[arg(long, default_value = "127.0.0.1:8470")]
+    pub listen: String,
+    /// State directory (SQLite database `pool.db` lives here). Default: $XDG_STATE_HOME/vgpu-pool
+    /// when XDG_STATE_HOME is set, else ./.vgpu-pool
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+    /// Admin bearer token (repeatable).
+    #[arg(long = "admin-token", env = "VGPU_ADMIN_TOKEN", hide_env_values = true, value_delimiter = ',')]
+    pub admin_tokens: Vec<String>,
+    /// Bearer token for host agents (repeatable).
+    #[arg(long = "agent-token", env = "VGPU_AGENT_TOKEN", hide_env_values = true, value_delimiter = ',')]
+    pub agent_tokens: Vec<String>,
+    /// JSON file with token hashes: {"admin_token_sha256": [...], "agent_token_sha256": [...]}
+    #[arg(long)]
+    pub auth_config: Option<PathBuf>,
+    /// Lease time: a host or allocation not renewed by heartbeats for this long is reclaimed.
+    #[arg(long, default_value_t = 30_000)]
+    pub lease_ttl_ms: u64,
+    /// Heartbeat interval the agents are told to use.
+    #[arg(long, default_value_t = 5_000)]
+    pub heartbeat_ms: u64,
+    /// TLS certificate (PEM); with --tls-key, serve HTTPS.
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM).
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Also export HAMi's pre-2.9 metric names (for HAMi-WebUI and old dashboards).
+    #[arg(long)]
+    pub legacy_metrics: bool,
+    /// Write the bound address (host:port) to this file once listening.
+    #[arg(long)]
+    pub addr_file: Option<PathBuf>,
+}
+
+impl ControllerArgs {
+    pub fn state_dir(&self) -> PathBuf {
+        if let Some(d) = &self.state_dir {
+            return d.clone();
+        }
+        match std::env::var_os("XDG_STATE_HOME") {
+            Some(x) if !x.is_empty() => PathBuf::from(x).join("vgpu-pool"),
+            _ => PathBuf::from("./.vgpu-pool"),
+        }
+    }
+}
+
+/// A started controller.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub tls: bool,
+    pub pool: Arc<Pool>,
+    pub task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+/// Open the store, build the pool, bind, and serve in a background task.
+pub async fn start(
+    args: &ControllerArgs,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<Running> {
+    let dir = args.state_dir();
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating state dir {}", dir.display()))?;
+    let db = dir.join("pool.db");
+    let store = SqliteStore::open(&db).with_context(|| format!("opening {}", db.display()))?;
+    let cfg = PoolConfig {
+        lease_ttl: Duration::from_millis(args.lease_ttl_ms.max(100)),
+        heartbeat_interval: Duration::from_millis(args.heartbeat_ms.max(20)),
+    };
+    if cfg.heartbeat_interval * 2 > cfg.lease_ttl {
+        log::warn!(
+            "heartbeat interval {:?} is more than half the lease time {:?}: leases may expire between heartbeats",
+            cfg.heartbeat_interval,
+            cfg.lease_ttl
+        );
+    }
+    let pool = Arc::new(Pool::open(Box::new(store), cfg)?);
+    let file = match &args.auth_config {
+        Some(p) => Some(
+            serde_json::from_str::<AuthFile>(
+                &std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?,
+            )
+            .with_context(|| format!("parsing {}", p.display()))?,
+        ),
+        None => None,
+    };
+    let auth = Auth::new(&args.admin_tokens, &args.agent_tokens, file.as_ref());
+    if auth.is_empty() {
+        anyhow::bail!("no admin token: pass --admin-token (or VGPU_ADMIN_TOKEN) or --auth-config");
+    }
+    let st = AppState { pool: pool.clone(), auth: Arc::new(auth), legacy_metrics: args.legacy_metrics };
+    let app = router(st);
+    let listener =
+        std::net::TcpListener::bind(&args.listen).with_context(|| format!("binding {}", args.listen))?;
+    let addr = listener.local_addr()?;
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(c), Some(k)) => Some((c.clone(), k.clone())),
+        _ => None,
+    };
+    let is_tls = tls.is_some();
+    spawn_reclaimer(pool.clone());
+    let task = tokio::spawn(serve(listener, app, tls, shutdown));
+    log::info!(
+        "controller listening on {}://{addr} (state {}, lease {:?}, heartbeat {:?})",
+        if is_tls { "https" } else { "http" },
+        db.display(),
+        cfg.lease_ttl,
+        cfg.heartbeat_interval
+    );
+    if let Some(f) = &args.addr_file {
+        std::fs::write(f, addr.to_string()).with_context(|| format!("writing {}", f.display()))?;
+    }
+    Ok(Running { addr, tls: is_tls, pool, task })
+}

@@ -430,6 +430,18 @@ impl Pool {
         if !inner.hosts.contains_key(&req.host) {
             return Err(PoolError::NotFound { kind: "host", id: req.host.clone() });
         }
+        // The count quota is known before placement; memory and SMs depend on the GPU chosen.
+        let used = inner.usage.get(&project).copied().unwrap_or_default();
+        if let Some(lim) = quota.max_allocations
+            && used.allocations + 1 > lim
+        {
+            inner.counters.refused_quota += 1;
+            return Err(PoolError::QuotaExceeded(format!(
+                "quota exceeded for project {project:?}: allocations would be {} (in use {}, limit {lim})",
+                used.allocations + 1,
+                used.allocations
+            )));
+        }
         let preq = PlaceRequest {
             vm_host: &req.host,
             want,
@@ -456,8 +468,7 @@ impl Pool {
                 format!("quota exceeded for project {project:?}: {name} would be {} (in use {used}, limit {lim})", used + add)
             })
         };
-        if let Some(msg) = over("allocations", u.allocations, 1, quota.max_allocations)
-            .or_else(|| over("memory_bytes", u.memory_bytes, d.mem, quota.max_memory_bytes))
+        if let Some(msg) = over("memory_bytes", u.memory_bytes, d.mem, quota.max_memory_bytes)
             .or_else(|| over("sm", u.sm, u64::from(d.sm), quota.max_sm))
         {
             inner.counters.refused_quota += 1;

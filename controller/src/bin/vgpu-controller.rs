@@ -23,6 +23,8 @@ enum Cmd {
     Serve(ControllerArgs),
     /// Single-host pool: controller with its SQLite store plus one agent for this host, until Ctrl-C.
     Up(UpArgs),
+    /// Run the host agent (same as the `vgpu-agent` binary).
+    Agent(vgpu_agent::AgentArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -57,6 +59,7 @@ fn main() {
         match cli.cmd {
             Cmd::Serve(a) => serve(a).await,
             Cmd::Up(a) => up(a).await,
+            Cmd::Agent(a) => tokio::task::spawn_blocking(move || vgpu_agent::run(a)).await?,
         }
     });
     if let Err(e) = res {
@@ -163,7 +166,13 @@ async fn up(mut a: UpArgs) -> anyhow::Result<()> {
     let stop2 = stop.clone();
     let agent = std::thread::Builder::new()
         .name("agent".into())
-        .spawn(move || vgpu_agent::run_until(agent_args, stop2))?;
+        .spawn(move || {
+            let r = vgpu_agent::run_until(agent_args, stop2);
+            if let Err(e) = &r {
+                log::error!("agent failed: {e:#}; the controller keeps running without it");
+            }
+            r
+        })?;
 
     let bar = "=".repeat(78);
     println!("{bar}");

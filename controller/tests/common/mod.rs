@@ -1,0 +1,280 @@
+//! Harness: a real controller process and real agent processes (the `vgpu-controller agent`
+//! subcommand, same code as the `vgpu-agent` binary) with simulated GPUs, on loopback with
+//! random ports, each test in its own temporary state directory.
+//!
+//! Workers: the real `vhost-gpu` daemon is not used here. The agents run a stand-in worker,
+//! `/bin/sh -c 'exec sleep 60' <standard worker args>`, so the tests see real processes being
+//! started, killed and reaped without needing the daemon or a GPU.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+pub const ADMIN: &str = "test-admin-token";
+pub const AGENT: &str = "test-agent-token";
+pub const BIN: &str = env!("CARGO_BIN_EXE_vgpu-controller");
+
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(name: &str) -> Self {
+        let p = std::env::temp_dir().join(format!("vgpu-ctl-{name}-{}-{}", std::process::id(), rand_u32()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn rand_u32() -> u32 {
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+    t.subsec_nanos() ^ (t.as_secs() as u32)
+}
+
+pub struct Controller {
+    pub child: Option<Child>,
+    pub url: String,
+    pub addr: String,
+    pub state: PathBuf,
+    pub lease_ms: u64,
+    pub hb_ms: u64,
+}
+
+impl Controller {
+    pub fn start(dir: &Path, lease_ms: u64, hb_ms: u64) -> Self {
+        Self::start_on(dir, "127.0.0.1:0", lease_ms, hb_ms)
+    }
+
+    pub fn start_on(dir: &Path, listen: &str, lease_ms: u64, hb_ms: u64) -> Self {
+        let state = dir.join("controller");
+        let addr_file = dir.join("controller.addr");
+        let _ = std::fs::remove_file(&addr_file);
+        let child = Command::new(BIN)
+            .args(["serve", "--listen", listen, "--admin-token", ADMIN, "--agent-token", AGENT])
+            .arg("--state-dir")
+            .arg(&state)
+            .arg("--addr-file")
+            .arg(&addr_file)
+            .args(["--lease-ttl-ms", &lease_ms.to_string(), "--heartbeat-ms", &hb_ms.to_string()])
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stderr(Stdio::from(std::fs::File::create(dir.join("controller.log")).unwrap()))
+            .spawn()
+            .expect("spawn controller");
+        let addr = wait_file(&addr_file, Duration::from_secs(20));
+        let c = Controller { child: Some(child), url: format!("http://{addr}"), addr, state, lease_ms, hb_ms };
+        wait_until(Duration::from_secs(10), || c.get("/healthz", None).0 == 200);
+        c
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY-free: Child::kill sends SIGKILL.
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+
+    pub fn get(&self, path: &str, token: Option<&str>) -> (u16, Value) {
+        http(&self.url, "GET", path, token, None)
+    }
+
+    pub fn admin(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        http(&self.url, method, path, Some(ADMIN), body.map(|b| b.to_string()))
+    }
+
+    pub fn metrics(&self) -> String {
+        let agent = ureq::Agent::config_builder().http_status_as_error(false).build().new_agent();
+        agent.get(&format!("{}/metrics", self.url)).call().unwrap().body_mut().read_to_string().unwrap()
+    }
+
+    /// Allocate as admin; returns (status, body).
+    pub fn allocate(&self, vm: &str, host: &str, slice: Value, policy: Value) -> (u16, Value) {
+        self.admin("POST", "/v1/allocations", Some(json!({"vm": vm, "host": host, "slice": slice, "policy": policy})))
+    }
+
+    pub fn wait_hosts(&self, n: usize) {
+        wait_until(Duration::from_secs(20), || {
+            let (s, v) = self.admin("GET", "/v1/hosts", None);
+            s == 200 && v.as_array().unwrap().iter().filter(|h| h["alive"] == json!(true)).count() == n
+        });
+    }
+
+    pub fn wait_state(&self, id: &str, state: &str) {
+        wait_until(Duration::from_secs(20), || self.admin("GET", &format!("/v1/allocations/{id}"), None).1["state"] == json!(state));
+    }
+}
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+pub struct Agent {
+    pub child: Option<Child>,
+    pub name: String,
+    pub state: PathBuf,
+    args: Vec<String>,
+    log: PathBuf,
+}
+
+impl Agent {
+    pub fn start(dir: &Path, url: &str, name: &str, gpus: u32, labels: &[&str], serve_port: u16) -> Self {
+        let state = dir.join(format!("agent-{name}"));
+        let mut args: Vec<String> = vec![
+            "agent".into(),
+            "--controller".into(),
+            url.into(),
+            "--token".into(),
+            AGENT.into(),
+            "--name".into(),
+            name.into(),
+            "--sim-gpus".into(),
+            gpus.to_string(),
+            "--serve-port".into(),
+            serve_port.to_string(),
+            "--state-dir".into(),
+            state.display().to_string(),
+            "--metrics-addr".into(),
+            "127.0.0.1:0".into(),
+            "--metrics-addr-file".into(),
+            dir.join(format!("agent-{name}.metrics")).display().to_string(),
+            "--worker-bin".into(),
+            "/bin/sh".into(),
+            "--worker-arg=-c".into(),
+            "--worker-arg=exec sleep 60".into(),
+        ];
+        for l in labels {
+            args.push("--label".into());
+            args.push((*l).into());
+        }
+        let mut a = Agent { child: None, name: name.into(), state, args, log: dir.join(format!("agent-{name}.log")) };
+        a.spawn();
+        a
+    }
+
+    pub fn spawn(&mut self) {
+        let child = Command::new(BIN)
+            .args(&self.args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(
+                std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap(),
+            ))
+            .spawn()
+            .expect("spawn agent");
+        self.child = Some(child);
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+
+    /// Pid of the worker the agent runs for an allocation (from its pid file).
+    pub fn worker_pid(&self, alloc: &str) -> Option<u32> {
+        std::fs::read_to_string(self.state.join("workers").join(format!("{alloc}.pid"))).ok()?.trim().parse().ok()
+    }
+
+    /// Kill leftover stand-in workers (after the agent was SIGKILLed they are orphans).
+    pub fn kill_workers(&self) {
+        if let Ok(rd) = std::fs::read_dir(self.state.join("workers")) {
+            for e in rd.flatten() {
+                if let Some(pid) = std::fs::read_to_string(e.path()).ok().and_then(|s| s.trim().parse::<i32>().ok()) {
+                    let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.kill9();
+        self.kill_workers();
+    }
+}
+
+pub fn pid_alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| s.rsplit_once(')').map(|(_, r)| !r.trim_start().starts_with('Z')).unwrap_or(false))
+        .unwrap_or(false)
+}
+
+pub fn http(base: &str, method: &str, path: &str, token: Option<&str>, body: Option<String>) -> (u16, Value) {
+    let agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(20)))
+        .build()
+        .new_agent();
+    let url = format!("{base}{path}");
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let res = match method {
+        "GET" | "DELETE" => {
+            let mut r = if method == "GET" { agent.get(&url) } else { agent.delete(&url) };
+            if let Some(a) = &auth {
+                r = r.header("authorization", a);
+            }
+            r.call()
+        }
+        _ => {
+            let mut r = match method {
+                "POST" => agent.post(&url),
+                "PATCH" => agent.patch(&url),
+                _ => agent.put(&url),
+            };
+            if let Some(a) = &auth {
+                r = r.header("authorization", a);
+            }
+            r.header("content-type", "application/json").send(body.unwrap_or_default().as_bytes())
+        }
+    };
+    let mut resp = match res {
+        Ok(r) => r,
+        Err(_) => return (0, Value::Null),
+    };
+    let status = resp.status().as_u16();
+    let text = resp.body_mut().read_to_string().unwrap_or_default();
+    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+}
+
+pub fn wait_file(p: &Path, within: Duration) -> String {
+    let t = Instant::now();
+    loop {
+        if let Ok(s) = std::fs::read_to_string(p)
+            && !s.trim().is_empty()
+        {
+            return s.trim().to_string();
+        }
+        assert!(t.elapsed() < within, "timed out waiting for {}", p.display());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub fn wait_until(within: Duration, mut f: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while !f() {
+        assert!(t.elapsed() < within, "condition not met within {within:?}");
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// An error answer must be JSON with a code and a message.
+pub fn assert_error(resp: &(u16, Value), status: u16, code: &str) {
+    assert_eq!(resp.0, status, "unexpected status, body: {}", resp.1);
+    assert_eq!(resp.1["error"]["code"], json!(code), "body: {}", resp.1);
+    assert!(resp.1["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "body: {}", resp.1);
+}

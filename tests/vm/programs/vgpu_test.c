@@ -258,6 +258,7 @@ static int cmd_loop(int secs)
 	int fd = open_dev(&in);
 	double end = now() + secs;
 	long n = 0;
+	printf("LOOP client=%u pid=%d for %ds\n", in.client_id, (int)getpid(), secs);
 	while (now() < end && !fails) { hello(fd, 1); n++; }
 	printf("OK loop client=%u round_trips=%ld\n", in.client_id, n);
 	close(fd);

@@ -1,0 +1,59 @@
+#!/bin/sh
+# Runs inside the test guest as /etc/vgpu/run.sh (see guest/build-initramfs.sh).
+# Kernel command line (passed to init as environment):
+#   vgpu_mode=main|hello|kill   what to run (default main)
+#   vgpu_backend=echo|daemon    echo: the host runs tests/vm/echo-backend (hostile-reply and
+#                               copy-echo tests are possible); daemon: the real vhost-gpu
+# Programs: /usr/bin/vgpu_test (always), /usr/bin/driver_api_e2e (when the harness was given one;
+# it finds libcuda.so.1 in /usr/lib through LD_LIBRARY_PATH and /dev/vgpu0 through VGPU_DEVICE).
+mode=${vgpu_mode:-main}
+backend=${vgpu_backend:-daemon}
+fail=0
+t() { echo "VGPU-STEP $*"; "$@"; r=$?; [ $r = 0 ] || { echo "VGPU-STEP-FAIL rc=$r: $*"; fail=1; }; return $r; }
+
+case $mode in
+hello)
+  t vgpu_test hello
+  ;;
+main)
+  t vgpu_test hello
+  t vgpu_test abi
+  [ "$backend" = echo ] && t vgpu_test hostile
+  # two guest processes at the same time: a Hello loop next to the driver-API program
+  vgpu_test loop /dev/vgpu0 3 > /tmp/loop.log 2>&1 &
+  lp=$!
+  if [ -x /usr/bin/driver_api_e2e ]; then
+    t driver_api_e2e
+  elif [ "$backend" = echo ]; then
+    t vgpu_test bench /dev/vgpu0 500 4194304
+  else
+    echo "VGPU-STEP no driver_api_e2e given: the Hello loop is the only program"
+  fi
+  wait $lp || { echo "VGPU-STEP-FAIL concurrent loop"; fail=1; }
+  sed 's/^/[loop] /' /tmp/loop.log
+  # a process killed in the middle of its work: the host must free its client
+  vgpu_test loop /dev/vgpu0 60 > /tmp/kill.log 2>&1 &
+  kp=$!
+  sleep 1
+  kill -9 $kp; wait $kp 2>/dev/null
+  echo "VGPU-KILLED-CLIENT $(sed -n 's/^LOOP client=\([0-9]*\).*/\1/p' /tmp/kill.log)"
+  if [ "$backend" = echo ]; then
+    # killed while its request is still on the ring (the device never completes it)
+    vgpu_test hang > /tmp/hang.log 2>&1 &
+    hp=$!
+    sleep 1; kill -9 $hp; wait $hp 2>/dev/null
+    cat /tmp/hang.log
+  fi
+  t vgpu_test hello
+  ;;
+kill)
+  # runs until the host kills the VM
+  vgpu_test loop /dev/vgpu0 600 &
+  sleep 0.5
+  echo "VGPU-READY-TO-KILL"
+  vgpu_test loop /dev/vgpu0 600
+  fail=1
+  ;;
+*) echo "unknown vgpu_mode=$mode"; fail=1 ;;
+esac
+exit $fail

@@ -42,6 +42,7 @@
 #include <linux/sched/signal.h>
 #include <linux/ktime.h>
 #include <linux/sizes.h>
+#include <linux/random.h>
 #include <asm/unaligned.h>
 
 #include "vgpu_uapi.h"
@@ -74,6 +75,12 @@ module_param(debug, bool, 0644);
 MODULE_PARM_DESC(debug, "log every request");
 
 static DEFINE_IDA(vgpu_ida);
+/*
+ * Client ids come from one module-wide counter with a random start, so a device that is
+ * unbound and probed again (or a module reload) does not hand out the ids of clients the host
+ * may still know from before the reset.
+ */
+static atomic_t vgpu_next_client;
 static struct workqueue_struct *vgpu_wq;
 
 struct vgpu_dev;
@@ -100,7 +107,6 @@ struct vgpu_dev {
 	u32 virtio_id;
 	unsigned int nvqs;
 	unsigned int qsize;
-	atomic_t next_client;
 	struct vgpu_vq vqs[VGPU_MAX_QUEUES];
 };
 
@@ -706,7 +712,7 @@ static int vgpu_open(struct inode *inode, struct file *file)
 	if (!vf)
 		return -ENOMEM;
 	do {
-		id = (u32)atomic_inc_return(&vg->next_client);
+		id = (u32)atomic_inc_return(&vgpu_next_client);
 	} while (id == 0);
 	vf->vg = vg;
 	vf->client = id;
@@ -923,6 +929,7 @@ static int __init vgpu_init(void)
 {
 	int ret;
 
+	atomic_set(&vgpu_next_client, (int)(get_random_u32() & 0x7fffffff));
 	vgpu_wq = alloc_workqueue("vgpu", WQ_UNBOUND, 0);
 	if (!vgpu_wq)
 		return -ENOMEM;

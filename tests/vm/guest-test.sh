@@ -44,7 +44,24 @@ main)
     sleep 1; kill -9 $hp; wait $hp 2>/dev/null
     cat /tmp/hang.log
   fi
+  [ -x /usr/bin/kmod-transport-check ] && t kmod-transport-check
   t vgpu_test hello
+  if [ "$backend" = echo ]; then
+    # device removal while a process is in the middle of its work (and the hung request of
+    # `vgpu_test hang` is still on the ring): the process gets ENODEV, the kernel stays clean
+    vgpu_test loop /dev/vgpu0 30 > /tmp/unbind.log 2>&1 &
+    up=$!
+    sleep 0.5
+    echo virtio0 > /sys/bus/virtio/drivers/vgpu/unbind
+    wait $up; urc=$?
+    echo "VGPU-STEP unbind with a busy client: client exited rc=$urc ($(grep -c 'No such device' /tmp/unbind.log) ENODEV)"
+    [ $urc != 0 ] && [ ! -e /dev/vgpu0 ] || { echo "VGPU-STEP-FAIL unbind"; fail=1; }
+    echo virtio0 > /sys/bus/virtio/drivers/vgpu/bind
+    t vgpu_test hello
+    rmmod vgpu && insmod /lib/modules/vgpu.ko poll=1 && echo "VGPU-STEP module reloaded with poll=1"
+    t vgpu_test bench /dev/vgpu0 500 4194304
+    rmmod vgpu && echo "VGPU-STEP rmmod ok"
+  fi
   ;;
 kill)
   # runs until the host kills the VM

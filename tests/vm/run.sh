@@ -15,6 +15,7 @@
 #   VGPU_VM_LIBVIRT    1 (default) also boot through libvirt; 0 to skip
 #   VGPU_VM_SETUP      1 (default) run guest/setup-host.sh (apt); 0 when already done
 #   VGPU_VM_WORKDIR    scratch (default /var/tmp/vgpu-vm); logs in $VGPU_VM_WORKDIR/logs
+#   VGPU_VM_RUST_CHECK 1 (default) build tests/vm/kmod-transport-check and run it in the guest
 #   VGPU_VM_APPEND     extra guest kernel parameters, e.g. "vgpu.poll=1"
 set -uo pipefail
 T0=$(date +%s.%N)
@@ -63,13 +64,20 @@ if [ -n "$DAEMON" ]; then
 else
   [ "${VGPU_REQUIRE_DAEMON:-0}" = 1 ] && { bad "no vhost-gpu binary (VGPU_REQUIRE_DAEMON=1)"; exit 1; }
   BACKEND=echo
-  say "NOTE: no vhost-gpu binary found: using the echo test double (tests/vm/echo-backend), NOT the daemon"
+  say "NOTE: no vhost-gpu binary used (none found, or VGPU_BACKEND=echo): using the echo test double (tests/vm/echo-backend), NOT the daemon"
   (cd "$ROOT/tests/vm/echo-backend" && nice cargo build -q --release --offline 2>"$LOG/echo-build.log" \
      || nice cargo build -q --release 2>>"$LOG/echo-build.log") || { cat "$LOG/echo-build.log"; bad "echo backend build"; exit 1; }
   DCMD=("$ROOT/tests/vm/echo-backend/target/release/vgpu-echo-backend" --socket "$SOCK")
 fi
 
 FILES=(--file "$WORK/vgpu_test")
+# the Rust /dev/vgpuN transport (guest-driver-shim/kmod/rust/kmod_transport.rs), checked in the guest
+if [ "${VGPU_VM_RUST_CHECK:-1}" = 1 ]; then
+  (cd "$ROOT/tests/vm/kmod-transport-check" && { nice cargo build -q --release --offline 2>"$LOG/rust-check-build.log" \
+     || nice cargo build -q --release 2>>"$LOG/rust-check-build.log"; }) \
+    && FILES+=(--file "$ROOT/tests/vm/kmod-transport-check/target/release/kmod-transport-check") \
+    || { cat "$LOG/rust-check-build.log"; bad "kmod-transport-check build"; }
+fi
 [ -n "${VGPU_LIBCUDA:-}" ] && FILES+=(--file "$VGPU_LIBCUDA:/usr/lib/libcuda.so.1")
 [ -n "${VGPU_E2E_PROG:-}" ] && FILES+=(--file "$VGPU_E2E_PROG:/usr/bin/driver_api_e2e")
 for f in ${VGPU_GUEST_FILES:-}; do FILES+=(--file "$f"); done

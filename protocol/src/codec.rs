@@ -120,6 +120,39 @@ impl<'a> Encoder<'a> {
         Ok(())
     }
 
+    /// Appends one call whose `tail_len`-byte tail is written in place by `fill` (so a
+    /// caller need not build the tail in a buffer of its own first).
+    pub fn push_with<T: IntoBytes + Immutable>(
+        &mut self,
+        opcode: u16,
+        flags: u16,
+        body: &T,
+        tail_len: usize,
+        fill: impl FnOnce(&mut [u8]),
+    ) -> Result<(), EncodeError> {
+        let body = body.as_bytes();
+        let len = body.len() + tail_len;
+        let need = Self::record_len(body.len(), tail_len);
+        let left = self.buf.len() - self.pos;
+        if need > left || len > u32::MAX as usize {
+            return Err(EncodeError::Full { need, left });
+        }
+        let hdr = CallHeader {
+            opcode: opcode.into(),
+            flags: flags.into(),
+            len: (len as u32).into(),
+        };
+        let out = &mut self.buf[self.pos..self.pos + need];
+        let (h, rest) = out.split_at_mut(size_of::<CallHeader>());
+        h.copy_from_slice(hdr.as_bytes());
+        rest[..body.len()].copy_from_slice(body);
+        rest[body.len()..].fill(0);
+        fill(&mut rest[body.len()..len]);
+        self.pos += need;
+        self.ncalls += 1;
+        Ok(())
+    }
+
     /// Writes the header and returns the message length.
     pub fn finish(self, flags: u16, client: u32, resp_cap: u32, seq: u64) -> usize {
         let hdr = MsgHeader {
@@ -268,6 +301,7 @@ impl<'a> ReplyWriter<'a> {
             _reserved: 0.into(),
             result: result.into(),
             len: (len as u32).into(),
+            _pad: 0.into(),
         };
         self.buf.extend_from_slice(hdr.as_bytes());
         self.buf.extend_from_slice(body);

@@ -64,6 +64,9 @@ pub mod flags {
 pub mod call_flags {
     /// A stream-ordered call issued asynchronously (`...Async` variants).
     pub const ASYNC: u16 = 1 << 0;
+    /// The host buffer of this copy is reused as soon as the call completes (a staged copy
+    /// from ordinary guest memory): finish the copy on its stream before completing.
+    pub const WAIT_STREAM: u16 = 1 << 1;
 }
 
 /// Capability bits exchanged in the handshake.
@@ -121,7 +124,7 @@ pub struct RespHeader {
     pub seq: U64,
 }
 
-/// Header of one reply record (12 bytes, padded body follows).
+/// Header of one reply record (16 bytes, so records stay 8-aligned; padded body follows).
 #[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, KnownLayout, Immutable)]
 #[repr(C)]
 pub struct ReplyHeader {
@@ -130,6 +133,7 @@ pub struct ReplyHeader {
     /// `CUresult` of the call.
     pub result: U32,
     pub len: U32,
+    pub _pad: U32,
 }
 
 /// A byte range of the message's data-in or data-out stream.
@@ -266,7 +270,7 @@ mod tests {
         assert_eq!(size_of::<MsgHeader>(), 32);
         assert_eq!(size_of::<CallHeader>(), 8);
         assert_eq!(size_of::<RespHeader>(), 24);
-        assert_eq!(size_of::<ReplyHeader>(), 12);
+        assert_eq!(size_of::<ReplyHeader>(), 16);
         assert_eq!(size_of::<DataRef>(), 16);
     }
 

@@ -1,1 +1,63 @@
-//! (being written)
+//! `libcuda.so.1` for guests: NVIDIA's CUDA driver API, carried as messages to the
+//! `vhost-gpu` daemon that runs it on the host's GPU.
+//!
+//! The transport comes from `VGPU_DEVICE`: `vhost-user:PATH` connects this process to the
+//! daemon's socket as a virtio-user driver. Every symbol of NVIDIA's library is exported;
+//! those not implemented yet return `CUDA_ERROR_NOT_SUPPORTED` and say so once on stderr.
+
+#![allow(non_snake_case, clippy::missing_safety_doc)]
+
+mod api;
+mod conn;
+mod driver;
+mod procaddr;
+pub mod stubs;
+
+use std::{
+    collections::HashSet,
+    ffi::{CStr, c_char},
+    sync::Mutex,
+};
+
+pub use api::*;
+pub use driver::driver;
+pub use stubs::*;
+
+/// `CUresult` as the C ABI carries it.
+pub type CUresult = u32;
+pub type CUdevice = i32;
+pub type CUdeviceptr = u64;
+
+/// Writes a diagnostic to stderr (the shim has no other channel in a guest).
+pub(crate) fn log_error(msg: &str) {
+    eprintln!("vgpu libcuda: {msg}");
+}
+
+pub(crate) fn verbose() -> bool {
+    static V: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *V.get_or_init(|| std::env::var_os("VGPU_DEBUG").is_some())
+}
+
+/// Called by every exported entry point that is not implemented: logs the name once.
+pub(crate) fn unsupported(name: &CStr) -> CUresult {
+    static SEEN: Mutex<Option<HashSet<usize>>> = Mutex::new(None);
+    let mut seen = SEEN
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if seen
+        .get_or_insert_with(HashSet::new)
+        .insert(name.as_ptr() as usize)
+    {
+        log_error(&format!(
+            "{} is not supported by the vGPU yet (CUDA_ERROR_NOT_SUPPORTED)",
+            name.to_string_lossy()
+        ));
+    }
+    vgpu_protocol::CuResult::NOT_SUPPORTED.0
+}
+
+/// Reads a C string argument; `None` for NULL.
+pub(crate) unsafe fn cstr<'a>(p: *const c_char) -> Option<&'a CStr> {
+    // SAFETY: the caller passes NULL or a NUL-terminated string, as the CUDA API requires.
+    (!p.is_null()).then(|| unsafe { CStr::from_ptr(p) })
+}

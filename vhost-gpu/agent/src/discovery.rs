@@ -19,8 +19,13 @@ pub enum DiscoveryError {
     )]
     NoDriver,
     #[error("CUDA driver call {call} failed: {code:?}")]
-    Cuda { call: &'static str, code: sys::CUresult },
-    #[error("the CUDA driver reports no GPUs on this host; pass --sim-gpus N to run with simulated GPUs")]
+    Cuda {
+        call: &'static str,
+        code: sys::CUresult,
+    },
+    #[error(
+        "the CUDA driver reports no GPUs on this host; pass --sim-gpus N to run with simulated GPUs"
+    )]
     NoGpus,
 }
 
@@ -68,7 +73,10 @@ fn uuid_string(bytes: &[std::ffi::c_char; 16]) -> String {
 }
 
 fn numa_node_of(pci_bus_id: &str) -> Option<i32> {
-    let path = format!("/sys/bus/pci/devices/{}/numa_node", pci_bus_id.to_lowercase());
+    let path = format!(
+        "/sys/bus/pci/devices/{}/numa_node",
+        pci_bus_id.to_lowercase()
+    );
     let v: i32 = std::fs::read_to_string(path).ok()?.trim().parse().ok()?;
     (v >= 0).then_some(v)
 }
@@ -82,7 +90,9 @@ pub fn cuda_gpus() -> Result<Vec<GpuInfo>, DiscoveryError> {
     check("cuInit", unsafe { sys::cuInit(0) })?;
     let mut count: std::ffi::c_int = 0;
     // SAFETY: `count` is a valid, writable c_int for the duration of the call.
-    check("cuDeviceGetCount", unsafe { sys::cuDeviceGetCount(&mut count) })?;
+    check("cuDeviceGetCount", unsafe {
+        sys::cuDeviceGetCount(&mut count)
+    })?;
     if count <= 0 {
         return Err(DiscoveryError::NoGpus);
     }
@@ -90,7 +100,9 @@ pub fn cuda_gpus() -> Result<Vec<GpuInfo>, DiscoveryError> {
     for ordinal in 0..count {
         let mut dev: sys::CUdevice = 0;
         // SAFETY: `dev` is a valid out-pointer; ordinal < count.
-        check("cuDeviceGet", unsafe { sys::cuDeviceGet(&mut dev, ordinal) })?;
+        check("cuDeviceGet", unsafe {
+            sys::cuDeviceGet(&mut dev, ordinal)
+        })?;
         let mut name = [0 as std::ffi::c_char; 256];
         // SAFETY: the buffer is 256 bytes long and we pass that length; the driver NUL-terminates.
         check("cuDeviceGetName", unsafe {
@@ -103,7 +115,9 @@ pub fn cuda_gpus() -> Result<Vec<GpuInfo>, DiscoveryError> {
         })?;
         let mut mem: usize = 0;
         // SAFETY: `mem` is a valid out-pointer.
-        check("cuDeviceTotalMem_v2", unsafe { sys::cuDeviceTotalMem_v2(&mut mem, dev) })?;
+        check("cuDeviceTotalMem_v2", unsafe {
+            sys::cuDeviceTotalMem_v2(&mut mem, dev)
+        })?;
         let mut sms: std::ffi::c_int = 0;
         // SAFETY: `sms` is a valid out-pointer; the attribute is a plain integer attribute.
         check("cuDeviceGetAttribute", unsafe {
@@ -115,7 +129,9 @@ pub fn cuda_gpus() -> Result<Vec<GpuInfo>, DiscoveryError> {
         })?;
         let mut uuid = sys::CUuuid { bytes: [0; 16] };
         // SAFETY: `uuid` is a valid out-pointer to a 16-byte CUuuid.
-        check("cuDeviceGetUuid_v2", unsafe { sys::cuDeviceGetUuid_v2(&mut uuid, dev) })?;
+        check("cuDeviceGetUuid_v2", unsafe {
+            sys::cuDeviceGetUuid_v2(&mut uuid, dev)
+        })?;
         // SAFETY: both buffers were NUL-terminated by the driver (they are zero-initialised
         // and the driver writes at most len-1 characters plus NUL).
         let (name, pci) = unsafe {
@@ -146,7 +162,10 @@ mod tests {
     fn sim_gpus_are_marked_sim() {
         let g = sim_gpus("h1", 3);
         assert_eq!(g.len(), 3);
-        assert!(g.iter().all(|x| x.sim && x.model.contains("SIM") && x.sm_count == 132));
+        assert!(
+            g.iter()
+                .all(|x| x.sim && x.model.contains("SIM") && x.sm_count == 132)
+        );
         assert_eq!(g[2].uuid, "SIM-GPU-h1-2");
         assert_eq!(g[0].memory_bytes, 141 << 30);
     }

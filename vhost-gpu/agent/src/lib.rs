@@ -12,8 +12,8 @@
 
 pub mod discovery;
 mod metrics;
-mod workers;
 pub mod wire;
+mod workers;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -33,7 +33,11 @@ pub use metrics::AgentMetrics;
 #[derive(Args, Debug, Clone)]
 pub struct AgentArgs {
     /// Controller base URL, e.g. http://10.0.0.1:8470
-    #[arg(long, env = "VGPU_CONTROLLER_URL", default_value = "http://127.0.0.1:8470")]
+    #[arg(
+        long,
+        env = "VGPU_CONTROLLER_URL",
+        default_value = "http://127.0.0.1:8470"
+    )]
     pub controller: String,
     /// Bearer token for the agent endpoints (the controller's --agent-token or admin token).
     #[arg(long, env = "VGPU_AGENT_TOKEN", hide_env_values = true)]
@@ -95,7 +99,11 @@ impl Client {
             .http_status_as_error(false)
             .build()
             .new_agent();
-        Client { base: base.trim_end_matches('/').to_string(), token: token.to_string(), agent }
+        Client {
+            base: base.trim_end_matches('/').to_string(),
+            token: token.to_string(),
+            agent,
+        }
     }
 
     fn post<T: serde::Serialize, R: serde::de::DeserializeOwned>(
@@ -110,14 +118,18 @@ impl Client {
             .send_json(body)
             .map_err(|e| ClientError::Transport(e.to_string()))?;
         let status = resp.status().as_u16();
-        let text = resp.body_mut().read_to_string().map_err(|e| ClientError::Transport(e.to_string()))?;
+        let text = resp
+            .body_mut()
+            .read_to_string()
+            .map_err(|e| ClientError::Transport(e.to_string()))?;
         if status == 404 || status == 410 {
             return Err(ClientError::UnknownHost);
         }
         if status >= 300 {
             return Err(ClientError::Status { status, body: text });
         }
-        serde_json::from_str(&text).map_err(|e| ClientError::Transport(format!("bad JSON from controller: {e}")))
+        serde_json::from_str(&text)
+            .map_err(|e| ClientError::Transport(format!("bad JSON from controller: {e}")))
     }
 }
 
@@ -161,12 +173,17 @@ pub fn run_until(args: AgentArgs, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
     let labels = parse_labels(&args.labels)?;
     let (gpus, source) = match args.sim_gpus {
         Some(n) => {
-            log::warn!("agent {name}: using {n} SIMULATED GPU(s) (--sim-gpus): for CI and testing only, no real GPU work happens");
+            log::warn!(
+                "agent {name}: using {n} SIMULATED GPU(s) (--sim-gpus): for CI and testing only, no real GPU work happens"
+            );
             (discovery::sim_gpus(&name, n), "sim")
         }
         None => {
             let g = discovery::cuda_gpus().context("GPU discovery")?;
-            log::info!("agent {name}: found {} CUDA GPU(s) through the driver", g.len());
+            log::info!(
+                "agent {name}: found {} CUDA GPU(s) through the driver",
+                g.len()
+            );
             (g, "cuda")
         }
     };
@@ -181,7 +198,11 @@ pub fn run_until(args: AgentArgs, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
     if let Some(f) = &args.metrics_addr_file {
         std::fs::write(f, bound.to_string())?;
     }
-    let mut workers = Workers::new(state_dir.join("workers"), worker_bin, args.worker_args.clone());
+    let mut workers = Workers::new(
+        state_dir.join("workers"),
+        worker_bin,
+        args.worker_args.clone(),
+    );
     workers.adopt();
 
     let client = Client::new(&args.controller, &args.token);
@@ -204,18 +225,27 @@ pub fn run_until(args: AgentArgs, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
                 Ok(r) => {
                     registered = true;
                     interval = Duration::from_millis(r.heartbeat_interval_ms.max(50));
-                    log::info!("agent {name}: registered with {} ({} GPUs)", args.controller, reg.gpus.len());
+                    log::info!(
+                        "agent {name}: registered with {} ({} GPUs)",
+                        args.controller,
+                        reg.gpus.len()
+                    );
                 }
                 Err(e) => {
                     log::warn!("agent {name}: registration failed: {e}");
-                    metrics.lock().unwrap_or_else(|p| p.into_inner()).heartbeat_failures += 1;
+                    metrics
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .heartbeat_failures += 1;
                     sleep_unless(&stop, Duration::from_millis(500));
                     continue;
                 }
             }
         }
         workers.reap();
-        let hb = HeartbeatRequest { workers: workers.report() };
+        let hb = HeartbeatRequest {
+            workers: workers.report(),
+        };
         match client.post::<_, HeartbeatResponse>(&format!("/v1/agents/{name}/heartbeat"), &hb) {
             Ok(r) => {
                 interval = Duration::from_millis(r.heartbeat_interval_ms.max(50));
@@ -231,7 +261,10 @@ pub fn run_until(args: AgentArgs, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
             }
             Err(e) => {
                 log::warn!("agent {name}: heartbeat failed: {e}");
-                metrics.lock().unwrap_or_else(|p| p.into_inner()).heartbeat_failures += 1;
+                metrics
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .heartbeat_failures += 1;
             }
         }
         sleep_unless(&stop, interval);

@@ -25,7 +25,9 @@ pub struct AgentMetrics {
 
 /// Escape a label value for the text format.
 pub fn esc(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 impl AgentMetrics {
@@ -51,7 +53,10 @@ impl AgentMetrics {
             .running
             .iter()
             .filter_map(|(id, wk)| {
-                let rss = reports.iter().find(|r| &r.allocation_id == id).and_then(|r| r.rss_bytes);
+                let rss = reports
+                    .iter()
+                    .find(|r| &r.allocation_id == id)
+                    .and_then(|r| r.rss_bytes);
                 wk.assignment.clone().map(|a| (a, rss))
             })
             .collect();
@@ -79,7 +84,12 @@ impl AgentMetrics {
         }
         s.push_str("# HELP vgpu_agent_gpu_sim 1 when the GPU is simulated (CI only).\n# TYPE vgpu_agent_gpu_sim gauge\n");
         for g in &self.gpus {
-            let _ = writeln!(s, "vgpu_agent_gpu_sim{{host=\"{h}\",device_uuid=\"{}\"}} {}", esc(&g.uuid), u8::from(g.sim));
+            let _ = writeln!(
+                s,
+                "vgpu_agent_gpu_sim{{host=\"{h}\",device_uuid=\"{}\"}} {}",
+                esc(&g.uuid),
+                u8::from(g.sim)
+            );
         }
         // HAMi-compatible per-vGPU families (namespace = project, pod = VM, container = vGPU index).
         s.push_str("# HELP hami_vgpu_memory_limit_bytes Memory limit of the vGPU slice.\n# TYPE hami_vgpu_memory_limit_bytes gauge\n");
@@ -98,25 +108,60 @@ impl AgentMetrics {
         s.push_str("# HELP vgpu_agent_worker_rss_bytes Resident memory of the worker process.\n# TYPE vgpu_agent_worker_rss_bytes gauge\n");
         for (a, rss) in &self.running {
             if let Some(r) = rss {
-                let _ = writeln!(s, "vgpu_agent_worker_rss_bytes{{host=\"{h}\",allocation=\"{}\"}} {r}", esc(&a.allocation_id));
+                let _ = writeln!(
+                    s,
+                    "vgpu_agent_worker_rss_bytes{{host=\"{h}\",allocation=\"{}\"}} {r}",
+                    esc(&a.allocation_id)
+                );
             }
         }
-        let _ = writeln!(s, "# HELP vgpu_agent_workers Worker processes running.\n# TYPE vgpu_agent_workers gauge\nvgpu_agent_workers{{host=\"{h}\"}} {}", self.running.len());
+        let _ = writeln!(
+            s,
+            "# HELP vgpu_agent_workers Worker processes running.\n# TYPE vgpu_agent_workers gauge\nvgpu_agent_workers{{host=\"{h}\"}} {}",
+            self.running.len()
+        );
         for (name, help, v) in [
-            ("vgpu_agent_worker_starts_total", "Workers started.", self.worker_starts),
-            ("vgpu_agent_worker_exits_total", "Workers that exited on their own.", self.worker_exits),
-            ("vgpu_agent_worker_start_failures_total", "Workers that could not be started.", self.worker_start_failures),
-            ("vgpu_agent_heartbeats_total", "Heartbeats answered by the controller.", self.heartbeats),
-            ("vgpu_agent_heartbeat_failures_total", "Heartbeats or registrations that failed.", self.heartbeat_failures),
+            (
+                "vgpu_agent_worker_starts_total",
+                "Workers started.",
+                self.worker_starts,
+            ),
+            (
+                "vgpu_agent_worker_exits_total",
+                "Workers that exited on their own.",
+                self.worker_exits,
+            ),
+            (
+                "vgpu_agent_worker_start_failures_total",
+                "Workers that could not be started.",
+                self.worker_start_failures,
+            ),
+            (
+                "vgpu_agent_heartbeats_total",
+                "Heartbeats answered by the controller.",
+                self.heartbeats,
+            ),
+            (
+                "vgpu_agent_heartbeat_failures_total",
+                "Heartbeats or registrations that failed.",
+                self.heartbeat_failures,
+            ),
         ] {
-            let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} counter\n{name}{{host=\"{h}\"}} {v}");
+            let _ = writeln!(
+                s,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name}{{host=\"{h}\"}} {v}"
+            );
         }
         s
     }
 }
 
 /// Serve GET /metrics on `addr` from a background thread; returns the bound address.
-pub fn serve(addr: &str, m: Arc<Mutex<AgentMetrics>>, _stop: Arc<AtomicBool>) -> std::io::Result<SocketAddr> {
+pub fn serve(
+    addr: &str,
+    m: Arc<Mutex<AgentMetrics>>,
+    _stop: Arc<AtomicBool>,
+) -> std::io::Result<SocketAddr> {
     let l = TcpListener::bind(addr)?;
     let bound = l.local_addr()?;
     std::thread::Builder::new().name("agent-metrics".into()).spawn(move || {

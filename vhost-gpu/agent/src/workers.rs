@@ -23,6 +23,8 @@ pub(crate) struct Workers {
     dir: PathBuf,
     bin: PathBuf,
     prefix_args: Vec<String>,
+    /// The worker's `--help` text, to pass only flags it knows (None: not probed).
+    help: Option<String>,
     pub(crate) running: HashMap<String, Worker>,
     /// Workers that exited on their own, kept (and reported) while the controller still assigns them.
     pub(crate) exited: HashMap<String, Option<i32>>,
@@ -34,7 +36,10 @@ pub(crate) struct Workers {
 fn pid_alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         // Field 3 is the state; a zombie ("Z") has exited.
-        Ok(s) => s.rsplit_once(')').map(|(_, rest)| !rest.trim_start().starts_with('Z')).unwrap_or(false),
+        Ok(s) => s
+            .rsplit_once(')')
+            .map(|(_, rest)| !rest.trim_start().starts_with('Z'))
+            .unwrap_or(false),
         Err(_) => false,
     }
 }
@@ -52,12 +57,33 @@ fn signal(pid: u32, sig: i32) {
     }
 }
 
+/// `--help` of the worker binary, when it can be asked safely (no prefix arguments: with a
+/// stand-in such as `sh -c '...'` the extra argument would not mean help).
+fn probe_help(bin: &std::path::Path, prefix: &[String]) -> Option<String> {
+    if !prefix.is_empty() {
+        return None;
+    }
+    let out = Command::new(bin)
+        .arg("--help")
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    Some(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 impl Workers {
+    fn supports(&self, flag: &str) -> bool {
+        self.help.as_ref().is_none_or(|h| h.contains(flag))
+    }
+
     pub(crate) fn new(dir: PathBuf, bin: PathBuf, prefix_args: Vec<String>) -> Self {
+        let help = probe_help(&bin, &prefix_args);
         Workers {
             dir,
             bin,
             prefix_args,
+            help,
             running: HashMap::new(),
             exited: HashMap::new(),
             starts: 0,
@@ -72,18 +98,30 @@ impl Workers {
 
     /// Adopt workers recorded in pid files that still run.
     pub(crate) fn adopt(&mut self) {
-        let Ok(rd) = std::fs::read_dir(&self.dir) else { return };
+        let Ok(rd) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
         for e in rd.flatten() {
             let p = e.path();
             if p.extension().and_then(|x| x.to_str()) != Some("pid") {
                 continue;
             }
-            let Some(id) = p.file_stem().and_then(|x| x.to_str()).map(str::to_string) else { continue };
-            let pid = std::fs::read_to_string(&p).ok().and_then(|s| s.trim().parse::<u32>().ok());
+            let Some(id) = p.file_stem().and_then(|x| x.to_str()).map(str::to_string) else {
+                continue;
+            };
+            let pid = std::fs::read_to_string(&p)
+                .ok()
+                .and_then(|s| s.trim().parse::<u32>().ok());
             match pid {
                 Some(pid) if pid_alive(pid) => {
                     log::info!("adopting running worker for {id} (pid {pid})");
-                    self.running.insert(id, Worker { proc: Proc::Adopted(pid), assignment: None });
+                    self.running.insert(
+                        id,
+                        Worker {
+                            proc: Proc::Adopted(pid),
+                            assignment: None,
+                        },
+                    );
                 }
                 _ => {
                     let _ = std::fs::remove_file(&p);
@@ -148,10 +186,16 @@ impl Workers {
 
     /// Make what runs match what the controller wants.
     pub(crate) fn reconcile(&mut self, want: &[Assignment]) {
-        let wanted: HashMap<&str, &Assignment> = want.iter().map(|a| (a.allocation_id.as_str(), a)).collect();
+        let wanted: HashMap<&str, &Assignment> =
+            want.iter().map(|a| (a.allocation_id.as_str(), a)).collect();
         // Exited workers are forgotten once the controller no longer assigns them.
         self.exited.retain(|id, _| wanted.contains_key(id.as_str()));
-        let stale: Vec<String> = self.running.keys().filter(|id| !wanted.contains_key(id.as_str())).cloned().collect();
+        let stale: Vec<String> = self
+            .running
+            .keys()
+            .filter(|id| !wanted.contains_key(id.as_str()))
+            .cloned()
+            .collect();
         for id in stale {
             log::info!("stopping worker for {id}: no longer allocated to this host");
             self.stop(&id);
@@ -177,11 +221,39 @@ impl Workers {
         }
         c.arg("--gpu").arg(&a.gpu_arg);
         c.arg("--mem-limit").arg(a.memory_bytes.to_string());
-        c.arg("--sm-count").arg(a.sm_count.to_string());
+        if self.supports("--sm-count") {
+            c.arg("--sm-count").arg(a.sm_count.to_string());
+        } else {
+            log::warn!(
+                "worker {} has no --sm-count: the {} SM limit of {} is not enforced",
+                self.bin.display(),
+                a.sm_count,
+                a.allocation_id
+            );
+        }
+        if a.gpu_arg == "sim"
+            && self
+                .help
+                .as_ref()
+                .is_some_and(|h| h.contains("--sim-memory"))
+        {
+            // The simulated device is as large as the slice.
+            c.arg("--sim-memory").arg(a.memory_bytes.to_string());
+        }
         c
     }
 
     fn start(&mut self, a: &Assignment) {
+        if a.remote_endpoint.is_some() && !self.supports("--remote") {
+            log::error!(
+                "worker {} has no --remote: cannot serve remote slice {}; reporting it exited",
+                self.bin.display(),
+                a.allocation_id
+            );
+            self.start_failures += 1;
+            self.exited.insert(a.allocation_id.clone(), Some(2));
+            return;
+        }
         let log_path = self.dir.join(format!("{}.log", a.allocation_id));
         let log = std::fs::File::create(&log_path).ok();
         let mut cmd = self.command(a);
@@ -207,14 +279,27 @@ impl Workers {
                     a.gpu_arg,
                     a.memory_bytes,
                     a.sm_count,
-                    a.remote_endpoint.as_deref().map(|e| format!(", remote {e}")).unwrap_or_default()
+                    a.remote_endpoint
+                        .as_deref()
+                        .map(|e| format!(", remote {e}"))
+                        .unwrap_or_default()
                 );
                 let _ = std::fs::write(self.pid_file(&a.allocation_id), pid.to_string());
-                self.running.insert(a.allocation_id.clone(), Worker { proc: Proc::Child(child), assignment: Some(a.clone()) });
+                self.running.insert(
+                    a.allocation_id.clone(),
+                    Worker {
+                        proc: Proc::Child(child),
+                        assignment: Some(a.clone()),
+                    },
+                );
                 self.starts += 1;
             }
             Err(e) => {
-                log::error!("cannot start worker {} for {}: {e}", self.bin.display(), a.allocation_id);
+                log::error!(
+                    "cannot start worker {} for {}: {e}",
+                    self.bin.display(),
+                    a.allocation_id
+                );
                 self.start_failures += 1;
                 // Report it as exited so the controller returns the slice to the pool.
                 self.exited.insert(a.allocation_id.clone(), Some(127));
@@ -223,7 +308,9 @@ impl Workers {
     }
 
     fn stop(&mut self, id: &str) {
-        let Some(w) = self.running.remove(id) else { return };
+        let Some(w) = self.running.remove(id) else {
+            return;
+        };
         match w.proc {
             Proc::Child(mut c) => {
                 signal(c.id(), libc::SIGTERM);

@@ -16,8 +16,12 @@ use virtio_bindings::{
     virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC},
 };
 use virtio_queue::QueueT;
-use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
-use vmm_sys_util::event::{EventConsumer, EventFlag, EventNotifier, new_event_consumer_and_notifier};
+use vm_memory::{
+    GuestAddressSpace, GuestMemoryAtomic, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
+};
+use vmm_sys_util::event::{
+    EventConsumer, EventFlag, EventNotifier, new_event_consumer_and_notifier,
+};
 
 use crate::{
     chain::{Desc, ParsedChain},
@@ -77,7 +81,10 @@ impl VgpuBackend {
         let mem = atomic.memory();
         let mut n = 0;
         loop {
-            let chain = vring.get_mut().get_queue_mut().pop_descriptor_chain(mem.clone());
+            let chain = vring
+                .get_mut()
+                .get_queue_mut()
+                .pop_descriptor_chain(mem.clone());
             let Some(chain) = chain else { break };
             let head = chain.head_index();
             self.descs.clear();
@@ -115,7 +122,9 @@ impl VgpuBackend {
             DataStream::new(&self.parsed.data_out),
             &mut self.reply,
         );
-        let written = self.parsed.write_reply(mem, &self.reply[..outcome.reply_len]);
+        let written = self
+            .parsed
+            .write_reply(mem, &self.reply[..outcome.reply_len]);
         if outcome.data_out_len > 0 {
             (self.parsed.reply_cap as u64 + outcome.data_out_len).min(u64::from(u32::MAX)) as u32
         } else {
@@ -197,7 +206,12 @@ impl VhostUserBackendMut for VgpuBackend {
             })
             .collect();
         // Unpin regions that went away, pin the new ones.
-        let gone: Vec<(usize, usize)> = self.registered.iter().copied().filter(|r| !now.contains(r)).collect();
+        let gone: Vec<(usize, usize)> = self
+            .registered
+            .iter()
+            .copied()
+            .filter(|r| !now.contains(r))
+            .collect();
         for r in gone {
             self.executor.unregister_host(r.0 as *mut u8);
             self.registered.retain(|x| *x != r);
@@ -213,7 +227,13 @@ impl VhostUserBackendMut for VgpuBackend {
         Ok(())
     }
 
-    fn handle_event(&mut self, device_event: u16, _evset: vmm_sys_util::epoll::EventSet, vrings: &[VringRwLock], _thread_id: usize) -> io::Result<()> {
+    fn handle_event(
+        &mut self,
+        device_event: u16,
+        _evset: vmm_sys_util::epoll::EventSet,
+        vrings: &[VringRwLock],
+        _thread_id: usize,
+    ) -> io::Result<()> {
         let Some(vring) = vrings.get(usize::from(device_event)) else {
             return Ok(());
         };

@@ -57,8 +57,14 @@ impl ParsedChain {
         self.reply_cap = 0;
         check_shape(descs, &mut self.sorted)?;
         for d in descs {
-            if mem.get_slices(GuestAddress(d.addr), d.len as usize).any(|s| s.is_err()) {
-                return Err(ChainError::BadAddress { addr: d.addr, len: d.len });
+            if mem
+                .get_slices(GuestAddress(d.addr), d.len as usize)
+                .any(|s| s.is_err())
+            {
+                return Err(ChainError::BadAddress {
+                    addr: d.addr,
+                    len: d.len,
+                });
             }
         }
         let readable: Vec<&Desc> = descs.iter().filter(|d| !d.writable).collect();
@@ -94,7 +100,12 @@ impl ParsedChain {
             pos = end;
             let from = (msg_len as u64).max(start);
             if from < end {
-                push_segments(mem, d.addr + (from - start), (end - from) as usize, &mut self.data_in)?;
+                push_segments(
+                    mem,
+                    d.addr + (from - start),
+                    (end - from) as usize,
+                    &mut self.data_in,
+                )?;
             }
         }
 
@@ -108,7 +119,12 @@ impl ParsedChain {
                 self.reply_cap += in_reply;
             }
             if in_reply < len {
-                push_segments(mem, d.addr + in_reply as u64, len - in_reply, &mut self.data_out)?;
+                push_segments(
+                    mem,
+                    d.addr + in_reply as u64,
+                    len - in_reply,
+                    &mut self.data_out,
+                )?;
             }
             pos += len;
         }
@@ -123,7 +139,10 @@ impl ParsedChain {
                 break;
             }
             let n = len.min(reply.len() - done);
-            if mem.write_slice(&reply[done..done + n], GuestAddress(addr)).is_err() {
+            if mem
+                .write_slice(&reply[done..done + n], GuestAddress(addr))
+                .is_err()
+            {
                 break;
             }
             done += n;
@@ -142,7 +161,13 @@ fn check_shape(descs: &[Desc], sorted: &mut Vec<(u64, u64, bool)>) -> Result<(),
         } else if seen_writable {
             return Err(ChainError::ReadableAfterWritable);
         }
-        let end = d.addr.checked_add(u64::from(d.len)).ok_or(ChainError::BadAddress { addr: d.addr, len: d.len })?;
+        let end = d
+            .addr
+            .checked_add(u64::from(d.len))
+            .ok_or(ChainError::BadAddress {
+                addr: d.addr,
+                len: d.len,
+            })?;
         if d.len > 0 {
             sorted.push((d.addr, end, d.writable));
         }
@@ -173,7 +198,10 @@ fn read_stream(mem: &GuestMemoryMmap, readable: &[&Desc], mut skip: u64, out: &m
             continue;
         }
         let n = ((len - skip) as usize).min(out.len() - done);
-        if mem.read_slice(&mut out[done..done + n], GuestAddress(d.addr + skip)).is_err() {
+        if mem
+            .read_slice(&mut out[done..done + n], GuestAddress(d.addr + skip))
+            .is_err()
+        {
             break;
         }
         done += n;
@@ -183,8 +211,16 @@ fn read_stream(mem: &GuestMemoryMmap, readable: &[&Desc], mut skip: u64, out: &m
 }
 
 /// Appends the host segments of guest range `[addr, addr+len)` (split at region borders).
-fn push_segments(mem: &GuestMemoryMmap, addr: u64, len: usize, out: &mut Vec<HostSeg>) -> Result<(), ChainError> {
-    let bad = || ChainError::BadAddress { addr, len: len as u32 };
+fn push_segments(
+    mem: &GuestMemoryMmap,
+    addr: u64,
+    len: usize,
+    out: &mut Vec<HostSeg>,
+) -> Result<(), ChainError> {
+    let bad = || ChainError::BadAddress {
+        addr,
+        len: len as u32,
+    };
     for slice in mem.get_slices(GuestAddress(addr), len) {
         let slice = slice.map_err(|_| bad())?;
         out.push(HostSeg {
@@ -207,11 +243,19 @@ mod tests {
     }
 
     fn r(addr: u64, len: u32) -> Desc {
-        Desc { addr, len, writable: false }
+        Desc {
+            addr,
+            len,
+            writable: false,
+        }
     }
 
     fn w(addr: u64, len: u32) -> Desc {
-        Desc { addr, len, writable: true }
+        Desc {
+            addr,
+            len,
+            writable: true,
+        }
     }
 
     fn write_message(mem: &GuestMemoryMmap, at: u64, resp_cap: u32) -> usize {
@@ -229,7 +273,16 @@ mod tests {
         let n = write_message(&m, 0x1000, 100) as u32;
         let mut p = ParsedChain::default();
         // Message split over two descriptors, the second also holding 64 data-in bytes.
-        p.parse(&m, &[r(0x1000, 10), r(0x1000 + 10, n - 10 + 64), w(0x8000, 60), w(0x9000, 4096)]).unwrap();
+        p.parse(
+            &m,
+            &[
+                r(0x1000, 10),
+                r(0x1000 + 10, n - 10 + 64),
+                w(0x8000, 60),
+                w(0x9000, 4096),
+            ],
+        )
+        .unwrap();
         assert_eq!(p.msg.len(), n as usize);
         assert_eq!(p.data_in.iter().map(|s| s.len).sum::<usize>(), 64);
         assert_eq!(p.reply_cap, 100);
@@ -242,10 +295,19 @@ mod tests {
         let m = mem();
         let mut p = ParsedChain::default();
         write_message(&m, 0, 64);
-        assert!(matches!(p.parse(&m, &[r(0, 48), w(2 << 20, 64)]), Err(ChainError::BadAddress { .. })));
+        assert!(matches!(
+            p.parse(&m, &[r(0, 48), w(2 << 20, 64)]),
+            Err(ChainError::BadAddress { .. })
+        ));
         // A length running past the end of the region.
-        assert!(matches!(p.parse(&m, &[r(0, 48), w((1 << 20) - 8, 64)]), Err(ChainError::BadAddress { .. })));
-        assert!(matches!(p.parse(&m, &[r(u64::MAX - 4, 48)]), Err(ChainError::BadAddress { .. })));
+        assert!(matches!(
+            p.parse(&m, &[r(0, 48), w((1 << 20) - 8, 64)]),
+            Err(ChainError::BadAddress { .. })
+        ));
+        assert!(matches!(
+            p.parse(&m, &[r(u64::MAX - 4, 48)]),
+            Err(ChainError::BadAddress { .. })
+        ));
     }
 
     #[test]
@@ -253,8 +315,14 @@ mod tests {
         let m = mem();
         write_message(&m, 0, 64);
         let mut p = ParsedChain::default();
-        assert!(matches!(p.parse(&m, &[r(0, 48), w(32, 64)]), Err(ChainError::Overlap { .. })));
-        assert_eq!(p.parse(&m, &[w(0x4000, 64), r(0, 48)]), Err(ChainError::ReadableAfterWritable));
+        assert!(matches!(
+            p.parse(&m, &[r(0, 48), w(32, 64)]),
+            Err(ChainError::Overlap { .. })
+        ));
+        assert_eq!(
+            p.parse(&m, &[w(0x4000, 64), r(0, 48)]),
+            Err(ChainError::ReadableAfterWritable)
+        );
         assert_eq!(p.parse(&m, &[w(0x4000, 64)]), Err(ChainError::NoMessage));
         // Two readable descriptors may overlap: the device only reads them.
         p.parse(&m, &[r(0, 48), r(0, 48), w(0x4000, 64)]).unwrap();
@@ -267,7 +335,10 @@ mod tests {
         hdr[16..20].copy_from_slice(&u32::MAX.to_le_bytes());
         m.write_slice(&hdr, GuestAddress(0)).unwrap();
         let mut p = ParsedChain::default();
-        assert!(matches!(p.parse(&m, &[r(0, 32)]), Err(ChainError::TooLong(_))));
+        assert!(matches!(
+            p.parse(&m, &[r(0, 32)]),
+            Err(ChainError::TooLong(_))
+        ));
         // A message shorter than a header is handed on as is; the decoder refuses it.
         p.parse(&m, &[r(0, 5)]).unwrap();
         assert_eq!(p.msg.len(), 5);

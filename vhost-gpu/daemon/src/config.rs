@@ -26,7 +26,11 @@ pub enum GpuSelection {
 }
 
 #[derive(Parser, Debug)]
-#[command(name = "vhost-gpu", version, about = "Serves a VM's vGPU over vhost-user")]
+#[command(
+    name = "vhost-gpu",
+    version,
+    about = "Serves a VM's vGPU over vhost-user"
+)]
 pub struct Args {
     /// vhost-user socket to listen on (one frontend at a time).
     #[arg(long)]
@@ -91,7 +95,11 @@ impl TryFrom<Args> for Config {
         let gpu = if a.gpu == "sim" {
             GpuSelection::Sim
         } else {
-            GpuSelection::Cuda(a.gpu.parse().map_err(|_| ConfigError::BadGpu(a.gpu.clone()))?)
+            GpuSelection::Cuda(
+                a.gpu
+                    .parse()
+                    .map_err(|_| ConfigError::BadGpu(a.gpu.clone()))?,
+            )
         };
         if !(1..=64).contains(&a.queues) {
             return Err(ConfigError::BadQueues(a.queues));
@@ -134,9 +142,18 @@ mod tests {
 
     #[test]
     fn bad_flags_get_clear_errors() {
-        assert_eq!(Config::try_from(args(&["--gpu", "h200"])).unwrap_err(), ConfigError::BadGpu("h200".into()));
-        assert_eq!(Config::try_from(args(&["--queues", "0"])).unwrap_err(), ConfigError::BadQueues(0));
-        assert_eq!(Config::try_from(args(&["--queue-size", "100"])).unwrap_err(), ConfigError::BadQueueSize(100));
+        assert_eq!(
+            Config::try_from(args(&["--gpu", "h200"])).unwrap_err(),
+            ConfigError::BadGpu("h200".into())
+        );
+        assert_eq!(
+            Config::try_from(args(&["--queues", "0"])).unwrap_err(),
+            ConfigError::BadQueues(0)
+        );
+        assert_eq!(
+            Config::try_from(args(&["--queue-size", "100"])).unwrap_err(),
+            ConfigError::BadQueueSize(100)
+        );
         let c = Config::try_from(args(&["--gpu", "sim", "--mem-limit", "1G"])).unwrap();
         assert_eq!(c.gpu, GpuSelection::Sim);
         assert_eq!(c.limits.mem_limit, Some(1 << 30));

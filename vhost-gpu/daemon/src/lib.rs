@@ -52,14 +52,24 @@ pub fn run(config: &Config, max_connections: Option<usize>) -> Result<(), Error>
         "vhost-gpu: serving {} with executor {kind}, {} queues, memory limit {}",
         config.socket.display(),
         config.queues,
-        config.limits.mem_limit.map_or("none (whole device)".into(), |l| format!("{l} bytes"))
+        config
+            .limits
+            .mem_limit
+            .map_or("none (whole device)".into(), |l| format!("{l} bytes"))
     );
     let mut served = 0usize;
     loop {
-        let mut daemon = VhostUserDaemon::new("vhost-gpu".into(), backend.clone(), GuestMemoryAtomic::new(GuestMemoryMmap::new()))
-            .map_err(Error::Daemon)?;
+        let mut daemon = VhostUserDaemon::new(
+            "vhost-gpu".into(),
+            backend.clone(),
+            GuestMemoryAtomic::new(GuestMemoryMmap::new()),
+        )
+        .map_err(Error::Daemon)?;
         let result = daemon.serve(&config.socket);
-        let freed = backend.lock().unwrap_or_else(std::sync::PoisonError::into_inner).disconnected();
+        let freed = backend
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .disconnected();
         info!(
             "frontend disconnected, freed {} allocations ({} bytes) and {} objects; waiting for the next",
             freed.allocations, freed.bytes, freed.objects

@@ -14,7 +14,9 @@ use log::{info, warn};
 use thiserror::Error;
 use vgpu_protocol::CuResult;
 
-use crate::gpu::{ATTRIBUTE_SLOTS, DeviceProps, Gpu, GpuKind, GpuResult, HostSeg, KernelDesc, LaunchConfig};
+use crate::gpu::{
+    ATTRIBUTE_SLOTS, DeviceProps, Gpu, GpuKind, GpuResult, HostSeg, KernelDesc, LaunchConfig,
+};
 
 #[derive(Debug, Error)]
 pub enum CudaInitError {
@@ -27,12 +29,19 @@ pub enum CudaInitError {
     #[error("CUDA device {ordinal} does not exist: this host has {count}")]
     NoSuchDevice { ordinal: i32, count: i32 },
     #[error("Driver call {call} failed: {result}")]
-    Call { call: &'static str, result: CuResult },
+    Call {
+        call: &'static str,
+        result: CuResult,
+    },
 }
 
 fn cu(r: CUresult) -> GpuResult<()> {
     let code = r as u32;
-    if code == 0 { Ok(()) } else { Err(CuResult(code)) }
+    if code == 0 {
+        Ok(())
+    } else {
+        Err(CuResult(code))
+    }
 }
 
 type RawGetAttribute = unsafe extern "C" fn(*mut c_int, c_int, c_int) -> c_uint;
@@ -90,14 +99,18 @@ impl CudaGpu {
                 return Err(CudaInitError::NoSuchDevice { ordinal, count });
             }
             let mut driver_version = 0;
-            cu(sys::cuDriverGetVersion(&raw mut driver_version)).map_err(|result| CudaInitError::Call {
-                call: "cuDriverGetVersion",
-                result,
+            cu(sys::cuDriverGetVersion(&raw mut driver_version)).map_err(|result| {
+                CudaInitError::Call {
+                    call: "cuDriverGetVersion",
+                    result,
+                }
             })?;
             let mut base_ctx = ptr::null_mut();
-            cu(sys::cuDevicePrimaryCtxRetain(&raw mut base_ctx, ordinal)).map_err(|result| CudaInitError::Call {
-                call: "cuDevicePrimaryCtxRetain",
-                result,
+            cu(sys::cuDevicePrimaryCtxRetain(&raw mut base_ctx, ordinal)).map_err(|result| {
+                CudaInitError::Call {
+                    call: "cuDevicePrimaryCtxRetain",
+                    result,
+                }
             })?;
             info!("cuda: device {ordinal} opened, driver {driver_version}");
             Ok(Self {
@@ -120,7 +133,9 @@ impl CudaGpu {
             String::new()
         } else {
             // SAFETY: the driver returns a NUL-terminated string that lives as long as the module.
-            unsafe { CStr::from_ptr(name) }.to_string_lossy().into_owned()
+            unsafe { CStr::from_ptr(name) }
+                .to_string_lossy()
+                .into_owned()
         };
         let mut params = Vec::new();
         for index in 0.. {
@@ -183,7 +198,9 @@ impl Gpu for CudaGpu {
             }
         }
         // SAFETY: `name` is NUL-terminated by the driver (zero-initialised otherwise).
-        let name = unsafe { CStr::from_ptr(name.as_ptr()) }.to_string_lossy().into_owned();
+        let name = unsafe { CStr::from_ptr(name.as_ptr()) }
+            .to_string_lossy()
+            .into_owned();
         Ok(DeviceProps {
             name,
             uuid: uuid.bytes.map(|b| b as u8),
@@ -205,7 +222,14 @@ impl Gpu for CudaGpu {
         }
         let mut ctx = ptr::null_mut();
         // SAFETY: valid out-pointer; the new context becomes current on this thread.
-        unsafe { cu(sys::cuCtxCreate_v4(&raw mut ctx, ptr::null_mut(), flags, self.ordinal))? };
+        unsafe {
+            cu(sys::cuCtxCreate_v4(
+                &raw mut ctx,
+                ptr::null_mut(),
+                flags,
+                self.ordinal,
+            ))?
+        };
         Ok(ctx as u64)
     }
 
@@ -239,7 +263,15 @@ impl Gpu for CudaGpu {
         unsafe { cu(sys::cuMemFree_v2(dptr)) }
     }
 
-    fn memset(&mut self, dptr: u64, value: u32, elem_size: u32, count: u64, stream: u64, is_async: bool) -> GpuResult<()> {
+    fn memset(
+        &mut self,
+        dptr: u64,
+        value: u32,
+        elem_size: u32,
+        count: u64,
+        stream: u64,
+        is_async: bool,
+    ) -> GpuResult<()> {
         let n = count as usize;
         let s = stream as CUstream;
         // SAFETY: the executor checked the range against the client's allocations.
@@ -256,33 +288,67 @@ impl Gpu for CudaGpu {
         }
     }
 
-    unsafe fn memcpy_htod(&mut self, dst: u64, src: HostSeg, stream: u64, is_async: bool) -> GpuResult<()> {
+    unsafe fn memcpy_htod(
+        &mut self,
+        dst: u64,
+        src: HostSeg,
+        stream: u64,
+        is_async: bool,
+    ) -> GpuResult<()> {
         // SAFETY: the caller keeps `src` valid for the copy; the device range was checked.
         unsafe {
             if is_async {
-                cu(sys::cuMemcpyHtoDAsync_v2(dst, src.ptr as *const c_void, src.len, stream as CUstream))
+                cu(sys::cuMemcpyHtoDAsync_v2(
+                    dst,
+                    src.ptr as *const c_void,
+                    src.len,
+                    stream as CUstream,
+                ))
             } else {
                 cu(sys::cuMemcpyHtoD_v2(dst, src.ptr as *const c_void, src.len))
             }
         }
     }
 
-    unsafe fn memcpy_dtoh(&mut self, dst: HostSeg, src: u64, stream: u64, is_async: bool) -> GpuResult<()> {
+    unsafe fn memcpy_dtoh(
+        &mut self,
+        dst: HostSeg,
+        src: u64,
+        stream: u64,
+        is_async: bool,
+    ) -> GpuResult<()> {
         // SAFETY: the caller keeps `dst` valid for the copy; the device range was checked.
         unsafe {
             if is_async {
-                cu(sys::cuMemcpyDtoHAsync_v2(dst.ptr as *mut c_void, src, dst.len, stream as CUstream))
+                cu(sys::cuMemcpyDtoHAsync_v2(
+                    dst.ptr as *mut c_void,
+                    src,
+                    dst.len,
+                    stream as CUstream,
+                ))
             } else {
                 cu(sys::cuMemcpyDtoH_v2(dst.ptr as *mut c_void, src, dst.len))
             }
         }
     }
 
-    fn memcpy_dtod(&mut self, dst: u64, src: u64, len: u64, stream: u64, is_async: bool) -> GpuResult<()> {
+    fn memcpy_dtod(
+        &mut self,
+        dst: u64,
+        src: u64,
+        len: u64,
+        stream: u64,
+        is_async: bool,
+    ) -> GpuResult<()> {
         // SAFETY: both ranges were checked against the client's allocations.
         unsafe {
             if is_async {
-                cu(sys::cuMemcpyDtoDAsync_v2(dst, src, len as usize, stream as CUstream))
+                cu(sys::cuMemcpyDtoDAsync_v2(
+                    dst,
+                    src,
+                    len as usize,
+                    stream as CUstream,
+                ))
             } else {
                 cu(sys::cuMemcpyDtoD_v2(dst, src, len as usize))
             }
@@ -313,7 +379,13 @@ impl Gpu for CudaGpu {
 
     fn stream_wait_event(&mut self, stream: u64, event: u64, flags: u32) -> GpuResult<()> {
         // SAFETY: live handles checked by the executor.
-        unsafe { cu(sys::cuStreamWaitEvent(stream as CUstream, event as CUevent, flags)) }
+        unsafe {
+            cu(sys::cuStreamWaitEvent(
+                stream as CUstream,
+                event as CUevent,
+                flags,
+            ))
+        }
     }
 
     fn event_create(&mut self, flags: u32) -> GpuResult<u64> {
@@ -346,14 +418,23 @@ impl Gpu for CudaGpu {
     fn event_elapsed_ms(&mut self, start: u64, end: u64) -> GpuResult<f32> {
         let mut ms = 0f32;
         // SAFETY: live events and a valid out-pointer.
-        unsafe { cu(sys::cuEventElapsedTime_v2(&raw mut ms, start as CUevent, end as CUevent))? };
+        unsafe {
+            cu(sys::cuEventElapsedTime_v2(
+                &raw mut ms,
+                start as CUevent,
+                end as CUevent,
+            ))?
+        };
         Ok(ms)
     }
 
     fn module_load(&mut self, image: &[u8]) -> GpuResult<(u64, Vec<KernelDesc>)> {
         // PTX must be NUL-terminated for the driver; cubins and fatbins carry their sizes.
         let owned;
-        let data = if !image.starts_with(b"\x7fELF") && image.last() != Some(&0) && !crate::image::fatbin_len(image).is_some() {
+        let data = if !image.starts_with(b"\x7fELF")
+            && image.last() != Some(&0)
+            && !crate::image::fatbin_len(image).is_some()
+        {
             owned = [image, b"\0"].concat();
             owned.as_slice()
         } else {
@@ -361,14 +442,28 @@ impl Gpu for CudaGpu {
         };
         let mut module: CUmodule = ptr::null_mut();
         // SAFETY: `data` is a complete image held for the call.
-        unsafe { cu(sys::cuModuleLoadData(&raw mut module, data.as_ptr() as *const c_void))? };
+        unsafe {
+            cu(sys::cuModuleLoadData(
+                &raw mut module,
+                data.as_ptr() as *const c_void,
+            ))?
+        };
         let mut count = 0u32;
         // SAFETY: valid module and out-pointer.
         unsafe { cu(sys::cuModuleGetFunctionCount(&raw mut count, module))? };
         let mut funcs: Vec<CUfunction> = vec![ptr::null_mut(); count as usize];
         // SAFETY: `funcs` has room for `count` handles.
-        unsafe { cu(sys::cuModuleEnumerateFunctions(funcs.as_mut_ptr(), count, module))? };
-        let kernels = funcs.into_iter().map(Self::kernel_desc).collect::<GpuResult<Vec<_>>>()?;
+        unsafe {
+            cu(sys::cuModuleEnumerateFunctions(
+                funcs.as_mut_ptr(),
+                count,
+                module,
+            ))?
+        };
+        let kernels = funcs
+            .into_iter()
+            .map(Self::kernel_desc)
+            .collect::<GpuResult<Vec<_>>>()?;
         Ok((module as u64, kernels))
     }
 
@@ -381,7 +476,14 @@ impl Gpu for CudaGpu {
         let name = CString::new(name).map_err(|_| CuResult::INVALID_VALUE)?;
         let (mut dptr, mut size) = (0u64, 0usize);
         // SAFETY: live module, NUL-terminated name, valid out-pointers.
-        unsafe { cu(sys::cuModuleGetGlobal_v2(&raw mut dptr, &raw mut size, module as CUmodule, name.as_ptr()))? };
+        unsafe {
+            cu(sys::cuModuleGetGlobal_v2(
+                &raw mut dptr,
+                &raw mut size,
+                module as CUmodule,
+                name.as_ptr(),
+            ))?
+        };
         Ok((dptr, size as u64))
     }
 
@@ -398,7 +500,13 @@ impl Gpu for CudaGpu {
         if r == 0 { Ok(()) } else { Err(CuResult(r)) }
     }
 
-    fn occupancy_max_active_blocks(&mut self, func: u64, block_size: i32, dynamic_smem: u64, flags: u32) -> GpuResult<i32> {
+    fn occupancy_max_active_blocks(
+        &mut self,
+        func: u64,
+        block_size: i32,
+        dynamic_smem: u64,
+        flags: u32,
+    ) -> GpuResult<i32> {
         let mut n = 0;
         // SAFETY: live function handle and valid out-pointer.
         unsafe {
@@ -413,25 +521,60 @@ impl Gpu for CudaGpu {
         Ok(n)
     }
 
-    fn launch(&mut self, func: u64, config: &LaunchConfig, stream: u64, params: &[u8], layout: &[(u32, u32)]) -> GpuResult<()> {
+    fn launch(
+        &mut self,
+        func: u64,
+        config: &LaunchConfig,
+        stream: u64,
+        params: &[u8],
+        layout: &[(u32, u32)],
+    ) -> GpuResult<()> {
         self.param_ptrs.clear();
         for &(offset, size) in layout {
             if offset as usize + size as usize > params.len() {
                 return Err(CuResult::INVALID_VALUE);
             }
             // The driver only reads through these pointers.
-            self.param_ptrs.push(params[offset as usize..].as_ptr() as *mut c_void);
+            self.param_ptrs
+                .push(params[offset as usize..].as_ptr() as *mut c_void);
         }
         let [gx, gy, gz] = config.grid;
         let [bx, by, bz] = config.block;
-        let args = if self.param_ptrs.is_empty() { ptr::null_mut() } else { self.param_ptrs.as_mut_ptr() };
+        let args = if self.param_ptrs.is_empty() {
+            ptr::null_mut()
+        } else {
+            self.param_ptrs.as_mut_ptr()
+        };
         // SAFETY: every parameter pointer points into `params`, bounds-checked above, and the
         // driver copies the values before returning.
         unsafe {
             cu(if config.cooperative {
-                sys::cuLaunchCooperativeKernel(func as CUfunction, gx, gy, gz, bx, by, bz, config.shared_mem, stream as CUstream, args)
+                sys::cuLaunchCooperativeKernel(
+                    func as CUfunction,
+                    gx,
+                    gy,
+                    gz,
+                    bx,
+                    by,
+                    bz,
+                    config.shared_mem,
+                    stream as CUstream,
+                    args,
+                )
             } else {
-                sys::cuLaunchKernel(func as CUfunction, gx, gy, gz, bx, by, bz, config.shared_mem, stream as CUstream, args, ptr::null_mut())
+                sys::cuLaunchKernel(
+                    func as CUfunction,
+                    gx,
+                    gy,
+                    gz,
+                    bx,
+                    by,
+                    bz,
+                    config.shared_mem,
+                    stream as CUstream,
+                    args,
+                    ptr::null_mut(),
+                )
             })
         }
     }
@@ -445,7 +588,10 @@ impl Gpu for CudaGpu {
             cu(sys::cuCtxSetCurrent(self.base_ctx))?;
             let r = cu(sys::cuMemHostRegister_v2(ptr as *mut c_void, len, PORTABLE));
             if let Err(e) = r {
-                warn!("cuda: could not pin {} MiB of guest memory ({e}); copies from it will be staged", len >> 20);
+                warn!(
+                    "cuda: could not pin {} MiB of guest memory ({e}); copies from it will be staged",
+                    len >> 20
+                );
             }
             r
         }

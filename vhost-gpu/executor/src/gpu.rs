@@ -88,20 +88,46 @@ pub trait Gpu: Send + Sync {
 
     fn mem_alloc(&mut self, size: u64) -> GpuResult<u64>;
     fn mem_free(&mut self, dptr: u64) -> GpuResult<()>;
-    fn memset(&mut self, dptr: u64, value: u32, elem_size: u32, count: u64, stream: u64, is_async: bool)
-    -> GpuResult<()>;
+    fn memset(
+        &mut self,
+        dptr: u64,
+        value: u32,
+        elem_size: u32,
+        count: u64,
+        stream: u64,
+        is_async: bool,
+    ) -> GpuResult<()>;
     /// Copies `src` (host) to `dst` (device).
     ///
     /// # Safety
     /// `src` must stay readable until the copy completes on `stream` (or at once when
     /// `is_async` is false).
-    unsafe fn memcpy_htod(&mut self, dst: u64, src: HostSeg, stream: u64, is_async: bool) -> GpuResult<()>;
+    unsafe fn memcpy_htod(
+        &mut self,
+        dst: u64,
+        src: HostSeg,
+        stream: u64,
+        is_async: bool,
+    ) -> GpuResult<()>;
     /// Copies `src` (device) to `dst` (host).
     ///
     /// # Safety
     /// `dst` must stay writable until the copy completes on `stream`.
-    unsafe fn memcpy_dtoh(&mut self, dst: HostSeg, src: u64, stream: u64, is_async: bool) -> GpuResult<()>;
-    fn memcpy_dtod(&mut self, dst: u64, src: u64, len: u64, stream: u64, is_async: bool) -> GpuResult<()>;
+    unsafe fn memcpy_dtoh(
+        &mut self,
+        dst: HostSeg,
+        src: u64,
+        stream: u64,
+        is_async: bool,
+    ) -> GpuResult<()>;
+    fn memcpy_dtod(
+        &mut self,
+        dst: u64,
+        src: u64,
+        len: u64,
+        stream: u64,
+        is_async: bool,
+    ) -> GpuResult<()>;
 
     fn stream_create(&mut self, flags: u32, priority: i32) -> GpuResult<u64>;
     fn stream_destroy(&mut self, stream: u64) -> GpuResult<()>;
@@ -121,8 +147,13 @@ pub trait Gpu: Send + Sync {
     fn module_get_global(&mut self, module: u64, name: &str) -> GpuResult<(u64, u64)>;
     fn func_get_attribute(&mut self, func: u64, attribute: i32) -> GpuResult<i32>;
     fn func_set_attribute(&mut self, func: u64, attribute: i32, value: i32) -> GpuResult<()>;
-    fn occupancy_max_active_blocks(&mut self, func: u64, block_size: i32, dynamic_smem: u64, flags: u32)
-    -> GpuResult<i32>;
+    fn occupancy_max_active_blocks(
+        &mut self,
+        func: u64,
+        block_size: i32,
+        dynamic_smem: u64,
+        flags: u32,
+    ) -> GpuResult<i32>;
 
     /// Launches `func`; `params` is the packed parameter buffer laid out by `layout`.
     fn launch(

@@ -42,7 +42,9 @@ pub fn kernels(image: &[u8]) -> Result<Vec<KernelLayout>, ImageError> {
         fatbin_kernels(image)
     } else if read_u32(image, 0) == Some(FATBIN_WRAPPER_MAGIC) {
         // A `__fatBinC_Wrapper_t` holds a pointer, which means nothing outside its process.
-        Err(ImageError::BadFatbin("wrapper structs must be resolved by the shim"))
+        Err(ImageError::BadFatbin(
+            "wrapper structs must be resolved by the shim",
+        ))
     } else if looks_like_ptx(image) {
         ptx_kernels(image)
     } else {
@@ -57,15 +59,21 @@ fn looks_like_ptx(image: &[u8]) -> bool {
 }
 
 fn read_u16(b: &[u8], off: usize) -> Option<u16> {
-    Some(u16::from_le_bytes(b.get(off..off.checked_add(2)?)?.try_into().ok()?))
+    Some(u16::from_le_bytes(
+        b.get(off..off.checked_add(2)?)?.try_into().ok()?,
+    ))
 }
 
 fn read_u32(b: &[u8], off: usize) -> Option<u32> {
-    Some(u32::from_le_bytes(b.get(off..off.checked_add(4)?)?.try_into().ok()?))
+    Some(u32::from_le_bytes(
+        b.get(off..off.checked_add(4)?)?.try_into().ok()?,
+    ))
 }
 
 fn read_u64(b: &[u8], off: usize) -> Option<u64> {
-    Some(u64::from_le_bytes(b.get(off..off.checked_add(8)?)?.try_into().ok()?))
+    Some(u64::from_le_bytes(
+        b.get(off..off.checked_add(8)?)?.try_into().ok()?,
+    ))
 }
 
 /// Size of a fatbin container (header plus entries), if `image` starts with one.
@@ -106,7 +114,9 @@ fn fatbin_kernels(image: &[u8]) -> Result<Vec<KernelLayout>, ImageError> {
         } else if kind == FATBIN_KIND_PTX && ptx.is_none() {
             ptx = Some(data);
         }
-        off = start.checked_add(padded.max(payload)).ok_or(bad("entry size"))?;
+        off = start
+            .checked_add(padded.max(payload))
+            .ok_or(bad("entry size"))?;
     }
     match ptx {
         Some(p) => ptx_kernels(p),
@@ -189,7 +199,11 @@ fn kparam_info(mut data: &[u8]) -> Result<Vec<(u32, u32)>, ImageError> {
         let (fmt, attr) = (data[0], data[1]);
         let (value_len, value) = if fmt == EIFMT_SVAL {
             let n = usize::from(u16::from_le_bytes([data[2], data[3]]));
-            (n, data.get(4..4 + n).ok_or(ImageError::BadElf("attribute runs past .nv.info"))?)
+            (
+                n,
+                data.get(4..4 + n)
+                    .ok_or(ImageError::BadElf("attribute runs past .nv.info"))?,
+            )
         } else {
             (0, &[][..])
         };
@@ -221,7 +235,9 @@ fn ptx_kernels(image: &[u8]) -> Result<Vec<KernelLayout>, ImageError> {
         let name = rest[..name_end].trim().to_string();
         let mut params = Vec::new();
         if open.is_some_and(|o| Some(o) == Some(name_end)) {
-            let close = rest.find(')').ok_or(ImageError::BadPtx("unclosed parameter list"))?;
+            let close = rest
+                .find(')')
+                .ok_or(ImageError::BadPtx("unclosed parameter list"))?;
             let mut offset = 0u32;
             for decl in rest[name_end + 1..close].split(',') {
                 let Some((align, size)) = ptx_param(decl) else {
@@ -254,7 +270,12 @@ fn ptx_param(decl: &str) -> Option<(u32, u32)> {
             i += 2;
             continue;
         }
-        if w == ".ptr" || w.starts_with(".global") || w.starts_with(".const") || w.starts_with(".local") || w.starts_with(".shared") {
+        if w == ".ptr"
+            || w.starts_with(".global")
+            || w.starts_with(".const")
+            || w.starts_with(".local")
+            || w.starts_with(".shared")
+        {
             i += 1;
             continue;
         }

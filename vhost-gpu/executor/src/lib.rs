@@ -15,9 +15,12 @@ use gpu::{DeviceProps, Gpu, GpuKind, GpuResult, HostSeg, LaunchConfig};
 use handles::Slab;
 use log::{info, warn};
 use vgpu_protocol::{
-    BUILD_ID, CuResult, DecodeError, MsgHeader, Opcode, PROTOCOL_MAJOR, PROTOCOL_MINOR, ReplyWriter, call_flags,
+    BUILD_ID, CuResult, DecodeError, MsgHeader, Opcode, PROTOCOL_MAJOR, PROTOCOL_MINOR,
+    ReplyWriter, call_flags,
     calls::{self, BUILD_ID_LEN, HELLO_MESSAGE_LEN, fill_str, read_str},
-    caps, codec::Call, flags, parse_request,
+    caps,
+    codec::Call,
+    flags, parse_request,
 };
 use zerocopy::{FromBytes, IntoBytes};
 
@@ -36,7 +39,10 @@ pub struct DataStream<'a> {
 }
 
 impl<'a> DataStream<'a> {
-    pub const EMPTY: DataStream<'static> = DataStream { segs: &[], total: 0 };
+    pub const EMPTY: DataStream<'static> = DataStream {
+        segs: &[],
+        total: 0,
+    };
 
     pub fn new(segs: &'a [HostSeg]) -> Self {
         Self {
@@ -54,7 +60,12 @@ impl<'a> DataStream<'a> {
     }
 
     /// Calls `f(piece, offset_within_range)` for each host piece of `[offset, offset+len)`.
-    fn walk(&self, offset: u64, len: u64, mut f: impl FnMut(HostSeg, u64) -> GpuResult<()>) -> GpuResult<()> {
+    fn walk(
+        &self,
+        offset: u64,
+        len: u64,
+        mut f: impl FnMut(HostSeg, u64) -> GpuResult<()>,
+    ) -> GpuResult<()> {
         let end = offset.checked_add(len).ok_or(CuResult::INVALID_VALUE)?;
         if end > self.total {
             return Err(CuResult::INVALID_VALUE);
@@ -67,7 +78,13 @@ impl<'a> DataStream<'a> {
             if lo < hi {
                 // SAFETY: `lo - seg_start < seg.len`, so the pointer stays inside the segment.
                 let ptr = unsafe { seg.ptr.add((lo - seg_start) as usize) };
-                f(HostSeg { ptr, len: (hi - lo) as usize }, lo - offset)?;
+                f(
+                    HostSeg {
+                        ptr,
+                        len: (hi - lo) as usize,
+                    },
+                    lo - offset,
+                )?;
             }
             if seg_end >= end {
                 break;
@@ -98,20 +115,38 @@ pub struct Outcome {
 }
 
 enum Object {
-    Ctx { raw: u64 },
-    Stream { raw: u64, ctx: u64 },
-    Event { raw: u64, ctx: u64 },
-    Module { raw: u64, ctx: u64, funcs: Vec<u64> },
-    Func { raw: u64, ctx: u64, layout: Vec<(u32, u32)>, params_len: u32 },
+    Ctx {
+        raw: u64,
+    },
+    Stream {
+        raw: u64,
+        ctx: u64,
+    },
+    Event {
+        raw: u64,
+        ctx: u64,
+    },
+    Module {
+        raw: u64,
+        ctx: u64,
+        funcs: Vec<u64>,
+    },
+    Func {
+        raw: u64,
+        ctx: u64,
+        layout: Vec<(u32, u32)>,
+        params_len: u32,
+    },
 }
 
 impl Object {
     fn ctx(&self) -> Option<u64> {
         match self {
             Object::Ctx { .. } => None,
-            Object::Stream { ctx, .. } | Object::Event { ctx, .. } | Object::Module { ctx, .. } | Object::Func { ctx, .. } => {
-                Some(*ctx)
-            }
+            Object::Stream { ctx, .. }
+            | Object::Event { ctx, .. }
+            | Object::Module { ctx, .. }
+            | Object::Func { ctx, .. } => Some(*ctx),
         }
     }
 }
@@ -141,8 +176,15 @@ impl Client {
             return false;
         };
         let within = |base: u64, size: u64| dptr >= base && end <= base + size;
-        self.allocations.range(..=dptr).next_back().is_some_and(|(&b, a)| within(b, a.size))
-            || self.globals.range(..=dptr).next_back().is_some_and(|(&b, &s)| within(b, s))
+        self.allocations
+            .range(..=dptr)
+            .next_back()
+            .is_some_and(|(&b, a)| within(b, a.size))
+            || self
+                .globals
+                .range(..=dptr)
+                .next_back()
+                .is_some_and(|(&b, &s)| within(b, s))
     }
 }
 
@@ -213,7 +255,13 @@ impl Executor {
     ///
     /// A message that cannot be decoded at all gets an error reply when its header is good
     /// enough to say where a reply may go, and nothing otherwise; the daemon keeps serving.
-    pub fn execute(&mut self, msg: &[u8], data_in: DataStream<'_>, data_out: DataStream<'_>, reply: &mut Vec<u8>) -> Outcome {
+    pub fn execute(
+        &mut self,
+        msg: &[u8],
+        data_in: DataStream<'_>,
+        data_out: DataStream<'_>,
+        reply: &mut Vec<u8>,
+    ) -> Outcome {
         let (hdr, calls) = match parse_request(msg) {
             Ok(v) => v,
             Err(e) => return self.refuse(msg, &e, reply),
@@ -221,12 +269,16 @@ impl Executor {
         let client_id = hdr.client.get();
         if hdr.flags.get() & flags::CLIENT_CLOSE != 0 {
             self.close_client(client_id);
-            return Outcome { reply_len: 0, data_out_len: 0 };
+            return Outcome {
+                reply_len: 0,
+                data_out_len: 0,
+            };
         }
         let want_reply = hdr.flags.get() & flags::WANT_REPLY != 0;
         let mut w = ReplyWriter::new(reply);
         let mut data_out_len = 0u64;
-        for call in calls {
+        let ncalls = hdr.ncalls.get() as usize;
+        for (index, call) in calls.enumerate() {
             let call = match call {
                 Ok(c) => c,
                 Err(e) => {
@@ -237,7 +289,14 @@ impl Executor {
                 }
             };
             let before = w.len();
-            let result = self.dispatch(client_id, &call, data_in, data_out, &mut data_out_len, &mut w);
+            let result = self.dispatch(
+                client_id,
+                &call,
+                data_in,
+                data_out,
+                &mut data_out_len,
+                &mut w,
+            );
             let result = match result {
                 Ok(()) => continue,
                 Err(r) => r,
@@ -245,35 +304,63 @@ impl Executor {
             // The call failed: drop any partial record and report the error in its place.
             w.buffer().truncate(before);
             w.push_status(call.opcode, result.0);
+            // Only the last call's result is read by a waiting guest: any earlier failure is
+            // kept for the next synchronising call.
             let is_async = call.flags & call_flags::ASYNC != 0 || is_fire_and_forget(call.opcode);
-            if is_async || !want_reply {
+            if is_async || !want_reply || index + 1 < ncalls {
                 self.defer(client_id, result);
             }
         }
         if !want_reply {
-            return Outcome { reply_len: 0, data_out_len };
-        }
-        let n = w.finish(hdr.seq.get(), data_out_len.min(u64::from(u32::MAX)) as u32);
-        if n > hdr.resp_cap.get() as usize {
-            warn!("client {client_id}: reply of {n} bytes does not fit the {} offered", hdr.resp_cap.get());
-            let mut w = ReplyWriter::new(reply);
-            w.push(0, CuResult::OUT_OF_MEMORY.0, &calls::HandleReply { handle: (n as u64).into() }, &[]);
-            let n = w.finish(hdr.seq.get(), 0);
             return Outcome {
-                reply_len: if n <= hdr.resp_cap.get() as usize { n } else { 0 },
+                reply_len: 0,
                 data_out_len,
             };
         }
-        Outcome { reply_len: n, data_out_len }
+        let n = w.finish(hdr.seq.get(), data_out_len.min(u64::from(u32::MAX)) as u32);
+        if n > hdr.resp_cap.get() as usize {
+            warn!(
+                "client {client_id}: reply of {n} bytes does not fit the {} offered",
+                hdr.resp_cap.get()
+            );
+            let mut w = ReplyWriter::new(reply);
+            w.push(
+                0,
+                CuResult::OUT_OF_MEMORY.0,
+                &calls::HandleReply {
+                    handle: (n as u64).into(),
+                },
+                &[],
+            );
+            let n = w.finish(hdr.seq.get(), 0);
+            return Outcome {
+                reply_len: if n <= hdr.resp_cap.get() as usize {
+                    n
+                } else {
+                    0
+                },
+                data_out_len,
+            };
+        }
+        Outcome {
+            reply_len: n,
+            data_out_len,
+        }
     }
 
     fn refuse(&mut self, msg: &[u8], e: &DecodeError, reply: &mut Vec<u8>) -> Outcome {
         warn!("refused a message: {e}");
         let Ok((hdr, _)) = MsgHeader::read_from_prefix(msg) else {
-            return Outcome { reply_len: 0, data_out_len: 0 };
+            return Outcome {
+                reply_len: 0,
+                data_out_len: 0,
+            };
         };
         if hdr.magic.get() != vgpu_protocol::MAGIC || hdr.flags.get() & flags::WANT_REPLY == 0 {
-            return Outcome { reply_len: 0, data_out_len: 0 };
+            return Outcome {
+                reply_len: 0,
+                data_out_len: 0,
+            };
         }
         let mut w = ReplyWriter::new(reply);
         let mut body = self.hello_reply();
@@ -283,7 +370,11 @@ impl Executor {
         w.push(Opcode::Hello as u16, CuResult::NOT_SUPPORTED.0, &body, &[]);
         let n = w.finish(hdr.seq.get(), 0);
         Outcome {
-            reply_len: if n <= hdr.resp_cap.get() as usize { n } else { 0 },
+            reply_len: if n <= hdr.resp_cap.get() as usize {
+                n
+            } else {
+                0
+            },
             data_out_len: 0,
         }
     }
@@ -309,7 +400,11 @@ impl Executor {
             device_count: (self.gpu.device_count() as u32).into(),
             driver_version: self.gpu.driver_version().into(),
             build_id: fill_str::<BUILD_ID_LEN>(BUILD_ID),
-            message: fill_str::<HELLO_MESSAGE_LEN>(&format!("vhost-gpu {} on {}", env!("CARGO_PKG_VERSION"), self.gpu.kind())),
+            message: fill_str::<HELLO_MESSAGE_LEN>(&format!(
+                "vhost-gpu {} on {}",
+                env!("CARGO_PKG_VERSION"),
+                self.gpu.kind()
+            )),
         }
     }
 
@@ -338,7 +433,11 @@ impl Executor {
             self.make_current(client, ctx)?;
             // Every guest thread's per-thread stream maps to the context's legacy stream:
             // the daemon runs one guest's calls on one thread.
-            return Ok(if stream == vgpu_protocol::stream::PER_THREAD { vgpu_protocol::stream::NULL } else { stream });
+            return Ok(if stream == vgpu_protocol::stream::PER_THREAD {
+                vgpu_protocol::stream::NULL
+            } else {
+                stream
+            });
         }
         let (raw, sctx) = match self.client(client)?.objects.get(stream) {
             Some(Object::Stream { raw, ctx }) => (*raw, *ctx),
@@ -358,7 +457,11 @@ impl Executor {
     }
 
     fn check_range(&mut self, client: u32, dptr: u64, len: u64) -> CallResult {
-        if self.client(client)?.owns_range(dptr, len) { Ok(()) } else { Err(CuResult::INVALID_VALUE) }
+        if self.client(client)?.owns_range(dptr, len) {
+            Ok(())
+        } else {
+            Err(CuResult::INVALID_VALUE)
+        }
     }
 
     fn take_deferred(&mut self, client: u32) -> CallResult {
@@ -414,7 +517,15 @@ impl Executor {
             }
             Opcode::DeviceGetCount => {
                 self.client(client)?;
-                w.push(code, 0, &calls::I32Reply { value: self.gpu.device_count().into(), _pad: 0.into() }, &[]);
+                w.push(
+                    code,
+                    0,
+                    &calls::I32Reply {
+                        value: self.gpu.device_count().into(),
+                        _pad: 0.into(),
+                    },
+                    &[],
+                );
             }
             Opcode::DeviceGetInfo => {
                 self.client(client)?;
@@ -426,7 +537,10 @@ impl Executor {
                     self.props = Some(self.gpu.device_props(0)?);
                 }
                 let p = self.props.as_ref().ok_or(CuResult::UNKNOWN)?;
-                let quota = self.limits.mem_limit.map_or(p.total_mem, |l| l.min(p.total_mem));
+                let quota = self
+                    .limits
+                    .mem_limit
+                    .map_or(p.total_mem, |l| l.min(p.total_mem));
                 let info = calls::DeviceInfo {
                     name: fill_str(&p.name),
                     uuid: p.uuid,
@@ -482,7 +596,11 @@ impl Executor {
                 }
                 let c = self.client(client)?;
                 let Some(h) = c.primary else {
-                    return if op == Opcode::PrimaryCtxReset { Ok(w.push_status(code, 0)) } else { Err(CuResult::INVALID_CONTEXT) };
+                    return if op == Opcode::PrimaryCtxReset {
+                        Ok(w.push_status(code, 0))
+                    } else {
+                        Err(CuResult::INVALID_CONTEXT)
+                    };
                 };
                 c.primary_refs = c.primary_refs.saturating_sub(1);
                 if op == Opcode::PrimaryCtxReset || c.primary_refs == 0 {
@@ -520,8 +638,21 @@ impl Executor {
                 self.mem_used += size;
                 let c = self.client(client)?;
                 c.mem_used += size;
-                c.allocations.insert(dptr, Allocation { size, ctx: a.ctx.get() });
-                w.push(code, 0, &calls::HandleReply { handle: dptr.into() }, &[]);
+                c.allocations.insert(
+                    dptr,
+                    Allocation {
+                        size,
+                        ctx: a.ctx.get(),
+                    },
+                );
+                w.push(
+                    code,
+                    0,
+                    &calls::HandleReply {
+                        handle: dptr.into(),
+                    },
+                    &[],
+                );
             }
             Opcode::MemFree => {
                 let (a, _) = call.parse::<calls::MemFree>().map_err(bad)?;
@@ -548,7 +679,15 @@ impl Executor {
                     }
                     None => (free, total),
                 };
-                w.push(code, 0, &calls::MemInfoReply { free: free.into(), total: total.into() }, &[]);
+                w.push(
+                    code,
+                    0,
+                    &calls::MemInfoReply {
+                        free: free.into(),
+                        total: total.into(),
+                    },
+                    &[],
+                );
             }
             Opcode::MemGetAddressRange => {
                 let (a, _) = call.parse::<calls::MemFree>().map_err(bad)?;
@@ -561,14 +700,33 @@ impl Executor {
                     .filter(|(b, al)| dptr < *b + al.size)
                     .map(|(b, al)| (*b, al.size))
                     .ok_or(CuResult::NOT_FOUND)?;
-                w.push(code, 0, &calls::AddressRangeReply { base: base.into(), size: size.into() }, &[]);
+                w.push(
+                    code,
+                    0,
+                    &calls::AddressRangeReply {
+                        base: base.into(),
+                        size: size.into(),
+                    },
+                    &[],
+                );
             }
             Opcode::Memset => {
                 let (a, _) = call.parse::<calls::Memset>().map_err(bad)?;
                 let s = self.stream(client, a.stream.get(), a.ctx.get())?;
-                let len = a.count.get().checked_mul(u64::from(a.elem_size.get())).ok_or(CuResult::INVALID_VALUE)?;
+                let len = a
+                    .count
+                    .get()
+                    .checked_mul(u64::from(a.elem_size.get()))
+                    .ok_or(CuResult::INVALID_VALUE)?;
                 self.check_range(client, a.dptr.get(), len)?;
-                self.gpu.memset(a.dptr.get(), a.value.get(), a.elem_size.get(), a.count.get(), s, is_async)?;
+                self.gpu.memset(
+                    a.dptr.get(),
+                    a.value.get(),
+                    a.elem_size.get(),
+                    a.count.get(),
+                    s,
+                    is_async,
+                )?;
                 if !is_async {
                     self.take_deferred(client)?;
                 }
@@ -586,6 +744,9 @@ impl Executor {
                     // mapped until the client is torn down (streams are synchronised first).
                     unsafe { gpu.memcpy_htod(dst + rel, seg, s, is_async) }
                 })?;
+                if call.flags & call_flags::WAIT_STREAM != 0 {
+                    self.gpu.stream_synchronize(s)?;
+                }
                 if !is_async {
                     self.take_deferred(client)?;
                 }
@@ -602,6 +763,9 @@ impl Executor {
                     // SAFETY: as for HtoD; the data-out segments are guest-writable memory.
                     unsafe { gpu.memcpy_dtoh(seg, src + rel, s, is_async) }
                 })?;
+                if call.flags & call_flags::WAIT_STREAM != 0 {
+                    self.gpu.stream_synchronize(s)?;
+                }
                 *data_out_len = (*data_out_len).max(off + len);
                 if !is_async {
                     self.take_deferred(client)?;
@@ -613,7 +777,8 @@ impl Executor {
                 let s = self.stream(client, a.stream.get(), a.ctx.get())?;
                 self.check_range(client, a.src.get(), a.len.get())?;
                 self.check_range(client, a.dst.get(), a.len.get())?;
-                self.gpu.memcpy_dtod(a.dst.get(), a.src.get(), a.len.get(), s, is_async)?;
+                self.gpu
+                    .memcpy_dtod(a.dst.get(), a.src.get(), a.len.get(), s, is_async)?;
                 if !is_async {
                     self.take_deferred(client)?;
                 }
@@ -623,7 +788,10 @@ impl Executor {
                 let (a, _) = call.parse::<calls::StreamCreate>().map_err(bad)?;
                 self.make_current(client, a.ctx.get())?;
                 let raw = self.gpu.stream_create(a.flags.get(), a.priority.get())?;
-                let h = self.client(client)?.objects.insert(Object::Stream { raw, ctx: a.ctx.get() });
+                let h = self.client(client)?.objects.insert(Object::Stream {
+                    raw,
+                    ctx: a.ctx.get(),
+                });
                 w.push(code, 0, &calls::HandleReply { handle: h.into() }, &[]);
             }
             Opcode::StreamDestroy => {
@@ -658,7 +826,10 @@ impl Executor {
                 let (a, _) = call.parse::<calls::EventCreate>().map_err(bad)?;
                 self.make_current(client, a.ctx.get())?;
                 let raw = self.gpu.event_create(a.flags.get())?;
-                let h = self.client(client)?.objects.insert(Object::Event { raw, ctx: a.ctx.get() });
+                let h = self.client(client)?.objects.insert(Object::Event {
+                    raw,
+                    ctx: a.ctx.get(),
+                });
                 w.push(code, 0, &calls::HandleReply { handle: h.into() }, &[]);
             }
             Opcode::EventDestroy => {
@@ -691,7 +862,15 @@ impl Executor {
                 let s = self.event(client, a.start.get())?;
                 let e = self.event(client, a.end.get())?;
                 let ms = self.gpu.event_elapsed_ms(s, e)?;
-                w.push(code, 0, &calls::F32Reply { value: ms.into(), _pad: 0.into() }, &[]);
+                w.push(
+                    code,
+                    0,
+                    &calls::F32Reply {
+                        value: ms.into(),
+                        _pad: 0.into(),
+                    },
+                    &[],
+                );
             }
             Opcode::ModuleLoad => {
                 let (a, _) = call.parse::<calls::ModuleLoad>().map_err(bad)?;
@@ -710,7 +889,12 @@ impl Executor {
                 buf.extend_from_slice(&[0u8; size_of::<calls::ModuleLoadReply>()]);
                 for k in &kernels {
                     let params_len = k.params.iter().map(|(o, s)| o + s).max().unwrap_or(0);
-                    let h = c.objects.insert(Object::Func { raw: k.raw, ctx, layout: k.params.clone(), params_len });
+                    let h = c.objects.insert(Object::Func {
+                        raw: k.raw,
+                        ctx,
+                        layout: k.params.clone(),
+                        params_len,
+                    });
                     funcs.push(h);
                     let info = calls::FuncInfo {
                         handle: h.into(),
@@ -720,7 +904,13 @@ impl Executor {
                     buf.extend_from_slice(info.as_bytes());
                     buf.extend_from_slice(k.name.as_bytes());
                     for &(o, s) in &k.params {
-                        buf.extend_from_slice(calls::ParamInfo { offset: o.into(), size: s.into() }.as_bytes());
+                        buf.extend_from_slice(
+                            calls::ParamInfo {
+                                offset: o.into(),
+                                size: s.into(),
+                            }
+                            .as_bytes(),
+                        );
                     }
                     buf.resize(buf.len().next_multiple_of(8), 0);
                 }
@@ -731,6 +921,7 @@ impl Executor {
                     _reserved: 0.into(),
                     result: 0.into(),
                     len: (body_len as u32).into(),
+                    _pad: 0.into(),
                 };
                 let fixed = calls::ModuleLoadReply {
                     module: module.into(),
@@ -749,7 +940,9 @@ impl Executor {
             }
             Opcode::ModuleGetGlobal => {
                 let (a, tail) = call.parse::<calls::ModuleGetGlobal>().map_err(bad)?;
-                let name = tail.get(..a.name_len.get() as usize).ok_or(CuResult::INVALID_VALUE)?;
+                let name = tail
+                    .get(..a.name_len.get() as usize)
+                    .ok_or(CuResult::INVALID_VALUE)?;
                 let name = std::str::from_utf8(name).map_err(|_| CuResult::INVALID_VALUE)?;
                 let (raw, ctx) = match self.client(client)?.objects.get(a.module.get()) {
                     Some(Object::Module { raw, ctx, .. }) => (*raw, *ctx),
@@ -758,7 +951,15 @@ impl Executor {
                 self.make_current(client, ctx)?;
                 let (dptr, size) = self.gpu.module_get_global(raw, name)?;
                 self.client(client)?.globals.insert(dptr, size);
-                w.push(code, 0, &calls::GlobalReply { dptr: dptr.into(), size: size.into() }, &[]);
+                w.push(
+                    code,
+                    0,
+                    &calls::GlobalReply {
+                        dptr: dptr.into(),
+                        size: size.into(),
+                    },
+                    &[],
+                );
             }
             Opcode::FuncGetAttribute | Opcode::FuncSetAttribute => {
                 let (a, _) = call.parse::<calls::FuncAttribute>().map_err(bad)?;
@@ -766,9 +967,18 @@ impl Executor {
                 self.make_current(client, ctx)?;
                 if op == Opcode::FuncGetAttribute {
                     let v = self.gpu.func_get_attribute(raw, a.attribute.get())?;
-                    w.push(code, 0, &calls::I32Reply { value: v.into(), _pad: 0.into() }, &[]);
+                    w.push(
+                        code,
+                        0,
+                        &calls::I32Reply {
+                            value: v.into(),
+                            _pad: 0.into(),
+                        },
+                        &[],
+                    );
                 } else {
-                    self.gpu.func_set_attribute(raw, a.attribute.get(), a.value.get())?;
+                    self.gpu
+                        .func_set_attribute(raw, a.attribute.get(), a.value.get())?;
                     w.push_status(code, 0);
                 }
             }
@@ -776,12 +986,27 @@ impl Executor {
                 let (a, _) = call.parse::<calls::Occupancy>().map_err(bad)?;
                 let (raw, ctx) = self.func(client, a.func.get())?;
                 self.make_current(client, ctx)?;
-                let n = self.gpu.occupancy_max_active_blocks(raw, a.block_size.get(), a.dynamic_smem.get(), a.flags.get())?;
-                w.push(code, 0, &calls::I32Reply { value: n.into(), _pad: 0.into() }, &[]);
+                let n = self.gpu.occupancy_max_active_blocks(
+                    raw,
+                    a.block_size.get(),
+                    a.dynamic_smem.get(),
+                    a.flags.get(),
+                )?;
+                w.push(
+                    code,
+                    0,
+                    &calls::I32Reply {
+                        value: n.into(),
+                        _pad: 0.into(),
+                    },
+                    &[],
+                );
             }
             Opcode::LaunchKernel => {
                 let (a, tail) = call.parse::<calls::LaunchKernel>().map_err(bad)?;
-                let params = tail.get(..a.params_len.get() as usize).ok_or(CuResult::INVALID_VALUE)?;
+                let params = tail
+                    .get(..a.params_len.get() as usize)
+                    .ok_or(CuResult::INVALID_VALUE)?;
                 let s = self.stream(client, a.stream.get(), a.ctx.get())?;
                 let config = LaunchConfig {
                     grid: a.grid.map(|v| v.get()),
@@ -789,8 +1014,18 @@ impl Executor {
                     shared_mem: a.shared_mem.get(),
                     cooperative: a.flags.get() & calls::launch_flags::COOPERATIVE != 0,
                 };
-                let c = self.clients.get(&client).filter(|c| c.greeted).ok_or(CuResult::NOT_INITIALIZED)?;
-                let Some(Object::Func { raw, layout, params_len, .. }) = c.objects.get(a.func.get()) else {
+                let c = self
+                    .clients
+                    .get(&client)
+                    .filter(|c| c.greeted)
+                    .ok_or(CuResult::NOT_INITIALIZED)?;
+                let Some(Object::Func {
+                    raw,
+                    layout,
+                    params_len,
+                    ..
+                }) = c.objects.get(a.func.get())
+                else {
                     return Err(CuResult::INVALID_HANDLE);
                 };
                 if params.len() != *params_len as usize {
@@ -842,10 +1077,14 @@ impl Executor {
     /// Frees the allocations, streams, events and modules of `ctx`; returns what was freed.
     fn release_ctx_objects(&mut self, client: u32, ctx: u64) -> Freed {
         let mut freed = Freed::default();
-        let Some(raw_ctx) = self.clients.get(&client).and_then(|c| match c.objects.get(ctx) {
-            Some(Object::Ctx { raw }) => Some(*raw),
-            _ => None,
-        }) else {
+        let Some(raw_ctx) = self
+            .clients
+            .get(&client)
+            .and_then(|c| match c.objects.get(ctx) {
+                Some(Object::Ctx { raw }) => Some(*raw),
+                _ => None,
+            })
+        else {
             return freed;
         };
         if self.gpu.set_current(raw_ctx).is_ok() {
@@ -856,7 +1095,12 @@ impl Executor {
         let Some(c) = self.clients.get_mut(&client) else {
             return freed;
         };
-        let dptrs: Vec<u64> = c.allocations.iter().filter(|(_, a)| a.ctx == ctx).map(|(d, _)| *d).collect();
+        let dptrs: Vec<u64> = c
+            .allocations
+            .iter()
+            .filter(|(_, a)| a.ctx == ctx)
+            .map(|(d, _)| *d)
+            .collect();
         for d in dptrs {
             if let Some(a) = c.allocations.remove(&d) {
                 let _ = self.gpu.mem_free(d);
@@ -897,7 +1141,9 @@ impl Executor {
             total.allocations += f.allocations;
             total.bytes += f.bytes;
             total.objects += f.objects + 1;
-            if let Some(Some(Object::Ctx { raw })) = self.clients.get_mut(&client).map(|c| c.objects.remove(ctx)) {
+            if let Some(Some(Object::Ctx { raw })) =
+                self.clients.get_mut(&client).map(|c| c.objects.remove(ctx))
+            {
                 let _ = self.gpu.ctx_destroy(raw);
             }
         }
@@ -907,7 +1153,11 @@ impl Executor {
             // ledger exact regardless.
             self.mem_used -= c.mem_used;
         }
-        let launches = self.gpu.launches_recorded().map(|n| format!(", {n} launches recorded by sim")).unwrap_or_default();
+        let launches = self
+            .gpu
+            .launches_recorded()
+            .map(|n| format!(", {n} launches recorded by sim"))
+            .unwrap_or_default();
         info!(
             "client {client} freed: {} allocations ({} bytes), {} objects{launches}; slice now holds {} bytes",
             total.allocations, total.bytes, total.objects, self.mem_used

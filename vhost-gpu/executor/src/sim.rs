@@ -14,7 +14,9 @@ use log::info;
 use vgpu_protocol::CuResult;
 
 use crate::{
-    gpu::{ATTRIBUTE_SLOTS, DeviceProps, Gpu, GpuKind, GpuResult, HostSeg, KernelDesc, LaunchConfig},
+    gpu::{
+        ATTRIBUTE_SLOTS, DeviceProps, Gpu, GpuKind, GpuResult, HostSeg, KernelDesc, LaunchConfig,
+    },
     image,
 };
 
@@ -46,7 +48,10 @@ struct SimFunction {
 impl SimGpu {
     /// A simulated device with `total_mem` bytes of (host) memory.
     pub fn new(total_mem: u64) -> Self {
-        info!("sim: simulated GPU with {} MiB of host RAM as device memory; nothing runs on a GPU", total_mem >> 20);
+        info!(
+            "sim: simulated GPU with {} MiB of host RAM as device memory; nothing runs on a GPU",
+            total_mem >> 20
+        );
         Self {
             total_mem,
             used_mem: 0,
@@ -70,9 +75,16 @@ impl SimGpu {
 
     /// The allocation holding `[dptr, dptr+len)`, as (base, offset).
     fn locate(&self, dptr: u64, len: u64) -> GpuResult<(u64, usize)> {
-        let (&base, buf) = self.allocations.range(..=dptr).next_back().ok_or(CuResult::INVALID_VALUE)?;
+        let (&base, buf) = self
+            .allocations
+            .range(..=dptr)
+            .next_back()
+            .ok_or(CuResult::INVALID_VALUE)?;
         let off = dptr - base;
-        if off.checked_add(len).is_none_or(|end| end > buf.len() as u64) {
+        if off
+            .checked_add(len)
+            .is_none_or(|end| end > buf.len() as u64)
+        {
             return Err(CuResult::INVALID_VALUE);
         }
         Ok((base, off as usize))
@@ -173,7 +185,10 @@ impl Gpu for SimGpu {
     }
 
     fn ctx_destroy(&mut self, ctx: u64) -> GpuResult<()> {
-        self.contexts.remove(&ctx).map(|_| ()).ok_or(CuResult::INVALID_CONTEXT)
+        self.contexts
+            .remove(&ctx)
+            .map(|_| ())
+            .ok_or(CuResult::INVALID_CONTEXT)
     }
 
     fn set_current(&mut self, ctx: u64) -> GpuResult<()> {
@@ -204,29 +219,58 @@ impl Gpu for SimGpu {
     }
 
     fn mem_free(&mut self, dptr: u64) -> GpuResult<()> {
-        let buf = self.allocations.remove(&dptr).ok_or(CuResult::INVALID_VALUE)?;
+        let buf = self
+            .allocations
+            .remove(&dptr)
+            .ok_or(CuResult::INVALID_VALUE)?;
         self.used_mem -= buf.len() as u64;
         Ok(())
     }
 
-    fn memset(&mut self, dptr: u64, value: u32, elem_size: u32, count: u64, stream: u64, _is_async: bool) -> GpuResult<()> {
+    fn memset(
+        &mut self,
+        dptr: u64,
+        value: u32,
+        elem_size: u32,
+        count: u64,
+        stream: u64,
+        _is_async: bool,
+    ) -> GpuResult<()> {
         self.check_stream(stream)?;
-        let len = count.checked_mul(u64::from(elem_size)).ok_or(CuResult::INVALID_VALUE)?;
+        let len = count
+            .checked_mul(u64::from(elem_size))
+            .ok_or(CuResult::INVALID_VALUE)?;
         let (base, off) = self.locate(dptr, len)?;
-        let buf = &mut self.allocations.get_mut(&base).ok_or(CuResult::INVALID_VALUE)?[off..off + len as usize];
+        let buf = &mut self
+            .allocations
+            .get_mut(&base)
+            .ok_or(CuResult::INVALID_VALUE)?[off..off + len as usize];
         match elem_size {
             1 => buf.fill(value as u8),
-            2 => buf.chunks_exact_mut(2).for_each(|c| c.copy_from_slice(&(value as u16).to_le_bytes())),
-            4 => buf.chunks_exact_mut(4).for_each(|c| c.copy_from_slice(&value.to_le_bytes())),
+            2 => buf
+                .chunks_exact_mut(2)
+                .for_each(|c| c.copy_from_slice(&(value as u16).to_le_bytes())),
+            4 => buf
+                .chunks_exact_mut(4)
+                .for_each(|c| c.copy_from_slice(&value.to_le_bytes())),
             _ => return Err(CuResult::INVALID_VALUE),
         }
         Ok(())
     }
 
-    unsafe fn memcpy_htod(&mut self, dst: u64, src: HostSeg, stream: u64, _is_async: bool) -> GpuResult<()> {
+    unsafe fn memcpy_htod(
+        &mut self,
+        dst: u64,
+        src: HostSeg,
+        stream: u64,
+        _is_async: bool,
+    ) -> GpuResult<()> {
         self.check_stream(stream)?;
         let (base, off) = self.locate(dst, src.len as u64)?;
-        let buf = self.allocations.get_mut(&base).ok_or(CuResult::INVALID_VALUE)?;
+        let buf = self
+            .allocations
+            .get_mut(&base)
+            .ok_or(CuResult::INVALID_VALUE)?;
         // SAFETY: the caller guarantees `src` is readable for `src.len` bytes; the destination
         // range was bounds-checked by `locate`. Guest memory may change under us, which only
         // affects the guest's own data.
@@ -234,7 +278,13 @@ impl Gpu for SimGpu {
         Ok(())
     }
 
-    unsafe fn memcpy_dtoh(&mut self, dst: HostSeg, src: u64, stream: u64, _is_async: bool) -> GpuResult<()> {
+    unsafe fn memcpy_dtoh(
+        &mut self,
+        dst: HostSeg,
+        src: u64,
+        stream: u64,
+        _is_async: bool,
+    ) -> GpuResult<()> {
         self.check_stream(stream)?;
         let (base, off) = self.locate(src, dst.len as u64)?;
         let buf = self.allocations.get(&base).ok_or(CuResult::INVALID_VALUE)?;
@@ -244,17 +294,30 @@ impl Gpu for SimGpu {
         Ok(())
     }
 
-    fn memcpy_dtod(&mut self, dst: u64, src: u64, len: u64, stream: u64, _is_async: bool) -> GpuResult<()> {
+    fn memcpy_dtod(
+        &mut self,
+        dst: u64,
+        src: u64,
+        len: u64,
+        stream: u64,
+        _is_async: bool,
+    ) -> GpuResult<()> {
         self.check_stream(stream)?;
         let (sbase, soff) = self.locate(src, len)?;
         let (dbase, doff) = self.locate(dst, len)?;
         let len = len as usize;
         if sbase == dbase {
-            let buf = self.allocations.get_mut(&sbase).ok_or(CuResult::INVALID_VALUE)?;
+            let buf = self
+                .allocations
+                .get_mut(&sbase)
+                .ok_or(CuResult::INVALID_VALUE)?;
             buf.copy_within(soff..soff + len, doff);
         } else {
             let tmp = self.allocations[&sbase][soff..soff + len].to_vec();
-            self.allocations.get_mut(&dbase).ok_or(CuResult::INVALID_VALUE)?[doff..doff + len].copy_from_slice(&tmp);
+            self.allocations
+                .get_mut(&dbase)
+                .ok_or(CuResult::INVALID_VALUE)?[doff..doff + len]
+                .copy_from_slice(&tmp);
         }
         Ok(())
     }
@@ -279,7 +342,10 @@ impl Gpu for SimGpu {
 
     fn stream_wait_event(&mut self, stream: u64, event: u64, _flags: u32) -> GpuResult<()> {
         self.check_stream(stream)?;
-        self.events.get(&event).map(|_| ()).ok_or(CuResult::INVALID_HANDLE)
+        self.events
+            .get(&event)
+            .map(|_| ())
+            .ok_or(CuResult::INVALID_HANDLE)
     }
 
     fn event_create(&mut self, _flags: u32) -> GpuResult<u64> {
@@ -289,18 +355,27 @@ impl Gpu for SimGpu {
     }
 
     fn event_destroy(&mut self, event: u64) -> GpuResult<()> {
-        self.events.remove(&event).map(|_| ()).ok_or(CuResult::INVALID_HANDLE)
+        self.events
+            .remove(&event)
+            .map(|_| ())
+            .ok_or(CuResult::INVALID_HANDLE)
     }
 
     fn event_record(&mut self, event: u64, stream: u64) -> GpuResult<()> {
         self.check_stream(stream)?;
-        let e = self.events.get_mut(&event).ok_or(CuResult::INVALID_HANDLE)?;
+        let e = self
+            .events
+            .get_mut(&event)
+            .ok_or(CuResult::INVALID_HANDLE)?;
         *e = Some(Instant::now());
         Ok(())
     }
 
     fn event_synchronize(&mut self, event: u64) -> GpuResult<()> {
-        self.events.get(&event).map(|_| ()).ok_or(CuResult::INVALID_HANDLE)
+        self.events
+            .get(&event)
+            .map(|_| ())
+            .ok_or(CuResult::INVALID_HANDLE)
     }
 
     fn event_query(&mut self, event: u64) -> GpuResult<()> {
@@ -340,13 +415,20 @@ impl Gpu for SimGpu {
                 params: k.params,
             });
         }
-        info!("sim: module loaded with {} kernels (recorded, never executed)", descs.len());
-        self.modules.insert(module, descs.iter().map(|d| d.raw).collect());
+        info!(
+            "sim: module loaded with {} kernels (recorded, never executed)",
+            descs.len()
+        );
+        self.modules
+            .insert(module, descs.iter().map(|d| d.raw).collect());
         Ok((module, descs))
     }
 
     fn module_unload(&mut self, module: u64) -> GpuResult<()> {
-        let funcs = self.modules.remove(&module).ok_or(CuResult::INVALID_HANDLE)?;
+        let funcs = self
+            .modules
+            .remove(&module)
+            .ok_or(CuResult::INVALID_HANDLE)?;
         for f in funcs {
             self.functions.remove(&f);
         }
@@ -372,19 +454,35 @@ impl Gpu for SimGpu {
     }
 
     fn func_set_attribute(&mut self, func: u64, attribute: i32, value: i32) -> GpuResult<()> {
-        let f = self.functions.get_mut(&func).ok_or(CuResult::INVALID_HANDLE)?;
+        let f = self
+            .functions
+            .get_mut(&func)
+            .ok_or(CuResult::INVALID_HANDLE)?;
         f.attrs.insert(attribute, value);
         Ok(())
     }
 
-    fn occupancy_max_active_blocks(&mut self, func: u64, block_size: i32, _dynamic_smem: u64, _flags: u32) -> GpuResult<i32> {
+    fn occupancy_max_active_blocks(
+        &mut self,
+        func: u64,
+        block_size: i32,
+        _dynamic_smem: u64,
+        _flags: u32,
+    ) -> GpuResult<i32> {
         if !self.functions.contains_key(&func) || block_size <= 0 {
             return Err(CuResult::INVALID_VALUE);
         }
         Ok((2048 / block_size).clamp(0, 32))
     }
 
-    fn launch(&mut self, func: u64, config: &LaunchConfig, stream: u64, params: &[u8], _layout: &[(u32, u32)]) -> GpuResult<()> {
+    fn launch(
+        &mut self,
+        func: u64,
+        config: &LaunchConfig,
+        stream: u64,
+        params: &[u8],
+        _layout: &[(u32, u32)],
+    ) -> GpuResult<()> {
         self.check_stream(stream)?;
         let f = self.functions.get(&func).ok_or(CuResult::INVALID_HANDLE)?;
         let threads: u64 = config.block.iter().map(|&b| u64::from(b)).product();
@@ -392,7 +490,12 @@ impl Gpu for SimGpu {
             return Err(CuResult::INVALID_VALUE);
         }
         if params.len() != f.params_len as usize {
-            info!("sim: launch of {} refused: {} parameter bytes, kernel takes {}", f.name, params.len(), f.params_len);
+            info!(
+                "sim: launch of {} refused: {} parameter bytes, kernel takes {}",
+                f.name,
+                params.len(),
+                f.params_len
+            );
             return Err(CuResult::INVALID_VALUE);
         }
         self.launches += 1;
@@ -405,7 +508,10 @@ impl Gpu for SimGpu {
     }
 
     fn unregister_host(&mut self, ptr: *mut u8) -> GpuResult<()> {
-        self.host_regions.remove(&(ptr as usize)).map(|_| ()).ok_or(CuResult::INVALID_VALUE)
+        self.host_regions
+            .remove(&(ptr as usize))
+            .map(|_| ())
+            .ok_or(CuResult::INVALID_VALUE)
     }
 
     fn launches_recorded(&self) -> Option<u64> {

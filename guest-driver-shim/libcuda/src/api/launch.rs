@@ -1,0 +1,377 @@
+//! Kernel launches (fire-and-forget, packed in place into the batch: no allocation, no
+//! round trip) and occupancy queries.
+
+use std::ffi::{c_int, c_uint, c_void};
+
+use vgpu_protocol::{CuResult, Opcode, calls};
+
+use super::{handle_of, module::as_func, put, ret};
+use crate::{CUresult, driver};
+
+const CU_LAUNCH_PARAM_END: usize = 0;
+const CU_LAUNCH_PARAM_BUFFER_POINTER: usize = 1;
+const CU_LAUNCH_PARAM_BUFFER_SIZE: usize = 2;
+const CU_LAUNCH_ATTRIBUTE_COOPERATIVE: u32 = 2;
+
+/// The packed parameter buffer given through `extra`, if any.
+///
+/// # Safety
+/// `extra` is NULL or a `CU_LAUNCH_PARAM_END`-terminated key/value list.
+unsafe fn extra_buffer<'a>(extra: *mut *mut c_void) -> Result<Option<&'a [u8]>, CuResult> {
+    if extra.is_null() {
+        return Ok(None);
+    }
+    let (mut ptr, mut size) = (std::ptr::null::<u8>(), None);
+    let mut i = 0;
+    loop {
+        // SAFETY: the list is terminated by CU_LAUNCH_PARAM_END (caller's contract).
+        let key = unsafe { *extra.add(i) } as usize;
+        match key {
+            CU_LAUNCH_PARAM_END => break,
+            CU_LAUNCH_PARAM_BUFFER_POINTER => ptr = unsafe { *extra.add(i + 1) }.cast(),
+            // SAFETY: the value of BUFFER_SIZE points at a size_t.
+            CU_LAUNCH_PARAM_BUFFER_SIZE => {
+                size = Some(unsafe { *(*extra.add(i + 1)).cast::<usize>() })
+            }
+            _ => return Err(CuResult::INVALID_VALUE),
+        }
+        i += 2;
+    }
+    match (ptr.is_null(), size) {
+        // SAFETY: the application's packed buffer of `n` bytes.
+        (false, Some(n)) => Ok(Some(unsafe { std::slice::from_raw_parts(ptr, n) })),
+        _ => Err(CuResult::INVALID_VALUE),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+unsafe fn launch(
+    f: *mut c_void,
+    grid: [c_uint; 3],
+    block: [c_uint; 3],
+    shared_mem: c_uint,
+    stream: *mut c_void,
+    params: *mut *mut c_void,
+    extra: *mut *mut c_void,
+    flags: u32,
+) -> Result<(), CuResult> {
+    let d = driver::driver()?;
+    let ctx = driver::current_handle()?;
+    let func = as_func(f)?;
+    // SAFETY: `extra` follows the driver API's contract.
+    let packed = unsafe { extra_buffer(extra)? };
+    if packed.is_none() && params.is_null() && !func.params.is_empty() {
+        return Err(CuResult::INVALID_VALUE);
+    }
+    let len = func.params_len as usize;
+    if let Some(p) = packed {
+        if p.len() < len {
+            return Err(CuResult::INVALID_VALUE);
+        }
+    }
+    let body = calls::LaunchKernel {
+        func: func.handle.into(),
+        stream: handle_of(stream).into(),
+        ctx: ctx.into(),
+        grid: grid.map(Into::into),
+        block: block.map(Into::into),
+        shared_mem: shared_mem.into(),
+        params_len: func.params_len.into(),
+        flags: flags.into(),
+        _pad: 0.into(),
+    };
+    d.conn.call_async(
+        Opcode::LaunchKernel,
+        0,
+        &body,
+        len,
+        |out| match packed {
+            Some(p) => out.copy_from_slice(&p[..len]),
+            None => {
+                for (i, &(off, size)) in func.params.iter().enumerate() {
+                    let (off, size) = (off as usize, size as usize);
+                    // SAFETY: `params[i]` points at the i-th argument of `size` bytes (the
+                    // kernel's own layout, as the driver would read it).
+                    unsafe {
+                        let src = (*params.add(i)).cast::<u8>();
+                        std::ptr::copy_nonoverlapping(src, out[off..off + size].as_mut_ptr(), size);
+                    }
+                }
+            }
+        },
+        None,
+        None,
+    )
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuLaunchKernel(
+    f: *mut c_void,
+    gx: c_uint,
+    gy: c_uint,
+    gz: c_uint,
+    bx: c_uint,
+    by: c_uint,
+    bz: c_uint,
+    shared_mem: c_uint,
+    stream: *mut c_void,
+    params: *mut *mut c_void,
+    extra: *mut *mut c_void,
+) -> CUresult {
+    // SAFETY: arguments follow the driver API's contract.
+    ret(unsafe {
+        launch(
+            f,
+            [gx, gy, gz],
+            [bx, by, bz],
+            shared_mem,
+            stream,
+            params,
+            extra,
+            0,
+        )
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuLaunchKernel_ptsz(
+    f: *mut c_void,
+    gx: c_uint,
+    gy: c_uint,
+    gz: c_uint,
+    bx: c_uint,
+    by: c_uint,
+    bz: c_uint,
+    shared_mem: c_uint,
+    stream: *mut c_void,
+    params: *mut *mut c_void,
+    extra: *mut *mut c_void,
+) -> CUresult {
+    // SAFETY: same contract.
+    unsafe { cuLaunchKernel(f, gx, gy, gz, bx, by, bz, shared_mem, stream, params, extra) }
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuLaunchCooperativeKernel(
+    f: *mut c_void,
+    gx: c_uint,
+    gy: c_uint,
+    gz: c_uint,
+    bx: c_uint,
+    by: c_uint,
+    bz: c_uint,
+    shared_mem: c_uint,
+    stream: *mut c_void,
+    params: *mut *mut c_void,
+) -> CUresult {
+    let coop = calls::launch_flags::COOPERATIVE;
+    // SAFETY: arguments follow the driver API's contract.
+    ret(unsafe {
+        launch(
+            f,
+            [gx, gy, gz],
+            [bx, by, bz],
+            shared_mem,
+            stream,
+            params,
+            std::ptr::null_mut(),
+            coop,
+        )
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuLaunchCooperativeKernel_ptsz(
+    f: *mut c_void,
+    gx: c_uint,
+    gy: c_uint,
+    gz: c_uint,
+    bx: c_uint,
+    by: c_uint,
+    bz: c_uint,
+    shared_mem: c_uint,
+    stream: *mut c_void,
+    params: *mut *mut c_void,
+) -> CUresult {
+    // SAFETY: same contract.
+    unsafe { cuLaunchCooperativeKernel(f, gx, gy, gz, bx, by, bz, shared_mem, stream, params) }
+}
+
+/// `CUlaunchConfig` of `cuda.h`.
+#[repr(C)]
+pub struct CUlaunchConfig {
+    grid: [c_uint; 3],
+    block: [c_uint; 3],
+    shared_mem: c_uint,
+    stream: *mut c_void,
+    attrs: *const CUlaunchAttribute,
+    num_attrs: c_uint,
+}
+
+/// `CUlaunchAttribute`: an id and a 64-byte value union.
+#[repr(C)]
+pub struct CUlaunchAttribute {
+    id: u32,
+    _pad: [u8; 4],
+    value: [u8; 64],
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuLaunchKernelEx(
+    config: *const CUlaunchConfig,
+    f: *mut c_void,
+    params: *mut *mut c_void,
+    extra: *mut *mut c_void,
+) -> CUresult {
+    if config.is_null() {
+        return CuResult::INVALID_VALUE.0;
+    }
+    // SAFETY: non-NULL config from the caller.
+    let c = unsafe { &*config };
+    let mut flags = 0;
+    for i in 0..c.num_attrs as usize {
+        // SAFETY: `attrs` holds `num_attrs` entries.
+        let a = unsafe { &*c.attrs.add(i) };
+        if a.id == CU_LAUNCH_ATTRIBUTE_COOPERATIVE && a.value[..4] != [0; 4] {
+            flags |= calls::launch_flags::COOPERATIVE;
+        }
+    }
+    // SAFETY: arguments follow the driver API's contract.
+    ret(unsafe {
+        launch(
+            f,
+            c.grid,
+            c.block,
+            c.shared_mem,
+            c.stream,
+            params,
+            extra,
+            flags,
+        )
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuLaunchKernelEx_ptsz(
+    config: *const CUlaunchConfig,
+    f: *mut c_void,
+    params: *mut *mut c_void,
+    extra: *mut *mut c_void,
+) -> CUresult {
+    // SAFETY: same contract.
+    unsafe { cuLaunchKernelEx(config, f, params, extra) }
+}
+
+fn max_active_blocks(
+    f: *mut c_void,
+    block_size: c_int,
+    smem: usize,
+    flags: c_uint,
+) -> Result<i32, CuResult> {
+    let d = driver::driver()?;
+    let func = as_func(f)?;
+    let body = calls::Occupancy {
+        func: func.handle.into(),
+        block_size: block_size.into(),
+        flags: flags.into(),
+        dynamic_smem: (smem as u64).into(),
+    };
+    Ok(d.conn
+        .call(Opcode::OccupancyMaxActiveBlocks, &body, &[], None, None)?
+        .parse::<calls::I32Reply>()?
+        .value
+        .get())
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuOccupancyMaxActiveBlocksPerMultiprocessor(
+    n: *mut c_int,
+    f: *mut c_void,
+    block_size: c_int,
+    smem: usize,
+) -> CUresult {
+    // SAFETY: out-pointer from the caller.
+    ret(max_active_blocks(f, block_size, smem, 0).and_then(|v| unsafe { put(n, v) }))
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuOccupancyMaxActiveBlocksPerMultiprocessorWithFlags(
+    n: *mut c_int,
+    f: *mut c_void,
+    block_size: c_int,
+    smem: usize,
+    flags: c_uint,
+) -> CUresult {
+    // SAFETY: out-pointer from the caller.
+    ret(max_active_blocks(f, block_size, smem, flags).and_then(|v| unsafe { put(n, v) }))
+}
+
+type SmemFn = Option<unsafe extern "C" fn(c_int) -> usize>;
+
+/// The driver's search, done in the guest: the block size (a multiple of the warp size up to
+/// the limit) that keeps the most threads resident, with the dynamic shared memory the
+/// callback asks for at each size.
+fn potential_block_size(
+    grid: *mut c_int,
+    block: *mut c_int,
+    f: *mut c_void,
+    smem_fn: SmemFn,
+    smem: usize,
+    limit: c_int,
+    flags: c_uint,
+) -> Result<(), CuResult> {
+    let d = driver::driver()?;
+    let max_threads = super::device::attribute(d, 1)?;
+    let sms = super::device::attribute(d, 16)?;
+    let warp = super::device::attribute(d, 10)?.max(1);
+    let limit = if limit > 0 {
+        limit.min(max_threads)
+    } else {
+        max_threads
+    };
+    let (mut best_threads, mut best_block, mut best_blocks) = (0, 0, 0);
+    let mut size = limit - limit % warp;
+    while size > 0 {
+        // SAFETY: the application's callback, as the driver would call it.
+        let dyn_smem = smem_fn.map_or(smem, |cb| unsafe { cb(size) });
+        let blocks = max_active_blocks(f, size, dyn_smem, flags)?;
+        if blocks * size > best_threads {
+            (best_threads, best_block, best_blocks) = (blocks * size, size, blocks);
+        }
+        size -= warp;
+    }
+    // SAFETY: out-pointers from the caller.
+    unsafe {
+        put(grid, best_blocks * sms)?;
+        put(block, best_block)
+    }
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuOccupancyMaxPotentialBlockSize(
+    grid: *mut c_int,
+    block: *mut c_int,
+    f: *mut c_void,
+    smem_fn: SmemFn,
+    smem: usize,
+    limit: c_int,
+) -> CUresult {
+    ret(potential_block_size(
+        grid, block, f, smem_fn, smem, limit, 0,
+    ))
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuOccupancyMaxPotentialBlockSizeWithFlags(
+    grid: *mut c_int,
+    block: *mut c_int,
+    f: *mut c_void,
+    smem_fn: SmemFn,
+    smem: usize,
+    limit: c_int,
+    flags: c_uint,
+) -> CUresult {
+    ret(potential_block_size(
+        grid, block, f, smem_fn, smem, limit, flags,
+    ))
+}

@@ -1,0 +1,583 @@
+//! Modules and libraries. Images (cubin, fatbin, PTX) are shipped whole to the host, which
+//! loads them with the real driver and answers with every kernel's handle and parameter
+//! layout, so later lookups and launches never ask the host again.
+
+use std::{
+    collections::HashMap,
+    ffi::{CString, c_char, c_int, c_uint, c_void},
+};
+
+use vgpu_protocol::{CuResult, DataRef, Opcode, calls};
+use zerocopy::FromBytes;
+
+use super::{put, ret};
+use crate::{CUdeviceptr, CUresult, conn::Bulk, driver};
+
+/// A kernel as the application holds it (`CUfunction` and `CUkernel` point at one).
+pub struct Func {
+    pub handle: u64,
+    pub name: CString,
+    pub params: Vec<(u32, u32)>,
+    pub params_len: u32,
+    pub module: *const Module,
+}
+
+/// A loaded module (`CUmodule` and `CUlibrary` point at one).
+pub struct Module {
+    pub handle: u64,
+    pub funcs: Vec<Box<Func>>,
+    by_name: HashMap<Vec<u8>, usize>,
+}
+
+const FATBIN_WRAPPER_MAGIC: u32 = 0x4662_43B1;
+
+/// Length of an image in memory, found from its own headers.
+///
+/// # Safety
+/// `image` must point at a cubin, fatbin, fatbin wrapper or NUL-terminated PTX.
+unsafe fn image_bytes<'a>(image: *const c_void) -> Result<&'a [u8], CuResult> {
+    if image.is_null() {
+        return Err(CuResult::INVALID_VALUE);
+    }
+    let p = image.cast::<u8>();
+    // SAFETY: every format starts with at least 16 readable bytes.
+    let head = unsafe { std::slice::from_raw_parts(p, 16) };
+    let u32_at = |b: &[u8], o: usize| u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]);
+    if u32_at(head, 0) == FATBIN_WRAPPER_MAGIC {
+        // __fatBinC_Wrapper_t { int magic; int version; const void *data; void *filename_or_fatbins; }
+        // SAFETY: the wrapper holds a pointer to the fatbin at offset 8.
+        let data = unsafe { p.add(8).cast::<*const c_void>().read_unaligned() };
+        // SAFETY: same contract for the wrapped image.
+        return unsafe { image_bytes(data) };
+    }
+    if head.starts_with(b"\x7fELF") {
+        // SAFETY: an ELF64 header is 64 bytes.
+        let h = unsafe { std::slice::from_raw_parts(p, 64) };
+        let shoff = u64::from_le_bytes(h[0x28..0x30].try_into().unwrap_or_default()) as usize;
+        let shentsize = usize::from(u16::from_le_bytes([h[0x3a], h[0x3b]]));
+        let shnum = usize::from(u16::from_le_bytes([h[0x3c], h[0x3d]]));
+        let phoff = u64::from_le_bytes(h[0x20..0x28].try_into().unwrap_or_default()) as usize;
+        let phentsize = usize::from(u16::from_le_bytes([h[0x36], h[0x37]]));
+        let phnum = usize::from(u16::from_le_bytes([h[0x38], h[0x39]]));
+        let mut end = (shoff + shentsize * shnum).max(phoff + phentsize * phnum);
+        // Section contents may lie after the section table.
+        for i in 0..shnum {
+            // SAFETY: section headers lie inside the image.
+            let sh = unsafe { std::slice::from_raw_parts(p.add(shoff + i * shentsize), 64) };
+            let ty = u32_at(sh, 4);
+            let off = u64::from_le_bytes(sh[0x18..0x20].try_into().unwrap_or_default()) as usize;
+            let size = u64::from_le_bytes(sh[0x20..0x28].try_into().unwrap_or_default()) as usize;
+            if ty != 8 {
+                end = end.max(off + size);
+            }
+        }
+        // SAFETY: the image spans `end` bytes by its own headers.
+        return Ok(unsafe { std::slice::from_raw_parts(p, end) });
+    }
+    if u32_at(head, 0) == 0xBA55_ED50 {
+        let header = usize::from(u16::from_le_bytes([head[6], head[7]]));
+        let files = u64::from_le_bytes(head[8..16].try_into().unwrap_or_default()) as usize;
+        // SAFETY: a fatbin spans its header plus `files` bytes.
+        return Ok(unsafe { std::slice::from_raw_parts(p, header + files) });
+    }
+    // PTX text: up to and including the NUL.
+    // SAFETY: NUL-terminated per the API contract.
+    let len = unsafe { std::ffi::CStr::from_ptr(p.cast::<c_char>()) }
+        .to_bytes_with_nul()
+        .len();
+    // SAFETY: as above.
+    Ok(unsafe { std::slice::from_raw_parts(p, len) })
+}
+
+/// Ships an image to the host and builds the module from the reply.
+pub(crate) fn load(image: &[u8], ctx: u64) -> Result<&'static Module, CuResult> {
+    let d = driver::driver()?;
+    let staging = d.conn.alloc_shared(image.len())?;
+    // SAFETY: the shared buffer has room for the image and is ours until freed below.
+    unsafe { std::ptr::copy_nonoverlapping(image.as_ptr(), staging.hva, image.len()) };
+    let body = calls::ModuleLoad {
+        ctx: ctx.into(),
+        image: DataRef::new(0, image.len() as u64),
+    };
+    d.conn.flush()?;
+    let reply = d.conn.call(
+        Opcode::ModuleLoad,
+        &body,
+        &[],
+        Some(Bulk {
+            gpa: staging.gpa,
+            len: image.len() as u64,
+        }),
+        None,
+    );
+    d.conn.free_shared(staging);
+    let reply = reply?;
+    reply.ok()?;
+    let (fixed, mut rest) =
+        calls::ModuleLoadReply::read_from_prefix(&reply.body).map_err(|_| CuResult::UNKNOWN)?;
+    let mut module = Box::new(Module {
+        handle: fixed.module.get(),
+        funcs: Vec::new(),
+        by_name: HashMap::new(),
+    });
+    for _ in 0..fixed.nfuncs.get() {
+        let (info, after) =
+            calls::FuncInfo::read_from_prefix(rest).map_err(|_| CuResult::UNKNOWN)?;
+        let name_len = info.name_len.get() as usize;
+        let nparams = info.nparams.get() as usize;
+        let rec = name_len + nparams * size_of::<calls::ParamInfo>();
+        let body = after.get(..rec).ok_or(CuResult::UNKNOWN)?;
+        let name = body[..name_len].to_vec();
+        let params: Vec<(u32, u32)> = body[name_len..]
+            .chunks_exact(8)
+            .map(|c| {
+                (
+                    u32::from_le_bytes([c[0], c[1], c[2], c[3]]),
+                    u32::from_le_bytes([c[4], c[5], c[6], c[7]]),
+                )
+            })
+            .collect();
+        let padded =
+            (size_of::<calls::FuncInfo>() + rec).next_multiple_of(8) - size_of::<calls::FuncInfo>();
+        rest = after.get(padded..).unwrap_or(&[]);
+        let params_len = params.iter().map(|(o, s)| o + s).max().unwrap_or(0);
+        module.by_name.insert(name.clone(), module.funcs.len());
+        module.funcs.push(Box::new(Func {
+            handle: info.handle.get(),
+            name: CString::new(name).unwrap_or_default(),
+            params,
+            params_len,
+            module: std::ptr::null(),
+        }));
+    }
+    let module: &'static mut Module = Box::leak(module);
+    let mp: *const Module = module;
+    for f in &mut module.funcs {
+        f.module = mp;
+    }
+    Ok(module)
+}
+
+fn module_load(pmod: *mut *mut c_void, image: *const c_void) -> Result<(), CuResult> {
+    let ctx = driver::current_handle()?;
+    // SAFETY: the application passes a valid image.
+    let bytes = unsafe { image_bytes(image)? };
+    let m = load(bytes, ctx)?;
+    // SAFETY: out-pointer from the caller.
+    unsafe { put(pmod, m as *const Module as *mut c_void) }
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuModuleLoadData(
+    pmod: *mut *mut c_void,
+    image: *const c_void,
+) -> CUresult {
+    ret(module_load(pmod, image))
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuModuleLoadDataEx(
+    pmod: *mut *mut c_void,
+    image: *const c_void,
+    _n: c_uint,
+    _opts: *mut c_int,
+    _vals: *mut *mut c_void,
+) -> CUresult {
+    ret(module_load(pmod, image))
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuModuleLoadFatBinary(
+    pmod: *mut *mut c_void,
+    image: *const c_void,
+) -> CUresult {
+    ret(module_load(pmod, image))
+}
+
+fn load_file(path: *const c_char) -> Result<Vec<u8>, CuResult> {
+    // SAFETY: NUL-terminated path from the caller.
+    let path = unsafe { crate::cstr(path) }.ok_or(CuResult::INVALID_VALUE)?;
+    let mut bytes =
+        std::fs::read(path.to_string_lossy().as_ref()).map_err(|_| CuResult::NOT_FOUND)?;
+    bytes.push(0);
+    Ok(bytes)
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuModuleLoad(pmod: *mut *mut c_void, path: *const c_char) -> CUresult {
+    ret((|| {
+        let bytes = load_file(path)?;
+        module_load(pmod, bytes.as_ptr().cast())
+    })())
+}
+
+fn as_module<'a>(m: *mut c_void) -> Result<&'a Module, CuResult> {
+    // SAFETY: every CUmodule we hand out points at a leaked Module.
+    if m.is_null() {
+        Err(CuResult::INVALID_HANDLE)
+    } else {
+        Ok(unsafe { &*(m as *const Module) })
+    }
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuModuleUnload(m: *mut c_void) -> CUresult {
+    ret((|| {
+        let d = driver::driver()?;
+        let module = as_module(m)?;
+        d.conn.flush()?;
+        d.conn
+            .call(
+                Opcode::ModuleUnload,
+                &calls::HandleArg {
+                    handle: module.handle.into(),
+                },
+                &[],
+                None,
+                None,
+            )?
+            .ok()
+        // The Module itself stays allocated: launches racing with the unload must not touch
+        // freed memory; its host handles are dead and fail cleanly.
+    })())
+}
+
+fn get_function(
+    out: *mut *mut c_void,
+    m: *mut c_void,
+    name: *const c_char,
+) -> Result<(), CuResult> {
+    let module = as_module(m)?;
+    // SAFETY: NUL-terminated name from the caller.
+    let name = unsafe { crate::cstr(name) }.ok_or(CuResult::INVALID_VALUE)?;
+    let i = *module
+        .by_name
+        .get(name.to_bytes())
+        .ok_or(CuResult::NOT_FOUND)?;
+    let f: &Func = &module.funcs[i];
+    // SAFETY: out-pointer from the caller.
+    unsafe { put(out, f as *const Func as *mut c_void) }
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuModuleGetFunction(
+    out: *mut *mut c_void,
+    m: *mut c_void,
+    name: *const c_char,
+) -> CUresult {
+    ret(get_function(out, m, name))
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuModuleGetFunctionCount(count: *mut c_uint, m: *mut c_void) -> CUresult {
+    // SAFETY: out-pointer from the caller.
+    ret(as_module(m).and_then(|module| unsafe { put(count, module.funcs.len() as c_uint) }))
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuModuleEnumerateFunctions(
+    out: *mut *mut c_void,
+    n: c_uint,
+    m: *mut c_void,
+) -> CUresult {
+    ret(as_module(m).and_then(|module| {
+        if out.is_null() {
+            return Err(CuResult::INVALID_VALUE);
+        }
+        for (i, f) in module.funcs.iter().take(n as usize).enumerate() {
+            // SAFETY: `out` has room for `n` entries (caller's contract).
+            unsafe { *out.add(i) = &**f as *const Func as *mut c_void };
+        }
+        Ok(())
+    }))
+}
+
+fn get_global(
+    dptr: *mut CUdeviceptr,
+    bytes: *mut usize,
+    m: *mut c_void,
+    name: *const c_char,
+) -> Result<(), CuResult> {
+    let d = driver::driver()?;
+    let module = as_module(m)?;
+    // SAFETY: NUL-terminated name from the caller.
+    let name = unsafe { crate::cstr(name) }
+        .ok_or(CuResult::INVALID_VALUE)?
+        .to_bytes();
+    let body = calls::ModuleGetGlobal {
+        module: module.handle.into(),
+        name_len: (name.len() as u32).into(),
+        _pad: 0.into(),
+    };
+    let r: calls::GlobalReply = d
+        .conn
+        .call(Opcode::ModuleGetGlobal, &body, name, None, None)?
+        .parse()?;
+    d.allocations
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .insert(r.dptr.get(), r.size.get());
+    if !dptr.is_null() {
+        // SAFETY: non-NULL out-pointer.
+        unsafe { put(dptr, r.dptr.get())? };
+    }
+    if !bytes.is_null() {
+        // SAFETY: non-NULL out-pointer.
+        unsafe { put(bytes, r.size.get() as usize)? };
+    }
+    Ok(())
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuModuleGetGlobal_v2(
+    dptr: *mut CUdeviceptr,
+    bytes: *mut usize,
+    m: *mut c_void,
+    name: *const c_char,
+) -> CUresult {
+    ret(get_global(dptr, bytes, m, name))
+}
+
+pub(crate) fn as_func<'a>(f: *mut c_void) -> Result<&'a Func, CuResult> {
+    // SAFETY: every CUfunction/CUkernel we hand out points at a Func owned by a leaked Module.
+    if f.is_null() {
+        Err(CuResult::INVALID_HANDLE)
+    } else {
+        Ok(unsafe { &*(f as *const Func) })
+    }
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuFuncGetName(name: *mut *const c_char, f: *mut c_void) -> CUresult {
+    // SAFETY: out-pointer from the caller.
+    ret(as_func(f).and_then(|f| unsafe { put(name, f.name.as_ptr()) }))
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuFuncGetParamInfo(
+    f: *mut c_void,
+    index: usize,
+    offset: *mut usize,
+    size: *mut usize,
+) -> CUresult {
+    ret(as_func(f).and_then(|f| {
+        let &(o, s) = f.params.get(index).ok_or(CuResult::INVALID_VALUE)?;
+        if !offset.is_null() {
+            // SAFETY: non-NULL out-pointer.
+            unsafe { put(offset, o as usize)? };
+        }
+        if !size.is_null() {
+            // SAFETY: non-NULL out-pointer.
+            unsafe { put(size, s as usize)? };
+        }
+        Ok(())
+    }))
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuFuncGetModule(m: *mut *mut c_void, f: *mut c_void) -> CUresult {
+    // SAFETY: out-pointer from the caller.
+    ret(as_func(f).and_then(|f| unsafe { put(m, f.module as *mut c_void) }))
+}
+
+fn func_attribute(
+    op: Opcode,
+    f: *mut c_void,
+    attribute: c_int,
+    value: c_int,
+) -> Result<i32, CuResult> {
+    let d = driver::driver()?;
+    let f = as_func(f)?;
+    let body = calls::FuncAttribute {
+        func: f.handle.into(),
+        attribute: attribute.into(),
+        value: value.into(),
+    };
+    d.conn.flush()?;
+    let r = d.conn.call(op, &body, &[], None, None)?;
+    if op == Opcode::FuncGetAttribute {
+        Ok(r.parse::<calls::I32Reply>()?.value.get())
+    } else {
+        r.ok().map(|()| 0)
+    }
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuFuncGetAttribute(
+    pi: *mut c_int,
+    attribute: c_int,
+    f: *mut c_void,
+) -> CUresult {
+    // SAFETY: out-pointer from the caller.
+    ret(func_attribute(Opcode::FuncGetAttribute, f, attribute, 0)
+        .and_then(|v| unsafe { put(pi, v) }))
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuFuncSetAttribute(
+    f: *mut c_void,
+    attribute: c_int,
+    value: c_int,
+) -> CUresult {
+    ret(func_attribute(Opcode::FuncSetAttribute, f, attribute, value).map(|_| ()))
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuFuncSetCacheConfig(f: *mut c_void, _config: c_int) -> CUresult {
+    ret(as_func(f).map(|_| ()))
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuFuncSetSharedMemConfig(f: *mut c_void, _config: c_int) -> CUresult {
+    ret(as_func(f).map(|_| ()))
+}
+
+// ---- libraries (context-independent modules; loaded into the primary context) ----
+
+fn library_load(plib: *mut *mut c_void, image: *const c_void) -> Result<(), CuResult> {
+    let d = driver::driver()?;
+    let ctx = match driver::current_handle() {
+        Ok(c) => c,
+        Err(_) => super::context::primary_retain(d)?.handle(),
+    };
+    // SAFETY: the application passes a valid image.
+    let bytes = unsafe { image_bytes(image)? };
+    let m = load(bytes, ctx)?;
+    // SAFETY: out-pointer from the caller.
+    unsafe { put(plib, m as *const Module as *mut c_void) }
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuLibraryLoadData(
+    plib: *mut *mut c_void,
+    code: *const c_void,
+    _jit_opts: *mut c_int,
+    _jit_vals: *mut *mut c_void,
+    _njit: c_uint,
+    _lib_opts: *mut c_int,
+    _lib_vals: *mut *mut c_void,
+    _nlib: c_uint,
+) -> CUresult {
+    ret(library_load(plib, code))
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuLibraryLoadFromFile(
+    plib: *mut *mut c_void,
+    path: *const c_char,
+    _jit_opts: *mut c_int,
+    _jit_vals: *mut *mut c_void,
+    _njit: c_uint,
+    _lib_opts: *mut c_int,
+    _lib_vals: *mut *mut c_void,
+    _nlib: c_uint,
+) -> CUresult {
+    ret(load_file(path).and_then(|b| library_load(plib, b.as_ptr().cast())))
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuLibraryUnload(lib: *mut c_void) -> CUresult {
+    // SAFETY: same contract as a module.
+    unsafe { cuModuleUnload(lib) }
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuLibraryGetKernel(
+    out: *mut *mut c_void,
+    lib: *mut c_void,
+    name: *const c_char,
+) -> CUresult {
+    ret(get_function(out, lib, name))
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuLibraryGetModule(out: *mut *mut c_void, lib: *mut c_void) -> CUresult {
+    // SAFETY: out-pointer from the caller.
+    ret(as_module(lib).and_then(|_| unsafe { put(out, lib) }))
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuLibraryGetKernelCount(count: *mut c_uint, lib: *mut c_void) -> CUresult {
+    // SAFETY: same contract as a module.
+    unsafe { cuModuleGetFunctionCount(count, lib) }
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuLibraryEnumerateKernels(
+    out: *mut *mut c_void,
+    n: c_uint,
+    lib: *mut c_void,
+) -> CUresult {
+    // SAFETY: same contract as a module.
+    unsafe { cuModuleEnumerateFunctions(out, n, lib) }
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuLibraryGetGlobal(
+    dptr: *mut CUdeviceptr,
+    bytes: *mut usize,
+    lib: *mut c_void,
+    name: *const c_char,
+) -> CUresult {
+    ret(get_global(dptr, bytes, lib, name))
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuKernelGetFunction(
+    out: *mut *mut c_void,
+    kernel: *mut c_void,
+) -> CUresult {
+    // SAFETY: out-pointer from the caller.
+    ret(as_func(kernel).and_then(|_| unsafe { put(out, kernel) }))
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuKernelGetName(
+    name: *mut *const c_char,
+    kernel: *mut c_void,
+) -> CUresult {
+    // SAFETY: same contract as a function.
+    unsafe { cuFuncGetName(name, kernel) }
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuKernelGetParamInfo(
+    kernel: *mut c_void,
+    index: usize,
+    offset: *mut usize,
+    size: *mut usize,
+) -> CUresult {
+    // SAFETY: same contract as a function.
+    unsafe { cuFuncGetParamInfo(kernel, index, offset, size) }
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuKernelGetAttribute(
+    pi: *mut c_int,
+    attribute: c_int,
+    kernel: *mut c_void,
+    _dev: c_int,
+) -> CUresult {
+    // SAFETY: same contract as a function.
+    unsafe { cuFuncGetAttribute(pi, attribute, kernel) }
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuKernelSetAttribute(
+    attribute: c_int,
+    value: c_int,
+    kernel: *mut c_void,
+    _dev: c_int,
+) -> CUresult {
+    // SAFETY: same contract as a function.
+    unsafe { cuFuncSetAttribute(kernel, attribute, value) }
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuKernelSetCacheConfig(
+    kernel: *mut c_void,
+    _config: c_int,
+    _dev: c_int,
+) -> CUresult {
+    ret(as_func(kernel).map(|_| ()))
+}

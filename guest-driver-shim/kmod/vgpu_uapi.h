@@ -3,8 +3,9 @@
  * vgpu_uapi.h - userspace ABI of the vgpu guest driver (/dev/vgpuN).
  *
  * One open file = one client of the host daemon. The driver assigns the client id (nonzero u32,
- * unique per device for the life of the module) and writes it into every request header, so a
- * process can never speak for another. Closing the file (or the death of the process) sends a
+ * from a module-wide counter with a random start: unique among the files of a device, and not
+ * reused after a device reset or module reload short of 2^32 opens) and writes it into every
+ * request header, so a process can never speak for another. Closing the file (or the death of the process) sends a
  * CLIENT_CLOSE message and the host frees everything that client held.
  *
  * All structures have fixed-size fields, natural alignment and no implicit padding: the same

@@ -4,7 +4,7 @@
 #   vgpu_mode=main|hello|kill   what to run (default main)
 #   vgpu_backend=echo|daemon    echo: the host runs tests/vm/echo-backend (hostile-reply and
 #                               copy-echo tests are possible); daemon: the real vhost-gpu
-# Programs: /usr/bin/vgpu_test (always), /usr/bin/driver_api_e2e (when the harness was given one;
+# Programs: /usr/bin/vgpu_test and cuda_probe (always), /usr/bin/driver_api_e2e (when the harness was given one;
 # it finds libcuda.so.1 in /usr/lib through LD_LIBRARY_PATH and /dev/vgpu0 through VGPU_DEVICE).
 mode=${vgpu_mode:-main}
 backend=${vgpu_backend:-daemon}
@@ -19,6 +19,8 @@ main)
   t vgpu_test hello
   t vgpu_test abi
   [ "$backend" = echo ] && t vgpu_test hostile
+  # the shim, when the harness was given one (VGPU_LIBCUDA): first driver calls through it
+  [ -e /usr/lib/libcuda.so.1 ] && [ "$backend" = daemon ] && t cuda_probe
   # two guest processes at the same time: a Hello loop next to the driver-API program
   vgpu_test loop /dev/vgpu0 3 > /tmp/loop.log 2>&1 &
   lp=$!

@@ -54,6 +54,7 @@
 #define VGPU_MAX_REQ_LEN	(4u << 20)
 #define VGPU_MAX_RESP_LEN	(4u << 20)
 #define VGPU_SG_MAX_SEGMENT	(1u << 30)
+#define VGPU_MAX_DATA		(1ull << 30)	/* data-in + data-out bytes per request */
 
 static bool poll_mode;
 module_param_named(poll, poll_mode, bool, 0644);
@@ -107,6 +108,8 @@ struct vgpu_dev {
 	u32 virtio_id;
 	unsigned int nvqs;
 	unsigned int qsize;
+	bool indirect;			/* features cached at probe: vdev may be gone after remove */
+	bool event_idx;
 	struct vgpu_vq vqs[VGPU_MAX_QUEUES];
 };
 
@@ -532,6 +535,15 @@ static long vgpu_submit(struct vgpu_file *vf, struct vgpu_submit __user *usub)
 			ret = -EFAULT;
 			goto out_put;
 		}
+		u64 total = 0;
+
+		for (i = 0; i < nsegs; i++) {
+			total += min_t(u64, segs[i].len, VGPU_MAX_DATA + 1);
+			if (total > VGPU_MAX_DATA) {
+				ret = -E2BIG;
+				goto out_put;
+			}
+		}
 		for (i = 0; i < nsegs; i++) {
 			bool w = i >= s.n_data_in;
 
@@ -550,8 +562,7 @@ static long vgpu_submit(struct vgpu_file *vf, struct vgpu_submit __user *usub)
 		}
 	}
 	if (total_sg > max_sg ||
-	    (!virtio_has_feature(vg->vdev, VIRTIO_RING_F_INDIRECT_DESC) &&
-	     total_sg > vg->qsize)) {
+	    (!vg->indirect && total_sg > vg->qsize)) {
 		ret = -E2BIG;
 		goto out_put;
 	}
@@ -584,8 +595,8 @@ static long vgpu_submit(struct vgpu_file *vf, struct vgpu_submit __user *usub)
 		goto out_put;
 	}
 	if (debug)
-		dev_info(&vg->vdev->dev, "client %u q%u: req_len %u resp_cap %u sg %u nowait %d\n",
-			 vf->client, q->idx, s.req_len, hdr_resp_cap, total_sg, nowait);
+		pr_info("%s: client %u q%u: req_len %u resp_cap %u sg %u nowait %d\n", vg->name,
+			vf->client, q->idx, s.req_len, hdr_resp_cap, total_sg, nowait);
 	if (nowait)
 		return 0;	/* the ring's reference frees it when the device returns it */
 
@@ -611,9 +622,8 @@ static long vgpu_submit(struct vgpu_file *vf, struct vgpu_submit __user *usub)
 
 	/* the completion: check what the device claims */
 	if (req->used > req->writable_total) {
-		dev_warn_ratelimited(&vg->vdev->dev,
-				     "client %u: used length %u > writable %llu bytes\n",
-				     vf->client, req->used, req->writable_total);
+		pr_warn_ratelimited("%s: client %u: used length %u > writable %llu bytes\n",
+				    vg->name, vf->client, req->used, req->writable_total);
 		ret = -EIO;
 		goto out_put;
 	}
@@ -683,10 +693,10 @@ static void vgpu_send_close(struct vgpu_file *vf)
 		return;
 	}
 	if (debug)
-		dev_info(&vg->vdev->dev, "client %u closed\n", vf->client);
+		pr_info("%s: client %u closed\n", vg->name, vf->client);
 	return;
 fail:
-	dev_warn(&vg->vdev->dev, "client %u: could not send CLIENT_CLOSE\n", vf->client);
+	pr_warn("%s: client %u: could not send CLIENT_CLOSE\n", vg->name, vf->client);
 }
 
 /* ---------------------------------------------------------------- file ops */
@@ -758,9 +768,9 @@ static long vgpu_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
 			.minor = vg->index,
 		};
 
-		if (virtio_has_feature(vg->vdev, VIRTIO_RING_F_INDIRECT_DESC))
+		if (vg->indirect)
 			info.features |= VGPU_INFO_F_INDIRECT;
-		if (virtio_has_feature(vg->vdev, VIRTIO_RING_F_EVENT_IDX))
+		if (vg->event_idx)
 			info.features |= VGPU_INFO_F_EVENT_IDX;
 		if (poll_mode)
 			info.features |= VGPU_INFO_F_POLL;
@@ -846,6 +856,8 @@ static int vgpu_probe(struct virtio_device *vdev)
 		INIT_LIST_HEAD(&q->inflight);
 	}
 	vg->qsize = virtqueue_get_vring_size(vg->vqs[0].vq);
+	vg->indirect = virtio_has_feature(vdev, VIRTIO_RING_F_INDIRECT_DESC);
+	vg->event_idx = virtio_has_feature(vdev, VIRTIO_RING_F_EVENT_IDX);
 	virtio_device_ready(vdev);
 
 	snprintf(vg->name, sizeof(vg->name), "vgpu%d", vg->index);

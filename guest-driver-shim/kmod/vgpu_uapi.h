@@ -64,6 +64,7 @@ struct vgpu_seg {
  *
  * Return: 0 on success, -1 with errno:
  *   EINVAL   malformed submit or header; E2BIG  more than VGPU_MAX_SEGS segments per direction,
+ *            more than 1 GiB of data,
  *            more scatter entries than vgpu_info.max_sg, or message/reply above the limits;
  *   EFAULT   bad user pointer; ENOMEM; ENODEV  device removed;
  *   EIO      the device returned a malformed completion (used length beyond the buffers) or

@@ -54,6 +54,7 @@ main)
     vgpu_test loop /dev/vgpu0 30 > /tmp/unbind.log 2>&1 &
     up=$!
     sleep 0.5
+    t vgpu_test badid      # breaks one queue: the unbind below must clean it up
     echo virtio0 > /sys/bus/virtio/drivers/vgpu/unbind
     wait $up; urc=$?
     echo "VGPU-STEP unbind with a busy client: client exited rc=$urc ($(grep -c 'No such device' /tmp/unbind.log) ENODEV)"

@@ -9,6 +9,8 @@
  *   vgpu_test hostile [dev]                malformed device replies (echo backend opcodes 0xFFF0..2)
  *   vgpu_test hang   [dev]                 a request the device never completes (0xFFF3); the
  *                                          caller kills us and checks the module survives
+ *   vgpu_test badid  [dev]                 device completes a wrong descriptor id (0xFFF4):
+ *                                          EIO, queue broken until the device is re-probed
  *   vgpu_test loop   [dev] [seconds]       Hello round trips in a loop (a second process)
  * Prints "OK <what>" lines; exit status 0 on success.
  */
@@ -237,6 +239,24 @@ static int cmd_hostile(void)
 	return fails;
 }
 
+/* the device completes a descriptor id that is not a chain head: the ring core marks the queue
+ * broken; this request and later ones on the queue must fail with EIO, not hang or oops */
+static int cmd_badid(void)
+{
+	struct vgpu_info in;
+	int fd = open_dev(&in);
+	uint8_t msg[64], resp[64], body[8] = {0};
+	size_t len = build_msg(msg, VGPU_MSG_F_WANT_REPLY, 0xFFF4, body, 8, 64, 1);
+	int e = submit(fd, msg, len, resp, 64, NULL, 0, NULL, 0, 0, NULL);
+	CHECK(e == -EIO, "bad id completion -> %d", e);
+	len = build_msg(msg, VGPU_MSG_F_WANT_REPLY, 0, NULL, 0, 64, 2);
+	e = submit(fd, msg, len, resp, 64, NULL, 0, NULL, 0, 0, NULL);
+	CHECK(e == -EIO, "request on the broken queue -> %d", e);
+	printf("OK badid queue %u broken, requests fail with EIO (%d failures)\n", in.queue, fails);
+	close(fd);
+	return fails;
+}
+
 static int cmd_hang(void)
 {
 	struct vgpu_info in;
@@ -275,6 +295,7 @@ int main(int argc, char **argv)
 	if (!strcmp(cmd, "abi")) return cmd_abi() ? 1 : 0;
 	if (!strcmp(cmd, "hostile")) return cmd_hostile() ? 1 : 0;
 	if (!strcmp(cmd, "hang")) return cmd_hang();
+	if (!strcmp(cmd, "badid")) return cmd_badid() ? 1 : 0;
 	if (!strcmp(cmd, "loop")) return cmd_loop(argc > 3 ? atoi(argv[3]) : 5) ? 1 : 0;
 	fprintf(stderr, "usage: %s hello|bench|abi|hostile|hang|loop [dev] ...\n", argv[0]);
 	return 2;

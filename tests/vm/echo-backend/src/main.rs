@@ -11,7 +11,8 @@
 //! * on disconnect logs `frontend disconnected, freed N client(s)` and accepts the next one.
 //!
 //! Hostile replies for robustness tests (first call's opcode): 0xFFF0 = used length 0xFFFF_FFF0,
-//! 0xFFF1 = used length 0 (no reply), 0xFFF2 = reply without magic, 0xFFF3 = never complete.
+//! 0xFFF1 = used length 0 (no reply), 0xFFF2 = reply without magic, 0xFFF3 = never complete,
+//! 0xFFF4 = complete a descriptor id that is not the chain's head (head ^ 1) instead of the chain.
 //!
 //! Usage: vgpu-echo-backend --socket PATH [--queues N]
 use std::collections::BTreeSet;
@@ -28,6 +29,8 @@ use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier};
 
 const MAGIC: u32 = 0x5550_4756;
+/// Internal marker: "complete the wrong descriptor id".
+const WRONG_ID: u32 = 0xBAD1_D000;
 
 #[derive(Clone)]
 struct Echo {
@@ -74,6 +77,7 @@ impl Echo {
             0xFFF0 => return Ok(Some(0xFFFF_FFF0)),
             0xFFF1 => return Ok(Some(0)),
             0xFFF3 => return Ok(None),
+            0xFFF4 => return Ok(Some(WRONG_ID)),
             _ => {}
         }
         if resp_cap == 0 && w.available_bytes() == 0 {
@@ -126,6 +130,11 @@ impl Echo {
             let r = Reader::new(&*mem, chain.clone()).map_err(io::Error::other)?;
             let w = Writer::new(&*mem, chain.clone()).map_err(io::Error::other)?;
             match self.handle(r, w) {
+                Ok(Some(WRONG_ID)) => {
+                    eprintln!("echo: completing id {} instead of chain {head} (hostile test)", head ^ 1);
+                    vring.add_used(head ^ 1, 0).map_err(io::Error::other)?;
+                    any = true;
+                }
                 Ok(Some(used)) => { vring.add_used(head, used).map_err(io::Error::other)?; any = true; }
                 Ok(None) => eprintln!("echo: dropping chain {head} (never completed)"),
                 Err(e) => { eprintln!("echo: chain {head}: {e}"); vring.add_used(head, 0).map_err(io::Error::other)?; any = true; }

@@ -31,8 +31,7 @@ for p in $progs; do nvcc -O2 -o "$work/$p" "$p.cpp" -lcuda || exit 1; done
 nvcc -O2 -o "$work/probe_driver" probe_driver.c -lcuda -ldl || true
 gcc -O1 -o "$work/driver_api_e2e" "$repo/tests/programs/driver_api_e2e.c" -I"$repo/tests/programs" \
     -L/usr/local/cuda/lib64/stubs -lcuda || exit 1
-cp "$work/kernels.cubin" "$work/kernels.ptx" "$work/kernels.fatbin" "$out/" 2>/dev/null
-cp "$work/kernels_compressed.fatbin" "$out/" 2>/dev/null || true
+(cd "$work" && tar czf "$out/fixtures.tgz" kernels.cubin kernels.ptx kernels.fatbin $(ls kernels_compressed.fatbin 2>/dev/null))
 
 # --- the seal: runs "$@" where only our libcuda.so.1 can reach a GPU ---
 seal_script='
@@ -50,7 +49,7 @@ done
 echo "sealed: $hidden NVIDIA files and device nodes hidden" >&2
 exec "$@"
 '
-sealed() { unshare -m bash -c "$seal_script" sealed "$@"; }
+sealed() { timeout 300 unshare -m bash -c "$seal_script" sealed "$@"; }
 
 # --- the daemon ---
 sock="$work/vgpu.sock"
@@ -66,7 +65,7 @@ run_pair() { # name, program args...
     (cd "$work" && timeout 300 "$@") >"$work/$name.native.out" 2>"$work/$name.native.err"
     echo "rc=$?" >>"$work/$name.native.out"
     log "vgpu (sealed): $name"
-    (cd "$work" && VGPU_DEBUG=1 LD_LIBRARY_PATH="$work/shim" VGPU_DEVICE="vhost-user:$sock" timeout 300 sealed "$@") \
+    (cd "$work" && VGPU_DEBUG=1 LD_LIBRARY_PATH="$work/shim" VGPU_DEVICE="vhost-user:$sock" sealed "$@") \
         >"$work/$name.vgpu.out" 2>"$work/$name.vgpu.err"
     echo "rc=$?" >>"$work/$name.vgpu.out"
     cat "$work/$name.native.err" "$work/$name.vgpu.err" >&2
@@ -87,7 +86,7 @@ if [ -x "$work/probe_driver" ]; then
     "$work/probe_driver" "$work/names.txt" >"$out/probe-driver-580.tsv" 2>/dev/null || true
 fi
 kill $daemon 2>/dev/null; wait $daemon 2>/dev/null
-cp "$work"/*.out "$work"/*.err "$out/" 2>/dev/null
+(cd "$work" && tar czf "$out/logs.tgz" ./*.out ./*.err)
 
 # --- the table ---
 python3 - "$work" "${driver:-unknown}" <<'PY' | tee "$out/table.txt"

@@ -92,10 +92,11 @@ static int hello(int fd, int quiet)
 	if (e) return e;
 	CHECK(r.resp_len >= 24 && get32(resp) == VGPU_MSG_MAGIC, "reply len %u magic %#x", r.resp_len, get32(resp));
 	CHECK(get32(msg + 8) == 0xdeadbeef, "user copy of the message was modified");
-	if (!quiet && r.resp_len >= 24 + 12 + 224)
+	/* RespHeader (24 B), ReplyHeader (16 B: opcode, reserved, result, len, pad), HelloReply */
+	if (!quiet && r.resp_len >= 24 + 16 + 224)
 		printf("OK hello reply_len=%u nreplies=%u result=%u device_count=%u message='%.160s'\n",
-		       r.resp_len, get32(resp + 4), get32(resp + 24 + 4), get32(resp + 36 + 8),
-		       (const char *)resp + 36 + 64);
+		       r.resp_len, get32(resp + 4), get32(resp + 24 + 4), get32(resp + 40 + 8),
+		       (const char *)resp + 40 + 64);
 	else if (!quiet)
 		printf("OK hello reply_len=%u nreplies=%u\n", r.resp_len, get32(resp + 4));
 	return 0;

@@ -98,11 +98,12 @@ impl Echo {
         resp.extend_from_slice(&(out_len as u32).to_le_bytes());
         resp.extend_from_slice(&seq.to_le_bytes());
         if opcode == 1 {
-            // ReplyHeader{opcode, reserved, result=0, len} + HelloReply (224 bytes)
+            // ReplyHeader{opcode, reserved, result=0, len, pad} (16 bytes) + HelloReply (224 bytes)
             resp.extend_from_slice(&1u16.to_le_bytes());
             resp.extend_from_slice(&0u16.to_le_bytes());
             resp.extend_from_slice(&0u32.to_le_bytes());
             resp.extend_from_slice(&224u32.to_le_bytes());
+            resp.extend_from_slice(&0u32.to_le_bytes());
             let mut hr = vec![0u8; 224];
             hr[0..2].copy_from_slice(&1u16.to_le_bytes());
             hr[8..12].copy_from_slice(&1u32.to_le_bytes()); // device_count
@@ -111,7 +112,6 @@ impl Echo {
             let msg = b"echo-backend (not vhost-gpu)";
             hr[64..64 + msg.len()].copy_from_slice(msg);
             resp.extend_from_slice(&hr);
-            resp.extend_from_slice(&[0u8; 4]); // pad record to 8
         }
         let len = resp.len() as u32;
         resp[8..12].copy_from_slice(&len.to_le_bytes());

@@ -40,7 +40,8 @@ mount --make-rprivate / 2>/dev/null || true
 hidden=0
 for f in $(find /usr /lib /lib64 /opt /etc -xdev \( -name "libcuda.so*" -o -name "libnvidia-*.so*" -o -name "libcudadebugger.so*" \) 2>/dev/null) /dev/nvidia*; do
   [ -e "$f" ] || continue
-  mount --bind /dev/null "$(readlink -f "$f")" && hidden=$((hidden+1))
+  if [ -d "$f" ]; then mount -t tmpfs none "$f"; else mount --bind /dev/null "$(readlink -f "$f")"; fi
+  hidden=$((hidden+1))
 done
 # Prove it: NVIDIAs driver library is unreadable here.
 for lib in /usr/local/nvidia/lib64/libcuda.so.1 /usr/lib/x86_64-linux-gnu/libcuda.so.1; do

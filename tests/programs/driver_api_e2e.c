@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include "vgpu_cuda_min.h"
 
 static int failures = 0;
@@ -99,6 +100,11 @@ int main(int argc, char **argv) {
     EXPECT(h_src == h_back, "64 MiB round trip checksum %016llx != %016llx",
            (unsigned long long)h_back, (unsigned long long)h_src);
     printf("copy 64 MiB: checksum %016llx %s\n", (unsigned long long)h_back, h_src == h_back ? "ok" : "MISMATCH");
+    if (getenv("E2E_HOLD")) { /* lets a test kill us while we hold device memory */
+        printf("HOLDING\n");
+        fflush(stdout);
+        sleep(60);
+    }
 
     /* Memset. */
     CHECK(cuMemsetD32_v2(d_big, 0xdeadbeef, 1024));

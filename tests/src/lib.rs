@@ -1,1 +1,224 @@
-//! (being written)
+//! Support for the cross-component tests: building and locating our binaries, running the
+//! daemon as a child process, compiling C test programs, and a raw protocol client that can
+//! send anything (including garbage) to the daemon over virtio-user.
+
+use std::{
+    io::Read,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::OnceLock,
+    time::{Duration, Instant},
+};
+
+use vgpu_virtio_user::{Options, Seg, SharedBuf, VirtioUser};
+
+/// The workspace root.
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
+}
+
+/// The directory holding this build's binaries (`target/debug` or `target/release`).
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable");
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target profile dir")
+        .to_path_buf()
+}
+
+/// Builds the daemon and the shim (once per test process) and returns their directory.
+pub fn built() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = bin_dir();
+        let release = dir.ends_with("release");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.args(["build", "-q", "-p", "vhost-gpu", "-p", "vgpu-libcuda"])
+            .current_dir(repo());
+        if release {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().expect("run cargo build");
+        assert!(status.success(), "building vhost-gpu and libcuda failed");
+        // The shim is loaded by its soname.
+        let shim = dir.join("shim");
+        std::fs::create_dir_all(&shim).expect("shim dir");
+        let link = shim.join("libcuda.so.1");
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(dir.join("libcuda.so"), &link).expect("libcuda.so.1 link");
+        dir
+    })
+}
+
+/// A scratch directory unique to one test.
+pub fn scratch(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("vgpu-test-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).expect("scratch dir");
+    d
+}
+
+/// A `vhost-gpu` child process; killed when dropped.
+pub struct Daemon {
+    pub child: Child,
+    pub socket: PathBuf,
+    pub log: PathBuf,
+}
+
+impl Daemon {
+    /// Starts `vhost-gpu --gpu sim` on a socket in `dir` with extra arguments.
+    pub fn start_sim(dir: &Path, extra: &[&str]) -> Self {
+        let socket = dir.join("vgpu.sock");
+        let log = dir.join("daemon.log");
+        let child = Command::new(built().join("vhost-gpu"))
+            .arg("--socket")
+            .arg(&socket)
+            .args(["--gpu", "sim", "--poll-us", "20"])
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("start vhost-gpu");
+        let d = Self { child, socket, log };
+        d.wait_for_log("vhost-gpu: serving", Duration::from_secs(20));
+        d
+    }
+
+    pub fn log_text(&self) -> String {
+        let mut s = String::new();
+        if let Ok(mut f) = std::fs::File::open(&self.log) {
+            let _ = f.read_to_string(&mut s);
+        }
+        s
+    }
+
+    /// Waits until the log holds `needle` (panics with the log after `timeout`).
+    pub fn wait_for_log(&self, needle: &str, timeout: Duration) -> String {
+        let start = Instant::now();
+        loop {
+            let text = self.log_text();
+            if text.contains(needle) {
+                return text;
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "daemon log never said {needle:?}:\n{text}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// How many times the log says `needle`.
+    pub fn count_in_log(&self, needle: &str) -> usize {
+        self.log_text().matches(needle).count()
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Compiles a C program of `tests/programs` against our libcuda with the system compiler.
+pub fn compile_c(source: &str, out_dir: &Path) -> PathBuf {
+    let dir = built();
+    let out = out_dir.join(source.trim_end_matches(".c"));
+    let programs = repo().join("tests/programs");
+    let status = Command::new(std::env::var("CC").unwrap_or_else(|_| "cc".into()))
+        .args(["-O1", "-Wall", "-o"])
+        .arg(&out)
+        .arg(programs.join(source))
+        .arg(format!("-I{}", programs.display()))
+        .arg(format!("-L{}", dir.join("shim").display()))
+        .arg("-l:libcuda.so.1")
+        .status()
+        .expect("run the C compiler");
+    assert!(status.success(), "compiling {source} failed");
+    out
+}
+
+/// A command that runs `program` as a guest application on the daemon's socket.
+pub fn guest_command(program: &Path, socket: &Path) -> Command {
+    let mut cmd = Command::new(program);
+    cmd.env("LD_LIBRARY_PATH", built().join("shim"))
+        .env("VGPU_DEVICE", format!("vhost-user:{}", socket.display()));
+    cmd
+}
+
+/// A test fixture of `tests/fixtures`.
+pub fn fixture(name: &str) -> PathBuf {
+    repo().join("tests/fixtures").join(name)
+}
+
+/// A raw client: sends arbitrary messages and descriptor chains to the daemon.
+pub struct RawClient {
+    pub vu: VirtioUser,
+    pub msg: SharedBuf,
+    pub reply: SharedBuf,
+}
+
+impl RawClient {
+    pub fn connect(socket: &Path) -> Self {
+        let mut vu = VirtioUser::connect(socket, Options::default(), Duration::from_secs(10))
+            .expect("connect");
+        let msg = vu.alloc(1 << 16, 4096).expect("msg buffer");
+        let reply = vu.alloc(1 << 16, 4096).expect("reply buffer");
+        Self { vu, msg, reply }
+    }
+
+    /// Submits `segs` and waits for the completion; returns the used length.
+    pub fn submit_wait(&mut self, segs: &[Seg]) -> u32 {
+        let head = self.vu.submit(segs).expect("submit");
+        let mut used = None;
+        while used.is_none() {
+            self.vu
+                .wait_for_used(Duration::from_secs(10))
+                .expect("completion");
+            self.vu.reap(|h, len| {
+                if h == head {
+                    used = Some(len);
+                }
+            });
+        }
+        used.unwrap_or_default()
+    }
+
+    /// Sends `msg` (message bytes as given) with the reply buffer attached; returns the reply.
+    pub fn send(&mut self, msg: &[u8]) -> Vec<u8> {
+        self.send_with(msg, &[], &[])
+    }
+
+    /// Sends `msg` followed by extra readable and writable segments.
+    pub fn send_with(&mut self, msg: &[u8], data_in: &[Seg], data_out: &[Seg]) -> Vec<u8> {
+        // SAFETY: the message buffer is shared memory of this client, 64 KiB long.
+        unsafe { std::ptr::copy_nonoverlapping(msg.as_ptr(), self.msg.hva, msg.len()) };
+        // SAFETY: as above for the reply buffer.
+        unsafe { std::ptr::write_bytes(self.reply.hva, 0, self.reply.len) };
+        let mut segs = vec![Seg {
+            gpa: self.msg.gpa,
+            len: msg.len() as u32,
+            writable: false,
+        }];
+        segs.extend_from_slice(data_in);
+        segs.push(Seg {
+            gpa: self.reply.gpa,
+            len: self.reply.len as u32,
+            writable: true,
+        });
+        segs.extend_from_slice(data_out);
+        let used = self.submit_wait(&segs) as usize;
+        // SAFETY: the chain completed; the reply buffer is ours again.
+        unsafe { std::slice::from_raw_parts(self.reply.hva, used.min(self.reply.len)) }.to_vec()
+    }
+}

@@ -47,6 +47,13 @@ main)
     cat /tmp/hang.log
   fi
   [ -x /usr/bin/kmod-transport-check ] && t kmod-transport-check
+  # many fire-and-forget messages; with the echo backend slow ones, so the 64-entry ring fills
+  # and submitters must wait for space
+  if [ "$backend" = echo ]; then t vgpu_test flood /dev/vgpu0 300 0xFFF5; else t vgpu_test flood /dev/vgpu0 2000; fi
+  sed 's/^/VGPU-STATS /' /sys/class/misc/vgpu0/stats
+  if [ "$backend" = echo ] && grep -q '^ring_full_waits 0$' /sys/class/misc/vgpu0/stats; then
+    echo "VGPU-STEP-FAIL the ring never filled"; fail=1
+  fi
   t vgpu_test hello
   if [ "$backend" = echo ]; then
     # device removal while a process is in the middle of its work (and the hung request of

@@ -150,7 +150,7 @@ verdict() { grep -a 'VGPU-VERDICT' "$1" | tr -d '\r' | tail -1; }
 n0=$(disconnects)
 boot main "vgpu_mode=main"; rc=$?
 v=$(verdict "$LOG/main.serial")
-show_guest() { grep -aE '^(OK|FAIL|VGPU-STEP|VGPU-KILLED|HANG|\[loop\]|VGPU-VERDICT|VGPU-DMESG.*vgpu)' "$1" | tr -d '\r' | sed 's/^/    guest| /'; }
+show_guest() { grep -aE '^(OK|FAIL|VGPU-STEP|VGPU-KILLED|VGPU-STATS|HANG|\[loop\]|VGPU-VERDICT|VGPU-DMESG.*vgpu)' "$1" | tr -d '\r' | sed 's/^/    guest| /'; }
 show_guest "$LOG/main.serial"
 [ "$v" = "VGPU-VERDICT PASS" ] && ok "boot 1 (QEMU, TCG): guest tests pass in ${BOOT_SECS}s" \
   || bad "boot 1 (QEMU, TCG): ${v:-no verdict} (qemu rc $rc; see $LOG/main.serial, $LOG/main.qemu)"

@@ -11,6 +11,7 @@
  *                                          caller kills us and checks the module survives
  *   vgpu_test badid  [dev]                 device completes a wrong descriptor id (0xFFF4):
  *                                          EIO, queue broken until the device is re-probed
+ *   vgpu_test flood  [dev] [n] [opcode]    n fire-and-forget messages, then a synchronous one
  *   vgpu_test loop   [dev] [seconds]       Hello round trips in a loop (a second process)
  * Prints "OK <what>" lines; exit status 0 on success.
  */
@@ -258,6 +259,27 @@ static int cmd_badid(void)
 	return fails;
 }
 
+/* @n fire-and-forget messages (one call record with @opcode if nonzero), then a synchronous one */
+static int cmd_flood(int n, unsigned opcode)
+{
+	struct vgpu_info in;
+	int fd = open_dev(&in);
+	uint8_t msg[64], body[8] = {0};
+	double t0 = now();
+	int i, e = 0;
+	for (i = 0; i < n; i++) {
+		size_t len = build_msg(msg, 0, (uint16_t)opcode, body, 8, 0, 1000 + i);
+		e = submit(fd, msg, len, NULL, 0, NULL, 0, NULL, 0, VGPU_SUBMIT_F_NOWAIT, NULL);
+		if (e) { CHECK(0, "flood %d: %s", i, strerror(-e)); break; }
+	}
+	double t1 = now();
+	CHECK(hello(fd, 1) == 0, "sync after flood");
+	printf("OK flood n=%d opcode=%#x submit_us=%.1f each, drained after %.3f s\n", i, opcode,
+	       (t1 - t0) / (i ? i : 1) * 1e6, now() - t0);
+	close(fd);
+	return fails;
+}
+
 static int cmd_hang(void)
 {
 	struct vgpu_info in;
@@ -297,6 +319,7 @@ int main(int argc, char **argv)
 	if (!strcmp(cmd, "hostile")) return cmd_hostile() ? 1 : 0;
 	if (!strcmp(cmd, "hang")) return cmd_hang();
 	if (!strcmp(cmd, "badid")) return cmd_badid() ? 1 : 0;
+	if (!strcmp(cmd, "flood")) return cmd_flood(argc > 3 ? atoi(argv[3]) : 1000, argc > 4 ? strtoul(argv[4], 0, 0) : 0) ? 1 : 0;
 	if (!strcmp(cmd, "loop")) return cmd_loop(argc > 3 ? atoi(argv[3]) : 5) ? 1 : 0;
 	fprintf(stderr, "usage: %s hello|bench|abi|hostile|hang|loop [dev] ...\n", argv[0]);
 	return 2;

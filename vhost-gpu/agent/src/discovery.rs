@@ -91,7 +91,7 @@ pub fn cuda_gpus() -> Result<Vec<GpuInfo>, DiscoveryError> {
     let mut count: std::ffi::c_int = 0;
     // SAFETY: `count` is a valid, writable c_int for the duration of the call.
     check("cuDeviceGetCount", unsafe {
-        sys::cuDeviceGetCount(&mut count)
+        sys::cuDeviceGetCount(&raw mut count)
     })?;
     if count <= 0 {
         return Err(DiscoveryError::NoGpus);
@@ -101,7 +101,7 @@ pub fn cuda_gpus() -> Result<Vec<GpuInfo>, DiscoveryError> {
         let mut dev: sys::CUdevice = 0;
         // SAFETY: `dev` is a valid out-pointer; ordinal < count.
         check("cuDeviceGet", unsafe {
-            sys::cuDeviceGet(&mut dev, ordinal)
+            sys::cuDeviceGet(&raw mut dev, ordinal)
         })?;
         let mut name = [0 as std::ffi::c_char; 256];
         // SAFETY: the buffer is 256 bytes long and we pass that length; the driver NUL-terminates.
@@ -116,13 +116,13 @@ pub fn cuda_gpus() -> Result<Vec<GpuInfo>, DiscoveryError> {
         let mut mem: usize = 0;
         // SAFETY: `mem` is a valid out-pointer.
         check("cuDeviceTotalMem_v2", unsafe {
-            sys::cuDeviceTotalMem_v2(&mut mem, dev)
+            sys::cuDeviceTotalMem_v2(&raw mut mem, dev)
         })?;
         let mut sms: std::ffi::c_int = 0;
         // SAFETY: `sms` is a valid out-pointer; the attribute is a plain integer attribute.
         check("cuDeviceGetAttribute", unsafe {
             sys::cuDeviceGetAttribute(
-                &mut sms,
+                &raw mut sms,
                 sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
                 dev,
             )
@@ -130,7 +130,7 @@ pub fn cuda_gpus() -> Result<Vec<GpuInfo>, DiscoveryError> {
         let mut uuid = sys::CUuuid { bytes: [0; 16] };
         // SAFETY: `uuid` is a valid out-pointer to a 16-byte CUuuid.
         check("cuDeviceGetUuid_v2", unsafe {
-            sys::cuDeviceGetUuid_v2(&mut uuid, dev)
+            sys::cuDeviceGetUuid_v2(&raw mut uuid, dev)
         })?;
         // SAFETY: both buffers were NUL-terminated by the driver (they are zero-initialised
         // and the driver writes at most len-1 characters plus NUL).

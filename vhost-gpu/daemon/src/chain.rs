@@ -151,11 +151,14 @@ impl ParsedChain {
     }
 }
 
-/// Checks descriptor order and that nothing the device writes overlaps another descriptor.
+/// Checks descriptor order, and that what the device writes overlaps neither another
+/// writable descriptor nor the first readable one (the message). A data-out buffer may
+/// overlap a data-in buffer: calls run in order, so a stream may read a buffer and then
+/// write it back, as `cuMemcpyHtoDAsync` and `cuMemcpyDtoHAsync` of one pinned buffer do.
 fn check_shape(descs: &[Desc], sorted: &mut Vec<(u64, u64, bool)>) -> Result<(), ChainError> {
     let mut seen_writable = false;
     sorted.clear();
-    for d in descs {
+    for (i, d) in descs.iter().enumerate() {
         if d.writable {
             seen_writable = true;
         } else if seen_writable {
@@ -168,14 +171,14 @@ fn check_shape(descs: &[Desc], sorted: &mut Vec<(u64, u64, bool)>) -> Result<(),
                 addr: d.addr,
                 len: d.len,
             })?;
-        if d.len > 0 {
+        if d.len > 0 && (d.writable || i == 0) {
             sorted.push((d.addr, end, d.writable));
         }
     }
     sorted.sort_unstable();
     for pair in sorted.windows(2) {
         let (a, b) = (pair[0], pair[1]);
-        if b.0 < a.1 && (a.2 || b.2) {
+        if b.0 < a.1 {
             return Err(ChainError::Overlap {
                 addr: b.0,
                 len: (b.1 - b.0) as u32,
@@ -324,8 +327,15 @@ mod tests {
             Err(ChainError::ReadableAfterWritable)
         );
         assert_eq!(p.parse(&m, &[w(0x4000, 64)]), Err(ChainError::NoMessage));
-        // Two readable descriptors may overlap: the device only reads them.
+        assert!(matches!(
+            p.parse(&m, &[r(0, 48), w(0x4000, 64), w(0x4010, 64)]),
+            Err(ChainError::Overlap { .. })
+        ));
+        // Two readable descriptors may overlap: the device only reads them. Data-out may
+        // overlap data-in (a buffer copied in and later copied back).
         p.parse(&m, &[r(0, 48), r(0, 48), w(0x4000, 64)]).unwrap();
+        p.parse(&m, &[r(0, 48), r(0x8000, 64), w(0x8000, 64)])
+            .unwrap();
     }
 
     #[test]

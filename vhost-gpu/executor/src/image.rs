@@ -98,9 +98,15 @@ fn fatbin_kernels(image: &[u8]) -> Result<Vec<KernelLayout>, ImageError> {
     while off < total {
         let kind = read_u16(image, off).ok_or(bad("entry header"))?;
         let header_size = read_u32(image, off + 4).ok_or(bad("entry header"))? as usize;
-        let padded = read_u32(image, off + 8).ok_or(bad("entry header"))? as usize;
-        let payload = read_u32(image, off + 16).ok_or(bad("entry header"))? as usize;
+        // Entry header: kind u16, version u16, header size u32, padded payload size u64,
+        // compressed size u32 (+pad), ..., flags u64 at 40, uncompressed size u64 at 56.
+        let padded = read_u64(image, off + 8).ok_or(bad("entry header"))? as usize;
         let flags = read_u64(image, off + 40).ok_or(bad("entry header"))?;
+        let payload = if flags & FATBIN_COMPRESSED != 0 {
+            read_u32(image, off + 16).ok_or(bad("entry header"))? as usize
+        } else {
+            padded
+        };
         let start = off.checked_add(header_size).ok_or(bad("entry size"))?;
         let end = start.checked_add(payload).ok_or(bad("entry size"))?;
         if header_size == 0 || end > image.len() {
@@ -357,5 +363,58 @@ mod tests {
         for cut in 0..elf.len() {
             let _ = kernels(&elf[..cut]);
         }
+    }
+}
+
+#[cfg(test)]
+mod fixture_tests {
+    use super::*;
+
+    fn fixture(name: &str) -> Vec<u8> {
+        std::fs::read(format!(
+            "{}/../../tests/fixtures/{name}",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap()
+    }
+
+    /// The kernels of tests/gpu/kernels.cu as nvcc 13.0 built them for sm_90.
+    fn expected() -> Vec<(&'static str, Vec<(u32, u32)>)> {
+        vec![
+            ("empty", vec![]),
+            ("matmul", vec![(0, 8), (8, 8), (16, 8), (24, 4)]),
+            ("reduceSum", vec![(0, 8), (8, 8), (16, 4)]),
+            ("saxpy", vec![(0, 4), (8, 8), (16, 8), (24, 4)]),
+            ("spin", vec![(0, 8), (8, 4)]),
+            ("vecAdd", vec![(0, 8), (8, 8), (16, 8), (24, 4)]),
+        ]
+    }
+
+    fn check(image: &[u8]) {
+        let mut got: Vec<(String, Vec<(u32, u32)>)> = kernels(image)
+            .unwrap()
+            .into_iter()
+            .map(|k| (k.name, k.params))
+            .collect();
+        got.sort();
+        let want: Vec<(String, Vec<(u32, u32)>)> = expected()
+            .into_iter()
+            .map(|(n, p)| (n.to_string(), p))
+            .collect();
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn real_cubin_ptx_and_fatbin_give_the_same_layouts() {
+        check(&fixture("kernels.cubin"));
+        check(&fixture("kernels.ptx"));
+        check(&fixture("kernels.fatbin"));
+    }
+
+    #[test]
+    fn compressed_fatbin_is_reported_as_such() {
+        let image = fixture("kernels_compressed.fatbin");
+        assert_eq!(fatbin_len(&image), Some(image.len()));
+        assert_eq!(kernels(&image), Err(ImageError::Compressed));
     }
 }

@@ -12,7 +12,8 @@
 //!
 //! Hostile replies for robustness tests (first call's opcode): 0xFFF0 = used length 0xFFFF_FFF0,
 //! 0xFFF1 = used length 0 (no reply), 0xFFF2 = reply without magic, 0xFFF3 = never complete,
-//! 0xFFF4 = complete a descriptor id that is not the chain's head (head ^ 1) instead of the chain.
+//! 0xFFF4 = complete a descriptor id that is not the chain's head (head ^ 1) instead of the chain,
+//! 0xFFF5 = slow request (2 ms), to fill the ring.
 //!
 //! Usage: vgpu-echo-backend --socket PATH [--queues N]
 use std::collections::BTreeSet;
@@ -78,6 +79,7 @@ impl Echo {
             0xFFF1 => return Ok(Some(0)),
             0xFFF3 => return Ok(None),
             0xFFF4 => return Ok(Some(WRONG_ID)),
+            0xFFF5 => std::thread::sleep(std::time::Duration::from_millis(2)),
             _ => {}
         }
         if resp_cap == 0 && w.available_bytes() == 0 {

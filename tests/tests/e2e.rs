@@ -1,0 +1,87 @@
+//! The driver-API end-to-end program, compiled here with the system C compiler and linked
+//! against our libcuda.so.1, run through the daemon's socket on the sim GPU.
+
+use std::{io::BufRead, process::Stdio, time::Duration};
+
+use vgpu_tests::{Daemon, compile_c, fixture, guest_command, scratch};
+
+fn run_e2e(module: &str) {
+    let dir = scratch(&format!("e2e-{module}"));
+    let program = compile_c("driver_api_e2e.c", &dir);
+    let daemon = Daemon::start_sim(&dir, &[]);
+    let out = guest_command(&program, &daemon.socket)
+        .arg(fixture(module))
+        .arg("--no-kernel-check")
+        .output()
+        .expect("run the e2e program");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stdout.contains("E2E PASS"),
+        "e2e failed:\n{stdout}\n{stderr}\n{}",
+        daemon.log_text()
+    );
+    assert!(
+        stdout.contains("copy 64 MiB: checksum") && stdout.contains(" ok"),
+        "{stdout}"
+    );
+    // The shim says loudly that this is the simulator.
+    assert!(stderr.contains("SIMULATED GPU"), "{stderr}");
+    // The daemon recorded every launch and freed the client when it left.
+    let log = daemon.wait_for_log("frontend disconnected", Duration::from_secs(10));
+    assert!(log.contains("1000 launches recorded by sim"), "{log}");
+    assert!(log.contains("module loaded with 6 kernels"), "{log}");
+}
+
+#[test]
+fn driver_api_program_runs_over_virtio_user_with_a_real_cubin() {
+    run_e2e("kernels.cubin");
+}
+
+#[test]
+fn driver_api_program_runs_with_ptx_and_fatbin_modules() {
+    run_e2e("kernels.ptx");
+    run_e2e("kernels.fatbin");
+}
+
+#[test]
+fn a_killed_client_is_freed_and_the_next_one_is_served() {
+    let dir = scratch("kill");
+    let program = compile_c("driver_api_e2e.c", &dir);
+    let mut daemon = Daemon::start_sim(&dir, &[]);
+    let mut victim = guest_command(&program, &daemon.socket)
+        .arg(fixture("kernels.cubin"))
+        .arg("--no-kernel-check")
+        .env("E2E_HOLD", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the victim");
+    let stdout = victim.stdout.take().expect("stdout");
+    let mut lines = std::io::BufReader::new(stdout).lines();
+    assert!(
+        lines.any(|l| l.is_ok_and(|l| l.contains("HOLDING"))),
+        "victim never reached its hold point"
+    );
+    victim.kill().expect("kill");
+    let _ = victim.wait();
+    // Two 64 MiB buffers of the primary context were held when it died (plus 1 MiB that
+    // died with its created context earlier).
+    let log = daemon.wait_for_log("frontend disconnected", Duration::from_secs(10));
+    assert!(
+        log.contains("freed 2 allocations (134217728 bytes)"),
+        "{log}"
+    );
+    assert!(daemon.is_running(), "daemon died with its client");
+
+    let out = guest_command(&program, &daemon.socket)
+        .arg(fixture("kernels.cubin"))
+        .arg("--no-kernel-check")
+        .output()
+        .expect("run the next client");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("E2E PASS"),
+        "next client failed: {}",
+        daemon.log_text()
+    );
+}

@@ -110,6 +110,10 @@ struct vgpu_dev {
 	unsigned int qsize;
 	bool indirect;			/* features cached at probe: vdev may be gone after remove */
 	bool event_idx;
+	struct {			/* /sys/class/misc/vgpuN/stats */
+		atomic64_t submitted, nowait, completed, ring_full_waits, bad_used_len, bad_reply,
+			   closes_sent, closes_failed;
+	} st;
 	struct vgpu_vq vqs[VGPU_MAX_QUEUES];
 };
 
@@ -297,6 +301,7 @@ static void vgpu_drain_locked(struct vgpu_vq *q, struct list_head *reaped)
 		req->queued = false;
 		req->used = len;
 		list_move_tail(&req->node, reaped);
+		atomic64_inc(&q->vg->st.completed);
 	}
 	if (unlikely(virtqueue_is_broken(q->vq))) {
 		/* fail the waiters; the buffers stay owned by the ring until remove() */
@@ -393,6 +398,7 @@ static int vgpu_queue(struct vgpu_vq *q, struct vgpu_req *req, struct scatterlis
 		spin_unlock_irqrestore(&q->lock, flags);
 		if (ret != -ENOSPC)
 			return ret;
+		atomic64_inc(&vg->st.ring_full_waits);
 		/* ring full: wait for the device to return something, re-check every 100 ms */
 		if (killable) {
 			if (fatal_signal_pending(current))
@@ -594,6 +600,9 @@ static long vgpu_submit(struct vgpu_file *vf, struct vgpu_submit __user *usub)
 			kref_put(&req->ref, vgpu_req_release_process);
 		goto out_put;
 	}
+	atomic64_inc(&vg->st.submitted);
+	if (nowait)
+		atomic64_inc(&vg->st.nowait);
 	if (debug)
 		pr_info("%s: client %u q%u: req_len %u resp_cap %u sg %u nowait %d\n", vg->name,
 			vf->client, q->idx, s.req_len, hdr_resp_cap, total_sg, nowait);
@@ -624,6 +633,7 @@ static long vgpu_submit(struct vgpu_file *vf, struct vgpu_submit __user *usub)
 	if (req->used > req->writable_total) {
 		pr_warn_ratelimited("%s: client %u: used length %u > writable %llu bytes\n",
 				    vg->name, vf->client, req->used, req->writable_total);
+		atomic64_inc(&vg->st.bad_used_len);
 		ret = -EIO;
 		goto out_put;
 	}
@@ -631,6 +641,7 @@ static long vgpu_submit(struct vgpu_file *vf, struct vgpu_submit __user *usub)
 	out_written = req->used > req->resp_cap ? req->used - req->resp_cap : 0;
 	if ((hdr_flags & VGPU_MSG_F_WANT_REPLY) &&
 	    (resp_len < 4 || get_unaligned_le32(req->resp) != VGPU_MSG_MAGIC)) {
+		atomic64_inc(&vg->st.bad_reply);
 		ret = -EBADMSG;
 		goto out_put;
 	}
@@ -692,10 +703,12 @@ static void vgpu_send_close(struct vgpu_file *vf)
 			goto fail;
 		return;
 	}
+	atomic64_inc(&vg->st.closes_sent);
 	if (debug)
 		pr_info("%s: client %u closed\n", vg->name, vf->client);
 	return;
 fail:
+	atomic64_inc(&vg->st.closes_failed);
 	pr_warn("%s: client %u: could not send CLIENT_CLOSE\n", vg->name, vf->client);
 }
 
@@ -781,6 +794,33 @@ static long vgpu_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
 	}
 }
 
+static ssize_t stats_show(struct device *dev, struct device_attribute *attr, char *buf)
+{
+	struct miscdevice *misc = dev_get_drvdata(dev);
+	struct vgpu_dev *vg = container_of(misc, struct vgpu_dev, misc);
+	unsigned int i, inflight = 0;
+	struct vgpu_req *req;
+	unsigned long flags;
+
+	for (i = 0; i < vg->nvqs; i++) {
+		spin_lock_irqsave(&vg->vqs[i].lock, flags);
+		list_for_each_entry(req, &vg->vqs[i].inflight, node)
+			inflight++;
+		spin_unlock_irqrestore(&vg->vqs[i].lock, flags);
+	}
+	return sysfs_emit(buf,
+		"submitted %lld\nnowait %lld\ncompleted %lld\ninflight %u\nring_full_waits %lld\n"
+		"bad_used_len %lld\nbad_reply %lld\ncloses_sent %lld\ncloses_failed %lld\n",
+		atomic64_read(&vg->st.submitted), atomic64_read(&vg->st.nowait),
+		atomic64_read(&vg->st.completed), inflight,
+		atomic64_read(&vg->st.ring_full_waits), atomic64_read(&vg->st.bad_used_len),
+		atomic64_read(&vg->st.bad_reply), atomic64_read(&vg->st.closes_sent),
+		atomic64_read(&vg->st.closes_failed));
+}
+static DEVICE_ATTR_RO(stats);
+static struct attribute *vgpu_attrs[] = { &dev_attr_stats.attr, NULL };
+ATTRIBUTE_GROUPS(vgpu);
+
 static const struct file_operations vgpu_fops = {
 	.owner = THIS_MODULE,
 	.open = vgpu_open,
@@ -865,6 +905,7 @@ static int vgpu_probe(struct virtio_device *vdev)
 	vg->misc.name = vg->name;
 	vg->misc.fops = &vgpu_fops;
 	vg->misc.mode = 0666;
+	vg->misc.groups = vgpu_groups;
 	ret = misc_register(&vg->misc);
 	if (ret)
 		goto err_vqs;

@@ -1,1 +1,339 @@
-fn main(){}
+//! Scheduler benchmark at scale (not a test): 10,000 simulated hosts x 8 GPUs.
+//!
+//! Run: `cargo bench -p vgpu-controller --bench scheduler` (release profile).
+//! Measures, in-process (no HTTP):
+//!   - `Pool::allocate` end to end: lock, quota, placement decision, SQLite insert (WAL), index update;
+//!   - the placement decision alone (`scheduler::Index::place`) in three situations: local fit,
+//!     remote fallback within the rack, and the worst case (the whole pool scanned);
+//!   - process RSS after loading the inventory and after the allocations.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use vgpu_agent::wire::{GpuInfo, RegisterRequest};
+use vgpu_controller::auth::Role;
+use vgpu_controller::model::{AllocationRequest, Policy, SliceSpec, Strategy};
+use vgpu_controller::pool::{Pool, PoolConfig};
+use vgpu_controller::scheduler::{GpuSpec, PlaceRequest, Want};
+use vgpu_controller::store::SqliteStore;
+
+const HOSTS: usize = 10_000;
+const GPUS: u32 = 8;
+const ALLOCS: usize = 50_000;
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+fn rss_mib() -> f64 {
+    let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    s.lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|k| k.parse::<f64>().ok())
+        .map(|k| k / 1024.0)
+        .unwrap_or(0.0)
+}
+
+fn pct(v: &mut [Duration], p: f64) -> f64 {
+    v.sort_unstable();
+    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
+    v[i].as_secs_f64() * 1e6
+}
+
+fn host(i: usize) -> String {
+    format!("host{i:05}")
+}
+
+fn main() {
+    let dir = std::env::temp_dir().join(format!("vgpu-bench-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let rss0 = rss_mib();
+    let store = SqliteStore::open(&dir.join("pool.db")).unwrap();
+    let pool = Pool::open(
+        Box::new(store),
+        PoolConfig {
+            lease_ttl: Duration::from_secs(3600),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let t = Instant::now();
+    for i in 0..HOSTS {
+        let name = host(i);
+        let gpus = (0..GPUS)
+            .map(|g| GpuInfo {
+                uuid: format!("SIM-GPU-{name}-{g}"),
+                index: g,
+                model: "SIM H200".into(),
+                pci_bus_id: format!("SIM:{g:02x}:00.0"),
+                numa_node: Some((g / 4) as i32),
+                sm_count: 132,
+                memory_bytes: 141 << 30,
+                sim: true,
+            })
+            .collect();
+        let labels: BTreeMap<String, String> = [
+            ("rack".to_string(), format!("r{}", i / 40)),
+            ("zone".to_string(), format!("z{}", i / 1000)),
+        ]
+        .into();
+        pool.register(RegisterRequest {
+            name,
+            address: "127.0.0.1".into(),
+            serve_port: 7470,
+            socket_dir: "/run/vgpu".into(),
+            labels,
+            gpus,
+            agent_version: String::new(),
+            gpu_source: "sim".into(),
+        })
+        .unwrap();
+    }
+    let reg = t.elapsed();
+    let rss_inv = rss_mib();
+
+    // End-to-end allocations: random VM host, random slice, both strategies, remote allowed.
+    let mut rng = Rng(0x9e3779b97f4a7c15);
+    let mut lat = Vec::with_capacity(ALLOCS);
+    let mut ids = Vec::with_capacity(ALLOCS);
+    let mut remote = 0usize;
+    let t = Instant::now();
+    for i in 0..ALLOCS {
+        // Hot spot: a quarter of the requests come from the first 200 hosts, so they fill up and
+        // fall back to remote GPUs in the same rack or zone.
+        let h = if i % 4 == 0 {
+            rng.below(200)
+        } else {
+            rng.below(HOSTS as u64)
+        } as usize;
+        let slice = match rng.below(5) {
+            0 => SliceSpec {
+                profile: Some("1/8".into()),
+                sm_count: None,
+                memory_bytes: None,
+            },
+            1 => SliceSpec {
+                profile: Some("1/4".into()),
+                sm_count: None,
+                memory_bytes: None,
+            },
+            2 => SliceSpec {
+                profile: Some("1/2".into()),
+                sm_count: None,
+                memory_bytes: None,
+            },
+            _ => SliceSpec {
+                profile: None,
+                sm_count: Some(8 + rng.below(60) as u32),
+                memory_bytes: Some((1 + rng.below(40)) << 30),
+            },
+        };
+        let req = AllocationRequest {
+            vm: format!("vm{i}"),
+            host: host(h),
+            project: None,
+            slice,
+            policy: Policy {
+                allow_remote: true,
+                strategy: if i % 2 == 0 {
+                    Strategy::Binpack
+                } else {
+                    Strategy::Spread
+                },
+                ..Default::default()
+            },
+        };
+        let s = Instant::now();
+        let r = pool.allocate(&Role::Admin, req);
+        lat.push(s.elapsed());
+        if let Ok(a) = r {
+            remote += usize::from(a.remote);
+            ids.push(a.id);
+        }
+    }
+    let wall = t.elapsed();
+    let rss_alloc = rss_mib();
+    let ok = ids.len();
+
+    // Churn: release one, allocate one.
+    let mut churn = Vec::with_capacity(10_000);
+    let t2 = Instant::now();
+    for i in 0..10_000 {
+        let id = ids.swap_remove(rng.below(ids.len() as u64) as usize);
+        pool.release(&Role::Admin, &id).unwrap();
+        let req = AllocationRequest {
+            vm: format!("churn{i}"),
+            host: host(rng.below(HOSTS as u64) as usize),
+            project: None,
+            slice: SliceSpec {
+                profile: Some("1/4".into()),
+                sm_count: None,
+                memory_bytes: None,
+            },
+            policy: Policy {
+                allow_remote: true,
+                ..Default::default()
+            },
+        };
+        let s = Instant::now();
+        if let Ok(a) = pool.allocate(&Role::Admin, req) {
+            ids.push(a.id);
+        }
+        churn.push(s.elapsed());
+    }
+    let churn_wall = t2.elapsed();
+
+    // Decision alone on a fresh index of the same size.
+    let mut ix = vgpu_controller::scheduler::Index::default();
+    for i in 0..HOSTS {
+        let labels: BTreeMap<String, String> = [
+            ("rack".to_string(), format!("r{}", i / 40)),
+            ("zone".to_string(), format!("z{}", i / 1000)),
+        ]
+        .into();
+        let gs: Vec<_> = (0..GPUS)
+            .map(|g| GpuSpec {
+                uuid: format!("{i}-{g}"),
+                numa: Some((g / 4) as i32),
+                sm: 132,
+                mem: 141 << 30,
+                mode: Default::default(),
+                ratio: 1.0,
+                healthy: true,
+            })
+            .collect();
+        ix.upsert_host(&host(i), &labels, true, &gs);
+    }
+    let topo = vec!["rack".to_string(), "zone".to_string()];
+    let mut local = Vec::new();
+    for i in 0..20_000 {
+        let h = host(rng.below(HOSTS as u64) as usize);
+        let req = PlaceRequest {
+            vm_host: &h,
+            want: Want::Profile(8),
+            allow_remote: true,
+            strategy: if i % 2 == 0 {
+                Strategy::Binpack
+            } else {
+                Strategy::Spread
+            },
+            numa: Some(0),
+            topology: &topo,
+        };
+        let s = Instant::now();
+        let d = ix.place(&req).unwrap();
+        local.push(s.elapsed());
+        ix.apply(
+            d.gpu,
+            vgpu_controller::scheduler::Shape::Profile(8),
+            d.sm,
+            d.mem,
+        );
+    }
+    // Fill host00000..host00019 completely, then ask from them: remote within the rack.
+    for i in 0..20 {
+        for &g in &ix.hosts[i].gpus.clone() {
+            let slot = &ix.gpus[g as usize];
+            let (sm, mem) = (slot.sm_cap - slot.sm_used, slot.mem_total - slot.mem_used);
+            ix.apply(g, vgpu_controller::scheduler::Shape::Custom, sm as u32, mem);
+        }
+    }
+    let mut rack = Vec::new();
+    for i in 0..2_000 {
+        let h = host(i % 20);
+        let req = PlaceRequest {
+            vm_host: &h,
+            want: Want::Custom {
+                sm: 4,
+                mem: 1 << 30,
+            },
+            allow_remote: true,
+            strategy: Strategy::Binpack,
+            numa: None,
+            topology: &topo,
+        };
+        let s = Instant::now();
+        let d = ix.place(&req).unwrap();
+        rack.push(s.elapsed());
+        assert!(d.remote);
+    }
+    // Worst case: no topology preference, so the whole pool (80,000 GPUs) is scanned.
+    let mut global = Vec::new();
+    for i in 0..500 {
+        let h = host(i % 20);
+        let req = PlaceRequest {
+            vm_host: &h,
+            want: Want::Custom {
+                sm: 4,
+                mem: 1 << 30,
+            },
+            allow_remote: true,
+            strategy: Strategy::Spread,
+            numa: None,
+            topology: &[],
+        };
+        let s = Instant::now();
+        ix.place(&req).unwrap();
+        global.push(s.elapsed());
+    }
+
+    println!(
+        "scheduler benchmark: {HOSTS} hosts x {GPUS} GPUs = {} GPUs (simulated H200: 132 SMs, 141 GiB)",
+        HOSTS * GPUS as usize
+    );
+    println!(
+        "inventory load (register {HOSTS} hosts through Pool::register, SQLite): {:.2} s",
+        reg.as_secs_f64()
+    );
+    println!(
+        "allocate end to end (lock + quota + decision + SQLite insert + index), {ALLOCS} requests, {ok} placed ({remote} remote):"
+    );
+    println!(
+        "  throughput {:.0} allocations/s",
+        ALLOCS as f64 / wall.as_secs_f64()
+    );
+    println!(
+        "  latency p50 {:.1} us, p99 {:.1} us, max {:.1} us",
+        pct(&mut lat, 0.5),
+        pct(&mut lat, 0.99),
+        pct(&mut lat, 1.0)
+    );
+    println!(
+        "churn (release + allocate 1/4), 10000 rounds: {:.0} rounds/s; allocate p50 {:.1} us, p99 {:.1} us",
+        10_000.0 / churn_wall.as_secs_f64(),
+        pct(&mut churn, 0.5),
+        pct(&mut churn, 0.99)
+    );
+    println!("decision only (Index::place):");
+    println!(
+        "  local fit           p50 {:.1} us, p99 {:.1} us",
+        pct(&mut local, 0.5),
+        pct(&mut local, 0.99)
+    );
+    println!(
+        "  remote, same rack   p50 {:.1} us, p99 {:.1} us",
+        pct(&mut rack, 0.5),
+        pct(&mut rack, 0.99)
+    );
+    println!(
+        "  remote, whole pool  p50 {:.1} us, p99 {:.1} us (worst case: 80,000 GPUs scanned)",
+        pct(&mut global, 0.5),
+        pct(&mut global, 0.99)
+    );
+    println!(
+        "RSS: start {rss0:.1} MiB, after inventory {rss_inv:.1} MiB, after {ok} allocations {rss_alloc:.1} MiB (pool + second index for the decision runs: {:.1} MiB)",
+        rss_mib()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

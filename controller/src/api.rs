@@ -37,13 +37,21 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError { status, code, message: message.into() }
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, Json(json!({"error": {"code": self.code, "message": self.message}}))).into_response()
+        (
+            self.status,
+            Json(json!({"error": {"code": self.code, "message": self.message}})),
+        )
+            .into_response()
     }
 }
 
@@ -89,39 +97,63 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
 }
 
 async fn auth_layer(State(st): State<AppState>, mut req: Request, next: Next) -> Response {
-    let hv = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    let hv = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
     let Some(tok) = bearer(hv) else {
-        return ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "missing bearer token (Authorization: Bearer <token>)")
-            .into_response();
+        return ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "missing bearer token (Authorization: Bearer <token>)",
+        )
+        .into_response();
     };
     let h = sha256_hex(tok);
-    let role = st.auth.static_role(&h).or_else(|| st.pool.project_for_token_hash(&h));
+    let role = st
+        .auth
+        .static_role(&h)
+        .or_else(|| st.pool.project_for_token_hash(&h));
     match role {
         Some(r) => {
             req.extensions_mut().insert(r);
             next.run(req).await
         }
-        None => ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "unknown token").into_response(),
+        None => {
+            ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "unknown token").into_response()
+        }
     }
 }
 
 fn need_admin(r: &Role) -> ApiResult<()> {
     match r {
         Role::Admin => Ok(()),
-        _ => Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", "this needs the admin token")),
+        _ => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "this needs the admin token",
+        )),
     }
 }
 
 fn need_agent(r: &Role) -> ApiResult<()> {
     match r {
         Role::Admin | Role::Agent => Ok(()),
-        _ => Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", "this needs an agent or admin token")),
+        _ => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "this needs an agent or admin token",
+        )),
     }
 }
 
 fn not_agent(r: &Role) -> ApiResult<()> {
     match r {
-        Role::Agent => Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", "agent tokens may only register and heartbeat")),
+        Role::Agent => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "agent tokens may only register and heartbeat",
+        )),
         _ => Ok(()),
     }
 }
@@ -135,10 +167,19 @@ pub fn router(st: AppState) -> Router {
         .route("/gpus", get(list_gpus))
         .route("/gpus/{uuid}", get(get_gpu).patch(patch_gpu))
         .route("/slices", get(list_slices))
-        .route("/allocations", get(list_allocations).post(create_allocation))
-        .route("/allocations/{id}", get(get_allocation).delete(delete_allocation))
+        .route(
+            "/allocations",
+            get(list_allocations).post(create_allocation),
+        )
+        .route(
+            "/allocations/{id}",
+            get(get_allocation).delete(delete_allocation),
+        )
         .route("/projects", get(list_projects).post(create_project))
-        .route("/projects/{name}", get(get_project).patch(patch_project).delete(delete_project))
+        .route(
+            "/projects/{name}",
+            get(get_project).patch(patch_project).delete(delete_project),
+        )
         .route("/agents/register", post(agent_register))
         .route("/agents/{name}/heartbeat", post(agent_heartbeat))
         .route("/whoami", get(whoami))
@@ -146,7 +187,10 @@ pub fn router(st: AppState) -> Router {
     Router::new()
         .nest("/v1", v1)
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
-        .route("/openapi.json", get(|| async { Json(crate::openapi::document()) }))
+        .route(
+            "/openapi.json",
+            get(|| async { Json(crate::openapi::document()) }),
+        )
         .route("/metrics", get(metrics))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
         .with_state(st)
@@ -154,7 +198,14 @@ pub fn router(st: AppState) -> Router {
 
 async fn metrics(State(st): State<AppState>) -> Response {
     let body = crate::metrics::render(&st.pool.metrics_snapshot(), st.legacy_metrics);
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response()
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response()
 }
 
 async fn whoami(Extension(r): Extension<Role>) -> Json<serde_json::Value> {
@@ -165,32 +216,54 @@ async fn whoami(Extension(r): Extension<Role>) -> Json<serde_json::Value> {
     })
 }
 
-async fn list_hosts(State(st): State<AppState>, Extension(r): Extension<Role>) -> ApiResult<Response> {
+async fn list_hosts(
+    State(st): State<AppState>,
+    Extension(r): Extension<Role>,
+) -> ApiResult<Response> {
     need_admin(&r)?;
     Ok(Json(st.pool.hosts()).into_response())
 }
 
-async fn get_host(State(st): State<AppState>, Extension(r): Extension<Role>, Path(name): Path<String>) -> ApiResult<Response> {
+async fn get_host(
+    State(st): State<AppState>,
+    Extension(r): Extension<Role>,
+    Path(name): Path<String>,
+) -> ApiResult<Response> {
     need_admin(&r)?;
     Ok(Json(st.pool.host(&name)?).into_response())
 }
 
-async fn drain_host(State(st): State<AppState>, Extension(r): Extension<Role>, Path(name): Path<String>) -> ApiResult<Response> {
+async fn drain_host(
+    State(st): State<AppState>,
+    Extension(r): Extension<Role>,
+    Path(name): Path<String>,
+) -> ApiResult<Response> {
     need_admin(&r)?;
     Ok(Json(st.pool.set_schedulable(&name, false)?).into_response())
 }
 
-async fn undrain_host(State(st): State<AppState>, Extension(r): Extension<Role>, Path(name): Path<String>) -> ApiResult<Response> {
+async fn undrain_host(
+    State(st): State<AppState>,
+    Extension(r): Extension<Role>,
+    Path(name): Path<String>,
+) -> ApiResult<Response> {
     need_admin(&r)?;
     Ok(Json(st.pool.set_schedulable(&name, true)?).into_response())
 }
 
-async fn list_gpus(State(st): State<AppState>, Extension(r): Extension<Role>) -> ApiResult<Response> {
+async fn list_gpus(
+    State(st): State<AppState>,
+    Extension(r): Extension<Role>,
+) -> ApiResult<Response> {
     not_agent(&r)?;
     Ok(Json(st.pool.gpus()).into_response())
 }
 
-async fn get_gpu(State(st): State<AppState>, Extension(r): Extension<Role>, Path(uuid): Path<String>) -> ApiResult<Response> {
+async fn get_gpu(
+    State(st): State<AppState>,
+    Extension(r): Extension<Role>,
+    Path(uuid): Path<String>,
+) -> ApiResult<Response> {
     not_agent(&r)?;
     Ok(Json(st.pool.gpu(&uuid)?).into_response())
 }
@@ -213,18 +286,32 @@ async fn patch_gpu(
     let mode = match p.slice_mode.as_deref() {
         None => None,
         Some(m) => Some(SliceMode::parse(m).ok_or_else(|| {
-            ApiError::new(StatusCode::BAD_REQUEST, "bad_request", format!("slice_mode {m:?} must be homogeneous or mixed"))
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!("slice_mode {m:?} must be homogeneous or mixed"),
+            )
         })?),
     };
-    Ok(Json(st.pool.update_gpu(&uuid, mode, p.oversubscription_ratio, p.health)?).into_response())
+    Ok(Json(
+        st.pool
+            .update_gpu(&uuid, mode, p.oversubscription_ratio, p.health)?,
+    )
+    .into_response())
 }
 
-async fn list_slices(State(st): State<AppState>, Extension(r): Extension<Role>) -> ApiResult<Response> {
+async fn list_slices(
+    State(st): State<AppState>,
+    Extension(r): Extension<Role>,
+) -> ApiResult<Response> {
     not_agent(&r)?;
     Ok(Json(st.pool.slices(&r)).into_response())
 }
 
-async fn list_allocations(State(st): State<AppState>, Extension(r): Extension<Role>) -> ApiResult<Response> {
+async fn list_allocations(
+    State(st): State<AppState>,
+    Extension(r): Extension<Role>,
+) -> ApiResult<Response> {
     not_agent(&r)?;
     Ok(Json(st.pool.allocations(&r)).into_response())
 }
@@ -239,21 +326,34 @@ async fn create_allocation(
     // The decision itself is in-memory; the store write is a short SQLite transaction.
     let a = tokio::task::spawn_blocking(move || pool.allocate(&r, req))
         .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))??;
+        .map_err(|e| {
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+        })??;
     Ok((StatusCode::CREATED, Json(a)).into_response())
 }
 
-async fn get_allocation(State(st): State<AppState>, Extension(r): Extension<Role>, Path(id): Path<String>) -> ApiResult<Response> {
+async fn get_allocation(
+    State(st): State<AppState>,
+    Extension(r): Extension<Role>,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
     not_agent(&r)?;
     Ok(Json(st.pool.get_allocation(&r, &id)?).into_response())
 }
 
-async fn delete_allocation(State(st): State<AppState>, Extension(r): Extension<Role>, Path(id): Path<String>) -> ApiResult<Response> {
+async fn delete_allocation(
+    State(st): State<AppState>,
+    Extension(r): Extension<Role>,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
     not_agent(&r)?;
     Ok(Json(st.pool.release(&r, &id)?).into_response())
 }
 
-async fn list_projects(State(st): State<AppState>, Extension(r): Extension<Role>) -> ApiResult<Response> {
+async fn list_projects(
+    State(st): State<AppState>,
+    Extension(r): Extension<Role>,
+) -> ApiResult<Response> {
     need_admin(&r)?;
     Ok(Json(st.pool.projects()).into_response())
 }
@@ -272,14 +372,28 @@ async fn create_project(
     ApiJson(p): ApiJson<NewProject>,
 ) -> ApiResult<Response> {
     need_admin(&r)?;
-    Ok((StatusCode::CREATED, Json(st.pool.create_project(&p.name, p.quota)?)).into_response())
+    Ok((
+        StatusCode::CREATED,
+        Json(st.pool.create_project(&p.name, p.quota)?),
+    )
+        .into_response())
 }
 
-async fn get_project(State(st): State<AppState>, Extension(r): Extension<Role>, Path(name): Path<String>) -> ApiResult<Response> {
+async fn get_project(
+    State(st): State<AppState>,
+    Extension(r): Extension<Role>,
+    Path(name): Path<String>,
+) -> ApiResult<Response> {
     match &r {
         Role::Admin => {}
         Role::Project(p) if *p == name => {}
-        _ => return Err(PoolError::NotFound { kind: "project", id: name }.into()),
+        _ => {
+            return Err(PoolError::NotFound {
+                kind: "project",
+                id: name,
+            }
+            .into());
+        }
     }
     Ok(Json(st.pool.project(&name)?).into_response())
 }
@@ -300,7 +414,11 @@ async fn patch_project(
     Ok(Json(st.pool.set_quota(&name, p.quota)?).into_response())
 }
 
-async fn delete_project(State(st): State<AppState>, Extension(r): Extension<Role>, Path(name): Path<String>) -> ApiResult<Response> {
+async fn delete_project(
+    State(st): State<AppState>,
+    Extension(r): Extension<Role>,
+    Path(name): Path<String>,
+) -> ApiResult<Response> {
     need_admin(&r)?;
     st.pool.delete_project(&name)?;
     Ok(StatusCode::NO_CONTENT.into_response())
@@ -356,7 +474,13 @@ pub async fn serve(
         Some((cert, key)) => {
             let cfg = axum_server::tls_rustls::RustlsConfig::from_pem_file(&cert, &key)
                 .await
-                .map_err(|e| anyhow::anyhow!("loading TLS cert {} / key {}: {e}", cert.display(), key.display()))?;
+                .map_err(|e| {
+                    anyhow::anyhow!(
+                        "loading TLS cert {} / key {}: {e}",
+                        cert.display(),
+                        key.display()
+                    )
+                })?;
             let handle = axum_server::Handle::<SocketAddr>::new();
             let h2 = handle.clone();
             tokio::spawn(async move {

@@ -33,7 +33,10 @@ pub fn random_bytes<const N: usize>() -> [u8; N] {
 /// A new random token (`vgpu_` + 48 hex chars).
 pub fn new_token() -> String {
     let b: [u8; 24] = random_bytes();
-    format!("vgpu_{}", b.iter().map(|x| format!("{x:02x}")).collect::<String>())
+    format!(
+        "vgpu_{}",
+        b.iter().map(|x| format!("{x:02x}")).collect::<String>()
+    )
 }
 
 /// Optional JSON config file (`--auth-config`): hashes only.
@@ -95,7 +98,10 @@ mod tests {
 
     #[test]
     fn hashing_and_roles() {
-        assert_eq!(sha256_hex("abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+        assert_eq!(
+            sha256_hex("abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
         let a = Auth::new(&["adm".into()], &["agt".into()], None);
         assert_eq!(a.static_role(&sha256_hex("adm")), Some(Role::Admin));
         assert_eq!(a.static_role(&sha256_hex("agt")), Some(Role::Agent));

@@ -130,7 +130,12 @@ pub struct Policy {
 
 impl Default for Policy {
     fn default() -> Self {
-        Policy { allow_remote: false, strategy: Strategy::Binpack, numa_node: None, topology_preference: default_topology() }
+        Policy {
+            allow_remote: false,
+            strategy: Strategy::Binpack,
+            numa_node: None,
+            topology_preference: default_topology(),
+        }
     }
 }
 
@@ -188,14 +193,24 @@ pub struct Slice {
 }
 
 pub fn profile_label(p: Option<u32>) -> Option<String> {
-    p.map(|n| if n == 1 { "1".to_string() } else { format!("1/{n}") })
+    p.map(|n| {
+        if n == 1 {
+            "1".to_string()
+        } else {
+            format!("1/{n}")
+        }
+    })
 }
 
 /// Parse "1", "1/2", "1/4", ... into the denominator.
 pub fn parse_profile(s: &str) -> Option<u32> {
     let s = s.trim();
-    let n: u32 = if s == "1" { 1 } else { s.strip_prefix("1/")?.parse().ok()? };
-    (n >= 1 && n <= 128 && n.is_power_of_two()).then_some(n)
+    let n: u32 = if s == "1" {
+        1
+    } else {
+        s.strip_prefix("1/")?.parse().ok()?
+    };
+    ((1..=128).contains(&n) && n.is_power_of_two()).then_some(n)
 }
 
 pub fn now_ms() -> u64 {

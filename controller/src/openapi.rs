@@ -11,7 +11,14 @@ fn ok(desc: &str, schema: Value) -> Value {
     json!({"description": desc, "content": {"application/json": {"schema": schema}}})
 }
 
-fn op(summary: &str, tag: &str, status: &str, resp: Value, body: Option<Value>, params: &[&str]) -> Value {
+fn op(
+    summary: &str,
+    tag: &str,
+    status: &str,
+    resp: Value,
+    body: Option<Value>,
+    params: &[&str],
+) -> Value {
     let mut o = json!({
         "summary": summary,
         "tags": [tag],
@@ -25,7 +32,8 @@ fn op(summary: &str, tag: &str, status: &str, resp: Value, body: Option<Value>, 
         }
     });
     if let Some(b) = body {
-        o["requestBody"] = json!({"required": true, "content": {"application/json": {"schema": b}}});
+        o["requestBody"] =
+            json!({"required": true, "content": {"application/json": {"schema": b}}});
     }
     if !params.is_empty() {
         o["parameters"] =

@@ -14,9 +14,10 @@ use vgpu_agent::wire::{
 
 use crate::auth::{Role, new_token, sha256_hex};
 use crate::model::{
-    Allocation, AllocationRequest, Gpu, Host, Project, Quota, Slice, SliceMode, now_ms, parse_profile, profile_label,
+    Allocation, AllocationRequest, Gpu, Host, Project, Quota, Slice, SliceMode, now_ms,
+    parse_profile, profile_label,
 };
-use crate::scheduler::{Index, PlaceError, PlaceRequest, Shape, Want};
+use crate::scheduler::{GpuSpec, Index, PlaceError, PlaceRequest, Shape, Want};
 use crate::store::{Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -47,7 +48,10 @@ pub struct PoolConfig {
 
 impl Default for PoolConfig {
     fn default() -> Self {
-        PoolConfig { lease_ttl: Duration::from_secs(30), heartbeat_interval: Duration::from_secs(5) }
+        PoolConfig {
+            lease_ttl: Duration::from_secs(30),
+            heartbeat_interval: Duration::from_secs(5),
+        }
     }
 }
 
@@ -166,11 +170,14 @@ fn shape_of(a: &Allocation) -> Shape {
 fn valid_name(kind: &str, s: &str) -> Result<(), PoolError> {
     let ok = !s.is_empty()
         && s.len() <= 128
-        && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'));
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'));
     if ok {
         Ok(())
     } else {
-        Err(PoolError::BadRequest(format!("{kind} {s:?} must be 1-128 characters of [A-Za-z0-9._:-]")))
+        Err(PoolError::BadRequest(format!(
+            "{kind} {s:?} must be 1-128 characters of [A-Za-z0-9._:-]"
+        )))
     }
 }
 
@@ -204,7 +211,14 @@ impl Pool {
             for g in gs {
                 inner.gpus.insert(g.info.uuid.clone(), g);
             }
-            inner.hosts.insert(h.name.clone(), HostRt { info: h, last_seen: now, alive: true });
+            inner.hosts.insert(
+                h.name.clone(),
+                HostRt {
+                    info: h,
+                    last_seen: now,
+                    alive: true,
+                },
+            );
         }
         for p in snap.projects {
             if let Some(t) = &p.token_sha256 {
@@ -213,15 +227,28 @@ impl Pool {
             inner.projects.insert(p.name.clone(), p);
         }
         if !inner.projects.contains_key("default") {
-            let p = Project { name: "default".into(), quota: Quota::default(), token_sha256: None, created_at: now_ms() };
+            let p = Project {
+                name: "default".into(),
+                quota: Quota::default(),
+                token_sha256: None,
+                created_at: now_ms(),
+            };
             inner.store.put_project(&p)?;
             inner.projects.insert(p.name.clone(), p);
         }
         let n = snap.allocations.len();
         for a in snap.allocations {
             let Some(&g) = inner.index.gpu_ix.get(&a.gpu_uuid) else {
-                log::error!("allocation {} names unknown GPU {}; releasing it", a.id, a.gpu_uuid);
-                inner.store.release_allocations(std::slice::from_ref(&a.id), "gpu_unknown_at_start", now_ms())?;
+                log::error!(
+                    "allocation {} names unknown GPU {}; releasing it",
+                    a.id,
+                    a.gpu_uuid
+                );
+                inner.store.release_allocations(
+                    std::slice::from_ref(&a.id),
+                    "gpu_unknown_at_start",
+                    now_ms(),
+                )?;
                 continue;
             };
             inner.add_alloc(a, g, now + cfg.lease_ttl);
@@ -232,12 +259,18 @@ impl Pool {
             inner.gpus.len(),
             inner.projects.len()
         );
-        Ok(Pool { inner: Mutex::new(inner), cfg })
+        Ok(Pool {
+            inner: Mutex::new(inner),
+            cfg,
+        })
     }
 
     /// Role of a token that is not a static (admin/agent) one.
     pub fn project_for_token_hash(&self, hash: &str) -> Option<Role> {
-        lock(&self.inner).project_by_token.get(hash).map(|p| Role::Project(p.clone()))
+        lock(&self.inner)
+            .project_by_token
+            .get(hash)
+            .map(|p| Role::Project(p.clone()))
     }
 
     pub fn register(&self, req: RegisterRequest) -> Result<RegisterResponse, PoolError> {
@@ -246,10 +279,16 @@ impl Pool {
         for g in &req.gpus {
             valid_name("gpu uuid", &g.uuid)?;
             if !seen.insert(&g.uuid) {
-                return Err(PoolError::BadRequest(format!("GPU {} listed twice", g.uuid)));
+                return Err(PoolError::BadRequest(format!(
+                    "GPU {} listed twice",
+                    g.uuid
+                )));
             }
             if g.sm_count == 0 || g.memory_bytes == 0 {
-                return Err(PoolError::BadRequest(format!("GPU {} reports no SMs or no memory", g.uuid)));
+                return Err(PoolError::BadRequest(format!(
+                    "GPU {} reports no SMs or no memory",
+                    g.uuid
+                )));
             }
         }
         let mut inner = lock(&self.inner);
@@ -258,7 +297,10 @@ impl Pool {
                 && old.host != req.name
                 && inner.hosts.get(&old.host).is_some_and(|h| h.alive)
             {
-                return Err(PoolError::Conflict(format!("GPU {} is registered by live host {}", g.uuid, old.host)));
+                return Err(PoolError::Conflict(format!(
+                    "GPU {} is registered by live host {}",
+                    g.uuid, old.host
+                )));
             }
         }
         let prev = inner.hosts.get(&req.name).map(|h| h.info.clone());
@@ -279,7 +321,9 @@ impl Pool {
                 let old = inner.gpus.get(&info.uuid);
                 Gpu {
                     host: host.name.clone(),
-                    health: old.map(|o| o.health.clone()).unwrap_or_else(|| "healthy".into()),
+                    health: old
+                        .map(|o| o.health.clone())
+                        .unwrap_or_else(|| "healthy".into()),
                     slice_mode: old.map(|o| o.slice_mode).unwrap_or_default(),
                     oversubscription_ratio: old.map(|o| o.oversubscription_ratio).unwrap_or(1.0),
                     info,
@@ -287,8 +331,18 @@ impl Pool {
             })
             .collect();
         inner.store.upsert_host(&host, &gpus)?;
+        let old_uuids: Vec<String> = match inner.index.host_ix.get(&host.name) {
+            Some(&h) => inner.index.hosts[h as usize]
+                .gpus
+                .iter()
+                .map(|&g| inner.index.gpus[g as usize].uuid.clone())
+                .collect(),
+            None => Vec::new(),
+        };
+        for u in old_uuids {
+            inner.gpus.remove(&u);
+        }
         inner.index_host(&host, &gpus);
-        inner.gpus.retain(|_, g| g.host != host.name);
         for g in gpus {
             inner.gpus.insert(g.info.uuid.clone(), g);
         }
@@ -303,13 +357,24 @@ impl Pool {
             if prev.is_some() { " again" } else { "" }
         );
         // A returning host's allocations get a fresh lease; its heartbeat then says what runs.
-        let ids: Vec<String> = inner.by_vm_host.get(&host.name).map(|s| s.iter().cloned().collect()).unwrap_or_default();
+        let ids: Vec<String> = inner
+            .by_vm_host
+            .get(&host.name)
+            .map(|s| s.iter().cloned().collect())
+            .unwrap_or_default();
         for id in ids {
             if let Some(a) = inner.allocs.get_mut(&id) {
                 a.lease_expires = now + self.cfg.lease_ttl;
             }
         }
-        inner.hosts.insert(host.name.clone(), HostRt { info: host.clone(), last_seen: now, alive: true });
+        inner.hosts.insert(
+            host.name.clone(),
+            HostRt {
+                info: host.clone(),
+                last_seen: now,
+                alive: true,
+            },
+        );
         Ok(RegisterResponse {
             host: host.name,
             heartbeat_interval_ms: self.cfg.heartbeat_interval.as_millis() as u64,
@@ -317,31 +382,55 @@ impl Pool {
         })
     }
 
-    pub fn heartbeat(&self, host: &str, req: HeartbeatRequest) -> Result<HeartbeatResponse, PoolError> {
+    pub fn heartbeat(
+        &self,
+        host: &str,
+        req: HeartbeatRequest,
+    ) -> Result<HeartbeatResponse, PoolError> {
         let mut inner = lock(&self.inner);
         match inner.hosts.get_mut(host) {
             Some(h) if h.alive => h.last_seen = Instant::now(),
-            _ => return Err(PoolError::NotFound { kind: "live host", id: host.to_string() }),
+            _ => {
+                return Err(PoolError::NotFound {
+                    kind: "live host",
+                    id: host.to_string(),
+                });
+            }
         }
         let now = Instant::now();
         for w in req.workers {
-            let Some(a) = inner.allocs.get(&w.allocation_id) else { continue };
+            let Some(a) = inner.allocs.get(&w.allocation_id) else {
+                continue;
+            };
             if a.a.vm_host != host {
                 continue;
             }
             match w.state {
                 WorkerState::Running => {
-                    let a = inner.allocs.get_mut(&w.allocation_id).expect("checked above");
+                    let a = inner
+                        .allocs
+                        .get_mut(&w.allocation_id)
+                        .expect("checked above");
                     a.lease_expires = now + self.cfg.lease_ttl;
                     if a.a.state != "running" {
                         a.a.state = "running".into();
-                        inner.store.set_allocation_state(&w.allocation_id, "running")?;
+                        inner
+                            .store
+                            .set_allocation_state(&w.allocation_id, "running")?;
                     }
                 }
                 WorkerState::Exited => {
-                    let reason = if w.exit_code == Some(0) { "vm_stopped" } else { "worker_exited" };
-                    log::info!("allocation {} released: worker on {host} exited ({:?})", w.allocation_id, w.exit_code);
-                    inner.release(&[w.allocation_id.clone()], reason)?;
+                    let reason = if w.exit_code == Some(0) {
+                        "vm_stopped"
+                    } else {
+                        "worker_exited"
+                    };
+                    log::info!(
+                        "allocation {} released: worker on {host} exited ({:?})",
+                        w.allocation_id,
+                        w.exit_code
+                    );
+                    inner.release(std::slice::from_ref(&w.allocation_id), reason)?;
                 }
             }
         }
@@ -367,7 +456,9 @@ impl Pool {
         }
         let mut released = 0;
         for name in &lost {
-            log::warn!("host {name}: no heartbeat for {ttl:?}; marked lost, its slices return to the pool");
+            log::warn!(
+                "host {name}: no heartbeat for {ttl:?}; marked lost, its slices return to the pool"
+            );
             inner.counters.hosts_lost += 1;
             if let Some(&h) = inner.index.host_ix.get(name) {
                 inner.index.hosts[h as usize].alive = false;
@@ -381,10 +472,18 @@ impl Pool {
             released += ids.len();
             inner.release(&ids, "host_lost")?;
         }
-        let expired: Vec<String> =
-            inner.allocs.values().filter(|a| a.lease_expires < now).map(|a| a.a.id.clone()).collect();
+        let expired: Vec<String> = inner
+            .allocs
+            .values()
+            .filter(|a| a.lease_expires < now)
+            .map(|a| a.a.id.clone())
+            .collect();
         if !expired.is_empty() {
-            log::warn!("{} allocation lease(s) expired: {:?}", expired.len(), expired);
+            log::warn!(
+                "{} allocation lease(s) expired: {:?}",
+                expired.len(),
+                expired
+            );
             released += expired.len();
             inner.release(&expired, "lease_expired")?;
         }
@@ -395,7 +494,9 @@ impl Pool {
         let project = match role {
             Role::Project(p) => {
                 if req.project.as_ref().is_some_and(|x| x != p) {
-                    return Err(PoolError::Forbidden(format!("a token of project {p:?} cannot allocate for another project")));
+                    return Err(PoolError::Forbidden(format!(
+                        "a token of project {p:?} cannot allocate for another project"
+                    )));
                 }
                 p.clone()
             }
@@ -403,13 +504,21 @@ impl Pool {
             Role::Agent => return Err(PoolError::Forbidden("agent tokens cannot allocate".into())),
         };
         valid_name("vm", &req.vm)?;
-        let want = match (&req.slice.profile, req.slice.sm_count, req.slice.memory_bytes) {
+        let want = match (
+            &req.slice.profile,
+            req.slice.sm_count,
+            req.slice.memory_bytes,
+        ) {
             (Some(p), None, None) => Want::Profile(parse_profile(p).ok_or_else(|| {
-                PoolError::BadRequest(format!("profile {p:?} is not one of 1, 1/2, 1/4, 1/8, ... 1/128"))
+                PoolError::BadRequest(format!(
+                    "profile {p:?} is not one of 1, 1/2, 1/4, 1/8, ... 1/128"
+                ))
             })?),
             (None, Some(sm), Some(mem)) => {
                 if sm == 0 || mem == 0 {
-                    return Err(PoolError::BadRequest("sm_count and memory_bytes must be greater than zero".into()));
+                    return Err(PoolError::BadRequest(
+                        "sm_count and memory_bytes must be greater than zero".into(),
+                    ));
                 }
                 Want::Custom { sm, mem }
             }
@@ -424,11 +533,17 @@ impl Pool {
         let quota = inner
             .projects
             .get(&project)
-            .ok_or_else(|| PoolError::NotFound { kind: "project", id: project.clone() })?
+            .ok_or_else(|| PoolError::NotFound {
+                kind: "project",
+                id: project.clone(),
+            })?
             .quota
             .clone();
         if !inner.hosts.contains_key(&req.host) {
-            return Err(PoolError::NotFound { kind: "host", id: req.host.clone() });
+            return Err(PoolError::NotFound {
+                kind: "host",
+                id: req.host.clone(),
+            });
         }
         // The count quota is known before placement; memory and SMs depend on the GPU chosen.
         let used = inner.usage.get(&project).copied().unwrap_or_default();
@@ -455,7 +570,12 @@ impl Pool {
         inner.counters.observe_decision(secs);
         let d = match decision {
             Ok(d) => d,
-            Err(PlaceError::UnknownHost(h)) => return Err(PoolError::NotFound { kind: "host", id: h }),
+            Err(PlaceError::UnknownHost(h)) => {
+                return Err(PoolError::NotFound {
+                    kind: "host",
+                    id: h,
+                });
+            }
             Err(PlaceError::NoCapacity(m)) => {
                 inner.counters.refused_capacity += 1;
                 return Err(PoolError::NoCapacity(m));
@@ -468,8 +588,13 @@ impl Pool {
                 format!("quota exceeded for project {project:?}: {name} would be {} (in use {used}, limit {lim})", used + add)
             })
         };
-        if let Some(msg) = over("memory_bytes", u.memory_bytes, d.mem, quota.max_memory_bytes)
-            .or_else(|| over("sm", u.sm, u64::from(d.sm), quota.max_sm))
+        if let Some(msg) = over(
+            "memory_bytes",
+            u.memory_bytes,
+            d.mem,
+            quota.max_memory_bytes,
+        )
+        .or_else(|| over("sm", u.sm, u64::from(d.sm), quota.max_sm))
         {
             inner.counters.refused_quota += 1;
             return Err(PoolError::QuotaExceeded(msg));
@@ -495,7 +620,9 @@ impl Pool {
             sm_count: d.sm,
             memory_bytes: d.mem,
             remote: d.remote,
-            endpoint: d.remote.then(|| format!("{}:{}", gpu_host.address, gpu_host.serve_port)),
+            endpoint: d
+                .remote
+                .then(|| format!("{}:{}", gpu_host.address, gpu_host.serve_port)),
             state: "pending".into(),
             created_at: now_ms(),
         };
@@ -510,11 +637,17 @@ impl Pool {
 
     pub fn release(&self, role: &Role, id: &str) -> Result<Allocation, PoolError> {
         let mut inner = lock(&self.inner);
-        let a = inner.allocs.get(id).ok_or_else(|| PoolError::NotFound { kind: "allocation", id: id.to_string() })?;
+        let a = inner.allocs.get(id).ok_or_else(|| PoolError::NotFound {
+            kind: "allocation",
+            id: id.to_string(),
+        })?;
         if let Role::Project(p) = role
             && &a.a.project != p
         {
-            return Err(PoolError::NotFound { kind: "allocation", id: id.to_string() });
+            return Err(PoolError::NotFound {
+                kind: "allocation",
+                id: id.to_string(),
+            });
         }
         let a = a.a.clone();
         inner.release(&[id.to_string()], "released")?;
@@ -525,13 +658,21 @@ impl Pool {
         let inner = lock(&self.inner);
         match inner.allocs.get(id) {
             Some(a) if visible(role, &a.a.project) => Ok(a.a.clone()),
-            _ => Err(PoolError::NotFound { kind: "allocation", id: id.to_string() }),
+            _ => Err(PoolError::NotFound {
+                kind: "allocation",
+                id: id.to_string(),
+            }),
         }
     }
 
     pub fn allocations(&self, role: &Role) -> Vec<Allocation> {
         let inner = lock(&self.inner);
-        inner.allocs.values().filter(|a| visible(role, &a.a.project)).map(|a| a.a.clone()).collect()
+        inner
+            .allocs
+            .values()
+            .filter(|a| visible(role, &a.a.project))
+            .map(|a| a.a.clone())
+            .collect()
     }
 
     pub fn slices(&self, role: &Role) -> Vec<Slice> {
@@ -559,14 +700,20 @@ impl Pool {
         self.hosts()
             .into_iter()
             .find(|h| h.host.name == name)
-            .ok_or_else(|| PoolError::NotFound { kind: "host", id: name.to_string() })
+            .ok_or_else(|| PoolError::NotFound {
+                kind: "host",
+                id: name.to_string(),
+            })
     }
 
     pub fn set_schedulable(&self, name: &str, schedulable: bool) -> Result<HostView, PoolError> {
         {
             let mut inner = lock(&self.inner);
             if !inner.hosts.contains_key(name) {
-                return Err(PoolError::NotFound { kind: "host", id: name.to_string() });
+                return Err(PoolError::NotFound {
+                    kind: "host",
+                    id: name.to_string(),
+                });
             }
             inner.store.set_schedulable(name, schedulable)?;
             inner.hosts.get_mut(name).expect("checked").info.schedulable = schedulable;
@@ -584,7 +731,10 @@ impl Pool {
         self.gpus()
             .into_iter()
             .find(|g| g.gpu.info.uuid == uuid)
-            .ok_or_else(|| PoolError::NotFound { kind: "gpu", id: uuid.to_string() })
+            .ok_or_else(|| PoolError::NotFound {
+                kind: "gpu",
+                id: uuid.to_string(),
+            })
     }
 
     /// Operator policy of a GPU.
@@ -598,17 +748,28 @@ impl Pool {
         if let Some(r) = ratio
             && !(1.0..=64.0).contains(&r)
         {
-            return Err(PoolError::BadRequest(format!("oversubscription_ratio {r} must be between 1.0 and 64.0")));
+            return Err(PoolError::BadRequest(format!(
+                "oversubscription_ratio {r} must be between 1.0 and 64.0"
+            )));
         }
         if let Some(h) = &health
             && h != "healthy"
             && h != "unhealthy"
         {
-            return Err(PoolError::BadRequest(format!("health {h:?} must be \"healthy\" or \"unhealthy\"")));
+            return Err(PoolError::BadRequest(format!(
+                "health {h:?} must be \"healthy\" or \"unhealthy\""
+            )));
         }
         {
             let mut inner = lock(&self.inner);
-            let mut g = inner.gpus.get(uuid).cloned().ok_or_else(|| PoolError::NotFound { kind: "gpu", id: uuid.to_string() })?;
+            let mut g = inner
+                .gpus
+                .get(uuid)
+                .cloned()
+                .ok_or_else(|| PoolError::NotFound {
+                    kind: "gpu",
+                    id: uuid.to_string(),
+                })?;
             let gi = inner.index.gpu_ix[uuid];
             let slot = &inner.index.gpus[gi as usize];
             if let Some(r) = ratio {
@@ -633,7 +794,12 @@ impl Pool {
                 g.health = h;
             }
             inner.store.update_gpu(&g)?;
-            inner.index.set_gpu_policy(uuid, g.slice_mode, g.oversubscription_ratio, g.health == "healthy");
+            inner.index.set_gpu_policy(
+                uuid,
+                g.slice_mode,
+                g.oversubscription_ratio,
+                g.health == "healthy",
+            );
             inner.gpus.insert(uuid.to_string(), g);
         }
         self.gpu(uuid)
@@ -647,7 +813,10 @@ impl Pool {
         self.projects()
             .into_iter()
             .find(|p| p.project.name == name)
-            .ok_or_else(|| PoolError::NotFound { kind: "project", id: name.to_string() })
+            .ok_or_else(|| PoolError::NotFound {
+                kind: "project",
+                id: name.to_string(),
+            })
     }
 
     /// Create a project; returns its token (shown once; only the hash is kept).
@@ -655,22 +824,39 @@ impl Pool {
         valid_name("project", name)?;
         let mut inner = lock(&self.inner);
         if inner.projects.contains_key(name) {
-            return Err(PoolError::Conflict(format!("project {name:?} already exists")));
+            return Err(PoolError::Conflict(format!(
+                "project {name:?} already exists"
+            )));
         }
         let token = new_token();
         let hash = sha256_hex(&token);
-        let p = Project { name: name.to_string(), quota: quota.clone(), token_sha256: Some(hash.clone()), created_at: now_ms() };
+        let p = Project {
+            name: name.to_string(),
+            quota: quota.clone(),
+            token_sha256: Some(hash.clone()),
+            created_at: now_ms(),
+        };
         inner.store.put_project(&p)?;
         inner.project_by_token.insert(hash, name.to_string());
         inner.projects.insert(name.to_string(), p);
-        Ok(ProjectCreated { name: name.to_string(), quota, token })
+        Ok(ProjectCreated {
+            name: name.to_string(),
+            quota,
+            token,
+        })
     }
 
     pub fn set_quota(&self, name: &str, quota: Quota) -> Result<ProjectView, PoolError> {
         {
             let mut inner = lock(&self.inner);
-            let mut p =
-                inner.projects.get(name).cloned().ok_or_else(|| PoolError::NotFound { kind: "project", id: name.to_string() })?;
+            let mut p = inner
+                .projects
+                .get(name)
+                .cloned()
+                .ok_or_else(|| PoolError::NotFound {
+                    kind: "project",
+                    id: name.to_string(),
+                })?;
             p.quota = quota;
             inner.store.put_project(&p)?;
             inner.projects.insert(name.to_string(), p);
@@ -680,12 +866,22 @@ impl Pool {
 
     pub fn delete_project(&self, name: &str) -> Result<(), PoolError> {
         let mut inner = lock(&self.inner);
-        let p = inner.projects.get(name).ok_or_else(|| PoolError::NotFound { kind: "project", id: name.to_string() })?;
+        let p = inner
+            .projects
+            .get(name)
+            .ok_or_else(|| PoolError::NotFound {
+                kind: "project",
+                id: name.to_string(),
+            })?;
         if inner.usage.get(name).is_some_and(|u| u.allocations > 0) {
-            return Err(PoolError::Conflict(format!("project {name:?} still holds allocations")));
+            return Err(PoolError::Conflict(format!(
+                "project {name:?} still holds allocations"
+            )));
         }
         if name == "default" {
-            return Err(PoolError::Conflict("the default project cannot be deleted".into()));
+            return Err(PoolError::Conflict(
+                "the default project cannot be deleted".into(),
+            ));
         }
         let hash = p.token_sha256.clone();
         inner.store.delete_project(name)?;
@@ -732,41 +928,58 @@ impl Inner {
     fn index_host(&mut self, h: &Host, gpus: &[Gpu]) {
         let gs: Vec<_> = gpus
             .iter()
-            .map(|g| {
-                (
-                    g.info.uuid.clone(),
-                    g.info.numa_node,
-                    g.info.sm_count,
-                    g.info.memory_bytes,
-                    g.slice_mode,
-                    g.oversubscription_ratio,
-                    g.health == "healthy",
-                )
+            .map(|g| GpuSpec {
+                uuid: g.info.uuid.clone(),
+                numa: g.info.numa_node,
+                sm: g.info.sm_count,
+                mem: g.info.memory_bytes,
+                mode: g.slice_mode,
+                ratio: g.oversubscription_ratio,
+                healthy: g.health == "healthy",
             })
             .collect();
-        self.index.upsert_host(&h.name, &h.labels, h.schedulable, &gs);
+        self.index
+            .upsert_host(&h.name, &h.labels, h.schedulable, &gs);
     }
 
     fn add_alloc(&mut self, a: Allocation, gpu: u32, lease_expires: Instant) {
-        self.index.apply(gpu, shape_of(&a), a.sm_count, a.memory_bytes);
+        self.index
+            .apply(gpu, shape_of(&a), a.sm_count, a.memory_bytes);
         let u = self.usage.entry(a.project.clone()).or_default();
         u.allocations += 1;
         u.memory_bytes += a.memory_bytes;
         u.sm += u64::from(a.sm_count);
-        self.by_vm_host.entry(a.vm_host.clone()).or_default().insert(a.id.clone());
-        self.allocs.insert(a.id.clone(), AllocRt { a, gpu, lease_expires });
+        self.by_vm_host
+            .entry(a.vm_host.clone())
+            .or_default()
+            .insert(a.id.clone());
+        self.allocs.insert(
+            a.id.clone(),
+            AllocRt {
+                a,
+                gpu,
+                lease_expires,
+            },
+        );
     }
 
     /// Store first, then memory.
     fn release(&mut self, ids: &[String], reason: &str) -> Result<(), PoolError> {
-        let ids: Vec<String> = ids.iter().filter(|id| self.allocs.contains_key(*id)).cloned().collect();
+        let ids: Vec<String> = ids
+            .iter()
+            .filter(|id| self.allocs.contains_key(*id))
+            .cloned()
+            .collect();
         if ids.is_empty() {
             return Ok(());
         }
         self.store.release_allocations(&ids, reason, now_ms())?;
         for id in &ids {
-            let Some(rt) = self.allocs.remove(id) else { continue };
-            self.index.unapply(rt.gpu, shape_of(&rt.a), rt.a.sm_count, rt.a.memory_bytes);
+            let Some(rt) = self.allocs.remove(id) else {
+                continue;
+            };
+            self.index
+                .unapply(rt.gpu, shape_of(&rt.a), rt.a.sm_count, rt.a.memory_bytes);
             if let Some(u) = self.usage.get_mut(&rt.a.project) {
                 u.allocations = u.allocations.saturating_sub(1);
                 u.memory_bytes = u.memory_bytes.saturating_sub(rt.a.memory_bytes);
@@ -775,13 +988,19 @@ impl Inner {
             if let Some(s) = self.by_vm_host.get_mut(&rt.a.vm_host) {
                 s.remove(id);
             }
-            *self.counters.releases.entry(reason.to_string()).or_default() += 1;
+            *self
+                .counters
+                .releases
+                .entry(reason.to_string())
+                .or_default() += 1;
         }
         Ok(())
     }
 
     fn assignments(&self, host: &str) -> Vec<Assignment> {
-        let Some(ids) = self.by_vm_host.get(host) else { return Vec::new() };
+        let Some(ids) = self.by_vm_host.get(host) else {
+            return Vec::new();
+        };
         ids.iter()
             .filter_map(|id| self.allocs.get(id))
             .map(|rt| {
@@ -840,7 +1059,10 @@ impl Inner {
     fn project_views(&self) -> Vec<ProjectView> {
         self.projects
             .values()
-            .map(|p| ProjectView { project: p.clone(), usage: self.usage.get(&p.name).copied().unwrap_or_default() })
+            .map(|p| ProjectView {
+                project: p.clone(),
+                usage: self.usage.get(&p.name).copied().unwrap_or_default(),
+            })
             .collect()
     }
 }

@@ -67,7 +67,10 @@ impl GpuSlot {
         if sm == 0 || sm > self.sm_total || mem > self.mem_total {
             return None;
         }
-        if !self.healthy || self.mem_total - self.mem_used < mem || self.sm_used + u64::from(sm) > self.sm_cap {
+        if !self.healthy
+            || self.mem_total - self.mem_used < mem
+            || self.sm_used + u64::from(sm) > self.sm_cap
+        {
             return None;
         }
         if self.mode == SliceMode::Homogeneous {
@@ -78,6 +81,19 @@ impl GpuSlot {
         }
         Some((sm, mem))
     }
+}
+
+/// A GPU as the index needs it.
+#[derive(Clone, Debug)]
+pub struct GpuSpec {
+    pub uuid: String,
+    pub numa: Option<i32>,
+    pub sm: u32,
+    pub mem: u64,
+    pub mode: SliceMode,
+    /// Compute oversubscription ratio (>= 1.0).
+    pub ratio: f64,
+    pub healthy: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -134,7 +150,7 @@ impl Index {
         name: &str,
         labels: &BTreeMap<String, String>,
         schedulable: bool,
-        gpus: &[(String, Option<i32>, u32, u64, SliceMode, f64, bool)],
+        gpus: &[GpuSpec],
     ) -> u32 {
         let h = match self.host_ix.get(name) {
             Some(&h) => {
@@ -160,10 +176,22 @@ impl Index {
             }
         };
         for (k, v) in labels {
-            self.labels.entry((k.clone(), v.clone())).or_default().push(h);
+            self.labels
+                .entry((k.clone(), v.clone()))
+                .or_default()
+                .push(h);
         }
         let mut list = Vec::with_capacity(gpus.len());
-        for (uuid, numa, sm, mem, mode, ratio, healthy) in gpus {
+        for GpuSpec {
+            uuid,
+            numa,
+            sm,
+            mem,
+            mode,
+            ratio,
+            healthy,
+        } in gpus
+        {
             let g = match self.gpu_ix.get(uuid) {
                 Some(&g) => g,
                 None => {
@@ -242,7 +270,12 @@ impl Index {
     }
 
     /// Best GPU over the given hosts. Score: lower is better.
-    fn best<I: Iterator<Item = u32>>(&self, hosts: I, req: &PlaceRequest<'_>, skip: Option<u32>) -> Option<Decision> {
+    fn best<I: Iterator<Item = u32>>(
+        &self,
+        hosts: I,
+        req: &PlaceRequest<'_>,
+        skip: Option<u32>,
+    ) -> Option<Decision> {
         let mut best: Option<(u128, Decision)> = None;
         for h in hosts {
             if Some(h) == skip || !self.usable(h) {
@@ -250,11 +283,14 @@ impl Index {
             }
             for &gi in &self.hosts[h as usize].gpus {
                 let g = &self.gpus[gi as usize];
-                let Some((sm, mem)) = g.demand(req.want) else { continue };
+                let Some((sm, mem)) = g.demand(req.want) else {
+                    continue;
+                };
                 let mem_after = g.mem_total - g.mem_used - mem;
                 let sm_after = g.sm_cap - g.sm_used - u64::from(sm);
                 // Fullest first for binpack, emptiest first for spread; memory dominates.
-                let fill = (u128::from(mem_after) << 32) | u128::from(sm_after.min(u64::from(u32::MAX)));
+                let fill =
+                    (u128::from(mem_after) << 32) | u128::from(sm_after.min(u64::from(u32::MAX)));
                 let mut score = match req.strategy {
                     Strategy::Binpack => fill,
                     Strategy::Spread => u128::MAX / 4 - fill,
@@ -265,7 +301,16 @@ impl Index {
                     score |= 1u128 << 127; // a NUMA match beats any fill level
                 }
                 if best.as_ref().is_none_or(|(s, _)| score < *s) {
-                    best = Some((score, Decision { gpu: gi, host: h, sm, mem, remote: false }));
+                    best = Some((
+                        score,
+                        Decision {
+                            gpu: gi,
+                            host: h,
+                            sm,
+                            mem,
+                            remote: false,
+                        },
+                    ));
                 }
             }
         }
@@ -274,7 +319,10 @@ impl Index {
 
     /// Decide where a request goes. Does not change the index.
     pub fn place(&self, req: &PlaceRequest<'_>) -> Result<Decision, PlaceError> {
-        let vh = *self.host_ix.get(req.vm_host).ok_or_else(|| PlaceError::UnknownHost(req.vm_host.to_string()))?;
+        let vh = *self
+            .host_ix
+            .get(req.vm_host)
+            .ok_or_else(|| PlaceError::UnknownHost(req.vm_host.to_string()))?;
         if let Some(d) = self.best(std::iter::once(vh), req, None) {
             return Ok(d);
         }
@@ -284,7 +332,10 @@ impl Index {
                 req.vm_host
             )));
         }
-        let no_numa = PlaceRequest { numa: None, ..req.clone() };
+        let no_numa = PlaceRequest {
+            numa: None,
+            ..req.clone()
+        };
         let labels = &self.hosts[vh as usize].labels;
         for key in req.topology {
             if let Some(v) = labels.get(key)
@@ -296,7 +347,9 @@ impl Index {
         }
         match self.best(0..self.hosts.len() as u32, &no_numa, Some(vh)) {
             Some(d) => Ok(Decision { remote: true, ..d }),
-            None => Err(PlaceError::NoCapacity("no GPU in the pool has room for the slice".to_string())),
+            None => Err(PlaceError::NoCapacity(
+                "no GPU in the pool has room for the slice".to_string(),
+            )),
         }
     }
 }
@@ -305,16 +358,43 @@ impl Index {
 mod tests {
     use super::*;
 
-    fn gpus(host: &str, n: u32) -> Vec<(String, Option<i32>, u32, u64, SliceMode, f64, bool)> {
-        (0..n).map(|i| (format!("{host}-g{i}"), Some(i as i32 % 2), 132, 141 << 30, SliceMode::Homogeneous, 1.0, true)).collect()
+    fn gpus(host: &str, n: u32) -> Vec<GpuSpec> {
+        (0..n)
+            .map(|i| GpuSpec {
+                uuid: format!("{host}-g{i}"),
+                numa: Some(i as i32 % 2),
+                sm: 132,
+                mem: 141 << 30,
+                mode: SliceMode::Homogeneous,
+                ratio: 1.0,
+                healthy: true,
+            })
+            .collect()
     }
 
-    fn req<'a>(host: &'a str, want: Want, remote: bool, strategy: Strategy, topo: &'a [String]) -> PlaceRequest<'a> {
-        PlaceRequest { vm_host: host, want, allow_remote: remote, strategy, numa: None, topology: topo }
+    fn req<'a>(
+        host: &'a str,
+        want: Want,
+        remote: bool,
+        strategy: Strategy,
+        topo: &'a [String],
+    ) -> PlaceRequest<'a> {
+        PlaceRequest {
+            vm_host: host,
+            want,
+            allow_remote: remote,
+            strategy,
+            numa: None,
+            topology: topo,
+        }
     }
 
     fn labels(rack: &str, zone: &str) -> BTreeMap<String, String> {
-        [("rack".to_string(), rack.to_string()), ("zone".to_string(), zone.to_string())].into()
+        [
+            ("rack".to_string(), rack.to_string()),
+            ("zone".to_string(), zone.to_string()),
+        ]
+        .into()
     }
 
     #[test]
@@ -323,19 +403,66 @@ mod tests {
         ix.upsert_host("h1", &BTreeMap::new(), true, &gpus("h1", 1));
         let topo: Vec<String> = vec![];
         for _ in 0..4 {
-            let d = ix.place(&req("h1", Want::Profile(4), false, Strategy::Binpack, &topo)).unwrap();
+            let d = ix
+                .place(&req(
+                    "h1",
+                    Want::Profile(4),
+                    false,
+                    Strategy::Binpack,
+                    &topo,
+                ))
+                .unwrap();
             assert_eq!((d.sm, d.mem), (33, (141 << 30) / 4));
             ix.apply(d.gpu, Shape::Profile(4), d.sm, d.mem);
         }
-        assert!(ix.place(&req("h1", Want::Profile(4), false, Strategy::Binpack, &topo)).is_err());
+        assert!(
+            ix.place(&req(
+                "h1",
+                Want::Profile(4),
+                false,
+                Strategy::Binpack,
+                &topo
+            ))
+            .is_err()
+        );
         // Free one 1/4: a 1/2 still may not go there (homogeneous), a 1/4 may.
         let g = ix.gpus[0].clone();
         ix.unapply(0, Shape::Profile(4), 33, g.mem_total / 4);
-        assert!(ix.place(&req("h1", Want::Profile(2), false, Strategy::Binpack, &topo)).is_err());
-        assert!(ix.place(&req("h1", Want::Profile(4), false, Strategy::Binpack, &topo)).is_ok());
+        assert!(
+            ix.place(&req(
+                "h1",
+                Want::Profile(2),
+                false,
+                Strategy::Binpack,
+                &topo
+            ))
+            .is_err()
+        );
+        assert!(
+            ix.place(&req(
+                "h1",
+                Want::Profile(4),
+                false,
+                Strategy::Binpack,
+                &topo
+            ))
+            .is_ok()
+        );
         // Mixed mode allows it while memory lasts.
         ix.set_gpu_policy("h1-g0", SliceMode::Mixed, 1.0, true);
-        assert!(ix.place(&req("h1", Want::Custom { sm: 20, mem: 1 << 30 }, false, Strategy::Binpack, &topo)).is_ok());
+        assert!(
+            ix.place(&req(
+                "h1",
+                Want::Custom {
+                    sm: 20,
+                    mem: 1 << 30
+                },
+                false,
+                Strategy::Binpack,
+                &topo
+            ))
+            .is_ok()
+        );
     }
 
     #[test]
@@ -343,18 +470,41 @@ mod tests {
         let mut ix = Index::default();
         ix.upsert_host("h1", &BTreeMap::new(), true, &gpus("h1", 1));
         let topo: Vec<String> = vec![];
-        let want = Want::Custom { sm: 100, mem: 10 << 30 };
-        let d = ix.place(&req("h1", want, false, Strategy::Binpack, &topo)).unwrap();
+        let want = Want::Custom {
+            sm: 100,
+            mem: 10 << 30,
+        };
+        let d = ix
+            .place(&req("h1", want, false, Strategy::Binpack, &topo))
+            .unwrap();
         ix.apply(d.gpu, Shape::Custom, d.sm, d.mem);
-        assert!(ix.place(&req("h1", want, false, Strategy::Binpack, &topo)).is_err(), "200 SMs > 132");
+        assert!(
+            ix.place(&req("h1", want, false, Strategy::Binpack, &topo))
+                .is_err(),
+            "200 SMs > 132"
+        );
         ix.set_gpu_policy("h1-g0", SliceMode::Homogeneous, 2.0, true);
-        let d = ix.place(&req("h1", want, false, Strategy::Binpack, &topo)).unwrap();
+        let d = ix
+            .place(&req("h1", want, false, Strategy::Binpack, &topo))
+            .unwrap();
         ix.apply(d.gpu, Shape::Custom, d.sm, d.mem);
         // Memory never oversubscribed: 141 GiB total.
-        let big = Want::Custom { sm: 1, mem: 122 << 30 };
-        assert!(ix.place(&req("h1", big, false, Strategy::Binpack, &topo)).is_err());
-        let fits = Want::Custom { sm: 1, mem: 121 << 30 };
-        assert!(ix.place(&req("h1", fits, false, Strategy::Binpack, &topo)).is_ok());
+        let big = Want::Custom {
+            sm: 1,
+            mem: 122 << 30,
+        };
+        assert!(
+            ix.place(&req("h1", big, false, Strategy::Binpack, &topo))
+                .is_err()
+        );
+        let fits = Want::Custom {
+            sm: 1,
+            mem: 121 << 30,
+        };
+        assert!(
+            ix.place(&req("h1", fits, false, Strategy::Binpack, &topo))
+                .is_ok()
+        );
     }
 
     #[test]
@@ -366,20 +516,33 @@ mod tests {
         ix.upsert_host("rack", &labels("r1", "z1"), true, &gpus("rack", 2));
         let topo = vec!["rack".to_string(), "zone".to_string()];
         let w = Want::Profile(8);
-        assert!(ix.place(&req("vmhost", w, false, Strategy::Binpack, &topo)).is_err());
-        let d = ix.place(&req("vmhost", w, true, Strategy::Binpack, &topo)).unwrap();
+        assert!(
+            ix.place(&req("vmhost", w, false, Strategy::Binpack, &topo))
+                .is_err()
+        );
+        let d = ix
+            .place(&req("vmhost", w, true, Strategy::Binpack, &topo))
+            .unwrap();
         assert!(d.remote);
         assert_eq!(ix.hosts[d.host as usize].name, "rack");
         ix.apply(d.gpu, Shape::Profile(8), d.sm, d.mem);
-        let d2 = ix.place(&req("vmhost", w, true, Strategy::Binpack, &topo)).unwrap();
+        let d2 = ix
+            .place(&req("vmhost", w, true, Strategy::Binpack, &topo))
+            .unwrap();
         assert_eq!(d2.gpu, d.gpu, "binpack reuses the started GPU");
-        let d3 = ix.place(&req("vmhost", w, true, Strategy::Spread, &topo)).unwrap();
+        let d3 = ix
+            .place(&req("vmhost", w, true, Strategy::Spread, &topo))
+            .unwrap();
         assert_ne!(d3.gpu, d.gpu, "spread picks the empty GPU");
         ix.hosts[ix.host_ix["rack"] as usize].schedulable = false;
-        let d4 = ix.place(&req("vmhost", w, true, Strategy::Binpack, &topo)).unwrap();
+        let d4 = ix
+            .place(&req("vmhost", w, true, Strategy::Binpack, &topo))
+            .unwrap();
         assert_eq!(ix.hosts[d4.host as usize].name, "zone");
         ix.hosts[ix.host_ix["zone"] as usize].alive = false;
-        let d5 = ix.place(&req("vmhost", w, true, Strategy::Binpack, &topo)).unwrap();
+        let d5 = ix
+            .place(&req("vmhost", w, true, Strategy::Binpack, &topo))
+            .unwrap();
         assert_eq!(ix.hosts[d5.host as usize].name, "far");
     }
 

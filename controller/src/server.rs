@@ -23,10 +23,20 @@ pub struct ControllerArgs {
     #[arg(long)]
     pub state_dir: Option<PathBuf>,
     /// Admin bearer token (repeatable).
-    #[arg(long = "admin-token", env = "VGPU_ADMIN_TOKEN", hide_env_values = true, value_delimiter = ',')]
+    #[arg(
+        long = "admin-token",
+        env = "VGPU_ADMIN_TOKEN",
+        hide_env_values = true,
+        value_delimiter = ','
+    )]
     pub admin_tokens: Vec<String>,
     /// Bearer token for host agents (repeatable).
-    #[arg(long = "agent-token", env = "VGPU_AGENT_TOKEN", hide_env_values = true, value_delimiter = ',')]
+    #[arg(
+        long = "agent-token",
+        env = "VGPU_AGENT_TOKEN",
+        hide_env_values = true,
+        value_delimiter = ','
+    )]
     pub agent_tokens: Vec<String>,
     /// JSON file with token hashes: {"admin_token_sha256": [...], "agent_token_sha256": [...]}
     #[arg(long)]
@@ -77,7 +87,8 @@ pub async fn start(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<Running> {
     let dir = args.state_dir();
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating state dir {}", dir.display()))?;
+    std::fs::create_dir_all(&dir)
+        .with_context(|| format!("creating state dir {}", dir.display()))?;
     let db = dir.join("pool.db");
     let store = SqliteStore::open(&db).with_context(|| format!("opening {}", db.display()))?;
     let cfg = PoolConfig {
@@ -105,10 +116,14 @@ pub async fn start(
     if auth.is_empty() {
         anyhow::bail!("no admin token: pass --admin-token (or VGPU_ADMIN_TOKEN) or --auth-config");
     }
-    let st = AppState { pool: pool.clone(), auth: Arc::new(auth), legacy_metrics: args.legacy_metrics };
+    let st = AppState {
+        pool: pool.clone(),
+        auth: Arc::new(auth),
+        legacy_metrics: args.legacy_metrics,
+    };
     let app = router(st);
-    let listener =
-        std::net::TcpListener::bind(&args.listen).with_context(|| format!("binding {}", args.listen))?;
+    let listener = std::net::TcpListener::bind(&args.listen)
+        .with_context(|| format!("binding {}", args.listen))?;
     let addr = listener.local_addr()?;
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(c), Some(k)) => Some((c.clone(), k.clone())),
@@ -127,5 +142,10 @@ pub async fn start(
     if let Some(f) = &args.addr_file {
         std::fs::write(f, addr.to_string()).with_context(|| format!("writing {}", f.display()))?;
     }
-    Ok(Running { addr, tls: is_tls, pool, task })
+    Ok(Running {
+        addr,
+        tls: is_tls,
+        pool,
+        task,
+    })
 }

@@ -98,6 +98,8 @@ const MIGRATIONS: &[&str] = &[
         release_reason TEXT
     );
     CREATE INDEX allocations_active ON allocations(released_at) WHERE released_at IS NULL;",
+    // 2: GPUs are looked up by host on every registration
+    "CREATE INDEX gpus_by_host ON gpus(host);",
 ];
 
 pub struct SqliteStore {
@@ -119,7 +121,9 @@ impl SqliteStore {
         // WAL + synchronous=NORMAL: a committed transaction survives a crash or SIGKILL of the
         // controller (it is in the WAL); only an OS crash or power loss can lose the last commits.
         let _mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
-        conn.execute_batch("PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON; PRAGMA busy_timeout=5000;")?;
+        conn.execute_batch(
+            "PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON; PRAGMA busy_timeout=5000;",
+        )?;
         conn.execute_batch(
             "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL);",
         )?;
@@ -129,8 +133,11 @@ impl SqliteStore {
     }
 
     fn migrate(&mut self) -> Result<()> {
-        let current: i64 =
-            self.conn.query_row("SELECT COALESCE(MAX(version), 0) FROM schema_migrations", [], |r| r.get(0))?;
+        let current: i64 = self.conn.query_row(
+            "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
+            [],
+            |r| r.get(0),
+        )?;
         for (i, sql) in MIGRATIONS.iter().enumerate() {
             let v = i as i64 + 1;
             if v <= current {
@@ -149,7 +156,11 @@ impl SqliteStore {
     }
 
     pub fn schema_version(&self) -> Result<i64> {
-        Ok(self.conn.query_row("SELECT COALESCE(MAX(version), 0) FROM schema_migrations", [], |r| r.get(0))?)
+        Ok(self.conn.query_row(
+            "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
+            [],
+            |r| r.get(0),
+        )?)
     }
 }
 
@@ -177,8 +188,8 @@ impl Store for SqliteStore {
         })?;
         for row in rows {
             let (name, address, port, socket_dir, labels, schedulable, gpu_source, at) = row?;
-            let labels: BTreeMap<String, String> =
-                serde_json::from_str(&labels).map_err(|e| StoreError::Corrupt(format!("host {name} labels: {e}")))?;
+            let labels: BTreeMap<String, String> = serde_json::from_str(&labels)
+                .map_err(|e| StoreError::Corrupt(format!("host {name} labels: {e}")))?;
             snap.hosts.push(Host {
                 name,
                 address,
@@ -214,9 +225,16 @@ impl Store for SqliteStore {
         })?;
         for row in rows {
             let (info, host, health, mode, ratio) = row?;
-            let slice_mode =
-                SliceMode::parse(&mode).ok_or_else(|| StoreError::Corrupt(format!("gpu {} slice_mode {mode}", info.uuid)))?;
-            snap.gpus.push(Gpu { info, host, health, slice_mode, oversubscription_ratio: ratio });
+            let slice_mode = SliceMode::parse(&mode).ok_or_else(|| {
+                StoreError::Corrupt(format!("gpu {} slice_mode {mode}", info.uuid))
+            })?;
+            snap.gpus.push(Gpu {
+                info,
+                host,
+                health,
+                slice_mode,
+                oversubscription_ratio: ratio,
+            });
         }
         drop(st);
         let mut st = self.conn.prepare(
@@ -268,7 +286,8 @@ impl Store for SqliteStore {
 
     fn upsert_host(&mut self, host: &Host, gpus: &[Gpu]) -> Result<()> {
         let tx = self.conn.transaction()?;
-        let labels = serde_json::to_string(&host.labels).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let labels =
+            serde_json::to_string(&host.labels).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         tx.execute(
             "INSERT INTO hosts(name, address, serve_port, socket_dir, labels, schedulable, gpu_source, registered_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
@@ -315,7 +334,8 @@ impl Store for SqliteStore {
             }
             let existing: Vec<String> = {
                 let mut q = tx.prepare("SELECT uuid FROM gpus WHERE host = ?1")?;
-                q.query_map([&host.name], |r| r.get(0))?.collect::<std::result::Result<_, _>>()?
+                q.query_map([&host.name], |r| r.get(0))?
+                    .collect::<std::result::Result<_, _>>()?
             };
             for u in existing.iter().filter(|u| !keep.contains(u)) {
                 tx.execute("DELETE FROM gpus WHERE uuid = ?1", [u])?;
@@ -326,7 +346,10 @@ impl Store for SqliteStore {
     }
 
     fn set_schedulable(&mut self, host: &str, schedulable: bool) -> Result<()> {
-        self.conn.execute("UPDATE hosts SET schedulable = ?1 WHERE name = ?2", params![schedulable, host])?;
+        self.conn.execute(
+            "UPDATE hosts SET schedulable = ?1 WHERE name = ?2",
+            params![schedulable, host],
+        )?;
         Ok(())
     }
 
@@ -357,7 +380,8 @@ impl Store for SqliteStore {
     }
 
     fn delete_project(&mut self, name: &str) -> Result<()> {
-        self.conn.execute("DELETE FROM projects WHERE name = ?1", [name])?;
+        self.conn
+            .execute("DELETE FROM projects WHERE name = ?1", [name])?;
         Ok(())
     }
 
@@ -386,7 +410,10 @@ impl Store for SqliteStore {
     }
 
     fn set_allocation_state(&mut self, id: &str, state: &str) -> Result<()> {
-        self.conn.execute("UPDATE allocations SET state = ?1 WHERE id = ?2", params![state, id])?;
+        self.conn.execute(
+            "UPDATE allocations SET state = ?1 WHERE id = ?2",
+            params![state, id],
+        )?;
         Ok(())
     }
 
@@ -410,7 +437,11 @@ impl SqliteStore {
     pub fn release_reason(&self, id: &str) -> Result<Option<String>> {
         Ok(self
             .conn
-            .query_row("SELECT release_reason FROM allocations WHERE id = ?1", [id], |r| r.get::<_, Option<String>>(0))
+            .query_row(
+                "SELECT release_reason FROM allocations WHERE id = ?1",
+                [id],
+                |r| r.get::<_, Option<String>>(0),
+            )
             .optional()?
             .flatten())
     }
@@ -451,7 +482,10 @@ mod tests {
             s.insert_allocation(&alloc("a1")).unwrap();
             s.insert_allocation(&alloc("a2")).unwrap();
             s.release_allocations(&["a1".into()], "test", 5).unwrap();
-            assert!(s.insert_allocation(&alloc("a2")).is_err(), "duplicate id must fail");
+            assert!(
+                s.insert_allocation(&alloc("a2")).is_err(),
+                "duplicate id must fail"
+            );
         }
         let mut s = SqliteStore::open(&path).unwrap();
         let snap = s.load().unwrap();

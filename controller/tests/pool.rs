@@ -29,36 +29,74 @@ fn local_first_then_remote_by_topology_and_drain() {
     assert_eq!(a1["sm_count"], json!(132));
 
     // Local host full, no remote allowed: refused with a clear error.
-    let r = c.allocate("vm2", "h1", json!({"profile": "1/2"}), json!({"allow_remote": false}));
+    let r = c.allocate(
+        "vm2",
+        "h1",
+        json!({"profile": "1/2"}),
+        json!({"allow_remote": false}),
+    );
     assert_error(&r, 409, "no_capacity");
     assert!(r.1["error"]["message"].as_str().unwrap().contains("h1"));
 
     // Remote: same rack (h3) before same zone (h2) before anything (h4).
-    let (s, a2) = c.allocate("vm2", "h1", json!({"profile": "1"}), json!({"allow_remote": true}));
+    let (s, a2) = c.allocate(
+        "vm2",
+        "h1",
+        json!({"profile": "1"}),
+        json!({"allow_remote": true}),
+    );
     assert_eq!(s, 201, "{a2}");
     assert_eq!(a2["gpu_host"], json!("h3"));
     assert_eq!(a2["remote"], json!(true));
     assert_eq!(a2["endpoint"], json!("127.0.0.1:7003"));
-    let (_, a3) = c.allocate("vm3", "h1", json!({"profile": "1"}), json!({"allow_remote": true}));
+    let (_, a3) = c.allocate(
+        "vm3",
+        "h1",
+        json!({"profile": "1"}),
+        json!({"allow_remote": true}),
+    );
     assert_eq!(a3["gpu_host"], json!("h2"));
     // Drained host gets nothing; h4 would be next but is drained.
     assert_eq!(c.admin("POST", "/v1/hosts/h4/drain", None).0, 200);
-    let r = c.allocate("vm4", "h1", json!({"profile": "1"}), json!({"allow_remote": true}));
+    let r = c.allocate(
+        "vm4",
+        "h1",
+        json!({"profile": "1"}),
+        json!({"allow_remote": true}),
+    );
     assert_error(&r, 409, "no_capacity");
     assert_eq!(c.admin("POST", "/v1/hosts/h4/undrain", None).0, 200);
-    let (s, a4) = c.allocate("vm4", "h1", json!({"profile": "1"}), json!({"allow_remote": true}));
+    let (s, a4) = c.allocate(
+        "vm4",
+        "h1",
+        json!({"profile": "1"}),
+        json!({"allow_remote": true}),
+    );
     assert_eq!((s, a4["gpu_host"].clone()), (201, json!("h4")));
 
     // The VM host's agent starts the workers (local and remote ones) and reports them running.
     for a in [&a1, &a2, &a3, &a4] {
         c.wait_state(a["id"].as_str().unwrap(), "running");
     }
-    let pid = _h1.worker_pid(a2["id"].as_str().unwrap()).expect("worker pid file");
+    let pid = _h1
+        .worker_pid(a2["id"].as_str().unwrap())
+        .expect("worker pid file");
     assert!(pid_alive(pid));
-    assert!(_h3.worker_pid(a2["id"].as_str().unwrap()).is_none(), "GPU host does not run the VM's worker");
+    assert!(
+        _h3.worker_pid(a2["id"].as_str().unwrap()).is_none(),
+        "GPU host does not run the VM's worker"
+    );
 
     // Release returns capacity; the worker is stopped.
-    assert_eq!(c.admin("DELETE", &format!("/v1/allocations/{}", a2["id"].as_str().unwrap()), None).0, 200);
+    assert_eq!(
+        c.admin(
+            "DELETE",
+            &format!("/v1/allocations/{}", a2["id"].as_str().unwrap()),
+            None
+        )
+        .0,
+        200
+    );
     wait_until(Duration::from_secs(10), || !pid_alive(pid));
     let (_, g) = c.admin("GET", "/v1/gpus/SIM-GPU-h3-0", None);
     assert_eq!(g["memory_allocated_bytes"], json!(0));
@@ -73,30 +111,77 @@ fn binpack_versus_spread_and_arbitrary_slices() {
     let c = Controller::start(&d.0, 5_000, 200);
     let _h = Agent::start(&d.0, &c.url, "h1", 2, &[], 7001);
     c.wait_hosts(1);
-    let (_, a) = c.allocate("a", "h1", json!({"profile": "1/4"}), json!({"strategy": "binpack"}));
-    let (_, b) = c.allocate("b", "h1", json!({"profile": "1/4"}), json!({"strategy": "binpack"}));
+    let (_, a) = c.allocate(
+        "a",
+        "h1",
+        json!({"profile": "1/4"}),
+        json!({"strategy": "binpack"}),
+    );
+    let (_, b) = c.allocate(
+        "b",
+        "h1",
+        json!({"profile": "1/4"}),
+        json!({"strategy": "binpack"}),
+    );
     assert_eq!(a["gpu_uuid"], b["gpu_uuid"], "binpack fills one GPU");
-    let (_, s) = c.allocate("c", "h1", json!({"profile": "1/4"}), json!({"strategy": "spread"}));
+    let (_, s) = c.allocate(
+        "c",
+        "h1",
+        json!({"profile": "1/4"}),
+        json!({"strategy": "spread"}),
+    );
     assert_ne!(s["gpu_uuid"], a["gpu_uuid"], "spread takes the emptier GPU");
     // Homogeneous GPUs: a 1/2 cannot join GPUs holding 1/4 slices; arbitrary slices neither.
     let r = c.allocate("d", "h1", json!({"profile": "1/2"}), json!({}));
     assert_error(&r, 409, "no_capacity");
     let uuid = a["gpu_uuid"].as_str().unwrap().to_string();
-    let (st, g) = c.admin("PATCH", &format!("/v1/gpus/{uuid}"), Some(json!({"slice_mode": "mixed"})));
+    let (st, g) = c.admin(
+        "PATCH",
+        &format!("/v1/gpus/{uuid}"),
+        Some(json!({"slice_mode": "mixed"})),
+    );
     assert_eq!(st, 200, "{g}");
-    let (st, e) = c.allocate("e", "h1", json!({"sm_count": 40, "memory_bytes": 10u64 << 30}), json!({}));
+    let (st, e) = c.allocate(
+        "e",
+        "h1",
+        json!({"sm_count": 40, "memory_bytes": 10u64 << 30}),
+        json!({}),
+    );
     assert_eq!(st, 201, "{e}");
     assert_eq!(e["gpu_uuid"].as_str().unwrap(), uuid);
     assert_eq!(e["profile"], Value::Null);
     // SMs: 33+33+40 = 106 of 132 used on the mixed GPU; the other GPU holds a 1/4 profile slice
     // and is homogeneous, so an arbitrary slice of 100 SMs fits nowhere.
-    let r = c.allocate("g", "h1", json!({"sm_count": 100, "memory_bytes": 1u64 << 30}), json!({}));
+    let r = c.allocate(
+        "g",
+        "h1",
+        json!({"sm_count": 100, "memory_bytes": 1u64 << 30}),
+        json!({}),
+    );
     assert_error(&r, 409, "no_capacity");
     // Compute oversubscription 2x on the mixed GPU lets it in; memory is never oversubscribed.
-    assert_eq!(c.admin("PATCH", &format!("/v1/gpus/{uuid}"), Some(json!({"oversubscription_ratio": 2.0}))).0, 200);
-    let (st, gg) = c.allocate("g", "h1", json!({"sm_count": 100, "memory_bytes": 1u64 << 30}), json!({}));
+    assert_eq!(
+        c.admin(
+            "PATCH",
+            &format!("/v1/gpus/{uuid}"),
+            Some(json!({"oversubscription_ratio": 2.0}))
+        )
+        .0,
+        200
+    );
+    let (st, gg) = c.allocate(
+        "g",
+        "h1",
+        json!({"sm_count": 100, "memory_bytes": 1u64 << 30}),
+        json!({}),
+    );
     assert_eq!((st, gg["gpu_uuid"].as_str().unwrap()), (201, uuid.as_str()));
-    let r = c.allocate("h", "h1", json!({"sm_count": 1, "memory_bytes": 140u64 << 30}), json!({}));
+    let r = c.allocate(
+        "h",
+        "h1",
+        json!({"sm_count": 1, "memory_bytes": 140u64 << 30}),
+        json!({}),
+    );
     assert_error(&r, 409, "no_capacity");
     let (_, slices) = c.admin("GET", "/v1/slices", None);
     assert_eq!(slices.as_array().unwrap().len(), 5);
@@ -111,33 +196,101 @@ fn quotas_and_project_isolation() {
     let (st, p) = c.admin("POST", "/v1/projects", Some(json!({"name": "team-a", "quota": {"max_allocations": 2, "max_memory_bytes": 40u64 << 30}})));
     assert_eq!(st, 201, "{p}");
     let tok = p["token"].as_str().unwrap().to_string();
-    let body = |vm: &str, mem: u64| json!({"vm": vm, "host": "h1", "slice": {"sm_count": 10, "memory_bytes": mem}}).to_string();
-    let r = http(&c.url, "POST", "/v1/allocations", Some(&tok), Some(body("v1", 30 << 30)));
+    let body = |vm: &str, mem: u64| {
+        json!({"vm": vm, "host": "h1", "slice": {"sm_count": 10, "memory_bytes": mem}}).to_string()
+    };
+    let r = http(
+        &c.url,
+        "POST",
+        "/v1/allocations",
+        Some(&tok),
+        Some(body("v1", 30 << 30)),
+    );
     assert_eq!(r.0, 201, "{}", r.1);
     assert_eq!(r.1["project"], json!("team-a"));
-    let r = http(&c.url, "POST", "/v1/allocations", Some(&tok), Some(body("v2", 20 << 30)));
+    let r = http(
+        &c.url,
+        "POST",
+        "/v1/allocations",
+        Some(&tok),
+        Some(body("v2", 20 << 30)),
+    );
     assert_error(&r, 403, "quota_exceeded");
-    assert!(r.1["error"]["message"].as_str().unwrap().contains("memory_bytes"), "{}", r.1);
-    let r = http(&c.url, "POST", "/v1/allocations", Some(&tok), Some(body("v2", 10 << 30)));
+    assert!(
+        r.1["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("memory_bytes"),
+        "{}",
+        r.1
+    );
+    let r = http(
+        &c.url,
+        "POST",
+        "/v1/allocations",
+        Some(&tok),
+        Some(body("v2", 10 << 30)),
+    );
     assert_eq!(r.0, 201);
-    let r = http(&c.url, "POST", "/v1/allocations", Some(&tok), Some(body("v3", 1 << 30)));
+    let r = http(
+        &c.url,
+        "POST",
+        "/v1/allocations",
+        Some(&tok),
+        Some(body("v3", 1 << 30)),
+    );
     assert_error(&r, 403, "quota_exceeded");
-    assert!(r.1["error"]["message"].as_str().unwrap().contains("allocations"));
+    assert!(
+        r.1["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("allocations")
+    );
     // The admin's allocation in another project is invisible to the project token.
-    let (_, other) = c.allocate("adm", "h1", json!({"sm_count": 10, "memory_bytes": 1u64 << 30}), json!({}));
+    let (_, other) = c.allocate(
+        "adm",
+        "h1",
+        json!({"sm_count": 10, "memory_bytes": 1u64 << 30}),
+        json!({}),
+    );
     assert_eq!(other["project"], json!("default"));
     let (st, mine) = http(&c.url, "GET", "/v1/allocations", Some(&tok), None);
     assert_eq!(st, 200);
     assert_eq!(mine.as_array().unwrap().len(), 2);
-    let r = http(&c.url, "DELETE", &format!("/v1/allocations/{}", other["id"].as_str().unwrap()), Some(&tok), None);
+    let r = http(
+        &c.url,
+        "DELETE",
+        &format!("/v1/allocations/{}", other["id"].as_str().unwrap()),
+        Some(&tok),
+        None,
+    );
     assert_error(&r, 404, "not_found");
-    let r = http(&c.url, "POST", "/v1/allocations", Some(&tok), Some(json!({"vm": "x", "host": "h1", "project": "default", "slice": {"profile": "1/8"}}).to_string()));
+    let r = http(
+        &c.url,
+        "POST",
+        "/v1/allocations",
+        Some(&tok),
+        Some(
+            json!({"vm": "x", "host": "h1", "project": "default", "slice": {"profile": "1/8"}})
+                .to_string(),
+        ),
+    );
     assert_error(&r, 403, "forbidden");
     // Admin-only routes refuse project tokens.
-    assert_error(&http(&c.url, "GET", "/v1/hosts", Some(&tok), None), 403, "forbidden");
+    assert_error(
+        &http(&c.url, "GET", "/v1/hosts", Some(&tok), None),
+        403,
+        "forbidden",
+    );
     let m = c.metrics();
-    assert!(m.contains("hami_resource_quota_used{namespace=\"team-a\",quota_name=\"allocations\"} 2"), "{m}");
-    assert!(m.contains("vgpu_pool_allocation_requests_total{result=\"quota_exceeded\"} 2"), "{m}");
+    assert!(
+        m.contains("hami_resource_quota_used{namespace=\"team-a\",quota_name=\"allocations\"} 2"),
+        "{m}"
+    );
+    assert!(
+        m.contains("vgpu_pool_allocation_requests_total{result=\"quota_exceeded\"} 2"),
+        "{m}"
+    );
 }
 
 #[test]
@@ -153,7 +306,9 @@ fn racing_requests_for_the_last_slice_exactly_one_wins() {
         .map(|i| {
             let url = url.clone();
             std::thread::spawn(move || {
-                let b = json!({"vm": format!("racer{i}"), "host": "h1", "slice": {"profile": "1/2"}}).to_string();
+                let b =
+                    json!({"vm": format!("racer{i}"), "host": "h1", "slice": {"profile": "1/2"}})
+                        .to_string();
                 http(&url, "POST", "/v1/allocations", Some(ADMIN), Some(b)).0
             })
         })
@@ -180,19 +335,41 @@ fn killed_agent_slices_reclaimed_within_lease() {
     c.wait_state(&id, "running");
     // Leases are renewed: the allocation outlives several lease periods while the agent lives.
     std::thread::sleep(Duration::from_millis(2 * lease));
-    assert_eq!(c.admin("GET", &format!("/v1/allocations/{id}"), None).0, 200);
+    assert_eq!(
+        c.admin("GET", &format!("/v1/allocations/{id}"), None).0,
+        200
+    );
     h1.kill9();
     let t = Instant::now();
-    wait_until(Duration::from_millis(4 * lease), || c.admin("GET", &format!("/v1/allocations/{id}"), None).0 == 404);
+    wait_until(Duration::from_millis(4 * lease), || {
+        c.admin("GET", &format!("/v1/allocations/{id}"), None).0 == 404
+    });
     let took = t.elapsed();
-    assert!(took <= Duration::from_millis(lease + 1_000), "reclaimed after {took:?}, lease {lease} ms");
+    assert!(
+        took <= Duration::from_millis(lease + 1_000),
+        "reclaimed after {took:?}, lease {lease} ms"
+    );
     let (_, g) = c.admin("GET", "/v1/gpus/SIM-GPU-h1-0", None);
     assert_eq!(g["memory_allocated_bytes"], json!(0));
     let (_, hosts) = c.admin("GET", "/v1/hosts", None);
-    let h = hosts.as_array().unwrap().iter().find(|h| h["name"] == json!("h1")).unwrap().clone();
+    let h = hosts
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["name"] == json!("h1"))
+        .unwrap()
+        .clone();
     assert_eq!(h["alive"], json!(false));
     // The other host's allocation is untouched.
-    assert_eq!(c.admin("GET", &format!("/v1/allocations/{}", b["id"].as_str().unwrap()), None).0, 200);
+    assert_eq!(
+        c.admin(
+            "GET",
+            &format!("/v1/allocations/{}", b["id"].as_str().unwrap()),
+            None
+        )
+        .0,
+        200
+    );
     let m = c.metrics();
     assert!(m.contains("vgpu_pool_hosts_lost_total 1"), "{m}");
     assert!(m.contains("vgpu_pool_reclamations_total 1"), "{m}");
@@ -213,12 +390,24 @@ fn worker_crash_and_vm_stop_return_the_slice() {
     let id = a["id"].as_str().unwrap().to_string();
     c.wait_state(&id, "running");
     let pid = h.worker_pid(&id).unwrap();
-    std::process::Command::new("kill").arg("-9").arg(pid.to_string()).status().unwrap();
+    std::process::Command::new("kill")
+        .arg("-9")
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
     let t = Instant::now();
-    wait_until(Duration::from_secs(5), || c.admin("GET", &format!("/v1/allocations/{id}"), None).0 == 404);
-    assert!(t.elapsed() < Duration::from_secs(2), "worker exit is reported by the next heartbeat");
+    wait_until(Duration::from_secs(5), || {
+        c.admin("GET", &format!("/v1/allocations/{id}"), None).0 == 404
+    });
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "worker exit is reported by the next heartbeat"
+    );
     let m = c.metrics();
-    assert!(m.contains("vgpu_pool_releases_total{reason=\"worker_exited\"} 1"), "{m}");
+    assert!(
+        m.contains("vgpu_pool_releases_total{reason=\"worker_exited\"} 1"),
+        "{m}"
+    );
     let (_, g) = c.admin("GET", "/v1/gpus/SIM-GPU-h1-0", None);
     assert_eq!(g["slices"], json!(0));
 }
@@ -250,11 +439,22 @@ fn controller_sigkill_restart_loses_and_doubles_nothing() {
     let h1 = Agent::start(&d.0, &c.url, "h1", 2, &["rack=r1"], 7001);
     let _h2 = Agent::start(&d.0, &c.url, "h2", 1, &["rack=r1"], 7002);
     c.wait_hosts(2);
-    let (st, p) = c.admin("POST", "/v1/projects", Some(json!({"name": "p1", "quota": {"max_allocations": 3}})));
+    let (st, p) = c.admin(
+        "POST",
+        "/v1/projects",
+        Some(json!({"name": "p1", "quota": {"max_allocations": 3}})),
+    );
     assert_eq!(st, 201);
     let tok = p["token"].as_str().unwrap().to_string();
     let mut ids = Vec::new();
-    for (i, slice) in [json!({"profile": "1"}), json!({"profile": "1/2"}), json!({"sm_count": 50, "memory_bytes": 30u64 << 30})].iter().enumerate() {
+    for (i, slice) in [
+        json!({"profile": "1"}),
+        json!({"profile": "1/2"}),
+        json!({"sm_count": 50, "memory_bytes": 30u64 << 30}),
+    ]
+    .iter()
+    .enumerate()
+    {
         let b = json!({"vm": format!("vm{i}"), "host": "h1", "slice": slice, "policy": {"allow_remote": true}}).to_string();
         let r = http(&c.url, "POST", "/v1/allocations", Some(&tok), Some(b));
         assert_eq!(r.0, 201, "{}", r.1);
@@ -271,15 +471,40 @@ fn controller_sigkill_restart_loses_and_doubles_nothing() {
     let c = Controller::start_on(&d.0, &addr, 2_000, 150);
     assert_eq!(c.admin("GET", "/v1/allocations", None).1, before_allocs);
     let strip = |v: &Value| -> Vec<Value> {
-        v.as_array().unwrap().iter().map(|g| json!([g["uuid"], g["memory_allocated_bytes"], g["sm_allocated"], g["slices"]])).collect()
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|g| {
+                json!([
+                    g["uuid"],
+                    g["memory_allocated_bytes"],
+                    g["sm_allocated"],
+                    g["slices"]
+                ])
+            })
+            .collect()
     };
-    assert_eq!(strip(&c.admin("GET", "/v1/gpus", None).1), strip(&before_gpus));
+    assert_eq!(
+        strip(&c.admin("GET", "/v1/gpus", None).1),
+        strip(&before_gpus)
+    );
     // Project token still valid (stored hashed), quota still counts the three allocations.
     let b = json!({"vm": "vm9", "host": "h1", "slice": {"profile": "1/8"}}).to_string();
-    assert_error(&http(&c.url, "POST", "/v1/allocations", Some(&tok), Some(b)), 403, "quota_exceeded");
+    assert_error(
+        &http(&c.url, "POST", "/v1/allocations", Some(&tok), Some(b)),
+        403,
+        "quota_exceeded",
+    );
     // Agents keep heartbeating into the new process; leases renew; same workers keep running.
     std::thread::sleep(Duration::from_millis(3_000));
-    assert_eq!(c.admin("GET", "/v1/allocations", None).1.as_array().unwrap().len(), 3);
+    assert_eq!(
+        c.admin("GET", "/v1/allocations", None)
+            .1
+            .as_array()
+            .unwrap()
+            .len(),
+        3
+    );
     c.wait_hosts(2);
     for (id, pid) in ids.iter().zip(&pids) {
         assert_eq!(h1.worker_pid(id), Some(*pid));
@@ -288,7 +513,12 @@ fn controller_sigkill_restart_loses_and_doubles_nothing() {
     // Capacity is exact: h1 has 2 GPUs; GPU A holds a full slice; GPU B holds 1/2 + 50 SM/30 GiB?
     // No: homogeneous GPUs cannot mix profile and arbitrary slices, so the arbitrary one went remote.
     let allocs = c.admin("GET", "/v1/allocations", None).1;
-    let remote: Vec<_> = allocs.as_array().unwrap().iter().filter(|a| a["remote"] == json!(true)).collect();
+    let remote: Vec<_> = allocs
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["remote"] == json!(true))
+        .collect();
     assert_eq!(remote.len(), 1);
     assert_eq!(remote[0]["gpu_host"], json!("h2"));
     let r = c.allocate("last", "h1", json!({"profile": "1/2"}), json!({}));
@@ -303,32 +533,152 @@ fn bad_requests_get_4xx_json_errors() {
     let c = Controller::start(&d.0, 5_000, 200);
     let _h = Agent::start(&d.0, &c.url, "h1", 1, &[], 7001);
     c.wait_hosts(1);
-    let post = |body: &str| http(&c.url, "POST", "/v1/allocations", Some(ADMIN), Some(body.to_string()));
+    let post = |body: &str| {
+        http(
+            &c.url,
+            "POST",
+            "/v1/allocations",
+            Some(ADMIN),
+            Some(body.to_string()),
+        )
+    };
     assert_error(&post("{not json"), 400, "bad_request");
-    assert_error(&post(r#"{"vm": "v", "host": "h1", "slice": {"sm_count": -4, "memory_bytes": 100}}"#), 400, "bad_request");
-    assert_error(&post(r#"{"vm": "v", "host": "h1", "slice": {"sm_count": 4, "memory_bytes": -100}}"#), 400, "bad_request");
-    assert_error(&post(r#"{"vm": "v", "host": "h1", "slice": {"sm_count": 0, "memory_bytes": 100}}"#), 400, "bad_request");
-    assert_error(&post(r#"{"vm": "v", "host": "h1", "slice": {"profile": "1/3"}}"#), 400, "bad_request");
-    assert_error(&post(r#"{"vm": "v", "host": "h1", "slice": {"profile": "1/2", "sm_count": 3}}"#), 400, "bad_request");
-    assert_error(&post(r#"{"vm": "v", "host": "h1", "slice": {}, "bogus": 1}"#), 400, "bad_request");
-    assert_error(&post(r#"{"vm": "v", "host": "h1", "slice": {"profile": "1/2"}, "policy": {"strategy": "random"}}"#), 400, "bad_request");
-    assert_error(&post(r#"{"vm": "v", "host": "nohost", "slice": {"profile": "1/2"}}"#), 404, "not_found");
-    assert_error(&post(r#"{"vm": "v", "host": "h1", "project": "nope", "slice": {"profile": "1/2"}}"#), 404, "not_found");
-    assert_error(&post(r#"{"vm": "bad name!", "host": "h1", "slice": {"profile": "1/2"}}"#), 400, "bad_request");
-    assert_error(&c.admin("GET", "/v1/allocations/a-doesnotexist", None), 404, "not_found");
-    assert_error(&c.admin("DELETE", "/v1/allocations/a-doesnotexist", None), 404, "not_found");
-    assert_error(&c.admin("POST", "/v1/hosts/nohost/drain", None), 404, "not_found");
+    assert_error(
+        &post(r#"{"vm": "v", "host": "h1", "slice": {"sm_count": -4, "memory_bytes": 100}}"#),
+        400,
+        "bad_request",
+    );
+    assert_error(
+        &post(r#"{"vm": "v", "host": "h1", "slice": {"sm_count": 4, "memory_bytes": -100}}"#),
+        400,
+        "bad_request",
+    );
+    assert_error(
+        &post(r#"{"vm": "v", "host": "h1", "slice": {"sm_count": 0, "memory_bytes": 100}}"#),
+        400,
+        "bad_request",
+    );
+    assert_error(
+        &post(r#"{"vm": "v", "host": "h1", "slice": {"profile": "1/3"}}"#),
+        400,
+        "bad_request",
+    );
+    assert_error(
+        &post(r#"{"vm": "v", "host": "h1", "slice": {"profile": "1/2", "sm_count": 3}}"#),
+        400,
+        "bad_request",
+    );
+    assert_error(
+        &post(r#"{"vm": "v", "host": "h1", "slice": {}, "bogus": 1}"#),
+        400,
+        "bad_request",
+    );
+    assert_error(
+        &post(
+            r#"{"vm": "v", "host": "h1", "slice": {"profile": "1/2"}, "policy": {"strategy": "random"}}"#,
+        ),
+        400,
+        "bad_request",
+    );
+    assert_error(
+        &post(r#"{"vm": "v", "host": "nohost", "slice": {"profile": "1/2"}}"#),
+        404,
+        "not_found",
+    );
+    assert_error(
+        &post(r#"{"vm": "v", "host": "h1", "project": "nope", "slice": {"profile": "1/2"}}"#),
+        404,
+        "not_found",
+    );
+    assert_error(
+        &post(r#"{"vm": "bad name!", "host": "h1", "slice": {"profile": "1/2"}}"#),
+        400,
+        "bad_request",
+    );
+    assert_error(
+        &c.admin("GET", "/v1/allocations/a-doesnotexist", None),
+        404,
+        "not_found",
+    );
+    assert_error(
+        &c.admin("DELETE", "/v1/allocations/a-doesnotexist", None),
+        404,
+        "not_found",
+    );
+    assert_error(
+        &c.admin("POST", "/v1/hosts/nohost/drain", None),
+        404,
+        "not_found",
+    );
     assert_error(&c.admin("GET", "/v1/gpus/nogpu", None), 404, "not_found");
-    assert_error(&c.admin("PATCH", "/v1/gpus/SIM-GPU-h1-0", Some(json!({"oversubscription_ratio": 0.5}))), 400, "bad_request");
-    assert_error(&c.admin("PATCH", "/v1/gpus/SIM-GPU-h1-0", Some(json!({"slice_mode": "weird"}))), 400, "bad_request");
+    assert_error(
+        &c.admin(
+            "PATCH",
+            "/v1/gpus/SIM-GPU-h1-0",
+            Some(json!({"oversubscription_ratio": 0.5})),
+        ),
+        400,
+        "bad_request",
+    );
+    assert_error(
+        &c.admin(
+            "PATCH",
+            "/v1/gpus/SIM-GPU-h1-0",
+            Some(json!({"slice_mode": "weird"})),
+        ),
+        400,
+        "bad_request",
+    );
     assert_error(&c.admin("GET", "/v1/nothing-here", None), 404, "not_found");
     // Auth: missing, malformed, wrong token; agent token cannot allocate.
-    assert_error(&http(&c.url, "GET", "/v1/allocations", None, None), 401, "unauthorized");
-    assert_error(&http(&c.url, "GET", "/v1/allocations", Some("wrong"), None), 401, "unauthorized");
-    assert_error(&http(&c.url, "POST", "/v1/allocations", None, Some("{not json".into())), 401, "unauthorized");
-    assert_error(&http(&c.url, "GET", "/v1/allocations", Some(AGENT), None), 403, "forbidden");
-    assert_error(&http(&c.url, "POST", "/v1/agents/register", Some(ADMIN), Some("{}".into())), 400, "bad_request");
-    assert_error(&http(&c.url, "POST", "/v1/agents/ghost/heartbeat", Some(AGENT), Some("{}".into())), 404, "not_found");
+    assert_error(
+        &http(&c.url, "GET", "/v1/allocations", None, None),
+        401,
+        "unauthorized",
+    );
+    assert_error(
+        &http(&c.url, "GET", "/v1/allocations", Some("wrong"), None),
+        401,
+        "unauthorized",
+    );
+    assert_error(
+        &http(
+            &c.url,
+            "POST",
+            "/v1/allocations",
+            None,
+            Some("{not json".into()),
+        ),
+        401,
+        "unauthorized",
+    );
+    assert_error(
+        &http(&c.url, "GET", "/v1/allocations", Some(AGENT), None),
+        403,
+        "forbidden",
+    );
+    assert_error(
+        &http(
+            &c.url,
+            "POST",
+            "/v1/agents/register",
+            Some(ADMIN),
+            Some("{}".into()),
+        ),
+        400,
+        "bad_request",
+    );
+    assert_error(
+        &http(
+            &c.url,
+            "POST",
+            "/v1/agents/ghost/heartbeat",
+            Some(AGENT),
+            Some("{}".into()),
+        ),
+        404,
+        "not_found",
+    );
     // Nothing was allocated by any of that.
     assert_eq!(c.admin("GET", "/v1/allocations", None).1, json!([]));
 }
@@ -344,10 +694,20 @@ fn openapi_document_covers_routes_and_metrics_families() {
     assert_eq!(doc["openapi"], json!("3.1.0"));
     let src = include_str!("../src/api.rs");
     // Every route the router declares is documented.
-    for line in src.lines().filter(|l| l.trim_start().starts_with(".route(\"")) {
+    for line in src
+        .lines()
+        .filter(|l| l.trim_start().starts_with(".route(\""))
+    {
         let path = line.split('"').nth(1).unwrap();
-        let full = if ["/healthz", "/openapi.json", "/metrics"].contains(&path) { path.to_string() } else { format!("/v1{path}") };
-        assert!(doc["paths"].get(&full).is_some(), "route {full} missing from openapi.json");
+        let full = if ["/healthz", "/openapi.json", "/metrics"].contains(&path) {
+            path.to_string()
+        } else {
+            format!("/v1{path}")
+        };
+        assert!(
+            doc["paths"].get(&full).is_some(),
+            "route {full} missing from openapi.json"
+        );
     }
     c.allocate("vm", "h1", json!({"profile": "1/2"}), json!({}));
     let m = c.metrics();
@@ -366,6 +726,7 @@ fn openapi_document_covers_routes_and_metrics_families() {
     wait_until(Duration::from_secs(10), || {
         let (_, body) = http(&format!("http://{addr}"), "GET", "/metrics", None, None);
         let t = body.as_str().unwrap_or("").to_string();
-        t.contains("DCGM_FI_DEV_FB_TOTAL{gpu=\"0\",UUID=\"SIM-GPU-h1-0\"") && t.contains("hami_vgpu_memory_limit_bytes{namespace=\"default\"")
+        t.contains("DCGM_FI_DEV_FB_TOTAL{gpu=\"0\",UUID=\"SIM-GPU-h1-0\"")
+            && t.contains("hami_vgpu_memory_limit_bytes{namespace=\"default\"")
     });
 }

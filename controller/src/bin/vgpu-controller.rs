@@ -48,7 +48,10 @@ struct UpArgs {
 fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("vgpu-controller: cannot start the async runtime: {e}");
@@ -72,13 +75,14 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(t) => t,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(t) => t,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = ctrl_c => {},
             _ = term.recv() => {},
@@ -106,7 +110,8 @@ fn token_file(path: &Path) -> anyhow::Result<String> {
         }
     }
     let t = new_token();
-    std::fs::write(path, format!("{t}\n")).with_context(|| format!("writing {}", path.display()))?;
+    std::fs::write(path, format!("{t}\n"))
+        .with_context(|| format!("writing {}", path.display()))?;
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
@@ -117,10 +122,13 @@ fn token_file(path: &Path) -> anyhow::Result<String> {
 
 async fn up(mut a: UpArgs) -> anyhow::Result<()> {
     if a.controller.tls_cert.is_some() {
-        anyhow::bail!("`up` serves plain HTTP on this host; use `serve` with --tls-cert/--tls-key for TLS");
+        anyhow::bail!(
+            "`up` serves plain HTTP on this host; use `serve` with --tls-cert/--tls-key for TLS"
+        );
     }
     let dir = a.controller.state_dir();
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating state dir {}", dir.display()))?;
+    std::fs::create_dir_all(&dir)
+        .with_context(|| format!("creating state dir {}", dir.display()))?;
     let dir = std::fs::canonicalize(&dir)?;
     a.controller.state_dir = Some(dir.clone());
     let admin_file = dir.join("admin.token");
@@ -179,16 +187,24 @@ async fn up(mut a: UpArgs) -> anyhow::Result<()> {
     println!("vGPU pool is up (single host: {host})");
     println!("  GPUs:        {banner}");
     println!("  controller:  {url}   (API document: {url}/openapi.json, metrics: {url}/metrics)");
-    println!("  agent:       in-process, metrics on http://{}/metrics", a.agent_metrics_addr);
+    println!(
+        "  agent:       in-process, metrics on http://{}/metrics",
+        a.agent_metrics_addr
+    );
     println!("  state:       {} (SQLite pool.db, tokens)", dir.display());
     println!();
     println!("Allocate a slice (half a GPU here; or --sm 33 --memory 16GiB):");
-    println!("  export VGPU_URL={url} VGPU_TOKEN=$(cat {})", admin_file.display());
+    println!(
+        "  export VGPU_URL={url} VGPU_TOKEN=$(cat {})",
+        admin_file.display()
+    );
     println!("  vgpuctl allocate --vm myvm --host {host} --profile 1/2");
     println!("  vgpuctl allocations        # the SOCKET column is the worker's vhost-user socket");
     println!();
     println!("Run a program on it (socket path from the allocation):");
-    println!("  VGPU_DEVICE=vhost-user:<socket_path> LD_LIBRARY_PATH=<dir with our libcuda.so.1> ./program");
+    println!(
+        "  VGPU_DEVICE=vhost-user:<socket_path> LD_LIBRARY_PATH=<dir with our libcuda.so.1> ./program"
+    );
     println!();
     println!("Release it:  vgpuctl release <allocation id>        Stop the pool: Ctrl-C");
     println!("{bar}");

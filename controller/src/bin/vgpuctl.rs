@@ -6,10 +6,19 @@ use clap::{Parser, Subcommand};
 use serde_json::{Value, json};
 
 #[derive(Parser, Debug)]
-#[command(name = "vgpuctl", version, about = "Command-line client of the vGPU pool controller")]
+#[command(
+    name = "vgpuctl",
+    version,
+    about = "Command-line client of the vGPU pool controller"
+)]
 struct Cli {
     /// Controller URL.
-    #[arg(long, env = "VGPU_URL", default_value = "http://127.0.0.1:8470", global = true)]
+    #[arg(
+        long,
+        env = "VGPU_URL",
+        default_value = "http://127.0.0.1:8470",
+        global = true
+    )]
     url: String,
     /// Bearer token (admin or project).
     #[arg(long, env = "VGPU_TOKEN", hide_env_values = true, global = true)]
@@ -108,7 +117,8 @@ fn parse_size(s: &str) -> Result<u64, String> {
         "t" | "tib" => 1 << 40,
         u => return Err(format!("unknown size unit {u:?} (use KiB, MiB, GiB, TiB)")),
     };
-    n.checked_mul(mul).ok_or_else(|| format!("size {s:?} too large"))
+    n.checked_mul(mul)
+        .ok_or_else(|| format!("size {s:?} too large"))
 }
 
 fn human_bytes(b: u64) -> String {
@@ -119,7 +129,11 @@ fn human_bytes(b: u64) -> String {
         v /= 1024.0;
         i += 1;
     }
-    if i == 0 { format!("{b} B") } else { format!("{v:.1} {}", U[i]) }
+    if i == 0 {
+        format!("{b} B")
+    } else {
+        format!("{v:.1} {}", U[i])
+    }
 }
 
 struct Api {
@@ -148,7 +162,11 @@ impl Api {
                 r.call()
             }
             (m, body) => {
-                let mut r = if m == "PATCH" { self.agent.patch(&url) } else { self.agent.post(&url) };
+                let mut r = if m == "PATCH" {
+                    self.agent.patch(&url)
+                } else {
+                    self.agent.post(&url)
+                };
                 if let Some(a) = &auth {
                     r = r.header("authorization", a);
                 }
@@ -157,10 +175,20 @@ impl Api {
         };
         let mut resp = resp.map_err(|e| format!("cannot reach {}: {e}", self.url))?;
         let status = resp.status().as_u16();
-        let text = resp.body_mut().read_to_string().map_err(|e| e.to_string())?;
-        let v: Value = if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
+        let text = resp
+            .body_mut()
+            .read_to_string()
+            .map_err(|e| e.to_string())?;
+        let v: Value = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
         if status >= 400 {
-            let msg = v["error"]["message"].as_str().map(str::to_string).unwrap_or_else(|| v.to_string());
+            let msg = v["error"]["message"]
+                .as_str()
+                .map(str::to_string)
+                .unwrap_or_else(|| v.to_string());
             let code = v["error"]["code"].as_str().unwrap_or("error");
             return Err(format!("HTTP {status} {code}: {msg}"));
         }
@@ -213,16 +241,29 @@ fn print_allocations(v: &Value) {
                 s(&a["vm"]),
                 s(&a["vm_host"]),
                 s(&a["gpu_uuid"]),
-                a["profile"].as_u64().map(|n| if n == 1 { "1".into() } else { format!("1/{n}") }).unwrap_or_else(|| "custom".into()),
+                a["profile"]
+                    .as_u64()
+                    .map(|n| if n == 1 { "1".into() } else { format!("1/{n}") })
+                    .unwrap_or_else(|| "custom".into()),
                 s(&a["sm_count"]),
                 human_bytes(a["memory_bytes"].as_u64().unwrap_or(0)),
-                if a["remote"].as_bool() == Some(true) { s(&a["endpoint"]) } else { "local".into() },
+                if a["remote"].as_bool() == Some(true) {
+                    s(&a["endpoint"])
+                } else {
+                    "local".into()
+                },
                 s(&a["state"]),
                 s(&a["socket_path"]),
             ]
         })
         .collect();
-    table(&["ID", "PROJECT", "VM", "VM HOST", "GPU", "PROFILE", "SMS", "MEMORY", "WHERE", "STATE", "SOCKET"], rows);
+    table(
+        &[
+            "ID", "PROJECT", "VM", "VM HOST", "GPU", "PROFILE", "SMS", "MEMORY", "WHERE", "STATE",
+            "SOCKET",
+        ],
+        rows,
+    );
 }
 
 fn run(cli: Cli) -> Result<(), String> {
@@ -231,52 +272,163 @@ fn run(cli: Cli) -> Result<(), String> {
         .http_status_as_error(false)
         .build()
         .new_agent();
-    let api = Api { url: cli.url.clone(), token: cli.token.clone(), agent };
+    let api = Api {
+        url: cli.url.clone(),
+        token: cli.token.clone(),
+        agent,
+    };
     let (v, printer): (Value, fn(&Value)) = match cli.cmd {
         Cmd::Hosts => (api.call("GET", "/v1/hosts", None)?, |v| {
-            let rows = v.as_array().cloned().unwrap_or_default().iter().map(|h| {
-                let labels = h["labels"].as_object().map(|m| m.iter().map(|(k, x)| format!("{k}={}", s(x))).collect::<Vec<_>>().join(",")).unwrap_or_default();
-                vec![
-                    s(&h["name"]),
-                    if h["alive"].as_bool() == Some(true) { "alive".into() } else { "lost".into() },
-                    if h["schedulable"].as_bool() == Some(true) { "yes".into() } else { "drained".into() },
-                    s(&h["gpu_source"]),
-                    s(&h["gpus"]),
-                    s(&h["allocations"]),
-                    format!("{}:{}", s(&h["address"]), s(&h["serve_port"])),
-                    if labels.is_empty() { "-".into() } else { labels },
-                ]
-            }).collect();
-            table(&["HOST", "STATE", "SCHEDULABLE", "GPUS FROM", "GPUS", "ALLOCS", "SERVE ENDPOINT", "LABELS"], rows);
+            let rows = v
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .iter()
+                .map(|h| {
+                    let labels = h["labels"]
+                        .as_object()
+                        .map(|m| {
+                            m.iter()
+                                .map(|(k, x)| format!("{k}={}", s(x)))
+                                .collect::<Vec<_>>()
+                                .join(",")
+                        })
+                        .unwrap_or_default();
+                    vec![
+                        s(&h["name"]),
+                        if h["alive"].as_bool() == Some(true) {
+                            "alive".into()
+                        } else {
+                            "lost".into()
+                        },
+                        if h["schedulable"].as_bool() == Some(true) {
+                            "yes".into()
+                        } else {
+                            "drained".into()
+                        },
+                        s(&h["gpu_source"]),
+                        s(&h["gpus"]),
+                        s(&h["allocations"]),
+                        format!("{}:{}", s(&h["address"]), s(&h["serve_port"])),
+                        if labels.is_empty() {
+                            "-".into()
+                        } else {
+                            labels
+                        },
+                    ]
+                })
+                .collect();
+            table(
+                &[
+                    "HOST",
+                    "STATE",
+                    "SCHEDULABLE",
+                    "GPUS FROM",
+                    "GPUS",
+                    "ALLOCS",
+                    "SERVE ENDPOINT",
+                    "LABELS",
+                ],
+                rows,
+            );
         }),
         Cmd::Gpus => (api.call("GET", "/v1/gpus", None)?, |v| {
-            let rows = v.as_array().cloned().unwrap_or_default().iter().map(|g| vec![
-                s(&g["uuid"]),
-                s(&g["host"]),
-                s(&g["index"]),
-                s(&g["model"]),
-                format!("{}/{}", s(&g["sm_allocated"]), s(&g["sm_capacity"])),
-                format!("{} / {}", human_bytes(g["memory_allocated_bytes"].as_u64().unwrap_or(0)), human_bytes(g["memory_bytes"].as_u64().unwrap_or(0))),
-                s(&g["slices"]),
-                s(&g["slice_mode"]),
-                s(&g["health"]),
-                s(&g["numa_node"]),
-            ]).collect();
-            table(&["UUID", "HOST", "IDX", "MODEL", "SMS USED", "MEMORY USED", "SLICES", "MODE", "HEALTH", "NUMA"], rows);
+            let rows = v
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .iter()
+                .map(|g| {
+                    vec![
+                        s(&g["uuid"]),
+                        s(&g["host"]),
+                        s(&g["index"]),
+                        s(&g["model"]),
+                        format!("{}/{}", s(&g["sm_allocated"]), s(&g["sm_capacity"])),
+                        format!(
+                            "{} / {}",
+                            human_bytes(g["memory_allocated_bytes"].as_u64().unwrap_or(0)),
+                            human_bytes(g["memory_bytes"].as_u64().unwrap_or(0))
+                        ),
+                        s(&g["slices"]),
+                        s(&g["slice_mode"]),
+                        s(&g["health"]),
+                        s(&g["numa_node"]),
+                    ]
+                })
+                .collect();
+            table(
+                &[
+                    "UUID",
+                    "HOST",
+                    "IDX",
+                    "MODEL",
+                    "SMS USED",
+                    "MEMORY USED",
+                    "SLICES",
+                    "MODE",
+                    "HEALTH",
+                    "NUMA",
+                ],
+                rows,
+            );
         }),
         Cmd::Slices => (api.call("GET", "/v1/slices", None)?, |v| {
-            let rows = v.as_array().cloned().unwrap_or_default().iter().map(|x| vec![
-                s(&x["id"]), s(&x["gpu_uuid"]), s(&x["gpu_host"]), x["profile"].as_str().unwrap_or("custom").to_string(),
-                s(&x["sm_count"]), human_bytes(x["memory_bytes"].as_u64().unwrap_or(0)), s(&x["allocation_id"]), s(&x["project"]), s(&x["vm"]),
-            ]).collect();
-            table(&["SLICE", "GPU", "HOST", "PROFILE", "SMS", "MEMORY", "ALLOCATION", "PROJECT", "VM"], rows);
+            let rows = v
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .iter()
+                .map(|x| {
+                    vec![
+                        s(&x["id"]),
+                        s(&x["gpu_uuid"]),
+                        s(&x["gpu_host"]),
+                        x["profile"].as_str().unwrap_or("custom").to_string(),
+                        s(&x["sm_count"]),
+                        human_bytes(x["memory_bytes"].as_u64().unwrap_or(0)),
+                        s(&x["allocation_id"]),
+                        s(&x["project"]),
+                        s(&x["vm"]),
+                    ]
+                })
+                .collect();
+            table(
+                &[
+                    "SLICE",
+                    "GPU",
+                    "HOST",
+                    "PROFILE",
+                    "SMS",
+                    "MEMORY",
+                    "ALLOCATION",
+                    "PROJECT",
+                    "VM",
+                ],
+                rows,
+            );
         }),
         Cmd::Allocations => (api.call("GET", "/v1/allocations", None)?, print_allocations),
-        Cmd::Get { id } => (api.call("GET", &format!("/v1/allocations/{id}"), None)?, |v| print_allocations(&json!([v]))),
-        Cmd::Allocate { vm, host, project, profile, sm, memory, allow_remote, spread, numa } => {
+        Cmd::Get { id } => (
+            api.call("GET", &format!("/v1/allocations/{id}"), None)?,
+            |v| print_allocations(&json!([v])),
+        ),
+        Cmd::Allocate {
+            vm,
+            host,
+            project,
+            profile,
+            sm,
+            memory,
+            allow_remote,
+            spread,
+            numa,
+        } => {
             let slice = match (profile, sm, memory) {
                 (Some(p), _, _) => json!({"profile": p}),
-                (None, Some(sm), Some(m)) => json!({"sm_count": sm, "memory_bytes": parse_size(&m)?}),
+                (None, Some(sm), Some(m)) => {
+                    json!({"sm_count": sm, "memory_bytes": parse_size(&m)?})
+                }
                 _ => return Err("give --profile, or --sm and --memory".into()),
             };
             let mut body = json!({
@@ -288,33 +440,87 @@ fn run(cli: Cli) -> Result<(), String> {
             }
             (api.call("POST", "/v1/allocations", Some(body))?, |v| {
                 print_allocations(&json!([v]));
-                println!("\nRun a program on it:\n  VGPU_DEVICE=vhost-user:{} LD_LIBRARY_PATH=<dir with our libcuda.so.1> ./program", s(&v["socket_path"]));
+                println!(
+                    "\nRun a program on it:\n  VGPU_DEVICE=vhost-user:{} LD_LIBRARY_PATH=<dir with our libcuda.so.1> ./program",
+                    s(&v["socket_path"])
+                );
             })
         }
-        Cmd::Release { id } => (api.call("DELETE", &format!("/v1/allocations/{id}"), None)?, |v| println!("released {}", s(&v["id"]))),
-        Cmd::Drain { host } => (api.call("POST", &format!("/v1/hosts/{host}/drain"), None)?, |v| println!("host {} drained: no new slices on its GPUs", s(&v["name"]))),
-        Cmd::Undrain { host } => (api.call("POST", &format!("/v1/hosts/{host}/undrain"), None)?, |v| println!("host {} schedulable again", s(&v["name"]))),
+        Cmd::Release { id } => (
+            api.call("DELETE", &format!("/v1/allocations/{id}"), None)?,
+            |v| println!("released {}", s(&v["id"])),
+        ),
+        Cmd::Drain { host } => (
+            api.call("POST", &format!("/v1/hosts/{host}/drain"), None)?,
+            |v| println!("host {} drained: no new slices on its GPUs", s(&v["name"])),
+        ),
+        Cmd::Undrain { host } => (
+            api.call("POST", &format!("/v1/hosts/{host}/undrain"), None)?,
+            |v| println!("host {} schedulable again", s(&v["name"])),
+        ),
         Cmd::Projects => (api.call("GET", "/v1/projects", None)?, |v| {
-            let rows = v.as_array().cloned().unwrap_or_default().iter().map(|p| vec![
-                s(&p["name"]),
-                format!("{} / {}", s(&p["usage"]["allocations"]), s(&p["quota"]["max_allocations"])),
-                format!("{} / {}", human_bytes(p["usage"]["memory_bytes"].as_u64().unwrap_or(0)), p["quota"]["max_memory_bytes"].as_u64().map(human_bytes).unwrap_or_else(|| "-".into())),
-                format!("{} / {}", s(&p["usage"]["sm"]), s(&p["quota"]["max_sm"])),
-            ]).collect();
+            let rows = v
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .iter()
+                .map(|p| {
+                    vec![
+                        s(&p["name"]),
+                        format!(
+                            "{} / {}",
+                            s(&p["usage"]["allocations"]),
+                            s(&p["quota"]["max_allocations"])
+                        ),
+                        format!(
+                            "{} / {}",
+                            human_bytes(p["usage"]["memory_bytes"].as_u64().unwrap_or(0)),
+                            p["quota"]["max_memory_bytes"]
+                                .as_u64()
+                                .map(human_bytes)
+                                .unwrap_or_else(|| "-".into())
+                        ),
+                        format!("{} / {}", s(&p["usage"]["sm"]), s(&p["quota"]["max_sm"])),
+                    ]
+                })
+                .collect();
             table(&["PROJECT", "ALLOCS (USED / QUOTA)", "MEMORY", "SMS"], rows);
         }),
-        Cmd::ProjectCreate { name, max_allocations, max_memory, max_sm } => {
+        Cmd::ProjectCreate {
+            name,
+            max_allocations,
+            max_memory,
+            max_sm,
+        } => {
             let mem = max_memory.map(|m| parse_size(&m)).transpose()?;
             let body = json!({"name": name, "quota": {"max_allocations": max_allocations, "max_memory_bytes": mem, "max_sm": max_sm}});
             (api.call("POST", "/v1/projects", Some(body))?, |v| {
-                println!("project {} created; its token (shown once):\n{}", s(&v["name"]), s(&v["token"]));
+                println!(
+                    "project {} created; its token (shown once):\n{}",
+                    s(&v["name"]),
+                    s(&v["token"])
+                );
             })
         }
-        Cmd::GpuSet { uuid, slice_mode, oversubscription, health } => {
+        Cmd::GpuSet {
+            uuid,
+            slice_mode,
+            oversubscription,
+            health,
+        } => {
             let body = json!({"slice_mode": slice_mode, "oversubscription_ratio": oversubscription, "health": health});
-            (api.call("PATCH", &format!("/v1/gpus/{uuid}"), Some(body))?, |v| {
-                println!("GPU {}: mode {}, oversubscription {}, health {}", s(&v["uuid"]), s(&v["slice_mode"]), s(&v["oversubscription_ratio"]), s(&v["health"]));
-            })
+            (
+                api.call("PATCH", &format!("/v1/gpus/{uuid}"), Some(body))?,
+                |v| {
+                    println!(
+                        "GPU {}: mode {}, oversubscription {}, health {}",
+                        s(&v["uuid"]),
+                        s(&v["slice_mode"]),
+                        s(&v["oversubscription_ratio"]),
+                        s(&v["health"])
+                    );
+                },
+            )
         }
     };
     if cli.json {

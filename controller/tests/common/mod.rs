@@ -22,7 +22,11 @@ pub struct TempDir(pub PathBuf);
 
 impl TempDir {
     pub fn new(name: &str) -> Self {
-        let p = std::env::temp_dir().join(format!("vgpu-ctl-{name}-{}-{}", std::process::id(), rand_u32()));
+        let p = std::env::temp_dir().join(format!(
+            "vgpu-ctl-{name}-{}-{}",
+            std::process::id(),
+            rand_u32()
+        ));
         let _ = std::fs::remove_dir_all(&p);
         std::fs::create_dir_all(&p).unwrap();
         TempDir(p)
@@ -36,7 +40,9 @@ impl Drop for TempDir {
 }
 
 fn rand_u32() -> u32 {
-    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
     t.subsec_nanos() ^ (t.as_secs() as u32)
 }
 
@@ -59,19 +65,41 @@ impl Controller {
         let addr_file = dir.join("controller.addr");
         let _ = std::fs::remove_file(&addr_file);
         let child = Command::new(BIN)
-            .args(["serve", "--listen", listen, "--admin-token", ADMIN, "--agent-token", AGENT])
+            .args([
+                "serve",
+                "--listen",
+                listen,
+                "--admin-token",
+                ADMIN,
+                "--agent-token",
+                AGENT,
+            ])
             .arg("--state-dir")
             .arg(&state)
             .arg("--addr-file")
             .arg(&addr_file)
-            .args(["--lease-ttl-ms", &lease_ms.to_string(), "--heartbeat-ms", &hb_ms.to_string()])
+            .args([
+                "--lease-ttl-ms",
+                &lease_ms.to_string(),
+                "--heartbeat-ms",
+                &hb_ms.to_string(),
+            ])
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
-            .stderr(Stdio::from(std::fs::File::create(dir.join("controller.log")).unwrap()))
+            .stderr(Stdio::from(
+                std::fs::File::create(dir.join("controller.log")).unwrap(),
+            ))
             .spawn()
             .expect("spawn controller");
         let addr = wait_file(&addr_file, Duration::from_secs(20));
-        let c = Controller { child: Some(child), url: format!("http://{addr}"), addr, state, lease_ms, hb_ms };
+        let c = Controller {
+            child: Some(child),
+            url: format!("http://{addr}"),
+            addr,
+            state,
+            lease_ms,
+            hb_ms,
+        };
         wait_until(Duration::from_secs(10), || c.get("/healthz", None).0 == 200);
         c
     }
@@ -89,28 +117,55 @@ impl Controller {
     }
 
     pub fn admin(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-        http(&self.url, method, path, Some(ADMIN), body.map(|b| b.to_string()))
+        http(
+            &self.url,
+            method,
+            path,
+            Some(ADMIN),
+            body.map(|b| b.to_string()),
+        )
     }
 
     pub fn metrics(&self) -> String {
-        let agent = ureq::Agent::config_builder().http_status_as_error(false).build().new_agent();
-        agent.get(&format!("{}/metrics", self.url)).call().unwrap().body_mut().read_to_string().unwrap()
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .new_agent();
+        agent
+            .get(&format!("{}/metrics", self.url))
+            .call()
+            .unwrap()
+            .body_mut()
+            .read_to_string()
+            .unwrap()
     }
 
     /// Allocate as admin; returns (status, body).
     pub fn allocate(&self, vm: &str, host: &str, slice: Value, policy: Value) -> (u16, Value) {
-        self.admin("POST", "/v1/allocations", Some(json!({"vm": vm, "host": host, "slice": slice, "policy": policy})))
+        self.admin(
+            "POST",
+            "/v1/allocations",
+            Some(json!({"vm": vm, "host": host, "slice": slice, "policy": policy})),
+        )
     }
 
     pub fn wait_hosts(&self, n: usize) {
         wait_until(Duration::from_secs(20), || {
             let (s, v) = self.admin("GET", "/v1/hosts", None);
-            s == 200 && v.as_array().unwrap().iter().filter(|h| h["alive"] == json!(true)).count() == n
+            s == 200
+                && v.as_array()
+                    .unwrap()
+                    .iter()
+                    .filter(|h| h["alive"] == json!(true))
+                    .count()
+                    == n
         });
     }
 
     pub fn wait_state(&self, id: &str, state: &str) {
-        wait_until(Duration::from_secs(20), || self.admin("GET", &format!("/v1/allocations/{id}"), None).1["state"] == json!(state));
+        wait_until(Duration::from_secs(20), || {
+            self.admin("GET", &format!("/v1/allocations/{id}"), None).1["state"] == json!(state)
+        });
     }
 }
 
@@ -129,7 +184,14 @@ pub struct Agent {
 }
 
 impl Agent {
-    pub fn start(dir: &Path, url: &str, name: &str, gpus: u32, labels: &[&str], serve_port: u16) -> Self {
+    pub fn start(
+        dir: &Path,
+        url: &str,
+        name: &str,
+        gpus: u32,
+        labels: &[&str],
+        serve_port: u16,
+    ) -> Self {
         let state = dir.join(format!("agent-{name}"));
         let mut args: Vec<String> = vec![
             "agent".into(),
@@ -148,7 +210,9 @@ impl Agent {
             "--metrics-addr".into(),
             "127.0.0.1:0".into(),
             "--metrics-addr-file".into(),
-            dir.join(format!("agent-{name}.metrics")).display().to_string(),
+            dir.join(format!("agent-{name}.metrics"))
+                .display()
+                .to_string(),
             "--worker-bin".into(),
             "/bin/sh".into(),
             "--worker-arg=-c".into(),
@@ -158,7 +222,13 @@ impl Agent {
             args.push("--label".into());
             args.push((*l).into());
         }
-        let mut a = Agent { child: None, name: name.into(), state, args, log: dir.join(format!("agent-{name}.log")) };
+        let mut a = Agent {
+            child: None,
+            name: name.into(),
+            state,
+            args,
+            log: dir.join(format!("agent-{name}.log")),
+        };
         a.spawn();
         a
     }
@@ -170,7 +240,11 @@ impl Agent {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(
-                std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap(),
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&self.log)
+                    .unwrap(),
             ))
             .spawn()
             .expect("spawn agent");
@@ -186,14 +260,21 @@ impl Agent {
 
     /// Pid of the worker the agent runs for an allocation (from its pid file).
     pub fn worker_pid(&self, alloc: &str) -> Option<u32> {
-        std::fs::read_to_string(self.state.join("workers").join(format!("{alloc}.pid"))).ok()?.trim().parse().ok()
+        std::fs::read_to_string(self.state.join("workers").join(format!("{alloc}.pid")))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
     }
 
     /// Kill leftover stand-in workers (after the agent was SIGKILLed they are orphans).
     pub fn kill_workers(&self) {
         if let Ok(rd) = std::fs::read_dir(self.state.join("workers")) {
             for e in rd.flatten() {
-                if let Some(pid) = std::fs::read_to_string(e.path()).ok().and_then(|s| s.trim().parse::<i32>().ok()) {
+                if let Some(pid) = std::fs::read_to_string(e.path())
+                    .ok()
+                    .and_then(|s| s.trim().parse::<i32>().ok())
+                {
                     let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
                 }
             }
@@ -210,11 +291,21 @@ impl Drop for Agent {
 
 pub fn pid_alive(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| s.rsplit_once(')').map(|(_, r)| !r.trim_start().starts_with('Z')).unwrap_or(false))
+        .map(|s| {
+            s.rsplit_once(')')
+                .map(|(_, r)| !r.trim_start().starts_with('Z'))
+                .unwrap_or(false)
+        })
         .unwrap_or(false)
 }
 
-pub fn http(base: &str, method: &str, path: &str, token: Option<&str>, body: Option<String>) -> (u16, Value) {
+pub fn http(
+    base: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<String>,
+) -> (u16, Value) {
     let agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .timeout_global(Some(Duration::from_secs(20)))
@@ -224,7 +315,11 @@ pub fn http(base: &str, method: &str, path: &str, token: Option<&str>, body: Opt
     let auth = token.map(|t| format!("Bearer {t}"));
     let res = match method {
         "GET" | "DELETE" => {
-            let mut r = if method == "GET" { agent.get(&url) } else { agent.delete(&url) };
+            let mut r = if method == "GET" {
+                agent.get(&url)
+            } else {
+                agent.delete(&url)
+            };
             if let Some(a) = &auth {
                 r = r.header("authorization", a);
             }
@@ -239,7 +334,8 @@ pub fn http(base: &str, method: &str, path: &str, token: Option<&str>, body: Opt
             if let Some(a) = &auth {
                 r = r.header("authorization", a);
             }
-            r.header("content-type", "application/json").send(body.unwrap_or_default().as_bytes())
+            r.header("content-type", "application/json")
+                .send(body.unwrap_or_default().as_bytes())
         }
     };
     let mut resp = match res {
@@ -248,7 +344,10 @@ pub fn http(base: &str, method: &str, path: &str, token: Option<&str>, body: Opt
     };
     let status = resp.status().as_u16();
     let text = resp.body_mut().read_to_string().unwrap_or_default();
-    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
 }
 
 pub fn wait_file(p: &Path, within: Duration) -> String {
@@ -259,7 +358,11 @@ pub fn wait_file(p: &Path, within: Duration) -> String {
         {
             return s.trim().to_string();
         }
-        assert!(t.elapsed() < within, "timed out waiting for {}", p.display());
+        assert!(
+            t.elapsed() < within,
+            "timed out waiting for {}",
+            p.display()
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -276,5 +379,11 @@ pub fn wait_until(within: Duration, mut f: impl FnMut() -> bool) {
 pub fn assert_error(resp: &(u16, Value), status: u16, code: &str) {
     assert_eq!(resp.0, status, "unexpected status, body: {}", resp.1);
     assert_eq!(resp.1["error"]["code"], json!(code), "body: {}", resp.1);
-    assert!(resp.1["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "body: {}", resp.1);
+    assert!(
+        resp.1["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "body: {}",
+        resp.1
+    );
 }

@@ -29,16 +29,22 @@ main)
   elif [ "$backend" = echo ]; then
     t vgpu_test bench /dev/vgpu0 500 4194304
   else
-    echo "VGPU-STEP no driver_api_e2e given: the Hello loop is the only program"
+    t vgpu_test memcpy /dev/vgpu0 4194304 10
   fi
   wait $lp || { echo "VGPU-STEP-FAIL concurrent loop"; fail=1; }
   sed 's/^/[loop] /' /tmp/loop.log
-  # a process killed in the middle of its work: the host must free its client
-  vgpu_test loop /dev/vgpu0 60 > /tmp/kill.log 2>&1 &
+  # a process killed in the middle of its work: the host must free its client (with the daemon
+  # the process holds 8 MiB of device memory, which the host must free too)
+  if [ "$backend" = daemon ]; then
+    vgpu_test hold /dev/vgpu0 8388608 1 > /tmp/kill.log 2>&1 &
+  else
+    vgpu_test loop /dev/vgpu0 60 > /tmp/kill.log 2>&1 &
+  fi
   kp=$!
-  sleep 1
+  for i in $(seq 100); do grep -qE '^(HOLD|LOOP)' /tmp/kill.log && break; sleep 0.2; done
+  sleep 0.5
   kill -9 $kp; wait $kp 2>/dev/null
-  echo "VGPU-KILLED-CLIENT $(sed -n 's/^LOOP client=\([0-9]*\).*/\1/p' /tmp/kill.log)"
+  echo "VGPU-KILLED-CLIENT $(sed -n 's/^\(LOOP\|HOLD\) client=\([0-9]*\).*/\2/p' /tmp/kill.log)"
   if [ "$backend" = echo ]; then
     # killed while its request is still on the ring (the device never completes it)
     vgpu_test hang > /tmp/hang.log 2>&1 &
@@ -74,7 +80,12 @@ main)
   fi
   ;;
 kill)
-  # runs until the host kills the VM
+  # runs until the host kills the VM; with the daemon one process holds device memory
+  if [ "$backend" = daemon ]; then
+    vgpu_test hold /dev/vgpu0 16777216 1 > /tmp/hold.log 2>&1 &
+    for i in $(seq 100); do grep -q '^HOLD' /tmp/hold.log && break; sleep 0.2; done
+    cat /tmp/hold.log
+  fi
   vgpu_test loop /dev/vgpu0 600 &
   sleep 0.5
   echo "VGPU-READY-TO-KILL"

@@ -156,10 +156,11 @@ show_guest "$LOG/main.serial"
   || bad "boot 1 (QEMU, TCG): ${v:-no verdict} (qemu rc $rc; see $LOG/main.serial, $LOG/main.qemu)"
 wait_disconnects $((n0+1)) || bad "daemon did not log the disconnect after boot 1"
 K=$(sed -n 's/^VGPU-KILLED-CLIENT \([0-9][0-9]*\).*/\1/p' "$LOG/main.serial" | tr -d '\r' | head -1)
-if [ -n "$K" ] && grep -qE "client $K freed" "$DLOG"; then
+if [ -n "$K" ] && grep -qE "client $K freed" "$DLOG" && \
+   { [ "$BACKEND" != daemon ] || grep -qE "client $K freed: [1-9][0-9]* allocation" "$DLOG"; }; then
   ok "killed guest process: daemon freed client $K ($(grep -E "client $K freed" "$DLOG" | head -1 | cut -c1-100))"
 else
-  bad "killed guest process: no 'client ${K:-?} freed' in $DLOG"
+  bad "killed guest process: no 'client ${K:-?} freed' (with its allocation, for the daemon) in $DLOG"
 fi
 
 # 2. kill the whole guest in the middle of its work
@@ -170,7 +171,12 @@ if grep -aq VGPU-READY-TO-KILL "$LOG/kill.serial"; then
   sleep 1
   kill -9 "$QPID"; wait "$QPID" 2>/dev/null
   if wait_disconnects $((n0+1)); then
-    ok "guest killed mid-run: daemon logged '$(grep -E 'frontend disconnected' "$DLOG" | tail -1 | cut -c1-100)'"
+    line=$(grep -E 'frontend disconnected' "$DLOG" | tail -1)
+    if [ "$BACKEND" = daemon ] && ! grep -qE 'freed [1-9][0-9]* allocation' <<<"$line"; then
+      bad "guest killed mid-run: the daemon did not free the guest's device memory: '$line'"
+    else
+      ok "guest killed mid-run: daemon logged '$(cut -c1-140 <<<"$line")'"
+    fi
   else
     bad "guest killed mid-run: no disconnect in daemon log"
   fi

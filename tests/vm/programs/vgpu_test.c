@@ -11,6 +11,8 @@
  *                                          caller kills us and checks the module survives
  *   vgpu_test badid  [dev]                 device completes a wrong descriptor id (0xFFF4):
  *                                          EIO, queue broken until the device is re-probed
+ *   vgpu_test memcpy [dev] [bytes] [reps]  real daemon: ctx, MemAlloc, HtoD/DtoH verified + timed
+ *   vgpu_test hold   [dev] [bytes]         as memcpy, then keeps the allocation and loops forever
  *   vgpu_test flood  [dev] [n] [opcode]    n fire-and-forget messages, then a synchronous one
  *   vgpu_test loop   [dev] [seconds]       Hello round trips in a loop (a second process)
  * Prints "OK <what>" lines; exit status 0 on success.
@@ -280,6 +282,75 @@ static int cmd_flood(int n, unsigned opcode)
 	return fails;
 }
 
+/* one call, synchronous, against the real daemon; returns the reply body pointer or NULL */
+static uint8_t rbuf[4096];
+static const uint8_t *call1(int fd, uint16_t opcode, const void *body, uint32_t blen,
+			    struct vgpu_seg *in, unsigned nin, struct vgpu_seg *out, unsigned nout,
+			    struct vgpu_submit *res)
+{
+	uint8_t msg[256];
+	static uint64_t seq = 100;
+	size_t len = build_msg(msg, VGPU_MSG_F_WANT_REPLY, opcode, body, blen, sizeof(rbuf), seq++);
+	int e = submit(fd, msg, len, rbuf, sizeof(rbuf), in, nin, out, nout, 0, res);
+	if (e) { printf("FAIL call %#x: %s\n", opcode, strerror(-e)); fails++; return NULL; }
+	if (get32(rbuf + 4) < 1 || get32(rbuf + 24 + 4) != 0) {
+		printf("FAIL call %#x: nreplies %u result %u\n", opcode, get32(rbuf + 4), get32(rbuf + 28));
+		fails++; return NULL;
+	}
+	return rbuf + 24 + 16;	/* RespHeader, ReplyHeader */
+}
+
+static uint64_t get64(const uint8_t *p) { uint64_t v; memcpy(&v, p, 8); return v; }
+
+/*
+ * Real-daemon data path: Hello, PrimaryCtxRetain, MemAlloc, then MemcpyHtoD from pinned guest
+ * pages (data-in) and MemcpyDtoH into pinned guest pages (data-out), checked byte for byte and
+ * timed. With hold=1 it then keeps the allocation and loops (for the kill test).
+ */
+static int cmd_memcpy(size_t bytes, int reps, int hold)
+{
+	struct vgpu_info in;
+	int fd = open_dev(&in);
+	struct vgpu_submit r;
+	uint8_t b[64] = {0};
+	const uint8_t *p;
+
+	if (hello(fd, 1)) return 1;
+	put32(b, 0); put32(b + 4, 0);					/* DeviceArg{device 0} */
+	if (!(p = call1(fd, 0x0022, b, 8, NULL, 0, NULL, 0, NULL))) return 1;
+	uint64_t ctx = get64(p);
+	put64(b, ctx); put64(b + 8, bytes);				/* MemAlloc{ctx, size} */
+	if (!(p = call1(fd, 0x0030, b, 16, NULL, 0, NULL, 0, NULL))) return 1;
+	uint64_t dptr = get64(p);
+	uint8_t *src = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	uint8_t *dst = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	for (size_t k = 0; k < bytes; k++) src[k] = (uint8_t)(k * 13 + 5);
+	memset(dst, 0, bytes);
+	/* MemcpyHtoD{ctx, stream, dst, DataRef{offset, len}} / MemcpyDtoH{ctx, stream, src, DataRef} */
+	uint8_t h2d[48], d2h[48];
+	put64(h2d, ctx); put64(h2d + 8, 0); put64(h2d + 16, dptr); put64(h2d + 24, 0); put64(h2d + 32, bytes);
+	put64(d2h, ctx); put64(d2h + 8, 0); put64(d2h + 16, dptr); put64(d2h + 24, 0); put64(d2h + 32, bytes);
+	struct vgpu_seg si = { (uintptr_t)src, bytes }, so = { (uintptr_t)dst, bytes };
+	if (!call1(fd, 0x0034, h2d, 40, &si, 1, NULL, 0, &r)) return 1;
+	if (!call1(fd, 0x0035, d2h, 40, NULL, 0, &so, 1, &r)) return 1;
+	CHECK(r.data_out_written == bytes, "DtoH data_out_written %llu", (unsigned long long)r.data_out_written);
+	CHECK(memcmp(src, dst, bytes) == 0, "DtoH data differs from HtoD data");
+	double t0 = now();
+	for (int i = 0; i < reps && !fails; i++) call1(fd, 0x0034, h2d, 40, &si, 1, NULL, 0, &r);
+	double t1 = now();
+	for (int i = 0; i < reps && !fails; i++) call1(fd, 0x0035, d2h, 40, NULL, 0, &so, 1, &r);
+	double t2 = now();
+	printf("OK memcpy ctx=%#llx dptr=%#llx bytes=%zu verified; HtoD %.1f MB/s, DtoH %.1f MB/s (%d reps)\n",
+	       (unsigned long long)ctx, (unsigned long long)dptr, bytes,
+	       bytes * (double)reps / (t1 - t0) / 1e6, bytes * (double)reps / (t2 - t1) / 1e6, reps);
+	if (hold) {
+		printf("HOLD client=%u holds %zu bytes of device memory\n", in.client_id, bytes);
+		for (;;) hello(fd, 1);
+	}
+	close(fd);
+	return fails;
+}
+
 static int cmd_hang(void)
 {
 	struct vgpu_info in;
@@ -319,6 +390,9 @@ int main(int argc, char **argv)
 	if (!strcmp(cmd, "hostile")) return cmd_hostile() ? 1 : 0;
 	if (!strcmp(cmd, "hang")) return cmd_hang();
 	if (!strcmp(cmd, "badid")) return cmd_badid() ? 1 : 0;
+	if (!strcmp(cmd, "memcpy") || !strcmp(cmd, "hold"))
+		return cmd_memcpy(argc > 3 ? strtoul(argv[3], 0, 0) : (4u << 20), argc > 4 ? atoi(argv[4]) : 10,
+				  !strcmp(cmd, "hold")) ? 1 : 0;
 	if (!strcmp(cmd, "flood")) return cmd_flood(argc > 3 ? atoi(argv[3]) : 1000, argc > 4 ? strtoul(argv[4], 0, 0) : 0) ? 1 : 0;
 	if (!strcmp(cmd, "loop")) return cmd_loop(argc > 3 ? atoi(argv[3]) : 5) ? 1 : 0;
 	fprintf(stderr, "usage: %s hello|bench|abi|hostile|hang|loop [dev] ...\n", argv[0]);

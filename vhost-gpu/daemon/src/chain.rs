@@ -56,17 +56,6 @@ impl ParsedChain {
         self.data_out.clear();
         self.reply_cap = 0;
         check_shape(descs, &mut self.sorted)?;
-        for d in descs {
-            if mem
-                .get_slices(GuestAddress(d.addr), d.len as usize)
-                .any(|s| s.is_err())
-            {
-                return Err(ChainError::BadAddress {
-                    addr: d.addr,
-                    len: d.len,
-                });
-            }
-        }
         let readable: Vec<&Desc> = descs.iter().filter(|d| !d.writable).collect();
         let total_readable: u64 = readable.iter().map(|d| u64::from(d.len)).sum();
         if total_readable == 0 {
@@ -76,16 +65,31 @@ impl ParsedChain {
         // Read the header first to learn the message length, then the message itself.
         let mut head = [0u8; size_of::<MsgHeader>()];
         let head_len = read_stream(mem, &readable, 0, &mut head);
-        let declared = if head_len == head.len() {
-            u32::from_le_bytes([head[16], head[17], head[18], head[19]]) as usize
-        } else {
-            head_len
-        };
-        let resp_cap = if head_len == head.len() {
-            u32::from_le_bytes([head[20], head[21], head[22], head[23]]) as usize
-        } else {
-            0
-        };
+        let field = |o: usize| u32::from_le_bytes([head[o], head[o + 1], head[o + 2], head[o + 3]]) as usize;
+        // Without our magic nothing in the header is trusted, not even where a reply may go.
+        let ours = head_len == head.len() && field(0) as u32 == vgpu_protocol::MAGIC;
+        let (declared, resp_cap) = if ours { (field(16), field(20)) } else { (head_len, 0) };
+
+        // The reply area comes first, so that even a refused chain can be answered.
+        let mut pos = 0usize;
+        let mut out_ranges = Vec::new();
+        for d in descs.iter().filter(|d| d.writable) {
+            let len = d.len as usize;
+            let in_reply = resp_cap.saturating_sub(pos).min(len);
+            if in_reply > 0 {
+                self.reply_area.push((d.addr, in_reply));
+                self.reply_cap += in_reply;
+            }
+            if in_reply < len {
+                out_ranges.push((d.addr + in_reply as u64, len - in_reply));
+            }
+            pos += len;
+        }
+        for d in descs {
+            if mem.get_slices(GuestAddress(d.addr), d.len as usize).any(|s| s.is_err()) {
+                return Err(ChainError::BadAddress { addr: d.addr, len: d.len });
+            }
+        }
         if declared > MAX_MESSAGE {
             return Err(ChainError::TooLong(declared));
         }
@@ -100,33 +104,11 @@ impl ParsedChain {
             pos = end;
             let from = (msg_len as u64).max(start);
             if from < end {
-                push_segments(
-                    mem,
-                    d.addr + (from - start),
-                    (end - from) as usize,
-                    &mut self.data_in,
-                )?;
+                push_segments(mem, d.addr + (from - start), (end - from) as usize, &mut self.data_in)?;
             }
         }
-
-        // Writable bytes: the reply area first, then the data-out stream.
-        let mut pos = 0usize;
-        for d in descs.iter().filter(|d| d.writable) {
-            let len = d.len as usize;
-            let in_reply = resp_cap.saturating_sub(pos).min(len);
-            if in_reply > 0 {
-                self.reply_area.push((d.addr, in_reply));
-                self.reply_cap += in_reply;
-            }
-            if in_reply < len {
-                push_segments(
-                    mem,
-                    d.addr + in_reply as u64,
-                    len - in_reply,
-                    &mut self.data_out,
-                )?;
-            }
-            pos += len;
+        for (addr, len) in out_ranges {
+            push_segments(mem, addr, len, &mut self.data_out)?;
         }
         Ok(())
     }
@@ -342,6 +324,7 @@ mod tests {
     fn oversized_and_short_messages_do_not_panic() {
         let m = mem();
         let mut hdr = [0u8; 32];
+        hdr[..4].copy_from_slice(&vgpu_protocol::MAGIC.to_le_bytes());
         hdr[16..20].copy_from_slice(&u32::MAX.to_le_bytes());
         m.write_slice(&hdr, GuestAddress(0)).unwrap();
         let mut p = ParsedChain::default();

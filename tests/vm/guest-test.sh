@@ -25,7 +25,8 @@ main)
   vgpu_test loop /dev/vgpu0 3 > /tmp/loop.log 2>&1 &
   lp=$!
   if [ -x /usr/bin/driver_api_e2e ]; then
-    t driver_api_e2e
+    # shellcheck disable=SC2046
+    t driver_api_e2e $(cat /etc/vgpu/e2e-args 2>/dev/null)
   elif [ "$backend" = echo ]; then
     t vgpu_test bench /dev/vgpu0 500 4194304
   else

@@ -10,7 +10,10 @@
 #                      the hostile-reply, hung-request and copy-bandwidth tests)
 #   VGPU_DAEMON_ARGS   extra daemon arguments (default "--gpu sim"); --socket is always passed
 #   VGPU_LIBCUDA       the guest shim libcuda.so.1 to put in the guest (/usr/lib/libcuda.so.1)
-#   VGPU_E2E_PROG      driver-API test program to run in the guest (as /usr/bin/driver_api_e2e)
+#   VGPU_E2E_PROG      driver-API test program to run in the guest (as /usr/bin/driver_api_e2e);
+#                      default: tests/programs/driver_api_e2e.c linked against VGPU_LIBCUDA, when given
+#   VGPU_E2E_ARGS      its arguments (default "/usr/share/vgpu/kernels.cubin --no-kernel-check";
+#                      tests/fixtures/kernels.cubin is installed there)
 #   VGPU_GUEST_FILES   more files for the guest, space-separated SRC[:DEST]
 #   VGPU_VM_LIBVIRT    1 (default) also boot through libvirt; 0 to skip
 #   VGPU_VM_SETUP      1 (default) run guest/setup-host.sh (apt); 0 when already done
@@ -82,7 +85,19 @@ if [ "${VGPU_VM_RUST_CHECK:-1}" = 1 ]; then
     || { cat "$LOG/rust-check-build.log"; bad "kmod-transport-check build"; }
 fi
 [ -n "${VGPU_LIBCUDA:-}" ] && FILES+=(--file "$VGPU_LIBCUDA:/usr/lib/libcuda.so.1")
-[ -n "${VGPU_E2E_PROG:-}" ] && FILES+=(--file "$VGPU_E2E_PROG:/usr/bin/driver_api_e2e")
+E2E=${VGPU_E2E_PROG:-}
+if [ -z "$E2E" ] && [ -n "${VGPU_LIBCUDA:-}" ] && [ -f "$ROOT/tests/programs/driver_api_e2e.c" ]; then
+  # link the driver-API test against the given shim (its SONAME is libcuda.so.1)
+  gcc -O1 -Wall -o "$WORK/driver_api_e2e" "$ROOT/tests/programs/driver_api_e2e.c" -I"$ROOT/tests/programs" \
+    "$VGPU_LIBCUDA" && E2E=$WORK/driver_api_e2e || bad "driver_api_e2e build"
+fi
+if [ -n "$E2E" ]; then
+  FILES+=(--file "$E2E:/usr/bin/driver_api_e2e")
+  # its arguments: a module with vecAdd, and no kernel check on the sim GPU
+  [ -f "$ROOT/tests/fixtures/kernels.cubin" ] && FILES+=(--file "$ROOT/tests/fixtures/kernels.cubin:/usr/share/vgpu/kernels.cubin")
+  echo "${VGPU_E2E_ARGS:-/usr/share/vgpu/kernels.cubin --no-kernel-check}" > "$WORK/e2e-args"
+  FILES+=(--file "$WORK/e2e-args:/etc/vgpu/e2e-args")
+fi
 for f in ${VGPU_GUEST_FILES:-}; do FILES+=(--file "$f"); done
 INITRD=$WORK/initramfs.cpio.gz
 "$ROOT/guest/build-initramfs.sh" --kroot "$KROOT" --kabi "$KABI" --out "$INITRD" \

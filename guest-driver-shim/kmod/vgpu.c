@@ -435,6 +435,7 @@ static void vgpu_poll_wait(struct vgpu_vq *q, struct vgpu_req *req)
 		spin_unlock_irqrestore(&q->lock, flags);
 		vgpu_finish_reaped(q, &reaped, false);
 		cpu_relax();
+		cond_resched();
 	}
 
 	spin_lock_irqsave(&q->lock, flags);

@@ -20,6 +20,8 @@
 #   VGPU_VM_WORKDIR    scratch (default /var/tmp/vgpu-vm); logs in $VGPU_VM_WORKDIR/logs
 #   VGPU_VM_RUST_CHECK 1 (default) build tests/vm/kmod-transport-check and run it in the guest
 #   VGPU_VM_SMP        guest vCPUs (default 2)
+#   VGPU_QEMU_GENERIC  a qemu-system-x86_64 with a user-creatable vhost-user-device-pci
+#                      (guest/build-qemu-generic.sh): adds boot 4 with virtio-id=38, 2 x 256 queues
 #   VGPU_VM_APPEND     extra guest kernel parameters, e.g. "vgpu.poll=1"
 set -uo pipefail
 T0=$(date +%s.%N)
@@ -122,11 +124,13 @@ wait_disconnects() {  # wait until the daemon has logged $1 disconnects
 
 # ---------------------------------------------------------------- QEMU
 APPEND_BASE="console=ttyS0 panic=-1 quiet vgpu_backend=$BACKEND ${VGPU_VM_APPEND:-}"
-qemu_cmd() {  # $1 = serial log, $2 = extra kernel params
-  echo qemu-system-x86_64 -machine q35,memory-backend=mem \
+QEMU_BIN=qemu-system-x86_64
+QEMU_DEV=vhost-user-gpio-pci,chardev=vgpu0c,id=vgpu0
+qemu_cmd() {  # $1 = serial log
+  echo $QEMU_BIN -machine q35,memory-backend=mem \
     -object memory-backend-memfd,id=mem,size=512M,share=on \
     -accel tcg -cpu max -m 512 -smp ${VGPU_VM_SMP:-2} -nodefaults -no-user-config -display none -no-reboot \
-    -serial "file:$1" -chardev "socket,id=vgpu0c,path=$SOCK" -device vhost-user-gpio-pci,chardev=vgpu0c,id=vgpu0 \
+    -serial "file:$1" -chardev "socket,id=vgpu0c,path=$SOCK" -device $QEMU_DEV \
     -kernel "$KERNEL" -initrd "$INITRD"
 }
 boot() {  # boot NAME "kernel params" [background]; sets QPID when background
@@ -207,6 +211,23 @@ v=$(verdict "$LOG/again.serial")
 [ "$v" = "VGPU-VERDICT PASS" ] && ok "boot 3: a new guest after the kill works (${BOOT_SECS}s)" \
   || bad "boot 3: ${v:-no verdict} (qemu rc $rc; see $LOG/again.serial)"
 wait_disconnects $((n0+1)) || true
+
+# 4. optional: a QEMU whose generic vhost-user-device-pci is user-creatable (guest/build-qemu-generic.sh)
+if [ -n "${VGPU_QEMU_GENERIC:-}" ]; then
+  QEMU_BIN="$VGPU_QEMU_GENERIC -L /usr/share/seabios -L /usr/share/qemu"
+  QEMU_DEV=vhost-user-device-pci,chardev=vgpu0c,id=vgpu0,virtio-id=38,num_vqs=2,vq_size=256,config_size=8
+  n0=$(disconnects)
+  boot generic "vgpu_mode=main"; rc=$?
+  v=$(verdict "$LOG/generic.serial")
+  grep -a 'OK info' "$LOG/generic.serial" | head -1 | tr -d '\r' | sed 's/^/    guest| /'
+  if [ "$v" = "VGPU-VERDICT PASS" ] && grep -aq 'virtio_id=38 .*qsize=256' "$LOG/generic.serial"; then
+    ok "boot 4 (patched QEMU, vhost-user-device-pci virtio-id=38, 2 x 256): guest tests pass in ${BOOT_SECS}s"
+  else
+    bad "boot 4 (generic device): ${v:-no verdict} (qemu rc $rc; see $LOG/generic.serial, $LOG/generic.qemu)"
+  fi
+  wait_disconnects $((n0+1)) || true
+  QEMU_BIN=qemu-system-x86_64; QEMU_DEV=vhost-user-gpio-pci,chardev=vgpu0c,id=vgpu0
+fi
 
 # ---------------------------------------------------------------- libvirt
 if [ "${VGPU_VM_LIBVIRT:-1}" = 1 ]; then

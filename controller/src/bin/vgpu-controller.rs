@@ -169,6 +169,7 @@ async fn up(mut a: UpArgs) -> anyhow::Result<()> {
         worker_args: a.worker_args.clone(),
         metrics_addr: a.agent_metrics_addr.clone(),
         metrics_addr_file: None,
+        ca_cert: None,
     };
     let stop = Arc::new(AtomicBool::new(false));
     let stop2 = stop.clone();

@@ -23,6 +23,9 @@ struct Cli {
     /// Bearer token (admin or project).
     #[arg(long, env = "VGPU_TOKEN", hide_env_values = true, global = true)]
     token: Option<String>,
+    /// Extra CA certificate (PEM) to trust for https:// (e.g. the controller's self-signed one).
+    #[arg(long, env = "VGPU_CA_CERT", global = true)]
+    ca_cert: Option<std::path::PathBuf>,
     /// Print the controller's JSON instead of tables.
     #[arg(long, global = true)]
     json: bool,
@@ -267,11 +270,8 @@ fn print_allocations(v: &Value) {
 }
 
 fn run(cli: Cli) -> Result<(), String> {
-    let agent = ureq::Agent::config_builder()
-        .timeout_global(Some(Duration::from_secs(30)))
-        .http_status_as_error(false)
-        .build()
-        .new_agent();
+    let agent = vgpu_agent::http_client(cli.ca_cert.as_deref(), Duration::from_secs(30))
+        .map_err(|e| format!("{e:#}"))?;
     let api = Api {
         url: cli.url.clone(),
         token: cli.token.clone(),

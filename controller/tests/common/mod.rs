@@ -106,7 +106,7 @@ impl Controller {
 
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
-            // SAFETY-free: Child::kill sends SIGKILL.
+            // Child::kill sends SIGKILL.
             c.kill().unwrap();
             c.wait().unwrap();
         }
@@ -256,6 +256,11 @@ impl Agent {
             c.kill().unwrap();
             c.wait().unwrap();
         }
+    }
+
+    /// Arguments for the next `spawn`.
+    pub fn add_args(&mut self, extra: &[&str]) {
+        self.args.extend(extra.iter().map(|s| s.to_string()));
     }
 
     /// Pid of the worker the agent runs for an allocation (from its pid file).

@@ -73,6 +73,39 @@ pub struct AgentArgs {
     /// Write the bound metrics address to this file (for tests and scripts).
     #[arg(long)]
     pub metrics_addr_file: Option<PathBuf>,
+    /// Extra CA certificate (PEM) to trust for an https:// controller (e.g. a self-signed one).
+    #[arg(long, env = "VGPU_CA_CERT")]
+    pub ca_cert: Option<PathBuf>,
+}
+
+/// HTTP client for the controller's API: global timeout, HTTP error statuses returned as
+/// values, and optionally an extra CA certificate (PEM) as the only trusted root.
+pub fn http_client(
+    ca_cert: Option<&std::path::Path>,
+    timeout: Duration,
+) -> anyhow::Result<ureq::Agent> {
+    let mut b = ureq::Agent::config_builder()
+        .timeout_global(Some(timeout))
+        .http_status_as_error(false);
+    if let Some(p) = ca_cert {
+        let pem =
+            std::fs::read(p).with_context(|| format!("reading CA certificate {}", p.display()))?;
+        let certs: Vec<ureq::tls::Certificate<'static>> = ureq::tls::parse_pem(&pem)
+            .filter_map(|i| match i {
+                Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
+                _ => None,
+            })
+            .collect();
+        if certs.is_empty() {
+            bail!("no PEM certificate in {}", p.display());
+        }
+        b = b.tls_config(
+            ureq::tls::TlsConfig::builder()
+                .root_certs(ureq::tls::RootCerts::new_with_certs(&certs))
+                .build(),
+        );
+    }
+    Ok(b.build().new_agent())
 }
 
 /// Errors talking to the controller.
@@ -93,12 +126,7 @@ struct Client {
 }
 
 impl Client {
-    fn new(base: &str, token: &str) -> Self {
-        let agent = ureq::Agent::config_builder()
-            .timeout_global(Some(Duration::from_secs(10)))
-            .http_status_as_error(false)
-            .build()
-            .new_agent();
+    fn new(base: &str, token: &str, agent: ureq::Agent) -> Self {
         Client {
             base: base.trim_end_matches('/').to_string(),
             token: token.to_string(),
@@ -205,7 +233,11 @@ pub fn run_until(args: AgentArgs, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
     );
     workers.adopt();
 
-    let client = Client::new(&args.controller, &args.token);
+    let client = Client::new(
+        &args.controller,
+        &args.token,
+        http_client(args.ca_cert.as_deref(), Duration::from_secs(10))?,
+    );
     let reg = RegisterRequest {
         name: name.clone(),
         address: args.advertise_addr.clone(),

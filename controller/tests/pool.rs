@@ -381,7 +381,7 @@ fn killed_agent_slices_reclaimed_within_lease() {
 }
 
 #[test]
-fn worker_crash_and_vm_stop_return_the_slice() {
+fn worker_crash_returns_the_slice() {
     let d = TempDir::new("crash");
     let c = Controller::start(&d.0, 3_000, 150);
     let h = Agent::start(&d.0, &c.url, "h1", 1, &[], 7001);
@@ -410,6 +410,39 @@ fn worker_crash_and_vm_stop_return_the_slice() {
     );
     let (_, g) = c.admin("GET", "/v1/gpus/SIM-GPU-h1-0", None);
     assert_eq!(g["slices"], json!(0));
+}
+
+#[test]
+fn vm_stop_reported_by_agent_releases_the_slice_once() {
+    let d = TempDir::new("vmstop");
+    let c = Controller::start(&d.0, 3_000, 150);
+    // The stand-in worker ends by itself with exit code 0, as when its VM shuts down.
+    let _h = Agent::start_with_worker(&d.0, &c.url, "h1", 1, &[], 7001, "sleep 1; exit 0");
+    c.wait_hosts(1);
+    let (_, a) = c.allocate("vm", "h1", json!({"profile": "1/2"}), json!({}));
+    let id = a["id"].as_str().unwrap().to_string();
+    c.wait_state(&id, "running");
+    wait_until(Duration::from_secs(5), || {
+        c.admin("GET", &format!("/v1/allocations/{id}"), None).0 == 404
+    });
+    let m = c.metrics();
+    assert!(
+        m.contains("vgpu_pool_releases_total{reason=\"vm_stopped\"} 1"),
+        "{m}"
+    );
+    // The agent does not start the worker again for a released allocation.
+    std::thread::sleep(Duration::from_millis(600));
+    let addr = wait_file(&d.0.join("agent-h1.metrics"), Duration::from_secs(5));
+    let (_, body) = http(&format!("http://{addr}"), "GET", "/metrics", None, None);
+    let t = body.as_str().unwrap_or("").to_string();
+    assert!(
+        t.contains("vgpu_agent_worker_starts_total{host=\"h1\"} 1"),
+        "{t}"
+    );
+    assert!(
+        t.contains("vgpu_agent_worker_exits_total{host=\"h1\"} 1"),
+        "{t}"
+    );
 }
 
 #[test]

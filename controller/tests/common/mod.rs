@@ -192,6 +192,19 @@ impl Agent {
         labels: &[&str],
         serve_port: u16,
     ) -> Self {
+        Self::start_with_worker(dir, url, name, gpus, labels, serve_port, "exec sleep 60")
+    }
+
+    /// Like `start`, with the stand-in worker running `sh -c <script>`.
+    pub fn start_with_worker(
+        dir: &Path,
+        url: &str,
+        name: &str,
+        gpus: u32,
+        labels: &[&str],
+        serve_port: u16,
+        script: &str,
+    ) -> Self {
         let state = dir.join(format!("agent-{name}"));
         let mut args: Vec<String> = vec![
             "agent".into(),
@@ -216,7 +229,7 @@ impl Agent {
             "--worker-bin".into(),
             "/bin/sh".into(),
             "--worker-arg=-c".into(),
-            "--worker-arg=exec sleep 60".into(),
+            format!("--worker-arg={script}"),
         ];
         for l in labels {
             args.push("--label".into());

@@ -12,7 +12,7 @@ use std::{
 };
 
 use vgpu_protocol::{
-    CuResult, EncodeError, Encoder, Opcode, call_flags, calls, flags, parse_response,
+    CuResult, EncodeError, Encoder, Opcode, calls, flags, parse_response,
 };
 use vgpu_virtio_user::{Options, Seg, SharedBuf, VirtioUser};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
@@ -27,6 +27,9 @@ const REPLY_BYTES: usize = 4 << 20;
 pub const STAGING_BYTES: usize = 8 << 20;
 /// Calls in a batch before it is sent even while the device is busy.
 const BATCH_CALLS: u32 = 128;
+/// Calls in a fire-and-forget batch through the kernel driver (which has no cheap way to
+/// tell whether the device is idle).
+const KMOD_BATCH_CALLS: u32 = 16;
 /// Data segments in one chain.
 const MAX_DATA_SEGS: usize = 48;
 /// How long a synchronous call waits before the device is declared dead.
@@ -74,8 +77,25 @@ struct Batch {
     data_out_len: u64,
 }
 
+/// How messages reach the device.
+enum Link {
+    /// This process drives the virtqueue itself (no VM).
+    VirtioUser(VirtioUser),
+    /// The guest kernel driver `/dev/vgpuN` drives it; requests are ioctls.
+    Kmod { transport: KmodTransport, next_head: u16 },
+}
+
+#[path = "../../kmod/rust/kmod_transport.rs"]
+#[allow(clippy::all, unsafe_op_in_unsafe_fn)]
+mod kmod_transport;
+use kmod_transport::KmodTransport;
+
+/// Largest piece of a copy in one request through the kernel driver (its scatter-list budget
+/// is about 8 MiB of scattered 4 KiB pages per request).
+pub const KMOD_MAX_PIECE: usize = 4 << 20;
+
 pub struct Inner {
-    vu: VirtioUser,
+    link: Link,
     msg_bufs: Vec<SharedBuf>,
     free_bufs: Vec<usize>,
     /// Message buffer of each chain in flight, by head index.
@@ -103,25 +123,31 @@ fn transport_error(e: impl std::fmt::Display) -> CuResult {
 
 impl Connection {
     pub fn open_virtio_user(path: &std::path::Path) -> Result<Self, String> {
-        let mut vu = VirtioUser::connect(path, Options::default(), Duration::from_secs(10))
+        let vu = VirtioUser::connect(path, Options::default(), Duration::from_secs(10))
             .map_err(|e| e.to_string())?;
+        Self::open(Link::VirtioUser(vu))
+    }
+
+    /// Opens the guest kernel driver's device node (the default inside a VM).
+    pub fn open_kmod(path: &std::path::Path) -> Result<Self, String> {
+        let transport =
+            KmodTransport::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        Self::open(Link::Kmod { transport, next_head: 0 })
+    }
+
+    fn open(mut link: Link) -> Result<Self, String> {
+        let mut alloc = |len| alloc_buf(&mut link, len);
         let mut msg_bufs = Vec::with_capacity(MSG_BUFFERS);
         for _ in 0..MSG_BUFFERS {
-            msg_bufs.push(vu.alloc(MSG_BYTES, 4096).map_err(|e| e.to_string())?);
+            msg_bufs.push(alloc(MSG_BYTES)?);
         }
-        let reply = vu.alloc(REPLY_BYTES, 4096).map_err(|e| e.to_string())?;
-        let staging = [
-            vu.alloc(STAGING_BYTES, 4096).map_err(|e| e.to_string())?,
-            vu.alloc(STAGING_BYTES, 4096).map_err(|e| e.to_string())?,
-        ];
-        let staged_replies = [
-            vu.alloc(4096, 4096).map_err(|e| e.to_string())?,
-            vu.alloc(4096, 4096).map_err(|e| e.to_string())?,
-        ];
+        let reply = alloc(REPLY_BYTES)?;
+        let staging = [alloc(STAGING_BYTES)?, alloc(STAGING_BYTES)?];
+        let staged_replies = [alloc(4096)?, alloc(4096)?];
         let qs = 256;
         Ok(Self {
             inner: Mutex::new(Inner {
-                vu,
+                link,
                 msg_bufs,
                 free_bufs: (1..MSG_BUFFERS).rev().collect(),
                 inflight: vec![None; qs],
@@ -185,23 +211,61 @@ impl Connection {
         g.flush_pending()
     }
 
-    /// Allocates memory shared with the device.
+    /// Allocates memory the device can reach directly (shared with the daemon over
+    /// virtio-user; ordinary memory that the kernel driver pins per request in a VM).
     pub fn alloc_shared(&self, len: usize) -> Result<SharedBuf, CuResult> {
-        self.lock()
-            .vu
-            .alloc(len, 4096)
-            .map_err(|_| CuResult::OUT_OF_MEMORY)
+        alloc_buf(&mut self.lock().link, len).map_err(|_| CuResult::OUT_OF_MEMORY)
     }
 
     pub fn free_shared(&self, buf: SharedBuf) {
-        self.lock().vu.free(buf);
+        match &mut self.lock().link {
+            Link::VirtioUser(vu) => vu.free(buf),
+            // SAFETY: `buf` came from the anonymous mapping made in `alloc_buf`.
+            Link::Kmod { .. } => unsafe {
+                libc::munmap(buf.hva.cast(), buf.len);
+            },
+        }
+    }
+}
+
+fn alloc_buf(link: &mut Link, len: usize) -> Result<SharedBuf, String> {
+    match link {
+        Link::VirtioUser(vu) => vu.alloc(len, 4096).map_err(|e| e.to_string()),
+        Link::Kmod { .. } => {
+            // SAFETY: a fresh anonymous mapping, checked for failure.
+            let p = unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    len.max(1),
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                    -1,
+                    0,
+                )
+            };
+            if p == libc::MAP_FAILED {
+                return Err(std::io::Error::last_os_error().to_string());
+            }
+            Ok(SharedBuf { hva: p.cast(), gpa: p as u64, len })
+        }
     }
 }
 
 impl Inner {
-    /// The guest address of host memory if it is shared with the device.
+    /// The address a descriptor may name for host memory `p`, if the device can reach it
+    /// without staging: shared memory over virtio-user; any memory through the kernel driver,
+    /// which pins it.
     pub fn translate(&self, p: *const u8, len: usize) -> Option<u64> {
-        self.vu.translate(p, len)
+        match &self.link {
+            Link::VirtioUser(vu) => vu.translate(p, len),
+            Link::Kmod { .. } => Some(p as u64),
+        }
+    }
+
+    /// Whether a copy's guest buffer must be finished with before its request completes:
+    /// the kernel driver unpins the pages when the request completes.
+    pub fn copies_complete_in_request(&self) -> bool {
+        matches!(self.link, Link::Kmod { .. })
     }
 
     pub fn call<T: IntoBytes + Immutable>(
@@ -374,36 +438,60 @@ impl Inner {
             n += 1;
         }
         let used_buf = b.buf;
-        // Wait for room on the ring and for a free message buffer for the next batch.
-        while self.vu.free_descriptors() < n || self.free_bufs.is_empty() {
-            self.reap();
-            if self.vu.free_descriptors() >= n && !self.free_bufs.is_empty() {
-                break;
+        if let Link::Kmod { transport, next_head } = &mut self.link {
+            let head = *next_head;
+            *next_head = (*next_head + 1) % self.done.len() as u16;
+            // SAFETY: every segment names memory the application (or we) own for the duration
+            // of this request, as the driver API requires of copy buffers.
+            let result = unsafe { kmod_submit(transport, &segs[..n], len, resp_cap as usize) };
+            match result {
+                Ok(resp_len) => self.done[usize::from(head)] = Some(resp_len),
+                Err(e) => return Err(self.die(e)),
             }
-            self.vu
-                .wait_for_used(SYNC_TIMEOUT)
-                .map_err(|e| self.die(e))?;
+            self.reset_batch(used_buf);
+            return Ok(head);
         }
-        let head = self.vu.submit(&segs[..n]).map_err(|e| self.die(e))?;
+        // Wait for room on the ring and for a free message buffer for the next batch.
+        let head = loop {
+            self.reap();
+            let Link::VirtioUser(vu) = &mut self.link else {
+                unreachable!("handled above")
+            };
+            if vu.free_descriptors() >= n && !self.free_bufs.is_empty() {
+                match vu.submit(&segs[..n]) {
+                    Ok(h) => break h,
+                    Err(e) => return Err(self.die(e)),
+                }
+            }
+            if let Err(e) = vu.wait_for_used(SYNC_TIMEOUT) {
+                return Err(self.die(e));
+            }
+        };
         self.inflight[usize::from(head)] = Some(used_buf);
         self.inflight_count += 1;
         self.done[usize::from(head)] = None;
+        self.reset_batch(used_buf);
+        Ok(head)
+    }
+
+    /// Starts a new, empty batch (in a free message buffer).
+    fn reset_batch(&mut self, used_buf: usize) {
         let b = &mut self.batch;
-        b.buf = self.free_bufs.pop().unwrap_or(0);
+        b.buf = if matches!(self.link, Link::Kmod { .. }) { used_buf } else { self.free_bufs.pop().unwrap_or(0) };
         b.pos = size_of::<vgpu_protocol::MsgHeader>();
         b.ncalls = 0;
         b.data_in.clear();
         b.data_in_len = 0;
         b.data_out.clear();
         b.data_out_len = 0;
-        Ok(head)
     }
 
     /// Sends the batch now if the device is idle (so the GPU starts at once) or the batch is
     /// long; otherwise keeps collecting calls while the device works.
     pub fn kick_if_idle(&mut self) -> Result<(), CuResult> {
         self.reap();
-        if self.inflight_count == 0 || self.batch.ncalls >= BATCH_CALLS {
+        let limit = if matches!(self.link, Link::Kmod { .. }) { KMOD_BATCH_CALLS } else { BATCH_CALLS };
+        if self.inflight_count == 0 && !matches!(self.link, Link::Kmod { .. }) || self.batch.ncalls >= limit {
             self.flush(false)?;
         }
         Ok(())
@@ -416,13 +504,14 @@ impl Inner {
 
     pub fn reap(&mut self) {
         let Self {
-            vu,
+            link,
             inflight,
             inflight_count,
             free_bufs,
             done,
             ..
         } = self;
+        let Link::VirtioUser(vu) = link else { return };
         vu.reap(|head, len| {
             if let Some(buf) = inflight[usize::from(head)].take() {
                 free_bufs.push(buf);
@@ -441,9 +530,12 @@ impl Inner {
                     return Ok(len);
                 }
             }
-            self.vu
-                .wait_for_used(SYNC_TIMEOUT)
-                .map_err(|e| self.die(e))?;
+            let Link::VirtioUser(vu) = &mut self.link else {
+                return Err(transport_error("completion of an unknown request"));
+            };
+            if let Err(e) = vu.wait_for_used(SYNC_TIMEOUT) {
+                return Err(self.die(e));
+            }
         }
     }
 
@@ -492,7 +584,37 @@ pub fn stream_arg(stream: u64, ctx: u64) -> calls::StreamArg {
     }
 }
 
-/// The `ASYNC` call flag when `yes`.
-pub fn async_flag(yes: bool) -> u16 {
-    if yes { call_flags::ASYNC } else { 0 }
+/// One request through the kernel driver: `segs` as the chain would carry them (message,
+/// data-in, reply area, data-out, with user addresses in `gpa`). Returns the reply length.
+///
+/// # Safety
+/// Every segment must name memory valid for its length for the whole request.
+unsafe fn kmod_submit(t: &KmodTransport, segs: &[Seg], msg_len: usize, resp_cap: usize) -> std::io::Result<u32> {
+    // SAFETY: the caller's contract, for each segment.
+    let slice = |s: &Seg| unsafe { std::slice::from_raw_parts(s.gpa as *const u8, s.len as usize) };
+    let req = &slice(&segs[0])[..msg_len];
+    let rest = &segs[1..];
+    let ins: Vec<&[u8]> = rest.iter().filter(|s| !s.writable).map(slice).collect();
+    let mut writable = rest.iter().filter(|s| s.writable);
+    let mut resp_empty: [u8; 0] = [];
+    let resp: &mut [u8] = if resp_cap > 0 {
+        let r = writable.next().ok_or_else(|| std::io::Error::other("reply area missing"))?;
+        // SAFETY: the reply buffer is ours and `resp_cap` long.
+        unsafe { std::slice::from_raw_parts_mut(r.gpa as *mut u8, resp_cap) }
+    } else {
+        &mut resp_empty
+    };
+    // SAFETY: data-out buffers are the application's, writable for their lengths.
+    let mut outs: Vec<&mut [u8]> = writable.map(|s| unsafe { std::slice::from_raw_parts_mut(s.gpa as *mut u8, s.len as usize) }).collect();
+    if resp_cap == 0 && outs.is_empty() {
+        if ins.is_empty() {
+            t.submit_nowait(req)?;
+        } else {
+            // SAFETY: data-in of fire-and-forget requests is our own shared memory, which
+            // stays unchanged until the next synchronous request returns.
+            unsafe { t.submit_nowait_with_data(req, &ins)? };
+        }
+        return Ok(0);
+    }
+    Ok(t.submit(req, resp, &ins, &mut outs)?.resp_len as u32)
 }

@@ -22,7 +22,10 @@ use log::debug;
 use thiserror::Error;
 use vhost::{
     VhostBackend, VhostUserMemoryRegionInfo, VringConfigData,
-    vhost_user::{Frontend, VhostUserFrontend, message::VhostUserProtocolFeatures},
+    vhost_user::{
+        Frontend, VhostUserFrontend,
+        message::{VhostUserHeaderFlag, VhostUserProtocolFeatures},
+    },
 };
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
@@ -100,6 +103,8 @@ pub struct VirtioUser {
     kick: EventFd,
     call: EventFd,
     event_idx: bool,
+    /// REPLY_ACK was negotiated, so NEED_REPLY requests are acknowledged.
+    reply_ack: bool,
     options: Options,
     config: Vec<u8>,
 }
@@ -149,6 +154,7 @@ impl VirtioUser {
             .set_features(features)
             .map_err(neg("SET_FEATURES"))?;
         let mut config = Vec::new();
+        let mut reply_ack = false;
         if features & VHOST_USER_F_PROTOCOL_FEATURES != 0 {
             let pf = frontend
                 .get_protocol_features()
@@ -161,6 +167,7 @@ impl VirtioUser {
             frontend
                 .set_protocol_features(pf)
                 .map_err(neg("SET_PROTOCOL_FEATURES"))?;
+            reply_ack = pf.contains(VhostUserProtocolFeatures::REPLY_ACK);
             if pf.contains(VhostUserProtocolFeatures::CONFIG) {
                 let (_, bytes) = frontend
                     .get_config(
@@ -232,6 +239,7 @@ impl VirtioUser {
             kick,
             call,
             event_idx,
+            reply_ack,
             options,
             config,
         })
@@ -278,8 +286,14 @@ impl VirtioUser {
     pub fn free(&mut self, buf: SharedBuf) {
         if let Some(i) = self.dedicated.iter().position(|r| r.hva == buf.hva) {
             let region = self.dedicated.swap_remove(i);
+            // The device must have unmapped the region before we unmap it here.
+            self.frontend.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
             if let Err(e) = self.frontend.remove_mem_region(&region_info(&region)) {
                 debug!("virtio-user: REM_MEM_REG failed: {e}");
+            }
+            self.frontend.set_hdr_flags(VhostUserHeaderFlag::empty());
+            if !self.reply_ack {
+                let _ = self.frontend.get_features();
             }
             return;
         }

@@ -12,12 +12,23 @@ use vgpu_protocol::{CuResult, DataRef, Opcode, call_flags, calls};
 use super::{handle_of, put, ret};
 use crate::{
     CUdeviceptr, CUresult,
-    conn::{Bulk, STAGING_BYTES, async_flag},
+    conn::{Bulk, KMOD_MAX_PIECE, STAGING_BYTES},
     driver::{self, Driver},
 };
 
 /// Largest piece of one descriptor.
 const MAX_PIECE: usize = 1 << 30;
+
+/// Call flags of a copy whose descriptors name the application's memory directly. When the
+/// transport releases that memory as the request completes (the kernel driver unpins it), an
+/// asynchronous copy must finish on its stream before the request completes.
+fn direct_flags(is_async: bool, completes_in_request: bool) -> u16 {
+    match (is_async, completes_in_request) {
+        (true, true) => call_flags::ASYNC | call_flags::WAIT_STREAM,
+        (true, false) => call_flags::ASYNC,
+        (false, _) => 0,
+    }
+}
 
 fn ctx() -> Result<(&'static Driver, u64), CuResult> {
     let ctx = driver::current_handle()?;
@@ -265,10 +276,13 @@ fn htod(dst: CUdeviceptr, src: *const u8, n: usize, stream: Option<u64>) -> Resu
     let mut g = d.conn.lock();
     let s = stream.unwrap_or(0);
     if let Some(gpa) = g.translate(src, n) {
+        let whole = g.copies_complete_in_request();
+        let flags = direct_flags(stream.is_some(), whole);
+        let max_piece = if whole { KMOD_MAX_PIECE } else { MAX_PIECE };
         // Shared (pinned) memory: descriptors point straight at it.
         let mut off = 0;
         while off < n {
-            let piece = (n - off).min(MAX_PIECE);
+            let piece = (n - off).min(max_piece);
             let bulk = Bulk {
                 gpa: gpa + off as u64,
                 len: piece as u64,
@@ -276,7 +290,7 @@ fn htod(dst: CUdeviceptr, src: *const u8, n: usize, stream: Option<u64>) -> Resu
             let dst = dst + off as u64;
             g.append_bulk(
                 Opcode::MemcpyHtoD,
-                async_flag(stream.is_some()),
+                flags,
                 |in_off, _| calls::MemcpyHtoD {
                     ctx: ctx.into(),
                     stream: s.into(),
@@ -286,9 +300,14 @@ fn htod(dst: CUdeviceptr, src: *const u8, n: usize, stream: Option<u64>) -> Resu
                 Some(bulk),
                 None,
             )?;
+            if whole {
+                g.send_and_wait(Opcode::MemcpyHtoD)?;
+            }
             off += piece;
         }
-        return if stream.is_some() {
+        return if whole {
+            Ok(())
+        } else if stream.is_some() {
             g.kick_if_idle()
         } else {
             g.send_and_wait(Opcode::MemcpyHtoD)
@@ -349,9 +368,12 @@ fn dtoh(dst: *mut u8, src: CUdeviceptr, n: usize, stream: Option<u64>) -> Result
     let mut g = d.conn.lock();
     let s = stream.unwrap_or(0);
     if let Some(gpa) = g.translate(dst, n) {
+        let whole = g.copies_complete_in_request();
+        let flags = direct_flags(stream.is_some(), whole);
+        let max_piece = if whole { KMOD_MAX_PIECE } else { MAX_PIECE };
         let mut off = 0;
         while off < n {
-            let piece = (n - off).min(MAX_PIECE);
+            let piece = (n - off).min(max_piece);
             let bulk = Bulk {
                 gpa: gpa + off as u64,
                 len: piece as u64,
@@ -359,7 +381,7 @@ fn dtoh(dst: *mut u8, src: CUdeviceptr, n: usize, stream: Option<u64>) -> Result
             let src = src + off as u64;
             g.append_bulk(
                 Opcode::MemcpyDtoH,
-                async_flag(stream.is_some()),
+                flags,
                 |_, out_off| calls::MemcpyDtoH {
                     ctx: ctx.into(),
                     stream: s.into(),
@@ -369,9 +391,14 @@ fn dtoh(dst: *mut u8, src: CUdeviceptr, n: usize, stream: Option<u64>) -> Result
                 None,
                 Some(bulk),
             )?;
+            if whole {
+                g.send_and_wait(Opcode::MemcpyDtoH)?;
+            }
             off += piece;
         }
-        return if stream.is_some() {
+        return if whole {
+            Ok(())
+        } else if stream.is_some() {
             g.kick_if_idle()
         } else {
             g.send_and_wait(Opcode::MemcpyDtoH)

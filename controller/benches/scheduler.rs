@@ -60,14 +60,16 @@ fn main() {
     std::fs::create_dir_all(&dir).unwrap();
     let rss0 = rss_mib();
     let store = SqliteStore::open(&dir.join("pool.db")).unwrap();
-    let pool = Pool::open(
-        Box::new(store),
-        PoolConfig {
-            lease_ttl: Duration::from_secs(3600),
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let pool = std::sync::Arc::new(
+        Pool::open(
+            Box::new(store),
+            PoolConfig {
+                lease_ttl: Duration::from_secs(3600),
+                ..Default::default()
+            },
+        )
+        .unwrap(),
+    );
     let t = Instant::now();
     for i in 0..HOSTS {
         let name = host(i);
@@ -334,6 +336,74 @@ fn main() {
     println!(
         "RSS: start {rss0:.1} MiB, after inventory {rss_inv:.1} MiB, after {ok} allocations {rss_alloc:.1} MiB (pool + second index for the decision runs: {:.1} MiB)",
         rss_mib()
+    );
+    // Through the REST API on loopback: axum server and ureq clients share the same 2 cores.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let st = vgpu_controller::api::AppState {
+        pool: pool.clone(),
+        auth: std::sync::Arc::new(vgpu_controller::auth::Auth::new(
+            &["bench-token".to_string()],
+            &[],
+            None,
+        )),
+        legacy_metrics: false,
+    };
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    rt.spawn(vgpu_controller::api::serve(
+        listener,
+        vgpu_controller::api::router(st),
+        None,
+        std::future::pending(),
+    ));
+    const HTTP_REQS: usize = 4_000;
+    const CLIENTS: usize = 4;
+    let t3 = Instant::now();
+    let handles: Vec<_> = (0..CLIENTS)
+        .map(|c| {
+            std::thread::spawn(move || {
+                let agent = vgpu_agent::http_client(None, Duration::from_secs(30)).unwrap();
+                let mut rng = Rng(0x1234 + c as u64 * 7919);
+                let mut lat = Vec::new();
+                let mut ok = 0usize;
+                for i in 0..HTTP_REQS / CLIENTS {
+                    let body = serde_json::json!({
+                        "vm": format!("http{c}-{i}"),
+                        "host": host(rng.below(HOSTS as u64) as usize),
+                        "slice": {"profile": "1/8"},
+                        "policy": {"allow_remote": true}
+                    });
+                    let s = Instant::now();
+                    let mut r = agent
+                        .post(&format!("http://{addr}/v1/allocations"))
+                        .header("authorization", "Bearer bench-token")
+                        .send_json(&body)
+                        .unwrap();
+                    let _ = r.body_mut().read_to_string();
+                    lat.push(s.elapsed());
+                    ok += usize::from(r.status().as_u16() == 201);
+                }
+                (lat, ok)
+            })
+        })
+        .collect();
+    let mut hlat = Vec::new();
+    let mut hok = 0;
+    for h in handles {
+        let (l, o) = h.join().unwrap();
+        hlat.extend(l);
+        hok += o;
+    }
+    let hwall = t3.elapsed();
+    println!(
+        "REST API on loopback, {CLIENTS} client threads, {HTTP_REQS} POST /v1/allocations (1/8), {hok} placed: {:.0} allocations/s; latency p50 {:.1} us, p99 {:.1} us",
+        HTTP_REQS as f64 / hwall.as_secs_f64(),
+        pct(&mut hlat, 0.5),
+        pct(&mut hlat, 0.99)
     );
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -539,11 +539,21 @@ impl Pool {
             })?
             .quota
             .clone();
-        if !inner.hosts.contains_key(&req.host) {
-            return Err(PoolError::NotFound {
-                kind: "host",
-                id: req.host.clone(),
-            });
+        match inner.hosts.get(&req.host) {
+            None => {
+                return Err(PoolError::NotFound {
+                    kind: "host",
+                    id: req.host.clone(),
+                });
+            }
+            // Its agent would never start the worker; the lease would only expire.
+            Some(h) if !h.alive => {
+                return Err(PoolError::Conflict(format!(
+                    "host {:?} is lost (no heartbeat from its agent); cannot start a worker there",
+                    req.host
+                )));
+            }
+            Some(_) => {}
         }
         // The count quota is known before placement; memory and SMs depend on the GPU chosen.
         let used = inner.usage.get(&project).copied().unwrap_or_default();

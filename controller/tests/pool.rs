@@ -324,7 +324,7 @@ fn racing_requests_for_the_last_slice_exactly_one_wins() {
 #[test]
 fn killed_agent_slices_reclaimed_within_lease() {
     let d = TempDir::new("agentdie");
-    let lease = 1_500;
+    let lease = 2_000;
     let c = Controller::start(&d.0, lease, 150);
     let mut h1 = Agent::start(&d.0, &c.url, "h1", 1, &[], 7001);
     let _h2 = Agent::start(&d.0, &c.url, "h2", 1, &[], 7002);
@@ -360,6 +360,19 @@ fn killed_agent_slices_reclaimed_within_lease() {
         .unwrap()
         .clone();
     assert_eq!(h["alive"], json!(false));
+    // No new allocation for a VM on the lost host.
+    let r = c.allocate(
+        "vm3",
+        "h1",
+        json!({"profile": "1/8"}),
+        json!({"allow_remote": true}),
+    );
+    assert_error(&r, 409, "conflict");
+    assert!(
+        r.1["error"]["message"].as_str().unwrap().contains("lost"),
+        "{}",
+        r.1
+    );
     // The other host's allocation is untouched.
     assert_eq!(
         c.admin(

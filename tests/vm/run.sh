@@ -22,6 +22,7 @@
 #   VGPU_VM_SMP        guest vCPUs (default 2)
 #   VGPU_QEMU_GENERIC  a qemu-system-x86_64 with a user-creatable vhost-user-device-pci
 #                      (guest/build-qemu-generic.sh): adds boot 4 with virtio-id=38, 2 x 256 queues
+#   VGPU_GENERIC_QUEUES  queues of that device (default 2; the daemon needs --queues N for more)
 #   VGPU_VM_APPEND     extra guest kernel parameters, e.g. "vgpu.poll=1"
 set -uo pipefail
 T0=$(date +%s.%N)
@@ -215,13 +216,13 @@ wait_disconnects $((n0+1)) || true
 # 4. optional: a QEMU whose generic vhost-user-device-pci is user-creatable (guest/build-qemu-generic.sh)
 if [ -n "${VGPU_QEMU_GENERIC:-}" ]; then
   QEMU_BIN="$VGPU_QEMU_GENERIC -L /usr/share/seabios -L /usr/share/qemu"
-  QEMU_DEV=vhost-user-device-pci,chardev=vgpu0c,id=vgpu0,virtio-id=38,num_vqs=2,vq_size=256,config_size=8
+  QEMU_DEV=vhost-user-device-pci,chardev=vgpu0c,id=vgpu0,virtio-id=38,num_vqs=${VGPU_GENERIC_QUEUES:-2},vq_size=256,config_size=8
   n0=$(disconnects)
   boot generic "vgpu_mode=main"; rc=$?
   v=$(verdict "$LOG/generic.serial")
   grep -a 'OK info' "$LOG/generic.serial" | head -1 | tr -d '\r' | sed 's/^/    guest| /'
   if [ "$v" = "VGPU-VERDICT PASS" ] && grep -aq 'virtio_id=38 .*qsize=256' "$LOG/generic.serial"; then
-    ok "boot 4 (patched QEMU, vhost-user-device-pci virtio-id=38, 2 x 256): guest tests pass in ${BOOT_SECS}s"
+    ok "boot 4 (patched QEMU, vhost-user-device-pci virtio-id=38, ${VGPU_GENERIC_QUEUES:-2} x 256): guest tests pass in ${BOOT_SECS}s"
   else
     bad "boot 4 (generic device): ${v:-no verdict} (qemu rc $rc; see $LOG/generic.serial, $LOG/generic.qemu)"
   fi

@@ -80,7 +80,7 @@ struct Batch {
 /// How messages reach the device.
 enum Link {
     /// This process drives the virtqueue itself (no VM).
-    VirtioUser(VirtioUser),
+    VirtioUser(Box<VirtioUser>),
     /// The guest kernel driver `/dev/vgpuN` drives it; requests are ioctls.
     Kmod { transport: KmodTransport, next_head: u16 },
 }
@@ -125,7 +125,7 @@ impl Connection {
     pub fn open_virtio_user(path: &std::path::Path) -> Result<Self, String> {
         let vu = VirtioUser::connect(path, Options::default(), Duration::from_secs(10))
             .map_err(|e| e.to_string())?;
-        Self::open(Link::VirtioUser(vu))
+        Self::open(Link::VirtioUser(Box::new(vu)))
     }
 
     /// Opens the guest kernel driver's device node (the default inside a VM).
@@ -178,6 +178,7 @@ impl Connection {
     }
 
     /// Appends a fire-and-forget call; errors surface at the next synchronising call.
+    #[allow(clippy::too_many_arguments)]
     pub fn call_async<T: IntoBytes + Immutable>(
         &self,
         op: Opcode,
@@ -339,6 +340,7 @@ impl Inner {
         Ok(())
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn append<T: IntoBytes + Immutable>(
         &mut self,
         op: Opcode,
@@ -525,11 +527,10 @@ impl Inner {
     pub fn wait(&mut self, head: u16) -> Result<u32, CuResult> {
         loop {
             self.reap();
-            if self.inflight[usize::from(head)].is_none() {
-                if let Some(len) = self.done[usize::from(head)].take() {
+            if self.inflight[usize::from(head)].is_none()
+                && let Some(len) = self.done[usize::from(head)].take() {
                     return Ok(len);
                 }
-            }
             let Link::VirtioUser(vu) = &mut self.link else {
                 return Err(transport_error("completion of an unknown request"));
             };

@@ -36,19 +36,17 @@ impl Arena {
             return;
         };
         // Merge with the neighbours.
-        if let Some((&next, &next_len)) = self.free.range(start + len..).next() {
-            if next == start + len {
+        if let Some((&next, &next_len)) = self.free.range(start + len..).next()
+            && next == start + len {
                 self.free.remove(&next);
                 len += next_len;
             }
-        }
-        if let Some((&prev, &prev_len)) = self.free.range(..start).next_back() {
-            if prev + prev_len == start {
+        if let Some((&prev, &prev_len)) = self.free.range(..start).next_back()
+            && prev + prev_len == start {
                 self.free.remove(&prev);
                 start = prev;
                 len += prev_len;
             }
-        }
         self.free.insert(start, len);
     }
 }

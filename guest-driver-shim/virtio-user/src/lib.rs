@@ -253,8 +253,8 @@ impl VirtioUser {
     /// Allocates `len` bytes of memory shared with the device, aligned to `align`.
     pub fn alloc(&mut self, len: usize, align: usize) -> Result<SharedBuf, Error> {
         let len = len.max(1);
-        if len < self.options.dedicated_threshold {
-            if let Some(off) = self.arena.alloc(len, align.max(64)) {
+        if len < self.options.dedicated_threshold
+            && let Some(off) = self.arena.alloc(len, align.max(64)) {
                 // SAFETY: the arena hands out offsets inside the control region.
                 let hva = unsafe { self.control.hva.add(off) };
                 return Ok(SharedBuf {
@@ -263,7 +263,6 @@ impl VirtioUser {
                     len,
                 });
             }
-        }
         let size = len.next_multiple_of(2 << 20);
         let region = Region::new(self.next_gpa, size)?;
         self.frontend

@@ -433,7 +433,7 @@ impl Gpu for CudaGpu {
         let owned;
         let data = if !image.starts_with(b"\x7fELF")
             && image.last() != Some(&0)
-            && !crate::image::fatbin_len(image).is_some()
+            && crate::image::fatbin_len(image).is_none()
         {
             owned = [image, b"\0"].concat();
             owned.as_slice()

@@ -356,7 +356,7 @@ mod tests {
 
     #[test]
     fn truncated_elf_never_panics() {
-        let mut elf = vec![0u8; 128];
+        let mut elf = [0u8; 128];
         elf[..4].copy_from_slice(ELF_MAGIC);
         elf[4] = 2;
         elf[5] = 1;

@@ -597,7 +597,8 @@ impl Executor {
                 let c = self.client(client)?;
                 let Some(h) = c.primary else {
                     return if op == Opcode::PrimaryCtxReset {
-                        Ok(w.push_status(code, 0))
+                        w.push_status(code, 0);
+                        Ok(())
                     } else {
                         Err(CuResult::INVALID_CONTEXT)
                     };
@@ -629,11 +630,10 @@ impl Executor {
                 if size == 0 {
                     return Err(CuResult::INVALID_VALUE);
                 }
-                if let Some(limit) = self.limits.mem_limit {
-                    if self.mem_used.checked_add(size).is_none_or(|t| t > limit) {
+                if let Some(limit) = self.limits.mem_limit
+                    && self.mem_used.checked_add(size).is_none_or(|t| t > limit) {
                         return Err(CuResult::OUT_OF_MEMORY);
                     }
-                }
                 let dptr = self.gpu.mem_alloc(size)?;
                 self.mem_used += size;
                 let c = self.client(client)?;

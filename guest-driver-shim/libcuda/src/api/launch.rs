@@ -28,9 +28,11 @@ unsafe fn extra_buffer<'a>(extra: *mut *mut c_void) -> Result<Option<&'a [u8]>, 
         let key = unsafe { *extra.add(i) } as usize;
         match key {
             CU_LAUNCH_PARAM_END => break,
+            // SAFETY: each key is followed by its value in the list.
             CU_LAUNCH_PARAM_BUFFER_POINTER => ptr = unsafe { *extra.add(i + 1) }.cast(),
             // SAFETY: the value of BUFFER_SIZE points at a size_t.
             CU_LAUNCH_PARAM_BUFFER_SIZE => {
+                // SAFETY: the value of BUFFER_SIZE points at a size_t.
                 size = Some(unsafe { *(*extra.add(i + 1)).cast::<usize>() })
             }
             _ => return Err(CuResult::INVALID_VALUE),
@@ -64,11 +66,10 @@ unsafe fn launch(
         return Err(CuResult::INVALID_VALUE);
     }
     let len = func.params_len as usize;
-    if let Some(p) = packed {
-        if p.len() < len {
+    if let Some(p) = packed
+        && p.len() < len {
             return Err(CuResult::INVALID_VALUE);
         }
-    }
     let body = calls::LaunchKernel {
         func: func.handle.into(),
         stream: handle_of(stream).into(),

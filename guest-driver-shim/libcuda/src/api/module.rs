@@ -216,6 +216,7 @@ fn as_module<'a>(m: *mut c_void) -> Result<&'a Module, CuResult> {
     if m.is_null() {
         Err(CuResult::INVALID_HANDLE)
     } else {
+        // SAFETY: every CUmodule we hand out points at a leaked, never freed Module.
         Ok(unsafe { &*(m as *const Module) })
     }
 }
@@ -286,7 +287,7 @@ pub unsafe extern "C" fn cuModuleEnumerateFunctions(
         }
         for (i, f) in module.funcs.iter().take(n as usize).enumerate() {
             // SAFETY: `out` has room for `n` entries (caller's contract).
-            unsafe { *out.add(i) = &**f as *const Func as *mut c_void };
+            unsafe { *out.add(i) = &raw const **f as *mut c_void };
         }
         Ok(())
     }))
@@ -343,6 +344,7 @@ pub(crate) fn as_func<'a>(f: *mut c_void) -> Result<&'a Func, CuResult> {
     if f.is_null() {
         Err(CuResult::INVALID_HANDLE)
     } else {
+        // SAFETY: every CUfunction/CUkernel points at a Func of a leaked Module.
         Ok(unsafe { &*(f as *const Func) })
     }
 }

@@ -136,6 +136,11 @@ async fn up(mut a: UpArgs) -> anyhow::Result<()> {
         a.controller.admin_tokens.push(token_file(&admin_file)?);
     } else {
         std::fs::write(&admin_file, format!("{}\n", a.controller.admin_tokens[0]))?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&admin_file, std::fs::Permissions::from_mode(0o600))?;
+        }
     }
     let agent_token = token_file(&dir.join("agent.token"))?;
     a.controller.agent_tokens.push(agent_token.clone());

@@ -182,6 +182,16 @@ impl VhostUserBackendMut for VgpuBackend {
             | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
     }
 
+    /// The VMM reset the device (a guest reboot, or a driver unbind): every client of the
+    /// old guest is gone.
+    fn reset_device(&mut self) {
+        let freed = self.executor.close_all();
+        info!(
+            "device reset: freed {} allocations ({} bytes) and {} objects",
+            freed.allocations, freed.bytes, freed.objects
+        );
+    }
+
     fn set_event_idx(&mut self, enabled: bool) {
         self.event_idx = enabled;
     }

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::Parser;
 use thiserror::Error;
-use vgpu_executor::SliceLimits;
+use vgpu_executor::{SliceLimits, cuda::ComputeMode};
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum ConfigError {
@@ -16,6 +16,12 @@ pub enum ConfigError {
     BadQueues(usize),
     #[error("--queue-size must be a power of two between 64 and 32768, not {0}")]
     BadQueueSize(usize),
+    #[error("--compute-mode must be 'green' or 'mps', not '{0}'")]
+    BadComputeMode(String),
+    #[error("--compute-mode needs --sm-count")]
+    ModeWithoutSms,
+    #[error("--sm-count must be at least 1")]
+    ZeroSms,
 }
 
 /// Which device executes the calls.
@@ -53,6 +59,16 @@ pub struct Args {
     /// Microseconds to keep polling a queue after it runs dry, before waiting for a kick.
     #[arg(long, default_value_t = 200)]
     pub poll_us: u64,
+    /// SMs of the slice (enforced on the GPU by --compute-mode; reported to the guest).
+    #[arg(long)]
+    pub sm_count: Option<u32>,
+    /// How the SM share is enforced: 'green' (green contexts) or 'mps' (an MPS client share;
+    /// needs nvidia-cuda-mps-control running). See docs/slices.md.
+    #[arg(long)]
+    pub compute_mode: Option<String>,
+    /// Device memory charged to the slice for each context the VM creates, e.g. 500M.
+    #[arg(long, default_value = "0")]
+    pub ctx_overhead: String,
     /// Exit after serving this many frontends (default: serve forever).
     #[arg(long)]
     pub max_connections: Option<usize>,
@@ -63,6 +79,7 @@ pub struct Args {
 pub struct Config {
     pub socket: PathBuf,
     pub gpu: GpuSelection,
+    pub compute: ComputeMode,
     pub limits: SliceLimits,
     pub sim_memory: u64,
     pub queues: usize,
@@ -107,11 +124,24 @@ impl TryFrom<Args> for Config {
         if !a.queue_size.is_power_of_two() || !(64..=32768).contains(&a.queue_size) {
             return Err(ConfigError::BadQueueSize(a.queue_size));
         }
+        if a.sm_count == Some(0) {
+            return Err(ConfigError::ZeroSms);
+        }
+        let compute = match (a.compute_mode.as_deref(), a.sm_count) {
+            (None, None) => ComputeMode::Whole,
+            (None | Some("green"), Some(sm_count)) => ComputeMode::Green { sm_count },
+            (Some("mps"), Some(sm_count)) => ComputeMode::Mps { sm_count },
+            (Some("green" | "mps"), None) => return Err(ConfigError::ModeWithoutSms),
+            (Some(other), _) => return Err(ConfigError::BadComputeMode(other.to_string())),
+        };
         Ok(Config {
             socket: a.socket,
             gpu,
+            compute,
             limits: SliceLimits {
                 mem_limit: a.mem_limit.as_deref().map(parse_size).transpose()?,
+                sm_count: a.sm_count,
+                ctx_overhead: parse_size(&a.ctx_overhead)?,
             },
             sim_memory: parse_size(&a.sim_memory)?,
             queues: a.queues,
@@ -157,5 +187,16 @@ mod tests {
         let c = Config::try_from(args(&["--gpu", "sim", "--mem-limit", "1G"])).unwrap();
         assert_eq!(c.gpu, GpuSelection::Sim);
         assert_eq!(c.limits.mem_limit, Some(1 << 30));
+        assert_eq!(c.compute, ComputeMode::Whole);
+        let c = Config::try_from(args(&["--sm-count", "33"])).unwrap();
+        assert_eq!(c.compute, ComputeMode::Green { sm_count: 33 });
+        let c = Config::try_from(args(&["--sm-count", "33", "--compute-mode", "mps"])).unwrap();
+        assert_eq!(c.compute, ComputeMode::Mps { sm_count: 33 });
+        assert_eq!(Config::try_from(args(&["--compute-mode", "mps"])).unwrap_err(), ConfigError::ModeWithoutSms);
+        assert_eq!(
+            Config::try_from(args(&["--sm-count", "8", "--compute-mode", "mig"])).unwrap_err(),
+            ConfigError::BadComputeMode("mig".into())
+        );
+        assert_eq!(Config::try_from(args(&["--sm-count", "0"])).unwrap_err(), ConfigError::ZeroSms);
     }
 }

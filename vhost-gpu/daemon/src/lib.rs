@@ -36,7 +36,7 @@ pub enum Error {
 pub fn open_gpu(config: &Config) -> Result<Box<dyn Gpu>, Error> {
     Ok(match config.gpu {
         GpuSelection::Sim => Box::new(SimGpu::new(config.sim_memory)),
-        GpuSelection::Cuda(ordinal) => Box::new(CudaGpu::open(ordinal).map_err(Error::Gpu)?),
+        GpuSelection::Cuda(ordinal) => Box::new(CudaGpu::open_with(ordinal, config.compute).map_err(Error::Gpu)?),
     })
 }
 

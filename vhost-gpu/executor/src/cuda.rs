@@ -48,6 +48,19 @@ type RawGetAttribute = unsafe extern "C" fn(*mut c_int, c_int, c_int) -> c_uint;
 type RawFuncGetAttribute = unsafe extern "C" fn(*mut c_int, c_int, CUfunction) -> c_uint;
 type RawFuncSetAttribute = unsafe extern "C" fn(CUfunction, c_int, c_int) -> c_uint;
 
+/// How a slice's SM share is enforced on the GPU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ComputeMode {
+    /// No SM limit: the VM's kernels may use the whole GPU (time-sliced with other VMs).
+    Whole,
+    /// Every context of the VM is a green context holding `sm_count` SMs (spatial partition
+    /// inside this process; other VMs' processes time-slice with it).
+    Green { sm_count: u32 },
+    /// This process is an MPS client limited to a share of the SMs
+    /// (`CUDA_MPS_ACTIVE_THREAD_PERCENTAGE`); needs a running MPS control daemon.
+    Mps { sm_count: u32 },
+}
+
 /// One CUDA device served to guests (the executor exposes it as their device 0).
 pub struct CudaGpu {
     ordinal: i32,
@@ -58,6 +71,11 @@ pub struct CudaGpu {
     func_get_attribute: RawFuncGetAttribute,
     func_set_attribute: RawFuncSetAttribute,
     param_ptrs: Vec<*mut c_void>,
+    mode: ComputeMode,
+    /// SMs the slice really got (green partitions round up to the hardware's granularity).
+    granted_sms: Option<u32>,
+    /// Green contexts behind the contexts handed out: context -> green context.
+    green: std::collections::HashMap<u64, sys::CUgreenCtx>,
 }
 
 // SAFETY: the raw driver handles are used only from the executor's thread at a time (the
@@ -81,8 +99,13 @@ fn raw_symbol<T: Copy>(name: &[u8]) -> Result<T, CudaInitError> {
 }
 
 impl CudaGpu {
-    /// Opens CUDA device `ordinal`. Never panics when the driver is missing.
+    /// Opens CUDA device `ordinal` with no SM limit. Never panics when the driver is missing.
     pub fn open(ordinal: i32) -> Result<Self, CudaInitError> {
+        Self::open_with(ordinal, ComputeMode::Whole)
+    }
+
+    /// Opens CUDA device `ordinal`, enforcing an SM share by `mode`.
+    pub fn open_with(ordinal: i32, mode: ComputeMode) -> Result<Self, CudaInitError> {
         // SAFETY: only probes whether the library can be loaded.
         if !unsafe { sys::is_culib_present() } {
             return Err(CudaInitError::NoDriver);
@@ -105,6 +128,24 @@ impl CudaGpu {
                     result,
                 }
             })?;
+            let total_sms = {
+                let mut v = 0;
+                let get: RawGetAttribute = raw_symbol(b"cuDeviceGetAttribute\0")?;
+                get(&raw mut v, 16, ordinal);
+                v.max(1) as u32
+            };
+            let mut granted_sms = None;
+            if let ComputeMode::Mps { sm_count } = mode {
+                // Read by the driver when this process's first context attaches to MPS.
+                let pct = (u64::from(sm_count.min(total_sms)) * 100)
+                    .div_ceil(u64::from(total_sms))
+                    .max(1);
+                // Set before any context exists, while the daemon is single-threaded in its
+                // start-up (set_var's safety condition).
+                std::env::set_var("CUDA_MPS_ACTIVE_THREAD_PERCENTAGE", pct.to_string());
+                granted_sms = Some(((u64::from(total_sms) * pct) / 100) as u32);
+                info!("cuda: MPS client limited to {pct}% of {total_sms} SMs");
+            }
             let mut base_ctx = ptr::null_mut();
             cu(sys::cuDevicePrimaryCtxRetain(&raw mut base_ctx, ordinal)).map_err(|result| {
                 CudaInitError::Call {
@@ -121,6 +162,9 @@ impl CudaGpu {
                 func_get_attribute: raw_symbol(b"cuFuncGetAttribute\0")?,
                 func_set_attribute: raw_symbol(b"cuFuncSetAttribute\0")?,
                 param_ptrs: Vec::with_capacity(64),
+                mode,
+                granted_sms,
+                green: std::collections::HashMap::new(),
             })
         }
     }
@@ -152,6 +196,37 @@ impl CudaGpu {
             raw: func as u64,
             params,
         })
+    }
+}
+
+impl CudaGpu {
+    /// A green context of at least `sm_count` SMs (rounded up to the partition granularity);
+    /// returns it as a CUcontext, the green handle, and the SMs it really has.
+    fn green_ctx(&mut self, sm_count: u32) -> GpuResult<(CUcontext, sys::CUgreenCtx, u32)> {
+        // SAFETY: plain driver calls with valid out-pointers; the resource structs are plain
+        // data the driver fills in.
+        unsafe {
+            let mut all: sys::CUdevResource = std::mem::zeroed();
+            cu(sys::cuDeviceGetDevResource(self.ordinal, &raw mut all, sys::CUdevResourceType::CU_DEV_RESOURCE_TYPE_SM))?;
+            let mut part: sys::CUdevResource = std::mem::zeroed();
+            let mut rest: sys::CUdevResource = std::mem::zeroed();
+            let mut groups = 1u32;
+            cu(sys::cuDevSmResourceSplitByCount(&raw mut part, &raw mut groups, &raw const all, &raw mut rest, 0, sm_count))?;
+            if groups == 0 {
+                return Err(CuResult::OUT_OF_MEMORY);
+            }
+            let mut desc: sys::CUdevResourceDesc = ptr::null_mut();
+            cu(sys::cuDevResourceGenerateDesc(&raw mut desc, &raw mut part, 1))?;
+            let mut green: sys::CUgreenCtx = ptr::null_mut();
+            // CU_GREEN_CTX_DEFAULT_STREAM: the NULL stream of the green context exists.
+            cu(sys::cuGreenCtxCreate(&raw mut green, desc, self.ordinal, 1))?;
+            let mut ctx: CUcontext = ptr::null_mut();
+            cu(sys::cuCtxFromGreenCtx(&raw mut ctx, green))?;
+            cu(sys::cuCtxSetCurrent(ctx))?;
+            let got = part.__bindgen_anon_1.sm.smCount;
+            info!("cuda: green context with {got} SMs (asked {sm_count})");
+            Ok((ctx, green, got))
+        }
     }
 }
 
@@ -220,6 +295,12 @@ impl Gpu for CudaGpu {
         if device != 0 {
             return Err(CuResult::INVALID_DEVICE);
         }
+        if let ComputeMode::Green { sm_count } = self.mode {
+            let (ctx, green, got) = self.green_ctx(sm_count)?;
+            self.granted_sms = Some(got);
+            self.green.insert(ctx as u64, green);
+            return Ok(ctx as u64);
+        }
         let mut ctx = ptr::null_mut();
         // SAFETY: valid out-pointer; the new context becomes current on this thread.
         unsafe {
@@ -234,11 +315,22 @@ impl Gpu for CudaGpu {
     }
 
     fn ctx_destroy(&mut self, ctx: u64) -> GpuResult<()> {
+        if let Some(green) = self.green.remove(&ctx) {
+            // SAFETY: a green context this backend created; its CUcontext dies with it.
+            return unsafe {
+                cu(sys::cuCtxSetCurrent(self.base_ctx))?;
+                cu(sys::cuGreenCtxDestroy(green))
+            };
+        }
         // SAFETY: the executor only passes contexts it created and has not destroyed.
         unsafe {
             cu(sys::cuCtxDestroy_v2(ctx as CUcontext))?;
             cu(sys::cuCtxSetCurrent(self.base_ctx))
         }
+    }
+
+    fn slice_sm_count(&self) -> Option<u32> {
+        self.granted_sms
     }
 
     fn set_current(&mut self, ctx: u64) -> GpuResult<()> {

@@ -169,6 +169,11 @@ pub trait Gpu: Send + Sync {
     fn register_host(&mut self, ptr: *mut u8, len: usize) -> GpuResult<()>;
     fn unregister_host(&mut self, ptr: *mut u8) -> GpuResult<()>;
 
+    /// SMs of the slice, when an SM share is enforced.
+    fn slice_sm_count(&self) -> Option<u32> {
+        None
+    }
+
     /// Launches recorded so far (the simulator counts them; CUDA returns `None`).
     fn launches_recorded(&self) -> Option<u64> {
         None

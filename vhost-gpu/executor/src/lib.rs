@@ -29,7 +29,14 @@ use zerocopy::{FromBytes, IntoBytes};
 pub struct SliceLimits {
     /// Device memory the VM may hold, in bytes; `None` means the whole device.
     pub mem_limit: Option<u64>,
+    /// SMs of the slice (enforced by the backend's compute mode; reported to the guest).
+    pub sm_count: Option<u32>,
+    /// Device memory charged for each context the VM creates (the driver's own use).
+    pub ctx_overhead: u64,
 }
+
+/// `CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT`.
+const ATTR_MULTIPROCESSOR_COUNT: usize = 16;
 
 /// The bulk-data segments of one message (data-in or data-out), in stream order.
 #[derive(Clone, Copy)]
@@ -534,7 +541,14 @@ impl Executor {
                     return Err(CuResult::INVALID_DEVICE);
                 }
                 if self.props.is_none() {
-                    self.props = Some(self.gpu.device_props(0)?);
+                    let mut props = self.gpu.device_props(0)?;
+                    // The slice's SM count, as occupancy calculators should size grids.
+                    if let Some(sms) = self.gpu.slice_sm_count().or(self.limits.sm_count) {
+                        if let Some(a) = props.attributes.get_mut(ATTR_MULTIPROCESSOR_COUNT) {
+                            *a = (sms as i32).min(*a);
+                        }
+                    }
+                    self.props = Some(props);
                 }
                 let p = self.props.as_ref().ok_or(CuResult::UNKNOWN)?;
                 let quota = self
@@ -554,7 +568,8 @@ impl Executor {
             Opcode::CtxCreate => {
                 let (a, _) = call.parse::<calls::CtxCreate>().map_err(bad)?;
                 self.client(client)?;
-                let raw = self.gpu.ctx_create(a.device.get(), a.flags.get())?;
+                self.charge(client, self.limits.ctx_overhead)?;
+                let raw = self.gpu.ctx_create(a.device.get(), a.flags.get()).inspect_err(|_| self.uncharge(client, self.limits.ctx_overhead))?;
                 self.current_ctx = raw;
                 let h = self.client(client)?.objects.insert(Object::Ctx { raw });
                 w.push(code, 0, &calls::HandleReply { handle: h.into() }, &[]);
@@ -578,7 +593,8 @@ impl Executor {
                     Some(h) => h,
                     None => {
                         let flags = c.primary_flags;
-                        let raw = self.gpu.ctx_create(0, flags)?;
+                        self.charge(client, self.limits.ctx_overhead)?;
+                        let raw = self.gpu.ctx_create(0, flags).inspect_err(|_| self.uncharge(client, self.limits.ctx_overhead))?;
                         self.current_ctx = raw;
                         let c = self.client(client)?;
                         let h = c.objects.insert(Object::Ctx { raw });
@@ -630,14 +646,12 @@ impl Executor {
                 if size == 0 {
                     return Err(CuResult::INVALID_VALUE);
                 }
-                if let Some(limit) = self.limits.mem_limit
-                    && self.mem_used.checked_add(size).is_none_or(|t| t > limit) {
-                        return Err(CuResult::OUT_OF_MEMORY);
-                    }
-                let dptr = self.gpu.mem_alloc(size)?;
-                self.mem_used += size;
+                self.charge(client, size)?;
+                let dptr = self
+                    .gpu
+                    .mem_alloc(size)
+                    .inspect_err(|_| self.uncharge(client, size))?;
                 let c = self.client(client)?;
-                c.mem_used += size;
                 c.allocations.insert(
                     dptr,
                     Allocation {
@@ -1038,6 +1052,25 @@ impl Executor {
         Ok(())
     }
 
+    /// Adds `bytes` to the slice's ledger, or refuses with OUT_OF_MEMORY if the slice would
+    /// go over its limit: the call that would cross the limit fails, never a later one.
+    fn charge(&mut self, client: u32, bytes: u64) -> CallResult {
+        let total = self.mem_used.checked_add(bytes).ok_or(CuResult::OUT_OF_MEMORY)?;
+        if self.limits.mem_limit.is_some_and(|limit| total > limit) {
+            return Err(CuResult::OUT_OF_MEMORY);
+        }
+        self.client(client)?.mem_used += bytes;
+        self.mem_used = total;
+        Ok(())
+    }
+
+    fn uncharge(&mut self, client: u32, bytes: u64) {
+        if let Some(c) = self.clients.get_mut(&client) {
+            c.mem_used -= bytes;
+            self.mem_used -= bytes;
+        }
+    }
+
     fn func(&mut self, client: u32, func: u64) -> Result<(u64, u64), CuResult> {
         match self.client(client)?.objects.get(func) {
             Some(Object::Func { raw, ctx, .. }) => Ok((*raw, *ctx)),
@@ -1071,6 +1104,7 @@ impl Executor {
         let _ = self.gpu.ctx_destroy(raw);
         self.current_ctx = 0;
         self.client(client)?.objects.remove(ctx);
+        self.uncharge(client, self.limits.ctx_overhead);
         Ok(())
     }
 
@@ -1145,6 +1179,7 @@ impl Executor {
                 self.clients.get_mut(&client).map(|c| c.objects.remove(ctx))
             {
                 let _ = self.gpu.ctx_destroy(raw);
+                self.uncharge(client, self.limits.ctx_overhead);
             }
         }
         self.current_ctx = 0;

@@ -33,24 +33,7 @@ gcc -O1 -o "$work/driver_api_e2e" "$repo/tests/programs/driver_api_e2e.c" -I"$re
     -L/usr/local/cuda/lib64/stubs -lcuda || exit 1
 (cd "$work" && tar czf "$out/fixtures.tgz" kernels.cubin kernels.ptx kernels.fatbin $(ls kernels_compressed.fatbin 2>/dev/null))
 
-# --- the seal: runs "$@" where only our libcuda.so.1 can reach a GPU ---
-seal_script='
-set -e
-mount --make-rprivate / 2>/dev/null || true
-hidden=0
-for f in $(find /usr /lib /lib64 /opt /etc -xdev \( -name "libcuda.so*" -o -name "libnvidia-*.so*" -o -name "libcudadebugger.so*" \) 2>/dev/null) /dev/nvidia*; do
-  [ -e "$f" ] || continue
-  if [ -d "$f" ]; then mount -t tmpfs none "$f"; else mount --bind /dev/null "$(readlink -f "$f")"; fi
-  hidden=$((hidden+1))
-done
-# Prove it: NVIDIAs driver library is unreadable here.
-for lib in /usr/local/nvidia/lib64/libcuda.so.1 /usr/lib/x86_64-linux-gnu/libcuda.so.1; do
-  if [ -e "$lib" ] && [ -s "$lib" ]; then echo "SEAL BROKEN: $lib readable" >&2; exit 97; fi
-done
-echo "sealed: $hidden NVIDIA files and device nodes hidden" >&2
-exec "$@"
-'
-sealed() { timeout 300 unshare -m bash -c "$seal_script" sealed "$@"; }
+source "$here/seal.sh"
 
 # --- the daemon ---
 sock="$work/vgpu.sock"

@@ -11,9 +11,7 @@ use std::{
     time::Duration,
 };
 
-use vgpu_protocol::{
-    CuResult, EncodeError, Encoder, Opcode, calls, flags, parse_response,
-};
+use vgpu_protocol::{CuResult, EncodeError, Encoder, Opcode, calls, flags, parse_response};
 use vgpu_virtio_user::{Options, Seg, SharedBuf, VirtioUser};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
@@ -82,7 +80,10 @@ enum Link {
     /// This process drives the virtqueue itself (no VM).
     VirtioUser(Box<VirtioUser>),
     /// The guest kernel driver `/dev/vgpuN` drives it; requests are ioctls.
-    Kmod { transport: KmodTransport, next_head: u16 },
+    Kmod {
+        transport: KmodTransport,
+        next_head: u16,
+    },
 }
 
 #[path = "../../kmod/rust/kmod_transport.rs"]
@@ -132,7 +133,10 @@ impl Connection {
     pub fn open_kmod(path: &std::path::Path) -> Result<Self, String> {
         let transport =
             KmodTransport::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        Self::open(Link::Kmod { transport, next_head: 0 })
+        Self::open(Link::Kmod {
+            transport,
+            next_head: 0,
+        })
     }
 
     fn open(mut link: Link) -> Result<Self, String> {
@@ -247,7 +251,11 @@ fn alloc_buf(link: &mut Link, len: usize) -> Result<SharedBuf, String> {
             if p == libc::MAP_FAILED {
                 return Err(std::io::Error::last_os_error().to_string());
             }
-            Ok(SharedBuf { hva: p.cast(), gpa: p as u64, len })
+            Ok(SharedBuf {
+                hva: p.cast(),
+                gpa: p as u64,
+                len,
+            })
         }
     }
 }
@@ -440,7 +448,11 @@ impl Inner {
             n += 1;
         }
         let used_buf = b.buf;
-        if let Link::Kmod { transport, next_head } = &mut self.link {
+        if let Link::Kmod {
+            transport,
+            next_head,
+        } = &mut self.link
+        {
             let head = *next_head;
             *next_head = (*next_head + 1) % self.done.len() as u16;
             // SAFETY: every segment names memory the application (or we) own for the duration
@@ -479,7 +491,11 @@ impl Inner {
     /// Starts a new, empty batch (in a free message buffer).
     fn reset_batch(&mut self, used_buf: usize) {
         let b = &mut self.batch;
-        b.buf = if matches!(self.link, Link::Kmod { .. }) { used_buf } else { self.free_bufs.pop().unwrap_or(0) };
+        b.buf = if matches!(self.link, Link::Kmod { .. }) {
+            used_buf
+        } else {
+            self.free_bufs.pop().unwrap_or(0)
+        };
         b.pos = size_of::<vgpu_protocol::MsgHeader>();
         b.ncalls = 0;
         b.data_in.clear();
@@ -492,8 +508,14 @@ impl Inner {
     /// long; otherwise keeps collecting calls while the device works.
     pub fn kick_if_idle(&mut self) -> Result<(), CuResult> {
         self.reap();
-        let limit = if matches!(self.link, Link::Kmod { .. }) { KMOD_BATCH_CALLS } else { BATCH_CALLS };
-        if self.inflight_count == 0 && !matches!(self.link, Link::Kmod { .. }) || self.batch.ncalls >= limit {
+        let limit = if matches!(self.link, Link::Kmod { .. }) {
+            KMOD_BATCH_CALLS
+        } else {
+            BATCH_CALLS
+        };
+        if self.inflight_count == 0 && !matches!(self.link, Link::Kmod { .. })
+            || self.batch.ncalls >= limit
+        {
             self.flush(false)?;
         }
         Ok(())
@@ -528,9 +550,10 @@ impl Inner {
         loop {
             self.reap();
             if self.inflight[usize::from(head)].is_none()
-                && let Some(len) = self.done[usize::from(head)].take() {
-                    return Ok(len);
-                }
+                && let Some(len) = self.done[usize::from(head)].take()
+            {
+                return Ok(len);
+            }
             let Link::VirtioUser(vu) = &mut self.link else {
                 return Err(transport_error("completion of an unknown request"));
             };
@@ -590,7 +613,12 @@ pub fn stream_arg(stream: u64, ctx: u64) -> calls::StreamArg {
 ///
 /// # Safety
 /// Every segment must name memory valid for its length for the whole request.
-unsafe fn kmod_submit(t: &KmodTransport, segs: &[Seg], msg_len: usize, resp_cap: usize) -> std::io::Result<u32> {
+unsafe fn kmod_submit(
+    t: &KmodTransport,
+    segs: &[Seg],
+    msg_len: usize,
+    resp_cap: usize,
+) -> std::io::Result<u32> {
     // SAFETY: the caller's contract, for each segment.
     let slice = |s: &Seg| unsafe { std::slice::from_raw_parts(s.gpa as *const u8, s.len as usize) };
     let req = &slice(&segs[0])[..msg_len];
@@ -599,14 +627,18 @@ unsafe fn kmod_submit(t: &KmodTransport, segs: &[Seg], msg_len: usize, resp_cap:
     let mut writable = rest.iter().filter(|s| s.writable);
     let mut resp_empty: [u8; 0] = [];
     let resp: &mut [u8] = if resp_cap > 0 {
-        let r = writable.next().ok_or_else(|| std::io::Error::other("reply area missing"))?;
+        let r = writable
+            .next()
+            .ok_or_else(|| std::io::Error::other("reply area missing"))?;
         // SAFETY: the reply buffer is ours and `resp_cap` long.
         unsafe { std::slice::from_raw_parts_mut(r.gpa as *mut u8, resp_cap) }
     } else {
         &mut resp_empty
     };
     // SAFETY: data-out buffers are the application's, writable for their lengths.
-    let mut outs: Vec<&mut [u8]> = writable.map(|s| unsafe { std::slice::from_raw_parts_mut(s.gpa as *mut u8, s.len as usize) }).collect();
+    let mut outs: Vec<&mut [u8]> = writable
+        .map(|s| unsafe { std::slice::from_raw_parts_mut(s.gpa as *mut u8, s.len as usize) })
+        .collect();
     if resp_cap == 0 && outs.is_empty() {
         if ins.is_empty() {
             t.submit_nowait(req)?;

@@ -84,7 +84,9 @@ fn connect() -> Result<Driver, CuResult> {
         })?
     } else {
         Connection::open_kmod(std::path::Path::new(&spec)).map_err(|e| {
-            log_error(&format!("cannot open the vGPU device {e} (set VGPU_DEVICE=vhost-user:PATH outside a VM)"));
+            log_error(&format!(
+                "cannot open the vGPU device {e} (set VGPU_DEVICE=vhost-user:PATH outside a VM)"
+            ));
             CuResult::NO_DEVICE
         })?
     };

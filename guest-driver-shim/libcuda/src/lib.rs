@@ -10,6 +10,7 @@
 mod api;
 mod conn;
 mod driver;
+pub mod fatbin;
 mod procaddr;
 pub mod stubs;
 

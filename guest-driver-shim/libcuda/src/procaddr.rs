@@ -1,14 +1,61 @@
-//! `cuGetProcAddress` resolution over every exported symbol.
+//! `cuGetProcAddress` resolution, answered as NVIDIA's driver 580 answers it.
 //!
-//! The name table is generated from NVIDIA's export list at build time. A base name
-//! resolves to its newest versioned variant (`_v3` over `_v2` over none), and with the
-//! per-thread-default-stream flag to its `_ptsz`/`_ptds` variant where one exists.
+//! build.rs generates two tables: every exported symbol (`lookup`), and the real driver's
+//! recorded answers for each base name, flag value and CUDA version (`proc_entries`, from
+//! `symbols/probe-driver-580.tsv`). A name the probe did not cover falls back to its newest
+//! exported variant (`_v3` over `_v2` over none; `_ptsz`/`_ptds` for per-thread streams).
 
 use std::ffi::c_void;
 
 include!(concat!(env!("OUT_DIR"), "/symbols.rs"));
 
-/// The entry point for `name` as `cuGetProcAddress` would return it.
+/// `CUdriverProcAddressQueryResult`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Success = 0,
+    SymbolNotFound = 1,
+    VersionNotSufficient = 2,
+}
+
+/// `CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM`.
+pub const PER_THREAD: u64 = 2;
+
+/// What `cuGetProcAddress_v2(name, version, flags)` yields: the entry point or why not.
+pub fn resolve_versioned(name: &[u8], version: i32, flags: u64) -> (Option<*mut c_void>, Status) {
+    let flags_ix = flags as usize;
+    if let Some(entries) = proc_entries(name, flags_ix) {
+        let version = u32::try_from(version).unwrap_or(0);
+        let i = entries.iter().rposition(|e| e.from_version <= version);
+        // The probe sampled release versions only (2.0, 3.0, 3.2, 4.0, ...). A version strictly
+        // between a "not sufficient" sample and the next sample that finds the symbol is one
+        // the probe could not see (cuDriverGetVersion came in 2.2, and the runtime asks for
+        // exactly that): it gets the next sample's answer.
+        let i = match i {
+            Some(i)
+                if entries[i].status == 2
+                    && version > entries[i].from_version
+                    && entries.get(i + 1).is_some_and(|n| n.status == 0) =>
+            {
+                Some(i + 1)
+            }
+            other => other,
+        };
+        return match i.map(|i| &entries[i]) {
+            Some(e) if e.status == 0 => match lookup(e.symbol.as_bytes()) {
+                Some(p) => (Some(p), Status::Success),
+                None => (None, Status::SymbolNotFound),
+            },
+            Some(e) if e.status == 1 => (None, Status::SymbolNotFound),
+            _ => (None, Status::VersionNotSufficient),
+        };
+    }
+    match resolve(name, flags & PER_THREAD != 0) {
+        Some(p) => (Some(p), Status::Success),
+        None => (None, Status::SymbolNotFound),
+    }
+}
+
+/// The newest exported variant of `name` (for names the probe table lacks).
 pub fn resolve(name: &[u8], per_thread: bool) -> Option<*mut c_void> {
     let mut candidates: Vec<Vec<u8>> = Vec::with_capacity(8);
     for v in ["_v3", "_v2", ""] {
@@ -35,17 +82,115 @@ mod tests {
     }
 
     #[test]
-    fn base_names_resolve_to_versioned_and_per_thread_variants() {
-        assert_eq!(resolve(b"cuMemAlloc", false), lookup(b"cuMemAlloc_v2"));
+    fn answers_follow_the_real_driver() {
+        let r = |n: &[u8], v, f| resolve_versioned(n, v, f);
         assert_eq!(
-            resolve(b"cuLaunchKernel", true),
-            lookup(b"cuLaunchKernel_ptsz")
+            r(b"cuMemAlloc", 13000, 0),
+            (lookup(b"cuMemAlloc_v2"), Status::Success)
         );
-        assert_eq!(resolve(b"cuLaunchKernel", false), lookup(b"cuLaunchKernel"));
         assert_eq!(
-            resolve(b"cuMemcpyHtoD", true),
-            lookup(b"cuMemcpyHtoD_v2_ptds")
+            r(b"cuMemAlloc", 3000, 0),
+            (lookup(b"cuMemAlloc"), Status::Success)
         );
-        assert!(resolve(b"cuNoSuchThing", false).is_none());
+        assert_eq!(
+            r(b"cuLaunchKernel", 13000, 2),
+            (lookup(b"cuLaunchKernel_ptsz"), Status::Success)
+        );
+        assert_eq!(
+            r(b"cuLaunchKernel", 13000, 1),
+            (lookup(b"cuLaunchKernel"), Status::Success)
+        );
+        assert_eq!(
+            r(b"cuLaunchKernel", 3000, 0),
+            (None, Status::VersionNotSufficient)
+        );
+        // Per-thread variants exist only from CUDA 7.0.
+        assert_eq!(
+            r(b"cuMemcpyHtoD", 6050, 2),
+            (None, Status::VersionNotSufficient)
+        );
+        assert_eq!(
+            r(b"cuMemcpyHtoD", 7000, 2),
+            (lookup(b"cuMemcpyHtoD_v2_ptds"), Status::Success)
+        );
+        assert_eq!(
+            r(b"cuCtxCreate", 12050, 0),
+            (lookup(b"cuCtxCreate_v4"), Status::Success)
+        );
+        assert_eq!(
+            r(b"cuCtxCreate", 12040, 0),
+            (lookup(b"cuCtxCreate_v3"), Status::Success)
+        );
+        assert_eq!(
+            r(b"cuGetProcAddress", 12000, 0),
+            (lookup(b"cuGetProcAddress_v2"), Status::Success)
+        );
+        // The driver does not hand these out at all.
+        assert_eq!(
+            r(b"cuMemGetAttribute", 13000, 0),
+            (None, Status::SymbolNotFound)
+        );
+        assert_eq!(
+            r(b"cuNoSuchThing", 13000, 0),
+            (None, Status::SymbolNotFound)
+        );
+        assert_eq!(
+            r(b"cuMemAlloc", 1000, 0),
+            (None, Status::VersionNotSufficient)
+        );
+        // Between samples: cuDriverGetVersion is from CUDA 2.2, the probe saw 2.0 and 3.0.
+        assert_eq!(
+            r(b"cuDriverGetVersion", 2000, 0),
+            (None, Status::VersionNotSufficient)
+        );
+        assert_eq!(
+            r(b"cuDriverGetVersion", 2020, 0),
+            (lookup(b"cuDriverGetVersion"), Status::Success)
+        );
+    }
+
+    /// Every probed answer is reproduced exactly: same symbol or same status, at every version
+    /// the probe recorded.
+    #[test]
+    fn whole_probe_table_is_reproduced() {
+        let mut checked = 0;
+        for name in PROBED_NAMES {
+            for flags in 0..3u64 {
+                let entries = proc_entries(name.as_bytes(), flags as usize).unwrap();
+                assert!(!entries.is_empty(), "{name} flags {flags}");
+                for e in entries {
+                    let (p, st) = resolve_versioned(name.as_bytes(), e.from_version as i32, flags);
+                    assert_eq!(
+                        st as u8, e.status,
+                        "{name} flags {flags} v{}",
+                        e.from_version
+                    );
+                    if e.status == 0 {
+                        assert_eq!(p, lookup(e.symbol.as_bytes()), "{name}");
+                        assert!(p.is_some());
+                    } else {
+                        assert!(p.is_none());
+                    }
+                    checked += 1;
+                }
+            }
+        }
+        assert!(checked > 2800, "{checked}");
+    }
+
+    /// The static CUDA 13.0 runtime looks these names up (`cuGetProcAddress` on base names,
+    /// `dlsym` on versioned ones): each must lead to an entry point of ours.
+    #[test]
+    fn every_name_the_cuda_13_runtime_looks_up_resolves() {
+        let names = include_str!("../symbols/cudart-13.0-static-driver-names.txt");
+        let mut missing = Vec::new();
+        for name in names.lines().map(str::trim).filter(|l| !l.is_empty()) {
+            let by_procaddr =
+                (0..3u64).any(|f| resolve_versioned(name.as_bytes(), 13000, f).0.is_some());
+            if !by_procaddr && lookup(name.as_bytes()).is_none() {
+                missing.push(name);
+            }
+        }
+        assert!(missing.is_empty(), "these resolve to nothing: {missing:?}");
     }
 }

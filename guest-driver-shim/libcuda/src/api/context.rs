@@ -74,12 +74,18 @@ fn primary_release(d: &'static Driver, reset: bool) -> Result<(), CuResult> {
         .call(op, &calls::DeviceArg::default(), &[], None, None)?
         .ok()?;
     *refs = if reset { 0 } else { *refs - 1 };
-    if *refs == 0 {
+    let gone = *refs == 0;
+    if gone {
         d.primary.handle.store(0, Ordering::Release);
         d.allocations
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clear();
+    }
+    drop(refs);
+    if gone {
+        // Context-local storage destructors run outside the lock (they may call us).
+        super::exports::context_gone(std::ptr::from_ref(d.primary) as usize);
     }
     Ok(())
 }
@@ -261,6 +267,7 @@ pub unsafe extern "C" fn cuCtxDestroy_v2(ctx: CUcontext) -> CUresult {
             )?
             .ok()?;
         c.handle.store(0, Ordering::Release);
+        super::exports::context_gone(std::ptr::from_ref(c) as usize);
         // Drop it from this thread's stack; other threads' stacks keep a dead context, as
         // with the real driver, and their calls fail with INVALID_CONTEXT.
         CTX_STACK.with(|s| s.borrow_mut().retain(|x| !std::ptr::eq(*x, c)));

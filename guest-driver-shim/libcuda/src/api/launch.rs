@@ -67,9 +67,10 @@ unsafe fn launch(
     }
     let len = func.params_len as usize;
     if let Some(p) = packed
-        && p.len() < len {
-            return Err(CuResult::INVALID_VALUE);
-        }
+        && p.len() < len
+    {
+        return Err(CuResult::INVALID_VALUE);
+    }
     let body = calls::LaunchKernel {
         func: func.handle.into(),
         stream: handle_of(stream).into(),

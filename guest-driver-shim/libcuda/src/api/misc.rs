@@ -131,82 +131,69 @@ pub unsafe extern "C" fn cuGetErrorString(e: CUresult, out: *mut *const c_char) 
     }
 }
 
-const CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM: u64 = 2;
-const SYMBOL_SUCCESS: c_int = 0;
-const SYMBOL_NOT_FOUND: c_int = 1;
-
+/// `cuGetProcAddress`: the entry point NVIDIA's driver 580 would hand out for this base name,
+/// CUDA version and flags (see `procaddr`). Like that driver, `_v2` answers `CUDA_SUCCESS` with
+/// a NULL pointer and the reason in `status` when there is no such entry point; the CUDA 11
+/// entry point (no status) answers `CUDA_ERROR_NOT_FOUND` instead.
 fn get_proc_address(
     symbol: *const c_char,
     pfn: *mut *mut c_void,
+    version: c_int,
     flags: u64,
     status: *mut c_int,
-) -> Result<(), CuResult> {
+) -> Result<procaddr::Status, CuResult> {
     // SAFETY: NUL-terminated symbol name from the caller.
     let name = unsafe { crate::cstr(symbol) }.ok_or(CuResult::INVALID_VALUE)?;
-    let per_thread = flags & CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM != 0;
-    let found = procaddr::resolve(name.to_bytes(), per_thread);
+    if pfn.is_null() || flags > 2 {
+        return Err(CuResult::INVALID_VALUE);
+    }
+    let driver_version = driver::driver().map_or(13000, |d| d.driver_version.max(13000));
+    if version > driver_version {
+        return Err(CuResult::INVALID_VALUE);
+    }
+    let (found, st) = procaddr::resolve_versioned(name.to_bytes(), version, flags);
+    if crate::verbose() && found.is_none() {
+        crate::log_error(&format!(
+            "cuGetProcAddress({}, {version}, {flags}): {st:?}",
+            name.to_string_lossy()
+        ));
+    }
     if !status.is_null() {
         // SAFETY: non-NULL out-pointer.
-        unsafe {
-            put(
-                status,
-                if found.is_some() {
-                    SYMBOL_SUCCESS
-                } else {
-                    SYMBOL_NOT_FOUND
-                },
-            )?
-        };
+        unsafe { put(status, st as c_int)? };
     }
-    // SAFETY: out-pointer from the caller.
+    // SAFETY: out-pointer from the caller, checked non-NULL.
     unsafe { put(pfn, found.unwrap_or(std::ptr::null_mut()))? };
-    if found.is_some() {
-        Ok(())
-    } else {
-        Err(CuResult::NOT_FOUND)
-    }
+    Ok(st)
 }
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuGetProcAddress_v2(
     symbol: *const c_char,
     pfn: *mut *mut c_void,
-    _version: c_int,
+    version: c_int,
     flags: u64,
     status: *mut c_int,
 ) -> CUresult {
-    ret(get_proc_address(symbol, pfn, flags, status))
+    ret(get_proc_address(symbol, pfn, version, flags, status).map(|_| ()))
 }
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuGetProcAddress(
     symbol: *const c_char,
     pfn: *mut *mut c_void,
-    _version: c_int,
+    version: c_int,
     flags: u64,
 ) -> CUresult {
-    ret(get_proc_address(symbol, pfn, flags, std::ptr::null_mut()))
-}
-
-/// The undocumented tables the CUDA runtime asks for. None is served yet: each request is
-/// named with its UUID and refused cleanly.
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuGetExportTable(
-    table: *mut *const c_void,
-    uuid: *const [u8; 16],
-) -> CUresult {
-    if table.is_null() || uuid.is_null() {
-        return CuResult::INVALID_VALUE.0;
-    }
-    // SAFETY: non-NULL pointer to a 16-byte UUID.
-    let u = unsafe { *uuid };
-    let hex: String = u.iter().map(|b| format!("{b:02x}")).collect();
-    crate::log_error(&format!(
-        "cuGetExportTable({hex}) is not served yet (CUDA_ERROR_NOT_SUPPORTED)"
-    ));
-    // SAFETY: non-NULL out-pointer.
-    unsafe { *table = std::ptr::null() };
-    CuResult::NOT_SUPPORTED.0
+    ret(
+        get_proc_address(symbol, pfn, version, flags, std::ptr::null_mut()).and_then(|st| {
+            if st == procaddr::Status::Success {
+                Ok(())
+            } else {
+                Err(CuResult::NOT_FOUND)
+            }
+        }),
+    )
 }
 
 #[unsafe(no_mangle)]

@@ -3,18 +3,22 @@
 
 mod context;
 mod device;
+mod exports;
 mod launch;
 mod memory;
 mod misc;
 mod module;
+mod runtime;
 mod stream;
 
 pub use context::*;
 pub use device::*;
+pub use exports::*;
 pub use launch::*;
 pub use memory::*;
 pub use misc::*;
 pub use module::*;
+pub use runtime::*;
 pub use stream::*;
 use vgpu_protocol::CuResult;
 

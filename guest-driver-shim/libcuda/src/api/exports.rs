@@ -385,6 +385,9 @@ extern "C" fn cls_put_c(
     value: *mut c_void,
     dtor: ClsDtor,
 ) -> CUresult {
+    if verbose() {
+        log_error(&format!("CONTEXT_LOCAL_STORAGE put({ctx:?}, {key:?})"));
+    }
     cls_put(ctx, key, value, dtor)
 }
 
@@ -519,6 +522,9 @@ extern "C" fn integrity_check_c(
             unix_seconds,
         };
         let r = integrity::check(&input, &[device]);
+        if verbose() {
+            log_error(&format!("INTEGRITY_CHECK[1](version {version}) answered"));
+        }
         // SAFETY: out-pointer from the runtime.
         unsafe { put(result, r) }
     })())

@@ -79,6 +79,9 @@ fn main() {
     fs::write(Path::new(&out).join("symbols.rs"), table).expect("write table");
 }
 
+/// (from CUDA version, status, symbol) as the probe recorded it.
+type ProbeAnswer = (u32, u8, String);
+
 /// `cuGetProcAddress` as NVIDIA's driver 580 answers it, from `symbols/probe-driver-580.tsv`
 /// (recorded by `tests/gpu/probe_driver.c`): for each base name and flag value, the answers
 /// in order of the CUDA version from which each holds.
@@ -86,7 +89,7 @@ fn proc_table(exported: &BTreeSet<&String>) -> String {
     use std::collections::BTreeMap;
     let text = fs::read_to_string("symbols/probe-driver-580.tsv").expect("probe table");
     // name -> flags -> [(from_version, status, symbol)]
-    let mut map: BTreeMap<String, [Vec<(u32, u8, String)>; 3]> = BTreeMap::new();
+    let mut map: BTreeMap<String, [Vec<ProbeAnswer>; 3]> = BTreeMap::new();
     let mut attributes = Vec::new();
     for line in text.lines() {
         let f: Vec<&str> = line.split('\t').collect();

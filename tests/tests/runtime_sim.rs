@@ -19,7 +19,9 @@ fn run(program: &str, launches: usize, env: &[(&str, &str)]) {
         .expect("run the runtime program");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    let name = program.trim_end_matches("_static").trim_end_matches("_shared");
+    let name = program
+        .trim_end_matches("_static")
+        .trim_end_matches("_shared");
     assert!(
         out.status.success() && stdout.contains(&format!("PASS {name}")),
         "{program} failed ({}):\n{stdout}\n{stderr}\n{}",

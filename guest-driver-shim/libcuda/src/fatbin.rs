@@ -315,9 +315,7 @@ mod tests {
         let r = unsafe { from_wrapper(wrapper.as_ptr().cast()) };
         assert_eq!(r, Err(FatbinError::WrapperMagic(0)));
         // SAFETY: NULL is accepted and refused.
-        assert_eq!(
-            unsafe { from_wrapper(std::ptr::null()) },
-            Err(FatbinError::Null)
-        );
+        let r = unsafe { from_wrapper(std::ptr::null()) };
+        assert_eq!(r, Err(FatbinError::Null));
     }
 }

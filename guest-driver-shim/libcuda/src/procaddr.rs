@@ -17,6 +17,13 @@ pub enum Status {
     VersionNotSufficient = 2,
 }
 
+/// The CUDA versions `tests/gpu/probe_driver.c` asked the real driver about.
+pub const PROBED_VERSIONS: [u32; 35] = [
+    2000, 3000, 3020, 4000, 5000, 5050, 6000, 6050, 7000, 7050, 8000, 9000, 9020, 10000, 10010,
+    10020, 11000, 11010, 11020, 11030, 11040, 11050, 11060, 11070, 11080, 12000, 12010, 12020,
+    12030, 12040, 12050, 12060, 12080, 12090, 13000,
+];
+
 /// `CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM`.
 pub const PER_THREAD: u64 = 2;
 
@@ -25,20 +32,20 @@ pub fn resolve_versioned(name: &[u8], version: i32, flags: u64) -> (Option<*mut 
     let flags_ix = flags as usize;
     if let Some(entries) = proc_entries(name, flags_ix) {
         let version = u32::try_from(version).unwrap_or(0);
-        let i = entries.iter().rposition(|e| e.from_version <= version);
-        // The probe sampled release versions only (2.0, 3.0, 3.2, 4.0, ...). A version strictly
-        // between a "not sufficient" sample and the next sample that finds the symbol is one
-        // the probe could not see (cuDriverGetVersion came in 2.2, and the runtime asks for
-        // exactly that): it gets the next sample's answer.
-        let i = match i {
-            Some(i)
-                if entries[i].status == 2
-                    && version > entries[i].from_version
-                    && entries.get(i + 1).is_some_and(|n| n.status == 0) =>
-            {
-                Some(i + 1)
-            }
-            other => other,
+        let at = |v: u32| entries.iter().rposition(|e| e.from_version <= v);
+        // The probe asked at the versions of PROBED_VERSIONS only; its answer there is exact.
+        // A version between two samples (the runtime asks for cuDriverGetVersion at 2020,
+        // its introduction, between the samples 2000 and 3000) takes the next sample's answer
+        // when that finds the symbol and the previous one said "not sufficient".
+        let sampled = PROBED_VERSIONS.iter().rev().find(|&&v| v <= version);
+        let next = PROBED_VERSIONS.iter().find(|&&v| v > version);
+        let i = match (sampled, next) {
+            (Some(&s), Some(&n)) if s != version => match (at(s), at(n)) {
+                (Some(a), Some(b)) if entries[a].status == 2 && entries[b].status == 0 => Some(b),
+                (a, _) => a,
+            },
+            (Some(&s), _) => at(s),
+            (None, _) => None,
         };
         return match i.map(|i| &entries[i]) {
             Some(e) if e.status == 0 => match lookup(e.symbol.as_bytes()) {
@@ -138,6 +145,14 @@ mod tests {
             r(b"cuMemAlloc", 1000, 0),
             (None, Status::VersionNotSufficient)
         );
+        assert_eq!(
+            r(b"cuLaunchKernel", 3020, 0),
+            (None, Status::VersionNotSufficient)
+        );
+        assert_eq!(
+            r(b"cuLaunchKernel", 3050, 0),
+            (lookup(b"cuLaunchKernel"), Status::Success)
+        );
         // Between samples: cuDriverGetVersion is from CUDA 2.2, the probe saw 2.0 and 3.0.
         assert_eq!(
             r(b"cuDriverGetVersion", 2000, 0),
@@ -159,6 +174,11 @@ mod tests {
                 let entries = proc_entries(name.as_bytes(), flags as usize).unwrap();
                 assert!(!entries.is_empty(), "{name} flags {flags}");
                 for e in entries {
+                    assert!(
+                        PROBED_VERSIONS.contains(&e.from_version),
+                        "{}",
+                        e.from_version
+                    );
                     let (p, st) = resolve_versioned(name.as_bytes(), e.from_version as i32, flags);
                     assert_eq!(
                         st as u8, e.status,

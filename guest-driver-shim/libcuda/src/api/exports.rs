@@ -315,7 +315,7 @@ fn cls_ctx(ctx: CUcontext) -> Result<usize, CuResult> {
 }
 
 /// Stores `value` under `(ctx, key)`; `dtor` runs when the context goes away.
-pub fn cls_put(ctx: CUcontext, key: *mut c_void, value: *mut c_void, dtor: ClsDtor) -> CUresult {
+fn cls_put(ctx: CUcontext, key: *mut c_void, value: *mut c_void, dtor: ClsDtor) -> CUresult {
     ret(cls_ctx(ctx).map(|c| {
         CLS.lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -331,7 +331,7 @@ pub fn cls_put(ctx: CUcontext, key: *mut c_void, value: *mut c_void, dtor: ClsDt
 }
 
 /// Forgets `(ctx, key)` without running its destructor.
-pub fn cls_delete(ctx: CUcontext, key: *mut c_void) -> CUresult {
+fn cls_delete(ctx: CUcontext, key: *mut c_void) -> CUresult {
     ret(cls_ctx(ctx).and_then(|c| {
         CLS.lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -344,7 +344,7 @@ pub fn cls_delete(ctx: CUcontext, key: *mut c_void) -> CUresult {
 
 /// The value under `(ctx, key)`; `CUDA_ERROR_INVALID_HANDLE` when there is none (the runtime
 /// relies on that to create its per-context state on first use).
-pub fn cls_get(out: *mut *mut c_void, ctx: CUcontext, key: *mut c_void) -> CUresult {
+fn cls_get(out: *mut *mut c_void, ctx: CUcontext, key: *mut c_void) -> CUresult {
     ret(cls_ctx(ctx).and_then(|c| {
         let v = CLS
             .lock()
@@ -550,7 +550,7 @@ pub mod integrity {
     }
 
     impl Input {
-        fn bytes(&self) -> [u8; 48] {
+        pub fn bytes(&self) -> [u8; 48] {
             let mut b = [0u8; 48];
             b[0..4].copy_from_slice(&self.driver_version.to_le_bytes());
             b[4..8].copy_from_slice(&self.version.to_le_bytes());
@@ -574,7 +574,7 @@ pub mod integrity {
     }
 
     impl DeviceIds {
-        fn bytes(&self) -> [u8; 28] {
+        pub fn bytes(&self) -> [u8; 28] {
             let mut b = [0u8; 28];
             b[..16].copy_from_slice(&self.uuid);
             b[16..20].copy_from_slice(&self.pci_domain.to_le_bytes());
@@ -918,11 +918,11 @@ mod tests {
         assert_eq!(t, INTEGRITY_TABLE.0.as_ptr().cast());
         let unknown = uuid(b"F8CFF951-2146-8B4E-B9E2-FB469E7C0DD9");
         // SAFETY: as above.
-        let r = unsafe { cuGetExportTable(&raw mut t, &unknown) };
+        let r = unsafe { cuGetExportTable(&raw mut t, &raw const unknown) };
         assert_eq!(r, CuResult::NOT_SUPPORTED.0);
         assert!(t.is_null());
         // SAFETY: NULL arguments are refused.
-        let r = unsafe { cuGetExportTable(std::ptr::null_mut(), &unknown) };
+        let r = unsafe { cuGetExportTable(std::ptr::null_mut(), &raw const unknown) };
         assert_eq!(r, CuResult::INVALID_VALUE.0);
     }
 

@@ -139,11 +139,15 @@ pub struct KmodTransport {
 }
 
 fn too_many(what: &str) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidInput, format!("more than {MAX_SEGS} {what} slices"))
+    io::Error::new(
+        io::ErrorKind::InvalidInput,
+        format!("more than {MAX_SEGS} {what} slices"),
+    )
 }
 
 fn len_u32(n: usize, what: &str) -> io::Result<u32> {
-    u32::try_from(n).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, format!("{what} too long")))
+    u32::try_from(n)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, format!("{what} too long")))
 }
 
 impl KmodTransport {
@@ -160,7 +164,10 @@ impl KmodTransport {
         if info.uapi_version != UAPI_VERSION {
             return Err(io::Error::new(
                 io::ErrorKind::Unsupported,
-                format!("vgpu.ko speaks uapi {}, this shim {UAPI_VERSION}", info.uapi_version),
+                format!(
+                    "vgpu.ko speaks uapi {}, this shim {UAPI_VERSION}",
+                    info.uapi_version
+                ),
             ));
         }
         Ok(Self { file, info })
@@ -194,9 +201,20 @@ impl KmodTransport {
         if data_out.len() > MAX_SEGS {
             return Err(too_many("data-out"));
         }
-        let ins: Vec<Seg> = data_in.iter().map(|s| Seg { addr: s.as_ptr() as u64, len: s.len() as u64 }).collect();
-        let outs: Vec<Seg> =
-            data_out.iter_mut().map(|s| Seg { addr: s.as_mut_ptr() as u64, len: s.len() as u64 }).collect();
+        let ins: Vec<Seg> = data_in
+            .iter()
+            .map(|s| Seg {
+                addr: s.as_ptr() as u64,
+                len: s.len() as u64,
+            })
+            .collect();
+        let outs: Vec<Seg> = data_out
+            .iter_mut()
+            .map(|s| Seg {
+                addr: s.as_mut_ptr() as u64,
+                len: s.len() as u64,
+            })
+            .collect();
         let mut s = Submit {
             req_ptr: req.as_ptr() as u64,
             req_len: len_u32(req.len(), "message")?,
@@ -217,7 +235,10 @@ impl KmodTransport {
         if r < 0 {
             return Err(io::Error::last_os_error());
         }
-        Ok(Completion { resp_len: s.resp_len as usize, data_out_written: s.data_out_written })
+        Ok(Completion {
+            resp_len: s.resp_len as usize,
+            data_out_written: s.data_out_written,
+        })
     }
 
     /// Fire-and-forget without bulk data: returns once the message is queued. The message
@@ -239,7 +260,13 @@ impl KmodTransport {
         if data_in.len() > MAX_SEGS {
             return Err(too_many("data-in"));
         }
-        let ins: Vec<Seg> = data_in.iter().map(|s| Seg { addr: s.as_ptr() as u64, len: s.len() as u64 }).collect();
+        let ins: Vec<Seg> = data_in
+            .iter()
+            .map(|s| Seg {
+                addr: s.as_ptr() as u64,
+                len: s.len() as u64,
+            })
+            .collect();
         let mut s = Submit {
             req_ptr: req.as_ptr() as u64,
             req_len: len_u32(req.len(), "message")?,

@@ -235,23 +235,8 @@ impl Connection {
 
 fn alloc_buf(link: &mut Link, len: usize) -> Result<SharedBuf, String> {
     match link {
-        Link::VirtioUser(vu) => {
-            let buf = vu.alloc(len, 4096).map_err(|e| e.to_string())?;
-            if len >= Options::default().dedicated_threshold {
-                // A buffer this large got a memory region of its own, announced with
-                // ADD_MEM_REG on the vhost-user socket without waiting for the daemon to map
-                // it, so a request naming it could reach the daemon's queue first ("outside
-                // guest memory"; seen with the CUDA runtime's 4 MiB pinned buffers). Freeing
-                // a throw-away region waits for REM_MEM_REG's reply, and the socket is
-                // processed in order, so the new region is mapped once this returns.
-                // The proper fix is NEED_REPLY on ADD_MEM_REG in vgpu-virtio-user's `alloc`;
-                // remove this fence with it.
-                if let Ok(fence) = vu.alloc(Options::default().dedicated_threshold, 4096) {
-                    vu.free(fence);
-                }
-            }
-            Ok(buf)
-        }
+        // `alloc` waits for the daemon to map a new region before it returns.
+        Link::VirtioUser(vu) => vu.alloc(len, 4096).map_err(|e| e.to_string()),
         Link::Kmod { .. } => {
             // SAFETY: a fresh anonymous mapping, checked for failure.
             let p = unsafe {

@@ -265,12 +265,24 @@ impl VirtioUser {
             }
         let size = len.next_multiple_of(2 << 20);
         let region = Region::new(self.next_gpa, size)?;
-        self.frontend
-            .add_mem_region(&region_info(&region))
-            .map_err(|source| Error::Negotiate {
-                step: "ADD_MEM_REG",
-                source,
-            })?;
+        // The device must have mapped the region before any descriptor names it: ask for an
+        // acknowledgement (without NEED_REPLY the request is fire-and-forget).
+        self.frontend.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
+        let added = self.frontend.add_mem_region(&region_info(&region));
+        self.frontend.set_hdr_flags(VhostUserHeaderFlag::empty());
+        added.map_err(|source| Error::Negotiate {
+            step: "ADD_MEM_REG",
+            source,
+        })?;
+        if !self.reply_ack {
+            // No acknowledgements: a request with a reply orders us behind the device.
+            self.frontend
+                .get_features()
+                .map_err(|source| Error::Negotiate {
+                    step: "GET_FEATURES",
+                    source,
+                })?;
+        }
         self.next_gpa += size as u64 + (2 << 20);
         let buf = SharedBuf {
             hva: region.hva,

@@ -12,7 +12,7 @@ use log::{error, info};
 use thiserror::Error;
 use vgpu_executor::{
     Executor,
-    cuda::{CudaGpu, CudaInitError},
+    cuda::{ComputeMode, CudaGpu, CudaInitError},
     gpu::Gpu,
     sim::SimGpu,
 };
@@ -30,14 +30,40 @@ pub enum Error {
     Gpu(#[source] CudaInitError),
     #[error("Could not create the vhost-user daemon: {0}")]
     Daemon(vhost_user_backend::Error),
+    #[error("Could not restart with the MPS share set")]
+    Exec(#[source] std::io::Error),
 }
 
 /// Opens the device the configuration names.
 pub fn open_gpu(config: &Config) -> Result<Box<dyn Gpu>, Error> {
     Ok(match config.gpu {
         GpuSelection::Sim => Box::new(SimGpu::new(config.sim_memory)),
-        GpuSelection::Cuda(ordinal) => Box::new(CudaGpu::open_with(ordinal, config.compute).map_err(Error::Gpu)?),
+        GpuSelection::Cuda(ordinal) => {
+            if let ComputeMode::Mps { sm_count } = config.compute {
+                ensure_mps_share(ordinal, sm_count)?;
+            }
+            Box::new(CudaGpu::open_with(ordinal, config.compute).map_err(Error::Gpu)?)
+        }
     })
+}
+
+/// An MPS client's SM share is read from `CUDA_MPS_ACTIVE_THREAD_PERCENTAGE` when the driver
+/// initialises, but the percentage depends on the device's SM count, known only after
+/// initialising. So: initialise, compute it, and start this program afresh with it set.
+fn ensure_mps_share(ordinal: i32, sm_count: u32) -> Result<(), Error> {
+    if std::env::var_os("CUDA_MPS_ACTIVE_THREAD_PERCENTAGE").is_some() {
+        return Ok(());
+    }
+    let total = vgpu_executor::cuda::device_sm_count(ordinal).map_err(Error::Gpu)?;
+    let pct = vgpu_executor::cuda::mps_thread_percentage(sm_count, total);
+    info!("MPS share: {sm_count} of {total} SMs = {pct}%; restarting with CUDA_MPS_ACTIVE_THREAD_PERCENTAGE={pct}");
+    let exe = std::env::current_exe().map_err(Error::Exec)?;
+    let err = std::os::unix::process::CommandExt::exec(
+        std::process::Command::new(exe)
+            .args(std::env::args_os().skip(1))
+            .env("CUDA_MPS_ACTIVE_THREAD_PERCENTAGE", pct.to_string()),
+    );
+    Err(Error::Exec(err))
 }
 
 /// Serves frontends on the configured socket, one after another, until an error or until

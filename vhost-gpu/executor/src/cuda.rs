@@ -136,15 +136,15 @@ impl CudaGpu {
             };
             let mut granted_sms = None;
             if let ComputeMode::Mps { sm_count } = mode {
-                // Read by the driver when this process's first context attaches to MPS.
-                let pct = (u64::from(sm_count.min(total_sms)) * 100)
-                    .div_ceil(u64::from(total_sms))
-                    .max(1);
-                // Set before any context exists, while the daemon is single-threaded in its
-                // start-up (set_var's safety condition).
-                std::env::set_var("CUDA_MPS_ACTIVE_THREAD_PERCENTAGE", pct.to_string());
-                granted_sms = Some(((u64::from(total_sms) * pct) / 100) as u32);
-                info!("cuda: MPS client limited to {pct}% of {total_sms} SMs");
+                // The share is read from the environment when the driver initialises, so the
+                // daemon sets it before its first cuInit (see `mps_thread_percentage`).
+                let pct: u64 = std::env::var("CUDA_MPS_ACTIVE_THREAD_PERCENTAGE")
+                    .ok()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(100);
+                // Under MPS the driver already reports the client's share as its SM count.
+                granted_sms = Some(total_sms);
+                info!("cuda: MPS client limited to {pct}%: {total_sms} SMs (asked {sm_count})");
             }
             let mut base_ctx = ptr::null_mut();
             cu(sys::cuDevicePrimaryCtxRetain(&raw mut base_ctx, ordinal)).map_err(|result| {
@@ -197,6 +197,30 @@ impl CudaGpu {
             params,
         })
     }
+}
+
+/// SMs of CUDA device `ordinal` (initialises the driver in this process).
+pub fn device_sm_count(ordinal: i32) -> Result<u32, CudaInitError> {
+    // SAFETY: only probes whether the library can be loaded.
+    if !unsafe { sys::is_culib_present() } {
+        return Err(CudaInitError::NoDriver);
+    }
+    let get: RawGetAttribute = raw_symbol(b"cuDeviceGetAttribute\0")?;
+    let mut v = 0;
+    // SAFETY: plain driver calls with a valid out-pointer.
+    unsafe {
+        cu(sys::cuInit(0)).map_err(CudaInitError::Init)?;
+        let r = get(&raw mut v, 16, ordinal);
+        if r != 0 {
+            return Err(CudaInitError::Call { call: "cuDeviceGetAttribute", result: CuResult(r) });
+        }
+    }
+    Ok(v.max(1) as u32)
+}
+
+/// The `CUDA_MPS_ACTIVE_THREAD_PERCENTAGE` that gives `sm_count` of `total` SMs.
+pub fn mps_thread_percentage(sm_count: u32, total: u32) -> u32 {
+    ((u64::from(sm_count.min(total)) * 100).div_ceil(u64::from(total.max(1))) as u32).max(1)
 }
 
 impl CudaGpu {

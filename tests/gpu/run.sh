@@ -29,6 +29,7 @@ nvcc -fatbin -gencode arch=compute_90,code=sm_90 -Xfatbin -compress-all kernels.
 progs="vecadd pipeline reduction matmul bandwidth launch_latency"
 for p in $progs; do nvcc -O2 -o "$work/$p" "$p.cpp" -lcuda || exit 1; done
 nvcc -O2 -o "$work/probe_driver" probe_driver.c -lcuda -ldl || true
+NVCC=nvcc "$repo/tests/runtime/build.sh" "$work/runtime" || echo "runtime programs did not build"
 gcc -O1 -o "$work/driver_api_e2e" "$repo/tests/programs/driver_api_e2e.c" -I"$repo/tests/programs" \
     -L/usr/local/cuda/lib64/stubs -lcuda || exit 1
 (cd "$work" && tar czf "$out/fixtures.tgz" kernels.cubin kernels.ptx kernels.fatbin $(ls kernels_compressed.fatbin 2>/dev/null))
@@ -64,6 +65,11 @@ run_pair reduction ./reduction kernels.cubin
 run_pair matmul ./matmul kernels.cubin
 run_pair launch_latency ./launch_latency kernels.cubin
 run_pair bandwidth ./bandwidth
+for p in rt_basic rt_streams; do for k in static shared; do
+    [ -x "$work/runtime/${p}_$k" ] && run_pair ${p}_$k ./runtime/${p}_$k
+done; done
+run_pair torch_smoke python3 "$here/torch_smoke.py"
+run_pair cupy_smoke python3 "$here/cupy_smoke.py"
 if [ -x "$work/probe_driver" ]; then
     cat "$repo"/guest-driver-shim/libcuda/symbols/*.txt \
         | sed -E 's/_v[0-9]+(_ptds|_ptsz)?$//; s/_(ptds|ptsz)$//' | sort -u >"$work/names.txt"
@@ -76,13 +82,14 @@ kill $daemon 2>/dev/null; wait $daemon 2>/dev/null
 python3 - "$work" "${driver:-unknown}" <<'PY' | tee "$out/table.txt"
 import re, sys, glob, os
 work, driver = sys.argv[1], sys.argv[2]
-names = ["e2e","vecadd_cubin","vecadd_ptx","vecadd_fatbin","pipeline","reduction","matmul","launch_latency","bandwidth"]
+names = ["e2e","vecadd_cubin","vecadd_ptx","vecadd_fatbin","pipeline","reduction","matmul","launch_latency","bandwidth",
+         "rt_basic_static","rt_basic_shared","rt_streams_static","rt_streams_shared","torch_smoke","cupy_smoke"]
 def parse(path):
     res, tim, rc = [], {}, None
     if not os.path.exists(path): return res, tim, "missing"
     for line in open(path, errors="replace"):
         line = line.strip()
-        if line.startswith("RESULT ") or line.startswith("copy ") or line.startswith("E2E "): res.append(line)
+        if line.startswith("RESULT ") or line.startswith("copy ") or line.startswith("E2E ") or line.startswith("PASS"): res.append(line)
         elif line.startswith("TIME "):
             k, v = line[5:].split("=", 1); tim[k] = float(v)
         elif line.startswith("rc="): rc = line[3:]

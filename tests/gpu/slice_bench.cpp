@@ -63,6 +63,7 @@ int main(int argc, char **argv) {
         double secs = atof(argv[3]);
         float *ref = (float *)malloc((size_t)blocks * threads * 4), *got = (float *)malloc((size_t)blocks * threads * 4);
         CK(cuLaunchKernel(spin, blocks, 1, 1, threads, 1, 1, 0, s, sargs, 0));
+        CK(cuStreamSynchronize(s));
         CK(cuMemcpyDtoH(ref, out, (size_t)blocks * threads * 4));
         double end = now_us() + secs * 1e6;
         int runs = 0, bad = 0;

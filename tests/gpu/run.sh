@@ -89,7 +89,8 @@ def parse(path):
     if not os.path.exists(path): return res, tim, "missing"
     for line in open(path, errors="replace"):
         line = line.strip()
-        if line.startswith("RESULT ") or line.startswith("copy ") or line.startswith("E2E ") or line.startswith("PASS"): res.append(line)
+        if line.startswith("RESULT ") or line.startswith("copy ") or line.startswith("E2E ") or line.startswith("PASS"):
+            res.append(re.sub(r"\([0-9.]+ ms\)", "", line))
         elif line.startswith("TIME "):
             k, v = line[5:].split("=", 1); tim[k] = float(v)
         elif line.startswith("rc="): rc = line[3:]

@@ -363,6 +363,9 @@ impl Inner {
         if self.dead {
             return Err(CuResult::UNKNOWN);
         }
+        if crate::tracing() {
+            crate::log_error(&format!("trace: {op:?} flags={flags:#x} in={data_in:?} out={data_out:?}"));
+        }
         let need = Encoder::record_len(size_of_val(body), tail_len);
         if need > MSG_BYTES - size_of::<vgpu_protocol::MsgHeader>() {
             return Err(CuResult::INVALID_VALUE);

@@ -34,6 +34,12 @@ pub(crate) fn log_error(msg: &str) {
     eprintln!("vgpu libcuda: {msg}");
 }
 
+/// `VGPU_TRACE=1`: one stderr line per call sent to the host (debugging aid).
+pub(crate) fn tracing() -> bool {
+    static T: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *T.get_or_init(|| std::env::var_os("VGPU_TRACE").is_some())
+}
+
 pub(crate) fn verbose() -> bool {
     static V: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *V.get_or_init(|| std::env::var_os("VGPU_DEBUG").is_some())

@@ -525,6 +525,14 @@ fn is_device(d: &Driver, p: u64) -> bool {
 
 fn memcpy_any(dst: u64, src: u64, n: usize, stream: Option<u64>) -> Result<(), CuResult> {
     let d = driver::driver()?;
+    if crate::tracing() {
+        crate::log_error(&format!(
+            "trace: cuMemcpy{} dst={dst:#x} (device: {}) src={src:#x} (device: {}) n={n}",
+            if stream.is_some() { "Async" } else { "" },
+            is_device(d, dst),
+            is_device(d, src)
+        ));
+    }
     match (is_device(d, dst), is_device(d, src)) {
         (true, true) => dtod(dst, src, n, stream),
         (true, false) => htod(dst, src as *const u8, n, stream),

@@ -364,7 +364,9 @@ impl Inner {
             return Err(CuResult::UNKNOWN);
         }
         if crate::tracing() {
-            crate::log_error(&format!("trace: {op:?} flags={flags:#x} in={data_in:?} out={data_out:?}"));
+            crate::log_error(&format!(
+                "trace: {op:?} flags={flags:#x} in={data_in:?} out={data_out:?}"
+            ));
         }
         let need = Encoder::record_len(size_of_val(body), tail_len);
         if need > MSG_BYTES - size_of::<vgpu_protocol::MsgHeader>() {
@@ -582,6 +584,9 @@ impl Inner {
                 result: CuResult(last.result).max_err(),
                 body: Vec::new(),
             });
+        }
+        if crate::tracing() {
+            crate::log_error(&format!("trace: reply {op:?} -> {}", last.result));
         }
         Ok(Reply {
             result: CuResult(last.result),

@@ -37,16 +37,18 @@ impl Arena {
         };
         // Merge with the neighbours.
         if let Some((&next, &next_len)) = self.free.range(start + len..).next()
-            && next == start + len {
-                self.free.remove(&next);
-                len += next_len;
-            }
+            && next == start + len
+        {
+            self.free.remove(&next);
+            len += next_len;
+        }
         if let Some((&prev, &prev_len)) = self.free.range(..start).next_back()
-            && prev + prev_len == start {
-                self.free.remove(&prev);
-                start = prev;
-                len += prev_len;
-            }
+            && prev + prev_len == start
+        {
+            self.free.remove(&prev);
+            start = prev;
+            len += prev_len;
+        }
         self.free.insert(start, len);
     }
 }

@@ -254,15 +254,16 @@ impl VirtioUser {
     pub fn alloc(&mut self, len: usize, align: usize) -> Result<SharedBuf, Error> {
         let len = len.max(1);
         if len < self.options.dedicated_threshold
-            && let Some(off) = self.arena.alloc(len, align.max(64)) {
-                // SAFETY: the arena hands out offsets inside the control region.
-                let hva = unsafe { self.control.hva.add(off) };
-                return Ok(SharedBuf {
-                    hva,
-                    gpa: self.control.gpa + off as u64,
-                    len,
-                });
-            }
+            && let Some(off) = self.arena.alloc(len, align.max(64))
+        {
+            // SAFETY: the arena hands out offsets inside the control region.
+            let hva = unsafe { self.control.hva.add(off) };
+            return Ok(SharedBuf {
+                hva,
+                gpa: self.control.gpa + off as u64,
+                len,
+            });
+        }
         let size = len.next_multiple_of(2 << 20);
         let region = Region::new(self.next_gpa, size)?;
         // The device must have mapped the region before any descriptor names it: ask for an

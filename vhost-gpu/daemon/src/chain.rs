@@ -65,10 +65,16 @@ impl ParsedChain {
         // Read the header first to learn the message length, then the message itself.
         let mut head = [0u8; size_of::<MsgHeader>()];
         let head_len = read_stream(mem, &readable, 0, &mut head);
-        let field = |o: usize| u32::from_le_bytes([head[o], head[o + 1], head[o + 2], head[o + 3]]) as usize;
+        let field = |o: usize| {
+            u32::from_le_bytes([head[o], head[o + 1], head[o + 2], head[o + 3]]) as usize
+        };
         // Without our magic nothing in the header is trusted, not even where a reply may go.
         let ours = head_len == head.len() && field(0) as u32 == vgpu_protocol::MAGIC;
-        let (declared, resp_cap) = if ours { (field(16), field(20)) } else { (head_len, 0) };
+        let (declared, resp_cap) = if ours {
+            (field(16), field(20))
+        } else {
+            (head_len, 0)
+        };
 
         // The reply area comes first, so that even a refused chain can be answered.
         let mut pos = 0usize;
@@ -86,8 +92,14 @@ impl ParsedChain {
             pos += len;
         }
         for d in descs {
-            if mem.get_slices(GuestAddress(d.addr), d.len as usize).any(|s| s.is_err()) {
-                return Err(ChainError::BadAddress { addr: d.addr, len: d.len });
+            if mem
+                .get_slices(GuestAddress(d.addr), d.len as usize)
+                .any(|s| s.is_err())
+            {
+                return Err(ChainError::BadAddress {
+                    addr: d.addr,
+                    len: d.len,
+                });
             }
         }
         if declared > MAX_MESSAGE {
@@ -104,7 +116,12 @@ impl ParsedChain {
             pos = end;
             let from = (msg_len as u64).max(start);
             if from < end {
-                push_segments(mem, d.addr + (from - start), (end - from) as usize, &mut self.data_in)?;
+                push_segments(
+                    mem,
+                    d.addr + (from - start),
+                    (end - from) as usize,
+                    &mut self.data_in,
+                )?;
             }
         }
         for (addr, len) in out_ranges {

@@ -192,11 +192,17 @@ mod tests {
         assert_eq!(c.compute, ComputeMode::Green { sm_count: 33 });
         let c = Config::try_from(args(&["--sm-count", "33", "--compute-mode", "mps"])).unwrap();
         assert_eq!(c.compute, ComputeMode::Mps { sm_count: 33 });
-        assert_eq!(Config::try_from(args(&["--compute-mode", "mps"])).unwrap_err(), ConfigError::ModeWithoutSms);
+        assert_eq!(
+            Config::try_from(args(&["--compute-mode", "mps"])).unwrap_err(),
+            ConfigError::ModeWithoutSms
+        );
         assert_eq!(
             Config::try_from(args(&["--sm-count", "8", "--compute-mode", "mig"])).unwrap_err(),
             ConfigError::BadComputeMode("mig".into())
         );
-        assert_eq!(Config::try_from(args(&["--sm-count", "0"])).unwrap_err(), ConfigError::ZeroSms);
+        assert_eq!(
+            Config::try_from(args(&["--sm-count", "0"])).unwrap_err(),
+            ConfigError::ZeroSms
+        );
     }
 }

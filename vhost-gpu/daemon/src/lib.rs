@@ -56,7 +56,9 @@ fn ensure_mps_share(ordinal: i32, sm_count: u32) -> Result<(), Error> {
     }
     let total = vgpu_executor::cuda::device_sm_count(ordinal).map_err(Error::Gpu)?;
     let pct = vgpu_executor::cuda::mps_thread_percentage(sm_count, total);
-    info!("MPS share: {sm_count} of {total} SMs = {pct}%; restarting with CUDA_MPS_ACTIVE_THREAD_PERCENTAGE={pct}");
+    info!(
+        "MPS share: {sm_count} of {total} SMs = {pct}%; restarting with CUDA_MPS_ACTIVE_THREAD_PERCENTAGE={pct}"
+    );
     let exe = std::env::current_exe().map_err(Error::Exec)?;
     let err = std::os::unix::process::CommandExt::exec(
         std::process::Command::new(exe)

@@ -199,6 +199,16 @@ impl CudaGpu {
     }
 }
 
+/// `CUDA_ERROR_FUNCTION_NOT_LOADED`: under lazy loading (the default since CUDA 12.2) a
+/// kernel is loaded at its first launch, and attribute queries before that fail with this.
+const FUNCTION_NOT_LOADED: c_uint = 913;
+
+/// Loads a lazily loaded kernel so that its attributes can be queried.
+fn load_function(func: u64) -> GpuResult<()> {
+    // SAFETY: a function handle of a module this backend loaded.
+    unsafe { cu(sys::cuFuncLoad(func as CUfunction)) }
+}
+
 /// SMs of CUDA device `ordinal` (initialises the driver in this process).
 pub fn device_sm_count(ordinal: i32) -> Result<u32, CudaInitError> {
     // SAFETY: only probes whether the library can be loaded.
@@ -212,7 +222,10 @@ pub fn device_sm_count(ordinal: i32) -> Result<u32, CudaInitError> {
         cu(sys::cuInit(0)).map_err(CudaInitError::Init)?;
         let r = get(&raw mut v, 16, ordinal);
         if r != 0 {
-            return Err(CudaInitError::Call { call: "cuDeviceGetAttribute", result: CuResult(r) });
+            return Err(CudaInitError::Call {
+                call: "cuDeviceGetAttribute",
+                result: CuResult(r),
+            });
         }
     }
     Ok(v.max(1) as u32)
@@ -231,16 +244,31 @@ impl CudaGpu {
         // data the driver fills in.
         unsafe {
             let mut all: sys::CUdevResource = std::mem::zeroed();
-            cu(sys::cuDeviceGetDevResource(self.ordinal, &raw mut all, sys::CUdevResourceType::CU_DEV_RESOURCE_TYPE_SM))?;
+            cu(sys::cuDeviceGetDevResource(
+                self.ordinal,
+                &raw mut all,
+                sys::CUdevResourceType::CU_DEV_RESOURCE_TYPE_SM,
+            ))?;
             let mut part: sys::CUdevResource = std::mem::zeroed();
             let mut rest: sys::CUdevResource = std::mem::zeroed();
             let mut groups = 1u32;
-            cu(sys::cuDevSmResourceSplitByCount(&raw mut part, &raw mut groups, &raw const all, &raw mut rest, 0, sm_count))?;
+            cu(sys::cuDevSmResourceSplitByCount(
+                &raw mut part,
+                &raw mut groups,
+                &raw const all,
+                &raw mut rest,
+                0,
+                sm_count,
+            ))?;
             if groups == 0 {
                 return Err(CuResult::OUT_OF_MEMORY);
             }
             let mut desc: sys::CUdevResourceDesc = ptr::null_mut();
-            cu(sys::cuDevResourceGenerateDesc(&raw mut desc, &raw mut part, 1))?;
+            cu(sys::cuDevResourceGenerateDesc(
+                &raw mut desc,
+                &raw mut part,
+                1,
+            ))?;
             let mut green: sys::CUgreenCtx = ptr::null_mut();
             // CU_GREEN_CTX_DEFAULT_STREAM: the NULL stream of the green context exists.
             cu(sys::cuGreenCtxCreate(&raw mut green, desc, self.ordinal, 1))?;
@@ -606,13 +634,23 @@ impl Gpu for CudaGpu {
     fn func_get_attribute(&mut self, func: u64, attribute: i32) -> GpuResult<i32> {
         let mut v = 0;
         // SAFETY: the raw entry point takes the attribute as an int.
-        let r = unsafe { (self.func_get_attribute)(&raw mut v, attribute, func as CUfunction) };
+        let mut r = unsafe { (self.func_get_attribute)(&raw mut v, attribute, func as CUfunction) };
+        if r == FUNCTION_NOT_LOADED {
+            load_function(func)?;
+            // SAFETY: as above.
+            r = unsafe { (self.func_get_attribute)(&raw mut v, attribute, func as CUfunction) };
+        }
         if r == 0 { Ok(v) } else { Err(CuResult(r)) }
     }
 
     fn func_set_attribute(&mut self, func: u64, attribute: i32, value: i32) -> GpuResult<()> {
         // SAFETY: the raw entry point takes the attribute as an int.
-        let r = unsafe { (self.func_set_attribute)(func as CUfunction, attribute, value) };
+        let mut r = unsafe { (self.func_set_attribute)(func as CUfunction, attribute, value) };
+        if r == FUNCTION_NOT_LOADED {
+            load_function(func)?;
+            // SAFETY: as above.
+            r = unsafe { (self.func_set_attribute)(func as CUfunction, attribute, value) };
+        }
         if r == 0 { Ok(()) } else { Err(CuResult(r)) }
     }
 
@@ -624,16 +662,24 @@ impl Gpu for CudaGpu {
         flags: u32,
     ) -> GpuResult<i32> {
         let mut n = 0;
-        // SAFETY: live function handle and valid out-pointer.
-        unsafe {
-            cu(sys::cuOccupancyMaxActiveBlocksPerMultiprocessorWithFlags(
-                &raw mut n,
-                func as CUfunction,
-                block_size,
-                dynamic_smem as usize,
-                flags,
-            ))?
+        let query = |n: &mut i32| {
+            // SAFETY: live function handle and valid out-pointer.
+            unsafe {
+                sys::cuOccupancyMaxActiveBlocksPerMultiprocessorWithFlags(
+                    n,
+                    func as CUfunction,
+                    block_size,
+                    dynamic_smem as usize,
+                    flags,
+                )
+            }
         };
+        let mut r = query(&mut n);
+        if r as c_uint == FUNCTION_NOT_LOADED {
+            load_function(func)?;
+            r = query(&mut n);
+        }
+        cu(r)?;
         Ok(n)
     }
 

@@ -569,7 +569,10 @@ impl Executor {
                 let (a, _) = call.parse::<calls::CtxCreate>().map_err(bad)?;
                 self.client(client)?;
                 self.charge(client, self.limits.ctx_overhead)?;
-                let raw = self.gpu.ctx_create(a.device.get(), a.flags.get()).inspect_err(|_| self.uncharge(client, self.limits.ctx_overhead))?;
+                let raw = self
+                    .gpu
+                    .ctx_create(a.device.get(), a.flags.get())
+                    .inspect_err(|_| self.uncharge(client, self.limits.ctx_overhead))?;
                 self.current_ctx = raw;
                 let h = self.client(client)?.objects.insert(Object::Ctx { raw });
                 w.push(code, 0, &calls::HandleReply { handle: h.into() }, &[]);
@@ -594,7 +597,10 @@ impl Executor {
                     None => {
                         let flags = c.primary_flags;
                         self.charge(client, self.limits.ctx_overhead)?;
-                        let raw = self.gpu.ctx_create(0, flags).inspect_err(|_| self.uncharge(client, self.limits.ctx_overhead))?;
+                        let raw = self
+                            .gpu
+                            .ctx_create(0, flags)
+                            .inspect_err(|_| self.uncharge(client, self.limits.ctx_overhead))?;
                         self.current_ctx = raw;
                         let c = self.client(client)?;
                         let h = c.objects.insert(Object::Ctx { raw });
@@ -1055,7 +1061,10 @@ impl Executor {
     /// Adds `bytes` to the slice's ledger, or refuses with OUT_OF_MEMORY if the slice would
     /// go over its limit: the call that would cross the limit fails, never a later one.
     fn charge(&mut self, client: u32, bytes: u64) -> CallResult {
-        let total = self.mem_used.checked_add(bytes).ok_or(CuResult::OUT_OF_MEMORY)?;
+        let total = self
+            .mem_used
+            .checked_add(bytes)
+            .ok_or(CuResult::OUT_OF_MEMORY)?;
         if self.limits.mem_limit.is_some_and(|limit| total > limit) {
             return Err(CuResult::OUT_OF_MEMORY);
         }

@@ -71,6 +71,28 @@ unsafe fn launch(
     {
         return Err(CuResult::INVALID_VALUE);
     }
+    if crate::tracing() {
+        let mut bytes = vec![0u8; len];
+        if let Some(p) = packed {
+            bytes.copy_from_slice(&p[..len]);
+        } else {
+            for (i, &(off, size)) in func.params.iter().enumerate() {
+                // SAFETY: as in the packing below.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(
+                        (*params.add(i)).cast::<u8>(),
+                        bytes[off as usize..].as_mut_ptr(),
+                        size as usize,
+                    )
+                };
+            }
+        }
+        let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        crate::log_error(&format!(
+            "trace: launch {:?} grid={grid:?} block={block:?} smem={shared_mem} stream={:?} layout={:?} params={hex}",
+            func.name, stream, func.params
+        ));
+    }
     let body = calls::LaunchKernel {
         func: func.handle.into(),
         stream: handle_of(stream).into(),
@@ -376,4 +398,44 @@ pub unsafe extern "C" fn cuOccupancyMaxPotentialBlockSizeWithFlags(
     ret(potential_block_size(
         grid, block, f, smem_fn, smem, limit, flags,
     ))
+}
+
+/// Dynamic shared memory a block can still get when `num_blocks` blocks of `block_size`
+/// threads share an SM: the SM's shared memory split between the blocks, less what each
+/// block reserves and the kernel's static shared memory, capped at the opt-in maximum.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuOccupancyAvailableDynamicSMemPerBlock(
+    out: *mut usize,
+    f: *mut c_void,
+    num_blocks: c_int,
+    block_size: c_int,
+) -> CUresult {
+    ret((|| {
+        let d = driver::driver()?;
+        if num_blocks <= 0 || block_size <= 0 {
+            return Err(CuResult::INVALID_VALUE);
+        }
+        let func = as_func(f)?;
+        const SHARED_SIZE_BYTES: i32 = 1;
+        let body = calls::FuncAttribute {
+            func: func.handle.into(),
+            attribute: SHARED_SIZE_BYTES.into(),
+            value: 0.into(),
+        };
+        let static_smem = d
+            .conn
+            .call(Opcode::FuncGetAttribute, &body, &[], None, None)?
+            .parse::<calls::I32Reply>()?
+            .value
+            .get();
+        let attr = |a| super::device::attribute(d, a).map(|v| v.max(0) as usize);
+        let per_sm = attr(81)?; // MAX_SHARED_MEMORY_PER_MULTIPROCESSOR
+        let optin = attr(97)?; // MAX_SHARED_MEMORY_PER_BLOCK_OPTIN
+        let reserved = attr(111)?; // RESERVED_SHARED_MEMORY_PER_BLOCK
+        let per_block = (per_sm / num_blocks as usize)
+            .saturating_sub(reserved)
+            .min(optin);
+        // SAFETY: out-pointer from the caller.
+        unsafe { put(out, per_block.saturating_sub(static_smem.max(0) as usize)) }
+    })())
 }

@@ -2,7 +2,8 @@
 //! daemon keeps serving. These talk to the real daemon over virtio-user with a raw client.
 
 use vgpu_protocol::{
-    CuResult, DataRef, Encoder, Opcode, PROTOCOL_MAJOR, calls, calls::read_str, flags, parse_response,
+    CuResult, DataRef, Encoder, Opcode, PROTOCOL_MAJOR, calls, calls::read_str, flags,
+    parse_response,
 };
 use vgpu_tests::{Daemon, RawClient, scratch};
 use vgpu_virtio_user::Seg;
@@ -29,13 +30,20 @@ fn hello(c: &mut RawClient, client: u32) {
         proto_major: PROTOCOL_MAJOR.into(),
         ..Default::default()
     };
-    assert_eq!(last(&c.send(&message(client, Opcode::Hello as u16, &body, &[]))).0, 0);
+    assert_eq!(
+        last(&c.send(&message(client, Opcode::Hello as u16, &body, &[]))).0,
+        0
+    );
 }
 
 fn handle<T: IntoBytes + Immutable>(c: &mut RawClient, client: u32, op: Opcode, body: &T) -> u64 {
     let (r, b) = last(&c.send(&message(client, op as u16, body, &[])));
     assert_eq!(r, 0, "{op:?} failed");
-    calls::HandleReply::read_from_prefix(&b).unwrap().0.handle.get()
+    calls::HandleReply::read_from_prefix(&b)
+        .unwrap()
+        .0
+        .handle
+        .get()
 }
 
 #[test]
@@ -60,69 +68,188 @@ fn hostile_messages_get_errors_and_the_daemon_keeps_serving() {
     m[at..at + 4].copy_from_slice(&4096u32.to_le_bytes());
     assert_eq!(last(&c.send(&m)).0, CuResult::INVALID_VALUE.0);
     // An unknown opcode.
-    assert_eq!(last(&c.send(&message(1, 0x7777, &(), &[]))).0, CuResult::NOT_SUPPORTED.0);
+    assert_eq!(
+        last(&c.send(&message(1, 0x7777, &(), &[]))).0,
+        CuResult::NOT_SUPPORTED.0
+    );
     // A body too short for its opcode.
-    assert_eq!(last(&c.send(&message(1, Opcode::MemAlloc as u16, &0u8, &[]))).0, CuResult::INVALID_VALUE.0);
+    assert_eq!(
+        last(&c.send(&message(1, Opcode::MemAlloc as u16, &0u8, &[]))).0,
+        CuResult::INVALID_VALUE.0
+    );
     // Calls before the handshake.
-    assert_eq!(last(&c.send(&message(99, Opcode::DeviceGetCount as u16, &(), &[]))).0, CuResult::NOT_INITIALIZED.0);
+    assert_eq!(
+        last(&c.send(&message(99, Opcode::DeviceGetCount as u16, &(), &[]))).0,
+        CuResult::NOT_INITIALIZED.0
+    );
 
     // Unknown handles.
     let ctx = handle(&mut c, 1, Opcode::CtxCreate, &calls::CtxCreate::default());
-    let bogus = calls::StreamArg { stream: 0xdead_0000_0010u64.into(), ctx: ctx.into() };
-    assert_eq!(last(&c.send(&message(1, Opcode::StreamSynchronize as u16, &bogus, &[]))).0, CuResult::INVALID_HANDLE.0);
-    let bogus_ctx = calls::MemAlloc { ctx: (ctx + 1).into(), size: 4096.into() };
-    assert_eq!(last(&c.send(&message(1, Opcode::MemAlloc as u16, &bogus_ctx, &[]))).0, CuResult::INVALID_CONTEXT.0);
+    let bogus = calls::StreamArg {
+        stream: 0xdead_0000_0010u64.into(),
+        ctx: ctx.into(),
+    };
+    assert_eq!(
+        last(&c.send(&message(1, Opcode::StreamSynchronize as u16, &bogus, &[]))).0,
+        CuResult::INVALID_HANDLE.0
+    );
+    let bogus_ctx = calls::MemAlloc {
+        ctx: (ctx + 1).into(),
+        size: 4096.into(),
+    };
+    assert_eq!(
+        last(&c.send(&message(1, Opcode::MemAlloc as u16, &bogus_ctx, &[]))).0,
+        CuResult::INVALID_CONTEXT.0
+    );
 
     // Another client's handles and memory are out of reach.
-    let alloc = calls::MemAlloc { ctx: ctx.into(), size: 4096.into() };
+    let alloc = calls::MemAlloc {
+        ctx: ctx.into(),
+        size: 4096.into(),
+    };
     let (r, b) = last(&c.send(&message(1, Opcode::MemAlloc as u16, &alloc, &[])));
     assert_eq!(r, 0);
-    let dptr = calls::HandleReply::read_from_prefix(&b).unwrap().0.handle.get();
+    let dptr = calls::HandleReply::read_from_prefix(&b)
+        .unwrap()
+        .0
+        .handle
+        .get();
     // Handle numbers are per client: client 2's first context has the same number as client
     // 1's. Client 1's second context has no counterpart in client 2's table.
     let ctx_b = handle(&mut c, 1, Opcode::CtxCreate, &calls::CtxCreate::default());
     hello(&mut c, 2);
     let other_ctx = handle(&mut c, 2, Opcode::CtxCreate, &calls::CtxCreate::default());
-    let steal = calls::MemFree { ctx: other_ctx.into(), dptr: dptr.into() };
-    assert_eq!(last(&c.send(&message(2, Opcode::MemFree as u16, &steal, &[]))).0, CuResult::INVALID_VALUE.0);
-    let use_theirs = calls::MemAlloc { ctx: ctx_b.into(), size: 4096.into() };
-    assert_eq!(last(&c.send(&message(2, Opcode::MemAlloc as u16, &use_theirs, &[]))).0, CuResult::INVALID_CONTEXT.0);
+    let steal = calls::MemFree {
+        ctx: other_ctx.into(),
+        dptr: dptr.into(),
+    };
+    assert_eq!(
+        last(&c.send(&message(2, Opcode::MemFree as u16, &steal, &[]))).0,
+        CuResult::INVALID_VALUE.0
+    );
+    let use_theirs = calls::MemAlloc {
+        ctx: ctx_b.into(),
+        size: 4096.into(),
+    };
+    assert_eq!(
+        last(&c.send(&message(2, Opcode::MemAlloc as u16, &use_theirs, &[]))).0,
+        CuResult::INVALID_CONTEXT.0
+    );
     let out = c.vu.alloc(4096, 4096).unwrap();
-    let read_theirs = calls::MemcpyDtoH { ctx: other_ctx.into(), stream: 0.into(), src: dptr.into(), data: DataRef::new(0, 64) };
+    let read_theirs = calls::MemcpyDtoH {
+        ctx: other_ctx.into(),
+        stream: 0.into(),
+        src: dptr.into(),
+        data: DataRef::new(0, 64),
+    };
     let m = message(2, Opcode::MemcpyDtoH as u16, &read_theirs, &[]);
-    let reply = c.send_with(&m, &[], &[Seg { gpa: out.gpa, len: 64, writable: true }]);
+    let reply = c.send_with(
+        &m,
+        &[],
+        &[Seg {
+            gpa: out.gpa,
+            len: 64,
+            writable: true,
+        }],
+    );
     assert_eq!(last(&reply).0, CuResult::INVALID_VALUE.0);
 
     // A data reference past the end of the data it came with.
-    let copy = calls::MemcpyHtoD { ctx: ctx.into(), stream: 0.into(), dst: dptr.into(), data: DataRef::new(32, 64) };
+    let copy = calls::MemcpyHtoD {
+        ctx: ctx.into(),
+        stream: 0.into(),
+        dst: dptr.into(),
+        data: DataRef::new(32, 64),
+    };
     let m = message(1, Opcode::MemcpyHtoD as u16, &copy, &[]);
-    let reply = c.send_with(&m, &[Seg { gpa: out.gpa, len: 64, writable: false }], &[]);
+    let reply = c.send_with(
+        &m,
+        &[Seg {
+            gpa: out.gpa,
+            len: 64,
+            writable: false,
+        }],
+        &[],
+    );
     assert_eq!(last(&reply).0, CuResult::INVALID_VALUE.0);
     // A copy past the end of the allocation.
-    let copy = calls::MemcpyHtoD { ctx: ctx.into(), stream: 0.into(), dst: (dptr + 4090).into(), data: DataRef::new(0, 64) };
+    let copy = calls::MemcpyHtoD {
+        ctx: ctx.into(),
+        stream: 0.into(),
+        dst: (dptr + 4090).into(),
+        data: DataRef::new(0, 64),
+    };
     let m = message(1, Opcode::MemcpyHtoD as u16, &copy, &[]);
-    let reply = c.send_with(&m, &[Seg { gpa: out.gpa, len: 64, writable: false }], &[]);
+    let reply = c.send_with(
+        &m,
+        &[Seg {
+            gpa: out.gpa,
+            len: 64,
+            writable: false,
+        }],
+        &[],
+    );
     assert_eq!(last(&reply).0, CuResult::INVALID_VALUE.0);
 
     // Descriptors outside guest memory, or running past the end of a region.
-    let ok = calls::MemcpyHtoD { ctx: ctx.into(), stream: 0.into(), dst: dptr.into(), data: DataRef::new(0, 64) };
+    let ok = calls::MemcpyHtoD {
+        ctx: ctx.into(),
+        stream: 0.into(),
+        dst: dptr.into(),
+        data: DataRef::new(0, 64),
+    };
     let m = message(1, Opcode::MemcpyHtoD as u16, &ok, &[]);
-    let reply = c.send_with(&m, &[Seg { gpa: 1 << 50, len: 64, writable: false }], &[]);
+    let reply = c.send_with(
+        &m,
+        &[Seg {
+            gpa: 1 << 50,
+            len: 64,
+            writable: false,
+        }],
+        &[],
+    );
     assert_eq!(last(&reply).0, CuResult::INVALID_VALUE.0);
     let end = out.gpa + (2 << 20) - 8;
-    let reply = c.send_with(&m, &[Seg { gpa: end, len: 4096, writable: false }], &[]);
+    let reply = c.send_with(
+        &m,
+        &[Seg {
+            gpa: end,
+            len: 4096,
+            writable: false,
+        }],
+        &[],
+    );
     assert_eq!(last(&reply).0, CuResult::INVALID_VALUE.0);
     // A reply area overlapping the message.
     let msg_gpa = c.msg.gpa;
     // SAFETY: the message buffer is ours.
     unsafe { std::ptr::copy_nonoverlapping(m.as_ptr(), c.msg.hva, m.len()) };
-    let used = c.submit_wait(&[Seg { gpa: msg_gpa, len: m.len() as u32, writable: false }, Seg { gpa: msg_gpa, len: 256, writable: true }]);
+    let used = c.submit_wait(&[
+        Seg {
+            gpa: msg_gpa,
+            len: m.len() as u32,
+            writable: false,
+        },
+        Seg {
+            gpa: msg_gpa,
+            len: 256,
+            writable: true,
+        },
+    ]);
     assert_eq!(used, 0);
 
     // And the good path still works on the same connection.
     // SAFETY: `out` is shared memory we own.
     unsafe { std::ptr::write_bytes(out.hva, 0x5a, 64) };
-    let reply = c.send_with(&m, &[Seg { gpa: out.gpa, len: 64, writable: false }], &[]);
+    let reply = c.send_with(
+        &m,
+        &[Seg {
+            gpa: out.gpa,
+            len: 64,
+            writable: false,
+        }],
+        &[],
+    );
     assert_eq!(last(&reply).0, 0);
     assert!(daemon.is_running());
 }
@@ -137,17 +264,39 @@ fn a_different_protocol_version_is_refused_with_both_versions_named() {
     m[4..6].copy_from_slice(&(PROTOCOL_MAJOR + 2).to_le_bytes());
     let (r, body) = last(&c.send(&m));
     assert_eq!(r, CuResult::NOT_SUPPORTED.0);
-    let text = read_str(&calls::HelloReply::read_from_prefix(&body).unwrap().0.message);
-    assert!(text.contains("Protocol version 3") && text.contains("protocol 1."), "{text}");
+    let text = read_str(
+        &calls::HelloReply::read_from_prefix(&body)
+            .unwrap()
+            .0
+            .message,
+    );
+    assert!(
+        text.contains("Protocol version 3") && text.contains("protocol 1."),
+        "{text}"
+    );
     // A guest whose handshake names another major.
-    let body = calls::Hello { proto_major: 7.into(), ..Default::default() };
+    let body = calls::Hello {
+        proto_major: 7.into(),
+        ..Default::default()
+    };
     let (r, body) = last(&c.send(&message(1, Opcode::Hello as u16, &body, &[])));
     assert_eq!(r, CuResult::NOT_SUPPORTED.0);
-    let text = read_str(&calls::HelloReply::read_from_prefix(&body).unwrap().0.message);
-    assert!(text.contains("guest speaks protocol 7.0, this host 1.0"), "{text}");
+    let text = read_str(
+        &calls::HelloReply::read_from_prefix(&body)
+            .unwrap()
+            .0
+            .message,
+    );
+    assert!(
+        text.contains("guest speaks protocol 7.0, this host 1.0"),
+        "{text}"
+    );
     // The sim says what it is in the handshake.
     hello(&mut c, 1);
-    let body = calls::Hello { proto_major: PROTOCOL_MAJOR.into(), ..Default::default() };
+    let body = calls::Hello {
+        proto_major: PROTOCOL_MAJOR.into(),
+        ..Default::default()
+    };
     let (_, reply) = last(&c.send(&message(1, Opcode::Hello as u16, &body, &[])));
     let h = calls::HelloReply::read_from_prefix(&reply).unwrap().0;
     assert_ne!(h.caps.get() & vgpu_protocol::caps::SIM_GPU, 0);

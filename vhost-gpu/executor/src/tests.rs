@@ -1,1 +1,195 @@
+//! The executor on the simulator: the slice's memory ledger and per-client teardown.
 
+use std::sync::{Arc, Mutex};
+
+use vgpu_protocol::{CuResult, Encoder, Opcode, PROTOCOL_MAJOR, calls, flags, parse_response};
+use zerocopy::{FromBytes, Immutable, IntoBytes};
+
+use super::*;
+
+const MIB: u64 = 1 << 20;
+
+fn executor(limit: Option<u64>, ctx_overhead: u64) -> Executor {
+    Executor::new(
+        Box::new(sim::SimGpu::new(4 << 30)),
+        SliceLimits {
+            mem_limit: limit,
+            sm_count: None,
+            ctx_overhead,
+        },
+    )
+}
+
+/// Runs one call for `client` and returns (result, reply body).
+fn call<T: IntoBytes + Immutable>(
+    ex: &mut Executor,
+    client: u32,
+    op: Opcode,
+    body: &T,
+) -> (u32, Vec<u8>) {
+    let mut buf = vec![0u8; 512];
+    let mut e = Encoder::new(&mut buf).unwrap();
+    e.push(op as u16, 0, body, &[]).unwrap();
+    let n = e.finish(flags::WANT_REPLY, client, 4096, 1);
+    let mut reply = Vec::new();
+    let out = ex.execute(&buf[..n], DataStream::EMPTY, DataStream::EMPTY, &mut reply);
+    let (_, mut records) = parse_response(&reply[..out.reply_len]).unwrap();
+    let r = records.next().unwrap().unwrap();
+    (r.result, r.body.to_vec())
+}
+
+fn handle(body: &[u8]) -> u64 {
+    calls::HandleReply::read_from_prefix(body)
+        .unwrap()
+        .0
+        .handle
+        .get()
+}
+
+/// Greets `client` and gives it a context.
+fn client_with_ctx(ex: &mut Executor, client: u32) -> u64 {
+    let hello = calls::Hello {
+        proto_major: PROTOCOL_MAJOR.into(),
+        ..Default::default()
+    };
+    assert_eq!(call(ex, client, Opcode::Hello, &hello).0, 0);
+    let (r, b) = call(ex, client, Opcode::CtxCreate, &calls::CtxCreate::default());
+    assert_eq!(r, 0);
+    handle(&b)
+}
+
+fn alloc(ex: &mut Executor, client: u32, ctx: u64, size: u64) -> Result<u64, u32> {
+    let (r, b) = call(
+        ex,
+        client,
+        Opcode::MemAlloc,
+        &calls::MemAlloc {
+            ctx: ctx.into(),
+            size: size.into(),
+        },
+    );
+    if r == 0 { Ok(handle(&b)) } else { Err(r) }
+}
+
+fn mem_info(ex: &mut Executor, client: u32, ctx: u64) -> (u64, u64) {
+    let (r, b) = call(
+        ex,
+        client,
+        Opcode::MemGetInfo,
+        &calls::CtxArg { ctx: ctx.into() },
+    );
+    assert_eq!(r, 0);
+    let m = calls::MemInfoReply::read_from_prefix(&b).unwrap().0;
+    (m.free.get(), m.total.get())
+}
+
+#[test]
+fn quota_edges_exactly_at_the_limit_and_one_byte_over() {
+    let limit = 64 * MIB;
+    let mut ex = executor(Some(limit), 0);
+    let ctx = client_with_ctx(&mut ex, 1);
+    assert_eq!(mem_info(&mut ex, 1, ctx), (limit, limit));
+    alloc(&mut ex, 1, ctx, limit - 4096).unwrap();
+    assert_eq!(
+        alloc(&mut ex, 1, ctx, 4097),
+        Err(CuResult::OUT_OF_MEMORY.0),
+        "one byte over"
+    );
+    let last = alloc(&mut ex, 1, ctx, 4096).expect("exactly at the limit");
+    assert_eq!(mem_info(&mut ex, 1, ctx), (0, limit));
+    assert_eq!(alloc(&mut ex, 1, ctx, 1), Err(CuResult::OUT_OF_MEMORY.0));
+    // Freeing returns the bytes to the ledger.
+    let (r, _) = call(
+        &mut ex,
+        1,
+        Opcode::MemFree,
+        &calls::MemFree {
+            ctx: ctx.into(),
+            dptr: last.into(),
+        },
+    );
+    assert_eq!(r, 0);
+    assert_eq!(mem_info(&mut ex, 1, ctx), (4096, limit));
+    assert_eq!(ex.mem_used(), limit - 4096);
+}
+
+#[test]
+fn the_slice_is_shared_by_every_client_of_the_vm_and_freed_when_one_leaves() {
+    let mut ex = executor(Some(100 * MIB), 0);
+    let a = client_with_ctx(&mut ex, 1);
+    let b = client_with_ctx(&mut ex, 2);
+    alloc(&mut ex, 1, a, 60 * MIB).unwrap();
+    assert_eq!(
+        alloc(&mut ex, 2, b, 41 * MIB),
+        Err(CuResult::OUT_OF_MEMORY.0)
+    );
+    alloc(&mut ex, 2, b, 40 * MIB).unwrap();
+    let freed = ex.close_client(1);
+    assert_eq!((freed.allocations, freed.bytes), (1, 60 * MIB));
+    assert_eq!(ex.mem_used(), 40 * MIB);
+    alloc(&mut ex, 2, b, 60 * MIB).expect("client 1's memory came back");
+    ex.close_all();
+    assert_eq!(ex.mem_used(), 0);
+    assert_eq!(ex.client_count(), 0);
+}
+
+#[test]
+fn contexts_are_charged_their_overhead_and_destroying_one_frees_its_memory() {
+    let mut ex = executor(Some(100 * MIB), 30 * MIB);
+    let ctx = client_with_ctx(&mut ex, 1);
+    assert_eq!(ex.mem_used(), 30 * MIB);
+    alloc(&mut ex, 1, ctx, 50 * MIB).unwrap();
+    // A second context does not fit: 30 + 50 + 30 > 100.
+    let (r, _) = call(&mut ex, 1, Opcode::CtxCreate, &calls::CtxCreate::default());
+    assert_eq!(r, CuResult::OUT_OF_MEMORY.0);
+    assert_eq!(ex.mem_used(), 80 * MIB, "a refused context is not charged");
+    let (r, _) = call(
+        &mut ex,
+        1,
+        Opcode::CtxDestroy,
+        &calls::CtxArg { ctx: ctx.into() },
+    );
+    assert_eq!(r, 0);
+    assert_eq!(
+        ex.mem_used(),
+        0,
+        "the context's allocation and overhead are gone"
+    );
+}
+
+#[test]
+fn many_threads_racing_at_the_limit_never_overcommit() {
+    let size = 3 * MIB;
+    let limit = 100 * MIB;
+    let ex = Arc::new(Mutex::new(executor(Some(limit), 0)));
+    let ctxs: Vec<u64> = (1..=8)
+        .map(|c| client_with_ctx(&mut ex.lock().unwrap(), c))
+        .collect();
+    let threads: Vec<_> = ctxs
+        .into_iter()
+        .enumerate()
+        .map(|(i, ctx)| {
+            let ex = Arc::clone(&ex);
+            std::thread::spawn(move || {
+                let client = i as u32 + 1;
+                (0..20)
+                    .filter(|_| alloc(&mut ex.lock().unwrap(), client, ctx, size).is_ok())
+                    .count()
+            })
+        })
+        .collect();
+    let won: usize = threads.into_iter().map(|t| t.join().unwrap()).sum();
+    assert_eq!(
+        won as u64,
+        limit / size,
+        "exactly as many allocations as fit"
+    );
+    assert_eq!(ex.lock().unwrap().mem_used(), won as u64 * size);
+}
+
+#[test]
+fn no_limit_means_the_whole_device() {
+    let mut ex = executor(None, 0);
+    let ctx = client_with_ctx(&mut ex, 1);
+    assert_eq!(mem_info(&mut ex, 1, ctx).1, 4 << 30);
+}

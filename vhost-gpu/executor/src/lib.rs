@@ -543,10 +543,10 @@ impl Executor {
                 if self.props.is_none() {
                     let mut props = self.gpu.device_props(0)?;
                     // The slice's SM count, as occupancy calculators should size grids.
-                    if let Some(sms) = self.gpu.slice_sm_count().or(self.limits.sm_count) {
-                        if let Some(a) = props.attributes.get_mut(ATTR_MULTIPROCESSOR_COUNT) {
-                            *a = (sms as i32).min(*a);
-                        }
+                    if let Some(sms) = self.gpu.slice_sm_count().or(self.limits.sm_count)
+                        && let Some(a) = props.attributes.get_mut(ATTR_MULTIPROCESSOR_COUNT)
+                    {
+                        *a = (sms as i32).min(*a);
                     }
                     self.props = Some(props);
                 }

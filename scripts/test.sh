@@ -3,6 +3,7 @@
 #   VGPU_SKIP_VM=1     skip the QEMU/libvirt guest tests (they need root, apt and ~5 minutes)
 #   VGPU_FUZZ_SECS=N   seconds per fuzz target (default 30; 0 skips fuzzing)
 set -euo pipefail
+export CARGO_TERM_COLOR=never
 cd "$(dirname "$0")/.."
 step() { echo; echo "=== $* ($(date -u +%H:%M:%S))"; }
 
@@ -17,7 +18,10 @@ step "clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 
 step "unit and integration tests (sim GPU)"
-cargo test --workspace
+log=$(mktemp)
+cargo test --workspace 2>&1 | tee "$log"
+passed=$(awk '/^test result: ok\./ {n += $4} END {print n+0}' "$log")
+rm -f "$log"
 
 fuzz_secs=${VGPU_FUZZ_SECS:-30}
 if [ "$fuzz_secs" -gt 0 ]; then
@@ -31,6 +35,11 @@ fi
 
 if [ "${VGPU_SKIP_VM:-0}" != 1 ]; then
     step "guest VM tests (QEMU under TCG, libvirt)"
-    VGPU_DAEMON=target/debug/vhost-gpu VGPU_LIBCUDA=target/debug/libcuda.so VGPU_REQUIRE_DAEMON=1 tests/vm/run.sh
+    vmlog=$(mktemp)
+    VGPU_DAEMON=target/debug/vhost-gpu VGPU_LIBCUDA=target/debug/libcuda.so VGPU_REQUIRE_DAEMON=1 tests/vm/run.sh 2>&1 | tee "$vmlog"
+    vm_passed=$(sed -n 's/.* \([0-9]*\) passed, 0 failed$/\1/p' "$vmlog" | tail -1)
+    rm -f "$vmlog"
+    passed=$((passed + ${vm_passed:-0}))
 fi
 step "all tests passed"
+echo "tests: $passed passed, 0 failed"

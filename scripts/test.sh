@@ -29,7 +29,15 @@ if [ "$fuzz_secs" -gt 0 ]; then
     command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked --version 0.13.2
     # cargo fuzz needs nightly flags; the stable toolchain accepts them with RUSTC_BOOTSTRAP.
     for target in decode_message descriptor_chain; do
-        (cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run "$target" -- -max_total_time="$fuzz_secs" -print_final_stats=1 2>&1 | tail -3)
+        flog=$(mktemp)
+        if (cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run "$target" -- -max_total_time="$fuzz_secs") >"$flog" 2>&1; then
+            grep -E "^Done|stat::number_of_executed_units" "$flog" | tail -2
+        else
+            grep -v "^#" "$flog" | tail -60
+            echo "fuzzing $target failed"
+            exit 1
+        fi
+        rm -f "$flog"
     done
 fi
 

@@ -13,7 +13,7 @@ static EXECUTOR: Mutex<Option<Executor>> = Mutex::new(None);
 fuzz_target!(|data: &[u8]| {
     let mut guard = EXECUTOR.lock().unwrap();
     let ex = guard.get_or_insert_with(|| {
-        let mut ex = Executor::new(Box::new(SimGpu::new(64 << 20)), SliceLimits { mem_limit: Some(32 << 20) });
+        let mut ex = Executor::new(Box::new(SimGpu::new(64 << 20)), SliceLimits { mem_limit: Some(32 << 20), ..Default::default() });
         // Greet client 0 so the fuzzed calls reach past the handshake check.
         let mut buf = vec![0u8; 256];
         let mut e = Encoder::new(&mut buf).unwrap();

@@ -265,6 +265,21 @@ wire!(
         /// Launch attribute bits (see [`launch_flags`]).
         flags: U32,
         _pad: U32,
+        /// Thread-block cluster dimensions (`CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION`); zeros
+        /// for none.
+        cluster: [U32; 3],
+        _pad2: U32,
+    }
+);
+
+wire!(
+    /// `cuOccupancyMaxActiveClusters` for a launch of this shape.
+    OccupancyClusters {
+        func: U64,
+        grid: [U32; 3],
+        block: [U32; 3],
+        cluster: [U32; 3],
+        shared_mem: U32,
     }
 );
 
@@ -302,7 +317,7 @@ mod tests {
 
     #[test]
     fn bodies_have_expected_sizes() {
-        assert_eq!(size_of::<LaunchKernel>(), 64);
+        assert_eq!(size_of::<LaunchKernel>(), 80);
         assert_eq!(size_of::<MemcpyHtoD>(), 40);
         assert_eq!(size_of::<DeviceInfo>(), 256 + 16 + 8 + 8 + 8);
     }

@@ -194,6 +194,7 @@ pub enum Opcode {
     FuncGetAttribute = 0x0063,
     FuncSetAttribute = 0x0064,
     OccupancyMaxActiveBlocks = 0x0065,
+    OccupancyMaxActiveClusters = 0x0066,
     LaunchKernel = 0x0070,
 }
 
@@ -234,6 +235,7 @@ impl Opcode {
         Opcode::FuncGetAttribute,
         Opcode::FuncSetAttribute,
         Opcode::OccupancyMaxActiveBlocks,
+        Opcode::OccupancyMaxActiveClusters,
         Opcode::LaunchKernel,
     ];
 

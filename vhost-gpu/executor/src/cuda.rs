@@ -209,6 +209,40 @@ fn load_function(func: u64) -> GpuResult<()> {
     unsafe { cu(sys::cuFuncLoad(func as CUfunction)) }
 }
 
+/// A cluster-dimension launch attribute.
+fn cluster_attribute(cluster: [u32; 3]) -> sys::CUlaunchAttribute {
+    // SAFETY: a plain C struct; all-zero is a valid (empty) attribute.
+    let mut attr: sys::CUlaunchAttribute = unsafe { std::mem::zeroed() };
+    attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION;
+    attr.value.clusterDim = sys::CUlaunchAttributeValue_union__bindgen_ty_1 {
+        x: cluster[0].max(1),
+        y: cluster[1].max(1),
+        z: cluster[2].max(1),
+    };
+    attr
+}
+
+/// A `CUlaunchConfig` for `config` on `stream` with the cluster attribute when it has one.
+fn launch_config(
+    config: &LaunchConfig,
+    stream: CUstream,
+    attr: &mut sys::CUlaunchAttribute,
+) -> sys::CUlaunchConfig {
+    let clustered = config.cluster.iter().any(|&d| d > 1);
+    sys::CUlaunchConfig {
+        gridDimX: config.grid[0],
+        gridDimY: config.grid[1],
+        gridDimZ: config.grid[2],
+        blockDimX: config.block[0],
+        blockDimY: config.block[1],
+        blockDimZ: config.block[2],
+        sharedMemBytes: config.shared_mem,
+        hStream: stream,
+        attrs: if clustered { attr } else { ptr::null_mut() },
+        numAttrs: u32::from(clustered),
+    }
+}
+
 /// SMs of CUDA device `ordinal` (initialises the driver in this process).
 pub fn device_sm_count(ordinal: i32) -> Result<u32, CudaInitError> {
     // SAFETY: only probes whether the library can be loaded.
@@ -707,6 +741,19 @@ impl Gpu for CudaGpu {
         } else {
             self.param_ptrs.as_mut_ptr()
         };
+        if config.cluster.iter().any(|&d| d > 1) {
+            let mut attr = cluster_attribute(config.cluster);
+            let cfg = launch_config(config, stream as CUstream, &mut attr);
+            // SAFETY: as below; the configuration and its attribute outlive the call.
+            return unsafe {
+                cu(sys::cuLaunchKernelEx(
+                    &raw const cfg,
+                    func as CUfunction,
+                    args,
+                    ptr::null_mut(),
+                ))
+            };
+        }
         // SAFETY: every parameter pointer points into `params`, bounds-checked above, and the
         // driver copies the values before returning.
         unsafe {
@@ -739,6 +786,29 @@ impl Gpu for CudaGpu {
                 )
             })
         }
+    }
+
+    fn occupancy_max_active_clusters(
+        &mut self,
+        func: u64,
+        config: &LaunchConfig,
+    ) -> GpuResult<i32> {
+        let mut attr = cluster_attribute(config.cluster);
+        let cfg = launch_config(config, ptr::null_mut(), &mut attr);
+        let mut n = 0;
+        // SAFETY: a live function, a launch configuration whose attribute outlives the call.
+        let mut r = unsafe {
+            sys::cuOccupancyMaxActiveClusters(&raw mut n, func as CUfunction, &raw const cfg)
+        };
+        if r as c_uint == FUNCTION_NOT_LOADED {
+            load_function(func)?;
+            // SAFETY: as above.
+            r = unsafe {
+                sys::cuOccupancyMaxActiveClusters(&raw mut n, func as CUfunction, &raw const cfg)
+            };
+        }
+        cu(r)?;
+        Ok(n)
     }
 
     fn register_host(&mut self, ptr: *mut u8, len: usize) -> GpuResult<()> {

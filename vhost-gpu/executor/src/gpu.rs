@@ -69,6 +69,8 @@ pub struct LaunchConfig {
     pub block: [u32; 3],
     pub shared_mem: u32,
     pub cooperative: bool,
+    /// Thread-block cluster dimensions; all zero for an ordinary launch.
+    pub cluster: [u32; 3],
 }
 
 /// One device backend. All calls happen on the executor's thread, with the context last given
@@ -154,6 +156,15 @@ pub trait Gpu: Send + Sync {
         dynamic_smem: u64,
         flags: u32,
     ) -> GpuResult<i32>;
+
+    /// Most clusters of `config.cluster` that can be co-resident for a launch of this shape.
+    fn occupancy_max_active_clusters(
+        &mut self,
+        _func: u64,
+        _config: &LaunchConfig,
+    ) -> GpuResult<i32> {
+        Err(CuResult::NOT_SUPPORTED)
+    }
 
     /// Launches `func`; `params` is the packed parameter buffer laid out by `layout`.
     fn launch(

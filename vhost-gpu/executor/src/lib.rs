@@ -1022,6 +1022,28 @@ impl Executor {
                     &[],
                 );
             }
+            Opcode::OccupancyMaxActiveClusters => {
+                let (a, _) = call.parse::<calls::OccupancyClusters>().map_err(bad)?;
+                let (raw, ctx) = self.func(client, a.func.get())?;
+                self.make_current(client, ctx)?;
+                let config = LaunchConfig {
+                    grid: a.grid.map(|v| v.get()),
+                    block: a.block.map(|v| v.get()),
+                    shared_mem: a.shared_mem.get(),
+                    cooperative: false,
+                    cluster: a.cluster.map(|v| v.get()),
+                };
+                let n = self.gpu.occupancy_max_active_clusters(raw, &config)?;
+                w.push(
+                    code,
+                    0,
+                    &calls::I32Reply {
+                        value: n.into(),
+                        _pad: 0.into(),
+                    },
+                    &[],
+                );
+            }
             Opcode::LaunchKernel => {
                 let (a, tail) = call.parse::<calls::LaunchKernel>().map_err(bad)?;
                 let params = tail
@@ -1033,6 +1055,7 @@ impl Executor {
                     block: a.block.map(|v| v.get()),
                     shared_mem: a.shared_mem.get(),
                     cooperative: a.flags.get() & calls::launch_flags::COOPERATIVE != 0,
+                    cluster: a.cluster.map(|v| v.get()),
                 };
                 let c = self
                     .clients

@@ -12,6 +12,7 @@ const CU_LAUNCH_PARAM_END: usize = 0;
 const CU_LAUNCH_PARAM_BUFFER_POINTER: usize = 1;
 const CU_LAUNCH_PARAM_BUFFER_SIZE: usize = 2;
 const CU_LAUNCH_ATTRIBUTE_COOPERATIVE: u32 = 2;
+const CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION: u32 = 4;
 
 /// The packed parameter buffer given through `extra`, if any.
 ///
@@ -56,6 +57,7 @@ unsafe fn launch(
     params: *mut *mut c_void,
     extra: *mut *mut c_void,
     flags: u32,
+    cluster: [u32; 3],
 ) -> Result<(), CuResult> {
     let d = driver::driver()?;
     let ctx = driver::current_handle()?;
@@ -103,6 +105,8 @@ unsafe fn launch(
         params_len: func.params_len.into(),
         flags: flags.into(),
         _pad: 0.into(),
+        cluster: cluster.map(Into::into),
+        _pad2: 0.into(),
     };
     d.conn.call_async(
         Opcode::LaunchKernel,
@@ -153,6 +157,7 @@ pub unsafe extern "C" fn cuLaunchKernel(
             params,
             extra,
             0,
+            [0; 3],
         )
     })
 }
@@ -200,6 +205,7 @@ pub unsafe extern "C" fn cuLaunchCooperativeKernel(
             params,
             std::ptr::null_mut(),
             coop,
+            [0; 3],
         )
     })
 }
@@ -240,6 +246,70 @@ pub struct CUlaunchAttribute {
     value: [u8; 64],
 }
 
+/// Launch flags and cluster dimensions from a config's attributes. Attributes that change how
+/// a kernel runs but not what it computes (priority, access policy windows) are dropped.
+///
+/// # Safety
+/// `c.attrs` holds `c.num_attrs` entries.
+unsafe fn launch_attributes(c: &CUlaunchConfig) -> (u32, [u32; 3]) {
+    let mut flags = 0;
+    let mut cluster = [0u32; 3];
+    for i in 0..c.num_attrs as usize {
+        // SAFETY: `attrs` holds `num_attrs` entries (caller's contract).
+        let a = unsafe { &*c.attrs.add(i) };
+        let word = |k: usize| {
+            u32::from_ne_bytes([
+                a.value[4 * k],
+                a.value[4 * k + 1],
+                a.value[4 * k + 2],
+                a.value[4 * k + 3],
+            ])
+        };
+        match a.id {
+            CU_LAUNCH_ATTRIBUTE_COOPERATIVE if word(0) != 0 => {
+                flags |= calls::launch_flags::COOPERATIVE
+            }
+            CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION => cluster = [word(0), word(1), word(2)],
+            _ => {}
+        }
+    }
+    (flags, cluster)
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuOccupancyMaxActiveClusters(
+    n: *mut c_int,
+    f: *mut c_void,
+    config: *const CUlaunchConfig,
+) -> CUresult {
+    ret((|| {
+        let d = driver::driver()?;
+        let func = as_func(f)?;
+        if config.is_null() {
+            return Err(CuResult::INVALID_VALUE);
+        }
+        // SAFETY: non-NULL config from the caller, with `num_attrs` attributes.
+        let c = unsafe { &*config };
+        // SAFETY: as above.
+        let (_, cluster) = unsafe { launch_attributes(c) };
+        let body = calls::OccupancyClusters {
+            func: func.handle.into(),
+            grid: c.grid.map(Into::into),
+            block: c.block.map(Into::into),
+            cluster: cluster.map(Into::into),
+            shared_mem: c.shared_mem.into(),
+        };
+        let v = d
+            .conn
+            .call(Opcode::OccupancyMaxActiveClusters, &body, &[], None, None)?
+            .parse::<calls::I32Reply>()?
+            .value
+            .get();
+        // SAFETY: out-pointer from the caller.
+        unsafe { put(n, v) }
+    })())
+}
+
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuLaunchKernelEx(
     config: *const CUlaunchConfig,
@@ -252,14 +322,8 @@ pub unsafe extern "C" fn cuLaunchKernelEx(
     }
     // SAFETY: non-NULL config from the caller.
     let c = unsafe { &*config };
-    let mut flags = 0;
-    for i in 0..c.num_attrs as usize {
-        // SAFETY: `attrs` holds `num_attrs` entries.
-        let a = unsafe { &*c.attrs.add(i) };
-        if a.id == CU_LAUNCH_ATTRIBUTE_COOPERATIVE && a.value[..4] != [0; 4] {
-            flags |= calls::launch_flags::COOPERATIVE;
-        }
-    }
+    // SAFETY: non-NULL config from the caller.
+    let (flags, cluster) = unsafe { launch_attributes(c) };
     // SAFETY: arguments follow the driver API's contract.
     ret(unsafe {
         launch(
@@ -271,6 +335,7 @@ pub unsafe extern "C" fn cuLaunchKernelEx(
             params,
             extra,
             flags,
+            cluster,
         )
     })
 }

@@ -97,27 +97,9 @@ impl<'a> Encoder<'a> {
         body: &T,
         tail: &[u8],
     ) -> Result<(), EncodeError> {
-        let body = body.as_bytes();
-        let len = body.len() + tail.len();
-        let need = Self::record_len(body.len(), tail.len());
-        let left = self.buf.len() - self.pos;
-        if need > left || len > u32::MAX as usize {
-            return Err(EncodeError::Full { need, left });
-        }
-        let hdr = CallHeader {
-            opcode: opcode.into(),
-            flags: flags.into(),
-            len: (len as u32).into(),
-        };
-        let out = &mut self.buf[self.pos..self.pos + need];
-        let (h, rest) = out.split_at_mut(size_of::<CallHeader>());
-        h.copy_from_slice(hdr.as_bytes());
-        rest[..body.len()].copy_from_slice(body);
-        rest[body.len()..len].copy_from_slice(tail);
-        rest[len..].fill(0);
-        self.pos += need;
-        self.ncalls += 1;
-        Ok(())
+        self.push_with(opcode, flags, body, tail.len(), |out| {
+            out.copy_from_slice(tail)
+        })
     }
 
     /// Appends one call whose `tail_len`-byte tail is written in place by `fill` (so a

@@ -265,6 +265,118 @@ pub unsafe extern "C" fn cuMemHostUnregister(p: *mut c_void) -> CUresult {
 
 // ---- copies ----
 
+/// Which way a copy between host and device memory goes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Dir {
+    HtoD,
+    DtoH,
+}
+
+impl Dir {
+    fn op(self) -> Opcode {
+        match self {
+            Dir::HtoD => Opcode::MemcpyHtoD,
+            Dir::DtoH => Opcode::MemcpyDtoH,
+        }
+    }
+}
+
+/// Appends one copy of `len` bytes between device address `dev` and the host bytes the
+/// device sees at `gpa`.
+#[allow(clippy::too_many_arguments)]
+fn append_copy(
+    g: &mut crate::conn::Inner,
+    dir: Dir,
+    flags: u16,
+    ctx: u64,
+    stream: u64,
+    dev: u64,
+    gpa: u64,
+    len: usize,
+) -> Result<(), CuResult> {
+    let bulk = Some(Bulk {
+        gpa,
+        len: len as u64,
+    });
+    let (ctx, stream, dev) = (ctx.into(), stream.into(), dev.into());
+    match dir {
+        Dir::HtoD => g.append_bulk(
+            Opcode::MemcpyHtoD,
+            flags,
+            |in_off, _| calls::MemcpyHtoD {
+                ctx,
+                stream,
+                dst: dev,
+                data: DataRef::new(in_off, len as u64),
+            },
+            bulk,
+            None,
+        ),
+        Dir::DtoH => g.append_bulk(
+            Opcode::MemcpyDtoH,
+            flags,
+            |_, out_off| calls::MemcpyDtoH {
+                ctx,
+                stream,
+                src: dev,
+                data: DataRef::new(out_off, len as u64),
+            },
+            None,
+            bulk,
+        ),
+    }
+}
+
+/// A copy whose descriptors name the host memory directly (`gpa`): pinned memory over
+/// virtio-user, any memory through the kernel driver.
+fn direct_copy(
+    g: &mut crate::conn::Inner,
+    dir: Dir,
+    ctx: u64,
+    dev: u64,
+    gpa: u64,
+    n: usize,
+    stream: Option<u64>,
+) -> Result<(), CuResult> {
+    let whole = g.copies_complete_in_request();
+    let flags = direct_flags(stream.is_some(), whole);
+    let max_piece = if whole { KMOD_MAX_PIECE } else { MAX_PIECE };
+    let mut off = 0;
+    while off < n {
+        let piece = (n - off).min(max_piece);
+        append_copy(
+            g,
+            dir,
+            flags,
+            ctx,
+            stream.unwrap_or(0),
+            dev + off as u64,
+            gpa + off as u64,
+            piece,
+        )?;
+        if whole {
+            g.send_and_wait(dir.op())?;
+        }
+        off += piece;
+    }
+    if whole {
+        Ok(())
+    } else if stream.is_some() {
+        g.kick_if_idle()
+    } else {
+        g.send_and_wait(dir.op())
+    }
+}
+
+/// Call flags of a copy staged through our buffers, which are reused as soon as it completes.
+fn staged_flags(is_async: bool) -> u16 {
+    if is_async {
+        call_flags::ASYNC | call_flags::WAIT_STREAM
+    } else {
+        0
+    }
+}
+
 fn htod(dst: CUdeviceptr, src: *const u8, n: usize, stream: Option<u64>) -> Result<(), CuResult> {
     let (d, ctx) = ctx()?;
     if n == 0 {
@@ -274,51 +386,11 @@ fn htod(dst: CUdeviceptr, src: *const u8, n: usize, stream: Option<u64>) -> Resu
         return Err(CuResult::INVALID_VALUE);
     }
     let mut g = d.conn.lock();
-    let s = stream.unwrap_or(0);
     if let Some(gpa) = g.translate(src, n) {
-        let whole = g.copies_complete_in_request();
-        let flags = direct_flags(stream.is_some(), whole);
-        let max_piece = if whole { KMOD_MAX_PIECE } else { MAX_PIECE };
-        // Shared (pinned) memory: descriptors point straight at it.
-        let mut off = 0;
-        while off < n {
-            let piece = (n - off).min(max_piece);
-            let bulk = Bulk {
-                gpa: gpa + off as u64,
-                len: piece as u64,
-            };
-            let dst = dst + off as u64;
-            g.append_bulk(
-                Opcode::MemcpyHtoD,
-                flags,
-                |in_off, _| calls::MemcpyHtoD {
-                    ctx: ctx.into(),
-                    stream: s.into(),
-                    dst: dst.into(),
-                    data: DataRef::new(in_off, piece as u64),
-                },
-                Some(bulk),
-                None,
-            )?;
-            if whole {
-                g.send_and_wait(Opcode::MemcpyHtoD)?;
-            }
-            off += piece;
-        }
-        return if whole {
-            Ok(())
-        } else if stream.is_some() {
-            g.kick_if_idle()
-        } else {
-            g.send_and_wait(Opcode::MemcpyHtoD)
-        };
+        return direct_copy(&mut g, Dir::HtoD, ctx, dst, gpa, n, stream);
     }
     // Ordinary memory: two staging buffers, one filled while the other is in flight.
-    let flags = if stream.is_some() {
-        call_flags::ASYNC | call_flags::WAIT_STREAM
-    } else {
-        0
-    };
+    let flags = staged_flags(stream.is_some());
     let mut pending: [Option<u16>; 2] = [None, None];
     let mut result = Ok(());
     for (i, off) in (0..n).step_by(STAGING_BYTES).enumerate() {
@@ -331,21 +403,15 @@ fn htod(dst: CUdeviceptr, src: *const u8, n: usize, stream: Option<u64>) -> Resu
         // SAFETY: `src` is readable for `n` bytes (caller's contract); the staging buffer is
         // ours and no chain in flight uses it.
         unsafe { std::ptr::copy_nonoverlapping(src.add(off), buf.hva, piece) };
-        let dst = dst + off as u64;
-        g.append_bulk(
-            Opcode::MemcpyHtoD,
+        append_copy(
+            &mut g,
+            Dir::HtoD,
             flags,
-            |in_off, _| calls::MemcpyHtoD {
-                ctx: ctx.into(),
-                stream: s.into(),
-                dst: dst.into(),
-                data: DataRef::new(in_off, piece as u64),
-            },
-            Some(Bulk {
-                gpa: buf.gpa,
-                len: piece as u64,
-            }),
-            None,
+            ctx,
+            stream.unwrap_or(0),
+            dst + off as u64,
+            buf.gpa,
+            piece,
         )?;
         pending[slot] = Some(g.flush_staged(slot)?);
     }
@@ -366,49 +432,10 @@ fn dtoh(dst: *mut u8, src: CUdeviceptr, n: usize, stream: Option<u64>) -> Result
         return Err(CuResult::INVALID_VALUE);
     }
     let mut g = d.conn.lock();
-    let s = stream.unwrap_or(0);
     if let Some(gpa) = g.translate(dst, n) {
-        let whole = g.copies_complete_in_request();
-        let flags = direct_flags(stream.is_some(), whole);
-        let max_piece = if whole { KMOD_MAX_PIECE } else { MAX_PIECE };
-        let mut off = 0;
-        while off < n {
-            let piece = (n - off).min(max_piece);
-            let bulk = Bulk {
-                gpa: gpa + off as u64,
-                len: piece as u64,
-            };
-            let src = src + off as u64;
-            g.append_bulk(
-                Opcode::MemcpyDtoH,
-                flags,
-                |_, out_off| calls::MemcpyDtoH {
-                    ctx: ctx.into(),
-                    stream: s.into(),
-                    src: src.into(),
-                    data: DataRef::new(out_off, piece as u64),
-                },
-                None,
-                Some(bulk),
-            )?;
-            if whole {
-                g.send_and_wait(Opcode::MemcpyDtoH)?;
-            }
-            off += piece;
-        }
-        return if whole {
-            Ok(())
-        } else if stream.is_some() {
-            g.kick_if_idle()
-        } else {
-            g.send_and_wait(Opcode::MemcpyDtoH)
-        };
+        return direct_copy(&mut g, Dir::DtoH, ctx, src, gpa, n, stream);
     }
-    let flags = if stream.is_some() {
-        call_flags::ASYNC | call_flags::WAIT_STREAM
-    } else {
-        0
-    };
+    let flags = staged_flags(stream.is_some());
     let chunks: Vec<usize> = (0..n).step_by(STAGING_BYTES).collect();
     let mut pending: [Option<(u16, usize)>; 2] = [None, None];
     let mut result = Ok(());
@@ -430,21 +457,15 @@ fn dtoh(dst: *mut u8, src: CUdeviceptr, n: usize, stream: Option<u64>) -> Result
         result = result.and(drain(&mut g, slot, &mut pending));
         let piece = (n - off).min(STAGING_BYTES);
         let buf = g.staging[slot];
-        let src = src + off as u64;
-        g.append_bulk(
-            Opcode::MemcpyDtoH,
+        append_copy(
+            &mut g,
+            Dir::DtoH,
             flags,
-            |_, out_off| calls::MemcpyDtoH {
-                ctx: ctx.into(),
-                stream: s.into(),
-                src: src.into(),
-                data: DataRef::new(out_off, piece as u64),
-            },
-            None,
-            Some(Bulk {
-                gpa: buf.gpa,
-                len: piece as u64,
-            }),
+            ctx,
+            stream.unwrap_or(0),
+            src + off as u64,
+            buf.gpa,
+            piece,
         )?;
         pending[slot] = Some((g.flush_staged(slot)?, off));
     }

@@ -137,6 +137,8 @@ enum Object {
         raw: u64,
         ctx: u64,
         funcs: Vec<u64>,
+        /// Bytes charged to the slice for the module's code and data.
+        charged: u64,
     },
     Func {
         raw: u64,
@@ -897,7 +899,16 @@ impl Executor {
                 self.make_current(client, a.ctx.get())?;
                 let mut image = std::mem::take(&mut self.scratch);
                 let gathered = data_in.gather(a.image.offset.get(), a.image.len.get(), &mut image);
-                let loaded = gathered.and_then(|()| self.gpu.module_load(&image));
+                // The module's code and data live in device memory: charge the image's size
+                // (an upper bound of what the driver keeps) to the slice.
+                let charged = a.image.len.get();
+                let loaded = gathered
+                    .and_then(|()| self.charge(client, charged))
+                    .and_then(|()| {
+                        self.gpu
+                            .module_load(&image)
+                            .inspect_err(|_| self.uncharge(client, charged))
+                    });
                 self.scratch = image;
                 let (raw, kernels) = loaded?;
                 let ctx = a.ctx.get();
@@ -934,7 +945,12 @@ impl Executor {
                     }
                     buf.resize(buf.len().next_multiple_of(8), 0);
                 }
-                let module = c.objects.insert(Object::Module { raw, ctx, funcs });
+                let module = c.objects.insert(Object::Module {
+                    raw,
+                    ctx,
+                    funcs,
+                    charged,
+                });
                 let body_len = buf.len() - record_start - size_of::<vgpu_protocol::ReplyHeader>();
                 let hdr = vgpu_protocol::ReplyHeader {
                     opcode: code.into(),
@@ -1118,10 +1134,11 @@ impl Executor {
         self.make_current(client, ctx)?;
         self.gpu.module_unload(raw)?;
         let c = self.client(client)?;
-        if let Some(Object::Module { funcs, .. }) = c.objects.remove(module) {
+        if let Some(Object::Module { funcs, charged, .. }) = c.objects.remove(module) {
             for f in funcs {
                 c.objects.remove(f);
             }
+            self.uncharge(client, charged);
         }
         Ok(())
     }
@@ -1185,8 +1202,10 @@ impl Executor {
                 Some(Object::Event { raw, .. }) => {
                     let _ = self.gpu.event_destroy(raw);
                 }
-                Some(Object::Module { raw, .. }) => {
+                Some(Object::Module { raw, charged, .. }) => {
                     let _ = self.gpu.module_unload(raw);
+                    c.mem_used -= charged;
+                    self.mem_used -= charged;
                 }
                 _ => {}
             }

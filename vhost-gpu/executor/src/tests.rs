@@ -6,6 +6,7 @@ use vgpu_protocol::{CuResult, Encoder, Opcode, PROTOCOL_MAJOR, calls, flags, par
 use zerocopy::{FromBytes, Immutable, IntoBytes};
 
 use super::*;
+use crate::gpu::HostSeg;
 
 const MIB: u64 = 1 << 20;
 
@@ -192,4 +193,61 @@ fn no_limit_means_the_whole_device() {
     let mut ex = executor(None, 0);
     let ctx = client_with_ctx(&mut ex, 1);
     assert_eq!(mem_info(&mut ex, 1, ctx).1, 4 << 30);
+}
+
+#[test]
+fn module_images_are_charged_until_unloaded() {
+    let image = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../tests/fixtures/kernels.ptx"
+    ))
+    .unwrap();
+    let n = image.len() as u64;
+    let mut ex = executor(Some(n + n / 2), 0);
+    let ctx = client_with_ctx(&mut ex, 1);
+    let load = |ex: &mut Executor, image: &mut Vec<u8>| {
+        let mut buf = vec![0u8; 512];
+        let mut e = Encoder::new(&mut buf).unwrap();
+        let body = calls::ModuleLoad {
+            ctx: ctx.into(),
+            image: vgpu_protocol::DataRef::new(0, image.len() as u64),
+        };
+        e.push(Opcode::ModuleLoad as u16, 0, &body, &[]).unwrap();
+        let len = e.finish(flags::WANT_REPLY, 1, 1 << 16, 1);
+        let segs = [HostSeg {
+            ptr: image.as_mut_ptr(),
+            len: image.len(),
+        }];
+        let mut reply = Vec::new();
+        let out = ex.execute(
+            &buf[..len],
+            DataStream::new(&segs),
+            DataStream::EMPTY,
+            &mut reply,
+        );
+        let (_, mut records) = parse_response(&reply[..out.reply_len]).unwrap();
+        let r = records.next().unwrap().unwrap();
+        (r.result, r.body.to_vec())
+    };
+    let mut img = image.clone();
+    let (r, body) = load(&mut ex, &mut img);
+    assert_eq!(r, 0);
+    assert_eq!(ex.mem_used(), n);
+    // A second copy does not fit in what is left.
+    assert_eq!(load(&mut ex, &mut img).0, CuResult::OUT_OF_MEMORY.0);
+    let module = calls::ModuleLoadReply::read_from_prefix(&body)
+        .unwrap()
+        .0
+        .module
+        .get();
+    let (r, _) = call(
+        &mut ex,
+        1,
+        Opcode::ModuleUnload,
+        &calls::HandleArg {
+            handle: module.into(),
+        },
+    );
+    assert_eq!(r, 0);
+    assert_eq!(ex.mem_used(), 0);
 }

@@ -173,6 +173,22 @@ wire!(
     StreamArg { stream: U64, ctx: U64 }
 );
 
+wire!(
+    /// `cuStreamBeginCapture`: work queued on the stream from now on is recorded, on the host,
+    /// into a graph instead of running.
+    BeginCapture { stream: U64, ctx: U64, mode: U32, _pad: U32 }
+);
+
+wire!(
+    /// `cuGraphInstantiateWithFlags`.
+    GraphInstantiate { graph: U64, flags: U64 }
+);
+
+wire!(
+    /// `cuGraphLaunch` (stream-ordered, fire-and-forget).
+    GraphLaunch { exec: U64, stream: U64, ctx: U64 }
+);
+
 wire!(StreamWaitEvent {
     stream: U64,
     ctx: U64,

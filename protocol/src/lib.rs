@@ -182,6 +182,8 @@ pub enum Opcode {
     StreamSynchronize = 0x0042,
     StreamQuery = 0x0043,
     StreamWaitEvent = 0x0044,
+    StreamBeginCapture = 0x0045,
+    StreamEndCapture = 0x0046,
     EventCreate = 0x0050,
     EventDestroy = 0x0051,
     EventRecord = 0x0052,
@@ -196,6 +198,10 @@ pub enum Opcode {
     OccupancyMaxActiveBlocks = 0x0065,
     OccupancyMaxActiveClusters = 0x0066,
     LaunchKernel = 0x0070,
+    GraphInstantiate = 0x0080,
+    GraphLaunch = 0x0081,
+    GraphExecDestroy = 0x0082,
+    GraphDestroy = 0x0083,
 }
 
 impl Opcode {
@@ -223,6 +229,8 @@ impl Opcode {
         Opcode::StreamSynchronize,
         Opcode::StreamQuery,
         Opcode::StreamWaitEvent,
+        Opcode::StreamBeginCapture,
+        Opcode::StreamEndCapture,
         Opcode::EventCreate,
         Opcode::EventDestroy,
         Opcode::EventRecord,
@@ -237,6 +245,10 @@ impl Opcode {
         Opcode::OccupancyMaxActiveBlocks,
         Opcode::OccupancyMaxActiveClusters,
         Opcode::LaunchKernel,
+        Opcode::GraphInstantiate,
+        Opcode::GraphLaunch,
+        Opcode::GraphExecDestroy,
+        Opcode::GraphDestroy,
     ];
 
     pub fn from_u16(v: u16) -> Option<Self> {

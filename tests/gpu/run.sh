@@ -32,6 +32,8 @@ nvcc -O2 -o "$work/probe_driver" probe_driver.c -lcuda -ldl || true
 NVCC=nvcc "$repo/tests/runtime/build.sh" "$work/runtime" || echo "runtime programs did not build"
 gcc -O1 -o "$work/driver_api_e2e" "$repo/tests/programs/driver_api_e2e.c" -I"$repo/tests/programs" \
     -L/usr/local/cuda/lib64/stubs -lcuda || exit 1
+gcc -O1 -o "$work/graph_e2e" "$repo/tests/programs/graph_e2e.c" -I"$repo/tests/programs" \
+    -L/usr/local/cuda/lib64/stubs -lcuda || exit 1
 (cd "$work" && tar czf "$out/fixtures.tgz" kernels.cubin kernels.ptx kernels.fatbin $(ls kernels_compressed.fatbin 2>/dev/null))
 
 source "$here/seal.sh"
@@ -57,6 +59,7 @@ run_pair() { # name, program args...
 }
 
 run_pair e2e ./driver_api_e2e kernels.cubin
+run_pair graph ./graph_e2e kernels.cubin
 run_pair vecadd_cubin ./vecadd kernels.cubin
 run_pair vecadd_ptx ./vecadd kernels.ptx
 run_pair vecadd_fatbin ./vecadd kernels.fatbin
@@ -82,14 +85,14 @@ kill $daemon 2>/dev/null; wait $daemon 2>/dev/null
 python3 - "$work" "${driver:-unknown}" <<'PY' | tee "$out/table.txt"
 import re, sys, glob, os
 work, driver = sys.argv[1], sys.argv[2]
-names = ["e2e","vecadd_cubin","vecadd_ptx","vecadd_fatbin","pipeline","reduction","matmul","launch_latency","bandwidth",
+names = ["e2e","graph","vecadd_cubin","vecadd_ptx","vecadd_fatbin","pipeline","reduction","matmul","launch_latency","bandwidth",
          "rt_basic_static","rt_basic_shared","rt_streams_static","rt_streams_shared","torch_smoke","cupy_smoke"]
 def parse(path):
     res, tim, rc = [], {}, None
     if not os.path.exists(path): return res, tim, "missing"
     for line in open(path, errors="replace"):
         line = line.strip()
-        if line.startswith("RESULT ") or line.startswith("copy ") or line.startswith("E2E ") or line.startswith("PASS"):
+        if line.startswith("RESULT ") or line.startswith("copy ") or line.startswith("E2E ") or line.startswith("GRAPH ") or line.startswith("PASS"):
             res.append(re.sub(r"\([0-9.]+ ms\)", "", line))
         elif line.startswith("TIME "):
             k, v = line[5:].split("=", 1); tim[k] = float(v)

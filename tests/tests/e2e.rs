@@ -85,3 +85,25 @@ fn a_killed_client_is_freed_and_the_next_one_is_served() {
         daemon.log_text()
     );
 }
+
+#[test]
+fn graphs_captured_from_a_stream_are_launched_on_the_host() {
+    let dir = scratch("graph");
+    let program = compile_c("graph_e2e.c", &dir);
+    let daemon = Daemon::start_sim(&dir, &[]);
+    let out = guest_command(&program, &daemon.socket)
+        .arg(fixture("kernels.cubin"))
+        .arg("--no-kernel-check")
+        .output()
+        .expect("run the graph program");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("GRAPH PASS"),
+        "graph program failed:\n{stdout}\n{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        daemon.log_text()
+    );
+    // 10 launches captured into the graph, the graph launched 3 times.
+    let log = daemon.wait_for_log("frontend disconnected", Duration::from_secs(10));
+    assert!(log.contains("30 launches recorded by sim"), "{log}");
+}

@@ -47,6 +47,7 @@ fn cu(r: CUresult) -> GpuResult<()> {
 type RawGetAttribute = unsafe extern "C" fn(*mut c_int, c_int, c_int) -> c_uint;
 type RawFuncGetAttribute = unsafe extern "C" fn(*mut c_int, c_int, CUfunction) -> c_uint;
 type RawFuncSetAttribute = unsafe extern "C" fn(CUfunction, c_int, c_int) -> c_uint;
+type RawBeginCapture = unsafe extern "C" fn(CUstream, c_int) -> c_uint;
 
 /// How a slice's SM share is enforced on the GPU.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -809,6 +810,54 @@ impl Gpu for CudaGpu {
         }
         cu(r)?;
         Ok(n)
+    }
+
+    fn stream_begin_capture(&mut self, stream: u64, mode: u32) -> GpuResult<()> {
+        let begin: RawBeginCapture =
+            raw_symbol(b"cuStreamBeginCapture_v2\0").map_err(|_| CuResult::NOT_SUPPORTED)?;
+        // SAFETY: a live stream; the mode is passed as the driver's int.
+        let r = unsafe { begin(stream as CUstream, mode as c_int) };
+        if r == 0 { Ok(()) } else { Err(CuResult(r)) }
+    }
+
+    fn stream_end_capture(&mut self, stream: u64) -> GpuResult<u64> {
+        let mut graph: sys::CUgraph = ptr::null_mut();
+        // SAFETY: a live stream and a valid out-pointer.
+        unsafe { cu(sys::cuStreamEndCapture(stream as CUstream, &raw mut graph))? };
+        Ok(graph as u64)
+    }
+
+    fn graph_instantiate(&mut self, graph: u64, flags: u64) -> GpuResult<u64> {
+        let mut exec: sys::CUgraphExec = ptr::null_mut();
+        // SAFETY: a graph this backend captured and a valid out-pointer.
+        unsafe {
+            cu(sys::cuGraphInstantiateWithFlags(
+                &raw mut exec,
+                graph as sys::CUgraph,
+                flags,
+            ))?
+        };
+        Ok(exec as u64)
+    }
+
+    fn graph_launch(&mut self, exec: u64, stream: u64) -> GpuResult<()> {
+        // SAFETY: a live executable graph and stream.
+        unsafe {
+            cu(sys::cuGraphLaunch(
+                exec as sys::CUgraphExec,
+                stream as CUstream,
+            ))
+        }
+    }
+
+    fn graph_exec_destroy(&mut self, exec: u64) -> GpuResult<()> {
+        // SAFETY: an executable graph this backend instantiated.
+        unsafe { cu(sys::cuGraphExecDestroy(exec as sys::CUgraphExec)) }
+    }
+
+    fn graph_destroy(&mut self, graph: u64) -> GpuResult<()> {
+        // SAFETY: a graph this backend captured.
+        unsafe { cu(sys::cuGraphDestroy(graph as sys::CUgraph)) }
     }
 
     fn register_host(&mut self, ptr: *mut u8, len: usize) -> GpuResult<()> {

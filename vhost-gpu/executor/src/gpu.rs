@@ -166,6 +166,27 @@ pub trait Gpu: Send + Sync {
         Err(CuResult::NOT_SUPPORTED)
     }
 
+    /// Starts recording the work queued on `stream` into a graph.
+    fn stream_begin_capture(&mut self, _stream: u64, _mode: u32) -> GpuResult<()> {
+        Err(CuResult::NOT_SUPPORTED)
+    }
+    /// Ends a capture and returns the graph.
+    fn stream_end_capture(&mut self, _stream: u64) -> GpuResult<u64> {
+        Err(CuResult::NOT_SUPPORTED)
+    }
+    fn graph_instantiate(&mut self, _graph: u64, _flags: u64) -> GpuResult<u64> {
+        Err(CuResult::NOT_SUPPORTED)
+    }
+    fn graph_launch(&mut self, _exec: u64, _stream: u64) -> GpuResult<()> {
+        Err(CuResult::NOT_SUPPORTED)
+    }
+    fn graph_exec_destroy(&mut self, _exec: u64) -> GpuResult<()> {
+        Err(CuResult::NOT_SUPPORTED)
+    }
+    fn graph_destroy(&mut self, _graph: u64) -> GpuResult<()> {
+        Err(CuResult::NOT_SUPPORTED)
+    }
+
     /// Launches `func`; `params` is the packed parameter buffer laid out by `layout`.
     fn launch(
         &mut self,

@@ -146,6 +146,14 @@ enum Object {
         layout: Vec<(u32, u32)>,
         params_len: u32,
     },
+    Graph {
+        raw: u64,
+        ctx: u64,
+    },
+    GraphExec {
+        raw: u64,
+        ctx: u64,
+    },
 }
 
 impl Object {
@@ -155,7 +163,9 @@ impl Object {
             Object::Stream { ctx, .. }
             | Object::Event { ctx, .. }
             | Object::Module { ctx, .. }
-            | Object::Func { ctx, .. } => Some(*ctx),
+            | Object::Func { ctx, .. }
+            | Object::Graph { ctx, .. }
+            | Object::GraphExec { ctx, .. } => Some(*ctx),
         }
     }
 }
@@ -454,6 +464,17 @@ impl Executor {
         };
         self.make_current(client, sctx)?;
         Ok(raw)
+    }
+
+    /// The context (handle) a stream belongs to; special streams belong to `ctx`.
+    fn stream_ctx(&mut self, client: u32, stream: u64, ctx: u64) -> Result<u64, CuResult> {
+        if stream <= vgpu_protocol::stream::PER_THREAD {
+            return Ok(ctx);
+        }
+        match self.client(client)?.objects.get(stream) {
+            Some(Object::Stream { ctx, .. }) => Ok(*ctx),
+            _ => Err(CuResult::INVALID_HANDLE),
+        }
     }
 
     fn event(&mut self, client: u32, event: u64) -> Result<u64, CuResult> {
@@ -1038,6 +1059,64 @@ impl Executor {
                     &[],
                 );
             }
+            Opcode::StreamBeginCapture => {
+                let (a, _) = call.parse::<calls::BeginCapture>().map_err(bad)?;
+                let raw = self.stream(client, a.stream.get(), a.ctx.get())?;
+                self.gpu.stream_begin_capture(raw, a.mode.get())?;
+                w.push_status(code, 0);
+            }
+            Opcode::StreamEndCapture => {
+                let (a, _) = call.parse::<calls::StreamArg>().map_err(bad)?;
+                let raw = self.stream(client, a.stream.get(), a.ctx.get())?;
+                let graph = self.gpu.stream_end_capture(raw)?;
+                let ctx = self.stream_ctx(client, a.stream.get(), a.ctx.get())?;
+                let h = self
+                    .client(client)?
+                    .objects
+                    .insert(Object::Graph { raw: graph, ctx });
+                w.push(code, 0, &calls::HandleReply { handle: h.into() }, &[]);
+            }
+            Opcode::GraphInstantiate => {
+                let (a, _) = call.parse::<calls::GraphInstantiate>().map_err(bad)?;
+                let (raw, ctx) = match self.client(client)?.objects.get(a.graph.get()) {
+                    Some(Object::Graph { raw, ctx }) => (*raw, *ctx),
+                    _ => return Err(CuResult::INVALID_HANDLE),
+                };
+                self.make_current(client, ctx)?;
+                let exec = self.gpu.graph_instantiate(raw, a.flags.get())?;
+                let h = self
+                    .client(client)?
+                    .objects
+                    .insert(Object::GraphExec { raw: exec, ctx });
+                w.push(code, 0, &calls::HandleReply { handle: h.into() }, &[]);
+            }
+            Opcode::GraphLaunch => {
+                let (a, _) = call.parse::<calls::GraphLaunch>().map_err(bad)?;
+                let exec = match self.client(client)?.objects.get(a.exec.get()) {
+                    Some(Object::GraphExec { raw, .. }) => *raw,
+                    _ => return Err(CuResult::INVALID_HANDLE),
+                };
+                let s = self.stream(client, a.stream.get(), a.ctx.get())?;
+                self.gpu.graph_launch(exec, s)?;
+                w.push_status(code, 0);
+            }
+            Opcode::GraphExecDestroy | Opcode::GraphDestroy => {
+                let (a, _) = call.parse::<calls::HandleArg>().map_err(bad)?;
+                let c = self.client(client)?;
+                match (op, c.objects.get(a.handle.get())) {
+                    (Opcode::GraphExecDestroy, Some(Object::GraphExec { raw, .. })) => {
+                        let raw = *raw;
+                        self.gpu.graph_exec_destroy(raw)?;
+                    }
+                    (Opcode::GraphDestroy, Some(Object::Graph { raw, .. })) => {
+                        let raw = *raw;
+                        self.gpu.graph_destroy(raw)?;
+                    }
+                    _ => return Err(CuResult::INVALID_HANDLE),
+                }
+                self.client(client)?.objects.remove(a.handle.get());
+                w.push_status(code, 0);
+            }
             Opcode::OccupancyMaxActiveClusters => {
                 let (a, _) = call.parse::<calls::OccupancyClusters>().map_err(bad)?;
                 let (raw, ctx) = self.func(client, a.func.get())?;
@@ -1207,6 +1286,12 @@ impl Executor {
                     c.mem_used -= charged;
                     self.mem_used -= charged;
                 }
+                Some(Object::GraphExec { raw, .. }) => {
+                    let _ = self.gpu.graph_exec_destroy(raw);
+                }
+                Some(Object::Graph { raw, .. }) => {
+                    let _ = self.gpu.graph_destroy(raw);
+                }
                 _ => {}
             }
             freed.objects += 1;
@@ -1269,7 +1354,12 @@ impl Executor {
 fn is_fire_and_forget(opcode: u16) -> bool {
     matches!(
         Opcode::from_u16(opcode),
-        Some(Opcode::LaunchKernel | Opcode::EventRecord | Opcode::StreamWaitEvent)
+        Some(
+            Opcode::LaunchKernel
+                | Opcode::EventRecord
+                | Opcode::StreamWaitEvent
+                | Opcode::GraphLaunch
+        )
     )
 }
 

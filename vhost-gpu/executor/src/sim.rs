@@ -37,6 +37,10 @@ pub struct SimGpu {
     functions: HashMap<u64, SimFunction>,
     host_regions: HashMap<usize, usize>,
     launches: u64,
+    /// Streams being captured -> launches recorded into the graph so far.
+    capturing: HashMap<u64, u64>,
+    /// Graphs and executable graphs -> how many launches they hold.
+    graphs: HashMap<u64, u64>,
 }
 
 struct SimFunction {
@@ -65,6 +69,8 @@ impl SimGpu {
             functions: HashMap::new(),
             host_regions: HashMap::new(),
             launches: 0,
+            capturing: HashMap::new(),
+            graphs: HashMap::new(),
         }
     }
 
@@ -498,8 +504,53 @@ impl Gpu for SimGpu {
             );
             return Err(CuResult::INVALID_VALUE);
         }
-        self.launches += 1;
+        match self.capturing.get_mut(&stream) {
+            Some(captured) => *captured += 1,
+            None => self.launches += 1,
+        }
         Ok(())
+    }
+
+    fn stream_begin_capture(&mut self, stream: u64, _mode: u32) -> GpuResult<()> {
+        self.check_stream(stream)?;
+        if self.capturing.insert(stream, 0).is_some() {
+            return Err(CuResult(900)); // CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED
+        }
+        Ok(())
+    }
+
+    fn stream_end_capture(&mut self, stream: u64) -> GpuResult<u64> {
+        let launches = self.capturing.remove(&stream).ok_or(CuResult(901))?; // _CAPTURE_INVALIDATED
+        let h = self.handle();
+        self.graphs.insert(h, launches);
+        Ok(h)
+    }
+
+    fn graph_instantiate(&mut self, graph: u64, _flags: u64) -> GpuResult<u64> {
+        let launches = *self.graphs.get(&graph).ok_or(CuResult::INVALID_HANDLE)?;
+        let h = self.handle();
+        self.graphs.insert(h, launches);
+        Ok(h)
+    }
+
+    fn graph_launch(&mut self, exec: u64, stream: u64) -> GpuResult<()> {
+        self.check_stream(stream)?;
+        self.launches += *self.graphs.get(&exec).ok_or(CuResult::INVALID_HANDLE)?;
+        Ok(())
+    }
+
+    fn graph_exec_destroy(&mut self, exec: u64) -> GpuResult<()> {
+        self.graphs
+            .remove(&exec)
+            .map(|_| ())
+            .ok_or(CuResult::INVALID_HANDLE)
+    }
+
+    fn graph_destroy(&mut self, graph: u64) -> GpuResult<()> {
+        self.graphs
+            .remove(&graph)
+            .map(|_| ())
+            .ok_or(CuResult::INVALID_HANDLE)
     }
 
     fn register_host(&mut self, ptr: *mut u8, len: usize) -> GpuResult<()> {

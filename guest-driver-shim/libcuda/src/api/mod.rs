@@ -4,6 +4,7 @@
 mod context;
 mod device;
 mod exports;
+mod graph;
 mod launch;
 mod memory;
 mod misc;
@@ -14,6 +15,7 @@ mod stream;
 pub use context::*;
 pub use device::*;
 pub use exports::*;
+pub use graph::*;
 pub use launch::*;
 pub use memory::*;
 pub use misc::*;

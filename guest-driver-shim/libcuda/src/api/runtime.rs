@@ -87,28 +87,38 @@ pub unsafe extern "C" fn cuStreamGetCtx_v2_ptsz(
     unsafe { cuStreamGetCtx_v2(s, pctx, green) }
 }
 
-// ---- stream capture: graphs are not supported, so no stream is ever capturing ----
+// ---- stream capture state, kept in the guest (api/graph.rs) ----
 
 const CAPTURE_STATUS_NONE: c_int = 0;
+const CAPTURE_STATUS_ACTIVE: c_int = 1;
 
-fn is_capturing(status: *mut c_int) -> Result<(), CuResult> {
+fn is_capturing(s: CUstream, status: *mut c_int) -> Result<Option<u64>, CuResult> {
     driver::driver()?;
+    let id = super::graph::capture_id(s as u64);
+    let st = if id.is_some() {
+        CAPTURE_STATUS_ACTIVE
+    } else {
+        CAPTURE_STATUS_NONE
+    };
     // SAFETY: out-pointer from the caller.
-    unsafe { put(status, CAPTURE_STATUS_NONE) }
+    unsafe { put(status, st)? };
+    Ok(id)
 }
 
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuStreamIsCapturing(_s: CUstream, status: *mut c_int) -> CUresult {
-    ret(is_capturing(status))
+pub unsafe extern "C" fn cuStreamIsCapturing(s: CUstream, status: *mut c_int) -> CUresult {
+    ret(is_capturing(s, status).map(|_| ()))
 }
 
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuStreamIsCapturing_ptsz(_s: CUstream, status: *mut c_int) -> CUresult {
-    ret(is_capturing(status))
+pub unsafe extern "C" fn cuStreamIsCapturing_ptsz(s: CUstream, status: *mut c_int) -> CUresult {
+    ret(is_capturing(s, status).map(|_| ()))
 }
 
-/// Writes "not capturing" and clears whichever optional outputs were given.
+/// Writes the capture status and id; the graph under construction and its dependencies are
+/// not exposed (the graph lives on the host until capture ends).
 fn capture_info(
+    s: CUstream,
     status: *mut c_int,
     id: *mut u64,
     graph: *mut *mut c_void,
@@ -116,11 +126,11 @@ fn capture_info(
     edges: *mut *const c_void,
     ndeps: *mut usize,
 ) -> Result<(), CuResult> {
-    is_capturing(status)?;
+    let capture = is_capturing(s, status)?;
     // SAFETY: each optional out-pointer is written only when non-NULL.
     unsafe {
         if !id.is_null() {
-            *id = 0;
+            *id = capture.unwrap_or(0);
         }
         if !graph.is_null() {
             *graph = std::ptr::null_mut();
@@ -140,7 +150,7 @@ fn capture_info(
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuStreamGetCaptureInfo_v2(
-    _s: CUstream,
+    s: CUstream,
     status: *mut c_int,
     id: *mut u64,
     graph: *mut *mut c_void,
@@ -148,6 +158,7 @@ pub unsafe extern "C" fn cuStreamGetCaptureInfo_v2(
     ndeps: *mut usize,
 ) -> CUresult {
     ret(capture_info(
+        s,
         status,
         id,
         graph,
@@ -172,7 +183,7 @@ pub unsafe extern "C" fn cuStreamGetCaptureInfo_v2_ptsz(
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuStreamGetCaptureInfo_v3(
-    _s: CUstream,
+    s: CUstream,
     status: *mut c_int,
     id: *mut u64,
     graph: *mut *mut c_void,
@@ -180,7 +191,7 @@ pub unsafe extern "C" fn cuStreamGetCaptureInfo_v3(
     edges: *mut *const c_void,
     ndeps: *mut usize,
 ) -> CUresult {
-    ret(capture_info(status, id, graph, deps, edges, ndeps))
+    ret(capture_info(s, status, id, graph, deps, edges, ndeps))
 }
 
 #[unsafe(no_mangle)]

@@ -254,15 +254,6 @@ impl Opcode {
     pub fn from_u16(v: u16) -> Option<Self> {
         Self::ALL.iter().copied().find(|op| *op as u16 == v)
     }
-
-    /// Calls that wait for the device. A deferred error from an earlier fire-and-forget call
-    /// is reported by the next one of these.
-    pub fn is_synchronising(self) -> bool {
-        matches!(
-            self,
-            Opcode::CtxSynchronize | Opcode::StreamSynchronize | Opcode::EventSynchronize
-        )
-    }
 }
 
 /// Stream handle values with a meaning of their own, as in `cuda.h`.

@@ -113,11 +113,6 @@ impl Daemon {
         }
     }
 
-    /// How many times the log says `needle`.
-    pub fn count_in_log(&self, needle: &str) -> usize {
-        self.log_text().matches(needle).count()
-    }
-
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
     }

@@ -189,8 +189,7 @@ impl VirtioUser {
             .map_err(neg("SET_MEM_TABLE"))?;
         // SAFETY: the first `ring_bytes` of the control region are reserved for the ring and
         // outlive it (both are owned by the connection).
-        let ring =
-            unsafe { SplitRing::new(control.hva, control.gpa, options.queue_size, event_idx) };
+        let ring = unsafe { SplitRing::new(control.hva, options.queue_size, event_idx) };
         let kick = EventFd::new(EFD_NONBLOCK)?;
         let call = EventFd::new(EFD_NONBLOCK)?;
         let q = 0;

@@ -15,8 +15,6 @@ pub struct Seg {
 
 pub struct SplitRing {
     size: u16,
-    base_hva: *mut u8,
-    base_gpa: u64,
     desc: *mut u8,
     avail: *mut u8,
     used: *mut u8,
@@ -49,13 +47,11 @@ impl SplitRing {
 
     /// # Safety
     /// `hva` must point to at least [`SplitRing::bytes`] zeroed, shared, writable bytes that
-    /// outlive the ring, seen by the device at guest address `gpa`.
-    pub unsafe fn new(hva: *mut u8, gpa: u64, size: u16, event_idx: bool) -> Self {
+    /// outlive the ring and are shared with the device.
+    pub unsafe fn new(hva: *mut u8, size: u16, event_idx: bool) -> Self {
         let (avail_off, used_off, _) = Self::layout(size);
         Self {
             size,
-            base_hva: hva,
-            base_gpa: gpa,
             desc: hva,
             // SAFETY: offsets lie inside the reserved bytes (caller's contract).
             avail: unsafe { hva.add(avail_off) },
@@ -74,12 +70,6 @@ impl SplitRing {
     /// `SET_VRING_ADDR` takes).
     pub fn host_addresses(&self) -> (u64, u64, u64) {
         (self.desc as u64, self.avail as u64, self.used as u64)
-    }
-
-    #[allow(dead_code)]
-    pub fn guest_addresses(&self) -> (u64, u64, u64) {
-        let off = |p: *mut u8| self.base_gpa + (p as usize - self.base_hva as usize) as u64;
-        (off(self.desc), off(self.avail), off(self.used))
     }
 
     fn u16_at(p: *mut u8) -> &'static AtomicU16 {

@@ -405,7 +405,8 @@ impl Executor {
     }
 
     fn hello_reply(&self) -> calls::HelloReply {
-        let mut caps = caps::SCATTER_DATA | caps::DEFERRED_ERRORS | caps::INLINE_DATA;
+        // INLINE_DATA waits for the TCP transport; only guest-memory descriptors exist today.
+        let mut caps = caps::SCATTER_DATA | caps::DEFERRED_ERRORS;
         if self.gpu.kind() == GpuKind::Sim {
             caps |= caps::SIM_GPU;
         }
@@ -492,6 +493,18 @@ impl Executor {
         } else {
             Err(CuResult::INVALID_VALUE)
         }
+    }
+
+    /// After a copy or memset was issued: finish it on its stream when the guest reuses the
+    /// host buffer at once (`WAIT_STREAM`), and report deferred errors if it was synchronous.
+    fn finish_copy(&mut self, client: u32, flags: u16, stream: u64) -> CallResult {
+        if flags & call_flags::WAIT_STREAM != 0 {
+            self.gpu.stream_synchronize(stream)?;
+        }
+        if flags & call_flags::ASYNC == 0 {
+            self.take_deferred(client)?;
+        }
+        Ok(())
     }
 
     fn take_deferred(&mut self, client: u32) -> CallResult {
@@ -770,9 +783,7 @@ impl Executor {
                     s,
                     is_async,
                 )?;
-                if !is_async {
-                    self.take_deferred(client)?;
-                }
+                self.finish_copy(client, call.flags, s)?;
                 w.push_status(code, 0);
             }
             Opcode::MemcpyHtoD => {
@@ -787,12 +798,7 @@ impl Executor {
                     // mapped until the client is torn down (streams are synchronised first).
                     unsafe { gpu.memcpy_htod(dst + rel, seg, s, is_async) }
                 })?;
-                if call.flags & call_flags::WAIT_STREAM != 0 {
-                    self.gpu.stream_synchronize(s)?;
-                }
-                if !is_async {
-                    self.take_deferred(client)?;
-                }
+                self.finish_copy(client, call.flags, s)?;
                 w.push_status(code, 0);
             }
             Opcode::MemcpyDtoH => {
@@ -806,13 +812,8 @@ impl Executor {
                     // SAFETY: as for HtoD; the data-out segments are guest-writable memory.
                     unsafe { gpu.memcpy_dtoh(seg, src + rel, s, is_async) }
                 })?;
-                if call.flags & call_flags::WAIT_STREAM != 0 {
-                    self.gpu.stream_synchronize(s)?;
-                }
                 *data_out_len = (*data_out_len).max(off + len);
-                if !is_async {
-                    self.take_deferred(client)?;
-                }
+                self.finish_copy(client, call.flags, s)?;
                 w.push_status(code, 0);
             }
             Opcode::MemcpyDtoD => {
@@ -822,9 +823,7 @@ impl Executor {
                 self.check_range(client, a.dst.get(), a.len.get())?;
                 self.gpu
                     .memcpy_dtod(a.dst.get(), a.src.get(), a.len.get(), s, is_async)?;
-                if !is_async {
-                    self.take_deferred(client)?;
-                }
+                self.finish_copy(client, call.flags, s)?;
                 w.push_status(code, 0);
             }
             Opcode::StreamCreate => {

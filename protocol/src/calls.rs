@@ -23,6 +23,15 @@ macro_rules! wire {
     };
 }
 
+wire!(
+    /// `ConsoleRead`: up to `max` bytes the GPU printed for this guest (device `printf`).
+    /// The reply's body is the bytes; its record carries `CONSOLE_PENDING` while more wait.
+    ConsoleRead {
+        max: U32,
+        _pad: U32,
+    }
+);
+
 /// Length of the build-id field of the handshake.
 pub const BUILD_ID_LEN: usize = 48;
 /// Length of the message field of the handshake reply.

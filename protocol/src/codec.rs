@@ -258,6 +258,8 @@ pub fn parse_request(bytes: &[u8]) -> Result<(MsgHeader, CallIter<'_>), DecodeEr
 pub struct ReplyWriter<'a> {
     buf: &'a mut Vec<u8>,
     nreplies: u32,
+    /// Where the last record starts.
+    last: Option<usize>,
 }
 
 impl<'a> ReplyWriter<'a> {
@@ -265,7 +267,11 @@ impl<'a> ReplyWriter<'a> {
     pub fn new(buf: &'a mut Vec<u8>) -> Self {
         buf.clear();
         buf.resize(size_of::<RespHeader>(), 0);
-        Self { buf, nreplies: 0 }
+        Self {
+            buf,
+            nreplies: 0,
+            last: None,
+        }
     }
 
     /// Appends one reply record with a fixed body and a tail.
@@ -280,11 +286,12 @@ impl<'a> ReplyWriter<'a> {
         let len = body.len() + tail.len();
         let hdr = ReplyHeader {
             opcode: opcode.into(),
-            _reserved: 0.into(),
+            flags: 0.into(),
             result: result.into(),
             len: (len as u32).into(),
             _pad: 0.into(),
         };
+        self.last = Some(self.buf.len());
         self.buf.extend_from_slice(hdr.as_bytes());
         self.buf.extend_from_slice(body);
         self.buf.extend_from_slice(tail);
@@ -302,9 +309,21 @@ impl<'a> ReplyWriter<'a> {
         self.buf
     }
 
-    /// Counts a record that the caller appended through [`ReplyWriter::buffer`].
-    pub fn count_record(&mut self) {
+    /// Counts a record, starting at `start`, that the caller appended through
+    /// [`ReplyWriter::buffer`].
+    pub fn count_record(&mut self, start: usize) {
+        self.last = Some(start);
         self.nreplies += 1;
+    }
+
+    /// Sets `flags` ([`crate::reply_flags`]) on the last record so far.
+    pub fn flag_last(&mut self, flags: u16) {
+        let Some(at) = self.last else { return };
+        let Ok((mut hdr, _)) = ReplyHeader::read_from_prefix(&self.buf[at..]) else {
+            return;
+        };
+        hdr.flags = (hdr.flags.get() | flags).into();
+        self.buf[at..at + size_of::<ReplyHeader>()].copy_from_slice(hdr.as_bytes());
     }
 
     pub fn len(&self) -> usize {
@@ -333,6 +352,8 @@ impl<'a> ReplyWriter<'a> {
 #[derive(Clone, Copy, Debug)]
 pub struct Reply<'a> {
     pub opcode: u16,
+    /// [`crate::reply_flags`].
+    pub flags: u16,
     pub result: u32,
     pub body: &'a [u8],
 }
@@ -379,6 +400,7 @@ impl<'a> Iterator for ReplyIter<'a> {
         self.rest = &after[padded..];
         Some(Ok(Reply {
             opcode: hdr.opcode.get(),
+            flags: hdr.flags.get(),
             result: hdr.result.get(),
             body: &after[..len],
         }))

@@ -60,6 +60,13 @@ pub mod flags {
     pub const CLIENT_CLOSE: u16 = 1 << 1;
 }
 
+/// Reply record flags (set on the last record of a reply).
+pub mod reply_flags {
+    /// The GPU printed output for the guest (device-side `printf`): fetch it with
+    /// [`crate::Opcode::ConsoleRead`] before returning from the synchronising call.
+    pub const CONSOLE_PENDING: u16 = 1 << 0;
+}
+
 /// Call flags.
 pub mod call_flags {
     /// A stream-ordered call issued asynchronously (`...Async` variants).
@@ -129,7 +136,8 @@ pub struct RespHeader {
 #[repr(C)]
 pub struct ReplyHeader {
     pub opcode: U16,
-    pub _reserved: U16,
+    /// [`reply_flags`].
+    pub flags: U16,
     /// `CUresult` of the call.
     pub result: U32,
     pub len: U32,
@@ -160,6 +168,7 @@ impl DataRef {
 #[repr(u16)]
 pub enum Opcode {
     Hello = 0x0001,
+    ConsoleRead = 0x0002,
     DeviceGetCount = 0x0010,
     DeviceGetInfo = 0x0011,
     CtxCreate = 0x0020,
@@ -207,6 +216,7 @@ pub enum Opcode {
 impl Opcode {
     pub const ALL: &'static [Opcode] = &[
         Opcode::Hello,
+        Opcode::ConsoleRead,
         Opcode::DeviceGetCount,
         Opcode::DeviceGetInfo,
         Opcode::CtxCreate,

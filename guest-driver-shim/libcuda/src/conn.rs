@@ -11,7 +11,9 @@ use std::{
     time::Duration,
 };
 
-use vgpu_protocol::{CuResult, EncodeError, Encoder, Opcode, calls, flags, parse_response};
+use vgpu_protocol::{
+    CuResult, EncodeError, Encoder, Opcode, calls, flags, parse_response, reply_flags,
+};
 use vgpu_virtio_user::{Options, Seg, SharedBuf, VirtioUser};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
@@ -588,10 +590,69 @@ impl Inner {
         if crate::tracing() {
             crate::log_error(&format!("trace: reply {op:?} -> {}", last.result));
         }
-        Ok(Reply {
+        let reply = Reply {
             result: CuResult(last.result),
             body: last.body.to_vec(),
-        })
+        };
+        if last.flags & reply_flags::CONSOLE_PENDING != 0 {
+            self.drain_console();
+        }
+        Ok(reply)
+    }
+
+    /// Fetches what the GPU printed (device `printf`) and writes it to our stdout, as NVIDIA's
+    /// driver does before the synchronising call returns. Failures lose output, not the call.
+    fn drain_console(&mut self) {
+        // At most 64 chunks of 1 MiB per synchronising call; the rest comes with the next.
+        for _ in 0..64 {
+            let body = calls::ConsoleRead {
+                max: (1u32 << 20).into(),
+                _pad: 0.into(),
+            };
+            if self
+                .append(Opcode::ConsoleRead, 0, &body, 0, |_| {}, None, None)
+                .is_err()
+            {
+                return;
+            }
+            let Ok(head) = self.flush_with(Some(self.reply), REPLY_BYTES) else {
+                return;
+            };
+            if self.wait(head).is_err() {
+                return;
+            }
+            // SAFETY: the reply buffer is ours and the chain that wrote it has completed.
+            let bytes = unsafe { std::slice::from_raw_parts(self.reply.hva, REPLY_BYTES) };
+            let Ok((_, records)) = parse_response(bytes) else {
+                return;
+            };
+            let Some(Ok(last)) = records.last() else {
+                return;
+            };
+            if last.opcode != Opcode::ConsoleRead as u16 || last.result != 0 {
+                return;
+            }
+            write_stdout(last.body);
+            if last.flags & reply_flags::CONSOLE_PENDING == 0 {
+                return;
+            }
+        }
+    }
+}
+
+/// Writes through C's `stdout`, so device output and the program's own `printf` share one
+/// buffer and keep their order, as with NVIDIA's driver.
+fn write_stdout(bytes: &[u8]) {
+    if bytes.is_empty() {
+        return;
+    }
+    unsafe extern "C" {
+        static mut stdout: *mut libc::FILE;
+    }
+    // SAFETY: C's stdout is initialised before any CUDA call; fwrite copies from our slice.
+    unsafe {
+        libc::fwrite(bytes.as_ptr().cast(), 1, bytes.len(), stdout);
+        libc::fflush(stdout);
     }
 }
 

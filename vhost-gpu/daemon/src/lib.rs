@@ -5,6 +5,7 @@
 pub mod backend;
 pub mod chain;
 pub mod config;
+pub mod console;
 
 use std::sync::{Arc, Mutex};
 
@@ -74,7 +75,14 @@ fn ensure_mps_share(ordinal: i32, sm_count: u32) -> Result<(), Error> {
 pub fn run(config: &Config, max_connections: Option<usize>) -> Result<(), Error> {
     let gpu = open_gpu(config)?;
     let kind = gpu.kind();
-    let executor = Executor::new(gpu, config.limits);
+    let mut executor = Executor::new(gpu, config.limits);
+    if matches!(config.gpu, GpuSelection::Cuda(_)) {
+        // The driver prints kernels' printf output on our stdout: it belongs to the guest.
+        match console::StdoutCapture::install() {
+            Ok(capture) => executor.set_console(Box::new(capture)),
+            Err(e) => log::warn!("device printf output stays on the daemon's stdout: {e}"),
+        }
+    }
     let backend = Arc::new(Mutex::new(VgpuBackend::new(executor, config)));
     info!(
         "vhost-gpu: serving {} with executor {kind}, {} queues, memory limit {}",

@@ -224,7 +224,22 @@ pub struct Executor {
     current_ctx: u64,
     props: Option<DeviceProps>,
     scratch: Vec<u8>,
+    console: Option<Box<dyn Console>>,
 }
+
+/// What the GPU's driver prints for the guests (device-side `printf`, which the driver writes
+/// to the daemon's stdout at synchronising calls). The daemon captures it; the executor hands
+/// it to the client whose synchronising call comes next (one VM's processes share it).
+pub trait Console: Send + Sync {
+    /// Collects what the driver has written so far; `synced` says a synchronising call just
+    /// completed, so output may be waiting that no reader has seen yet. True when bytes wait.
+    fn poll(&mut self, synced: bool) -> bool;
+    /// Takes up to `max` waiting bytes.
+    fn take(&mut self, max: usize) -> Vec<u8>;
+}
+
+/// Most console bytes one `ConsoleRead` returns (the guest's reply buffer holds more).
+const CONSOLE_CHUNK: usize = 1 << 20;
 
 type CallResult = Result<(), CuResult>;
 
@@ -238,7 +253,13 @@ impl Executor {
             current_ctx: 0,
             props: None,
             scratch: Vec::new(),
+            console: None,
         }
+    }
+
+    /// Delivers the driver's printed output to the guests from now on.
+    pub fn set_console(&mut self, console: Box<dyn Console>) {
+        self.console = Some(console);
     }
 
     pub fn kind(&self) -> GpuKind {
@@ -297,6 +318,7 @@ impl Executor {
         let mut w = ReplyWriter::new(reply);
         let mut data_out_len = 0u64;
         let ncalls = hdr.ncalls.get() as usize;
+        let mut last_opcode = 0;
         for (index, call) in calls.enumerate() {
             let call = match call {
                 Ok(c) => c,
@@ -308,6 +330,7 @@ impl Executor {
                 }
             };
             let before = w.len();
+            last_opcode = call.opcode;
             let result = self.dispatch(
                 client_id,
                 &call,
@@ -335,6 +358,11 @@ impl Executor {
                 reply_len: 0,
                 data_out_len,
             };
+        }
+        if let Some(console) = self.console.as_mut() {
+            if console.poll(flushes_console(last_opcode)) {
+                w.flag_last(vgpu_protocol::reply_flags::CONSOLE_PENDING);
+            }
         }
         let n = w.finish(hdr.seq.get(), data_out_len.min(u64::from(u32::MAX)) as u32);
         if n > hdr.resp_cap.get() as usize {
@@ -557,6 +585,17 @@ impl Executor {
                     );
                 }
                 w.push(code, 0, &reply, &[]);
+            }
+            Opcode::ConsoleRead => {
+                self.client(client)?;
+                let (r, _) = call.parse::<calls::ConsoleRead>().map_err(bad)?;
+                let max = (r.max.get() as usize).min(CONSOLE_CHUNK);
+                let bytes = self
+                    .console
+                    .as_mut()
+                    .map(|c| c.take(max))
+                    .unwrap_or_default();
+                w.push(code, 0, &(), &bytes);
             }
             Opcode::DeviceGetCount => {
                 self.client(client)?;
@@ -974,7 +1013,7 @@ impl Executor {
                 let body_len = buf.len() - record_start - size_of::<vgpu_protocol::ReplyHeader>();
                 let hdr = vgpu_protocol::ReplyHeader {
                     opcode: code.into(),
-                    _reserved: 0.into(),
+                    flags: 0.into(),
                     result: 0.into(),
                     len: (body_len as u32).into(),
                     _pad: 0.into(),
@@ -987,7 +1026,7 @@ impl Executor {
                 let at = record_start + size_of::<vgpu_protocol::ReplyHeader>();
                 buf[record_start..at].copy_from_slice(hdr.as_bytes());
                 buf[at..at + size_of::<calls::ModuleLoadReply>()].copy_from_slice(fixed.as_bytes());
-                w.count_record();
+                w.count_record(record_start);
             }
             Opcode::ModuleUnload => {
                 let (a, _) = call.parse::<calls::HandleArg>().map_err(bad)?;
@@ -1350,6 +1389,26 @@ impl Executor {
 }
 
 /// Calls whose errors the guest only sees at the next synchronising call.
+/// Calls at which NVIDIA's driver flushes device `printf` output.
+fn flushes_console(opcode: u16) -> bool {
+    matches!(
+        Opcode::from_u16(opcode),
+        Some(
+            Opcode::CtxSynchronize
+                | Opcode::StreamSynchronize
+                | Opcode::EventSynchronize
+                | Opcode::MemcpyDtoH
+                | Opcode::MemFree
+                | Opcode::ModuleLoad
+                | Opcode::ModuleUnload
+                | Opcode::CtxDestroy
+                | Opcode::PrimaryCtxRelease
+                | Opcode::PrimaryCtxReset
+                | Opcode::ConsoleRead
+        )
+    )
+}
+
 fn is_fire_and_forget(opcode: u16) -> bool {
     matches!(
         Opcode::from_u16(opcode),

@@ -251,3 +251,83 @@ fn module_images_are_charged_until_unloaded() {
     assert_eq!(r, 0);
     assert_eq!(ex.mem_used(), 0);
 }
+
+/// A console fed by the test: what a driver "printed" since the last poll.
+struct TestConsole(Arc<Mutex<Vec<u8>>>, Vec<u8>);
+
+impl Console for TestConsole {
+    fn poll(&mut self, synced: bool) -> bool {
+        if synced {
+            self.1.extend(self.0.lock().unwrap().drain(..));
+        }
+        !self.1.is_empty()
+    }
+    fn take(&mut self, max: usize) -> Vec<u8> {
+        let n = max.min(self.1.len());
+        self.1.drain(..n).collect()
+    }
+}
+
+/// Runs one call and returns (result, reply flags, body).
+fn call_flags<T: IntoBytes + Immutable>(
+    ex: &mut Executor,
+    client: u32,
+    op: Opcode,
+    body: &T,
+) -> (u32, u16, Vec<u8>) {
+    let mut buf = vec![0u8; 512];
+    let mut e = Encoder::new(&mut buf).unwrap();
+    e.push(op as u16, 0, body, &[]).unwrap();
+    let n = e.finish(flags::WANT_REPLY, client, 4096, 1);
+    let mut reply = Vec::new();
+    let out = ex.execute(&buf[..n], DataStream::EMPTY, DataStream::EMPTY, &mut reply);
+    let (_, mut records) = parse_response(&reply[..out.reply_len]).unwrap();
+    let r = records.next().unwrap().unwrap();
+    (r.result, r.flags, r.body.to_vec())
+}
+
+#[test]
+fn device_printf_output_comes_back_with_the_synchronising_call() {
+    let printed = Arc::new(Mutex::new(Vec::new()));
+    let mut ex = executor(None, 0);
+    ex.set_console(Box::new(TestConsole(printed.clone(), Vec::new())));
+    let ctx = client_with_ctx(&mut ex, 1);
+    let sync = calls::CtxArg { ctx: ctx.into() };
+    let (r, f, _) = call_flags(&mut ex, 1, Opcode::CtxSynchronize, &sync);
+    assert_eq!((r, f), (0, 0), "nothing printed, no flag");
+
+    printed
+        .lock()
+        .unwrap()
+        .extend_from_slice(b"DEVPRINTF hello\n");
+    // A call that does not synchronise does not look.
+    let (_, f, _) = call_flags(&mut ex, 1, Opcode::MemGetInfo, &sync);
+    assert_eq!(f, 0);
+    let (r, f, _) = call_flags(&mut ex, 1, Opcode::CtxSynchronize, &sync);
+    assert_eq!(r, 0);
+    assert_eq!(f, vgpu_protocol::reply_flags::CONSOLE_PENDING);
+
+    let read = |ex: &mut Executor, max: u32| {
+        call_flags(
+            ex,
+            1,
+            Opcode::ConsoleRead,
+            &calls::ConsoleRead {
+                max: max.into(),
+                _pad: 0.into(),
+            },
+        )
+    };
+    let (r, f, body) = read(&mut ex, 9);
+    assert_eq!((r, body.as_slice()), (0, &b"DEVPRINTF"[..]));
+    assert_eq!(f, vgpu_protocol::reply_flags::CONSOLE_PENDING, "more waits");
+    let (_, f, body) = read(&mut ex, 1000);
+    assert_eq!((f, body.as_slice()), (0, &b" hello\n"[..]));
+    let (r, _, _) = call_flags(
+        &mut ex,
+        99,
+        Opcode::ConsoleRead,
+        &calls::ConsoleRead::default(),
+    );
+    assert_ne!(r, 0, "a client that never said hello is refused");
+}

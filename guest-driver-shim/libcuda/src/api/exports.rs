@@ -21,7 +21,7 @@ use crate::{CUdevice, CUresult, driver, fatbin, log_error, verbose};
 
 pub type Uuid = [u8; 16];
 
-const fn uuid(s: &[u8; 36]) -> Uuid {
+pub(super) const fn uuid(s: &[u8; 36]) -> Uuid {
     const fn hex(c: u8) -> u8 {
         match c {
             b'0'..=b'9' => c - b'0',
@@ -61,7 +61,7 @@ pub struct Table<const N: usize>(pub [*const c_void; N]);
 // SAFETY: the tables are immutable after construction and hold only code addresses and sizes.
 unsafe impl<const N: usize> Sync for Table<N> {}
 
-const fn size_of_table<const N: usize>() -> *const c_void {
+pub(super) const fn size_of_table<const N: usize>() -> *const c_void {
     (N * size_of::<usize>()) as *const c_void
 }
 
@@ -717,6 +717,9 @@ pub fn table(id: &Uuid) -> Option<*const c_void> {
         DEVICE_EXTENDED_RT => DEVICE_EXT_TABLE.0.as_ptr().cast(),
         INTEGRITY_CHECK => INTEGRITY_TABLE.0.as_ptr().cast(),
         CONTEXT_CHECKS => CONTEXT_CHECKS_TABLE.0.as_ptr().cast(),
+        super::tools_context::TOOLS_CONTEXT => {
+            super::tools_context::TOOLS_CONTEXT_TABLE.0.as_ptr().cast()
+        }
         _ => return None,
     };
     Some(p)

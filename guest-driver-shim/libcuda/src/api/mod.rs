@@ -9,8 +9,10 @@ mod launch;
 mod memory;
 mod misc;
 mod module;
+mod pool;
 mod runtime;
 mod stream;
+mod tools_context;
 
 pub use context::*;
 pub use device::*;
@@ -20,6 +22,7 @@ pub use launch::*;
 pub use memory::*;
 pub use misc::*;
 pub use module::*;
+pub use pool::*;
 pub use runtime::*;
 pub use stream::*;
 use vgpu_protocol::CuResult;

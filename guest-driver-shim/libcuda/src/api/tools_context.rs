@@ -1,0 +1,170 @@
+//! The `21318C60-9714-3248-8CA6-41FF7324C8F2` export table ("tools context"), which cuBLAS
+//! asks for on its first GEMM in CUDA 13. Refusing the table makes every cuBLAS GEMM fail with
+//! `CUBLAS_STATUS_NOT_SUPPORTED` (seen on the H200, device run 17), so we serve it.
+//!
+//! Its layout is undocumented: a size header and 94 slots (the size newer drivers serve). Only
+//! three slots matter to cuBLAS, as other remoting projects observed them; their arguments are
+//! read as six integer registers (the C ABIs let a callee ignore ones the caller did not pass).
+//! Every other slot logs its first call and returns `CUDA_ERROR_NOT_SUPPORTED`, so a library
+//! that needs more fails with the slot's number. `VGPU_DEBUG=1` logs every call with its
+//! arguments, which is how the next slot to implement is found.
+
+use std::{
+    collections::HashSet,
+    ffi::c_void,
+    sync::{Mutex, PoisonError},
+};
+
+use vgpu_protocol::CuResult;
+
+use super::{
+    context::CUcontext,
+    exports::{Table, Uuid, size_of_table, uuid},
+};
+use crate::{CUresult, log_error, verbose};
+
+pub const TOOLS_CONTEXT: Uuid = uuid(b"21318C60-9714-3248-8CA6-41FF7324C8F2");
+
+/// 94 slots after the size header.
+const SLOTS: usize = 95;
+
+/// What slot 51 hands out: an opaque, zeroed object the library only passes back to us.
+#[repr(C, align(16))]
+struct Opaque(std::cell::UnsafeCell<[u64; 64]>);
+// SAFETY: the object is never written by the shim; the library only reads it.
+unsafe impl Sync for Opaque {}
+static OPAQUE_OBJECT: Opaque = Opaque(std::cell::UnsafeCell::new([0; 64]));
+
+fn slot_call(slot: usize, a: [u64; 6]) -> CUresult {
+    if verbose() {
+        log_error(&format!(
+            "TOOLS_CONTEXT[{slot}]({:#x}, {:#x}, {:#x}, {:#x}, {:#x}, {:#x})",
+            a[0], a[1], a[2], a[3], a[4], a[5]
+        ));
+    }
+    match slot {
+        // (CUcontext, uint64_t *out): a per-context number, 0 for no context.
+        4 => {
+            let out = a[1] as *mut u64;
+            if out.is_null() {
+                return CuResult::UNKNOWN.0;
+            }
+            let id = if a[0] == 0 {
+                0
+            } else {
+                let mut id = 0u64;
+                // SAFETY: `id` is a valid out-pointer; the context is the caller's.
+                match unsafe { super::context::cuCtxGetId(a[0] as CUcontext, &raw mut id) } {
+                    0 => id,
+                    _ => 1,
+                }
+            };
+            // SAFETY: non-NULL out-pointer from the library.
+            unsafe { out.write_unaligned(id) };
+            0
+        }
+        // (?, handle, uint64_t *out): reported as 0.
+        39 => {
+            let out = a[2] as *mut u64;
+            if a[1] == 0 || out.is_null() {
+                return CuResult::INVALID_VALUE.0;
+            }
+            // SAFETY: non-NULL out-pointer from the library.
+            unsafe { out.write_unaligned(0) };
+            0
+        }
+        // (?, handle, void **out): an opaque object; an all-ones handle is invalid.
+        51 => {
+            let out = a[2] as *mut *const c_void;
+            if out.is_null() {
+                return CuResult::INVALID_VALUE.0;
+            }
+            if a[1] == u64::MAX {
+                return CuResult::INVALID_HANDLE.0;
+            }
+            // SAFETY: non-NULL out-pointer from the library.
+            unsafe { out.write_unaligned(OPAQUE_OBJECT.0.get().cast_const().cast()) };
+            0
+        }
+        _ => {
+            static SEEN: Mutex<Option<HashSet<usize>>> = Mutex::new(None);
+            let first = SEEN
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .get_or_insert_with(HashSet::new)
+                .insert(slot);
+            if first {
+                log_error(&format!(
+                    "export table TOOLS_CONTEXT slot {slot} is not supported by the vGPU yet (CUDA_ERROR_NOT_SUPPORTED)"
+                ));
+            }
+            CuResult::NOT_SUPPORTED.0
+        }
+    }
+}
+
+extern "C" fn slot<const S: usize>(
+    a0: u64,
+    a1: u64,
+    a2: u64,
+    a3: u64,
+    a4: u64,
+    a5: u64,
+) -> CUresult {
+    slot_call(S, [a0, a1, a2, a3, a4, a5])
+}
+
+macro_rules! slots {
+    ($($n:literal)*) => {
+        [size_of_table::<SLOTS>(), $(slot::<$n> as *const c_void),*]
+    };
+}
+
+pub static TOOLS_CONTEXT_TABLE: Table<SLOTS> = Table(slots!(
+    1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29 30 31 32 33
+    34 35 36 37 38 39 40 41 42 43 44 45 46 47 48 49 50 51 52 53 54 55 56 57 58 59 60 61 62 63
+    64 65 66 67 68 69 70 71 72 73 74 75 76 77 78 79 80 81 82 83 84 85 86 87 88 89 90 91 92 93 94
+));
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn call(slot: usize, a: [u64; 6]) -> CUresult {
+        let f: extern "C" fn(u64, u64, u64, u64, u64, u64) -> CUresult =
+            // SAFETY: every slot after the header is a `slot::<N>` function of this signature.
+            unsafe { std::mem::transmute(TOOLS_CONTEXT_TABLE.0[slot]) };
+        f(a[0], a[1], a[2], a[3], a[4], a[5])
+    }
+
+    #[test]
+    fn layout_is_a_size_header_and_94_distinct_slots() {
+        assert_eq!(TOOLS_CONTEXT_TABLE.0[0] as usize, 95 * 8);
+        let slots: HashSet<usize> = TOOLS_CONTEXT_TABLE.0[1..]
+            .iter()
+            .map(|p| *p as usize)
+            .collect();
+        assert_eq!(slots.len(), 94, "every slot knows its own number");
+        assert!(!slots.contains(&0));
+    }
+
+    #[test]
+    fn known_slots_answer_and_others_refuse() {
+        let mut out = 7u64;
+        let p = &raw mut out as u64;
+        assert_eq!(call(4, [0, p, 0, 0, 0, 0]), 0);
+        assert_eq!(out, 0, "no context has number 0");
+        assert_eq!(call(4, [0, 0, 0, 0, 0, 0]), CuResult::UNKNOWN.0);
+        out = 7;
+        assert_eq!(call(39, [0, 1, p, 0, 0, 0]), 0);
+        assert_eq!(out, 0);
+        assert_eq!(call(39, [0, 0, p, 0, 0, 0]), CuResult::INVALID_VALUE.0);
+        assert_eq!(call(51, [0, 5, p, 0, 0, 0]), 0);
+        assert_eq!(out, OPAQUE_OBJECT.0.get() as u64);
+        assert_eq!(
+            call(51, [0, u64::MAX, p, 0, 0, 0]),
+            CuResult::INVALID_HANDLE.0
+        );
+        assert_eq!(call(17, [0; 6]), CuResult::NOT_SUPPORTED.0);
+    }
+}

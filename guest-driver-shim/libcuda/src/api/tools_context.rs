@@ -17,10 +17,7 @@ use std::{
 
 use vgpu_protocol::CuResult;
 
-use super::{
-    context::CUcontext,
-    exports::{Table, Uuid, size_of_table, uuid},
-};
+use super::exports::{Table, Uuid, size_of_table, uuid};
 use crate::{CUresult, log_error, verbose};
 
 pub const TOOLS_CONTEXT: Uuid = uuid(b"21318C60-9714-3248-8CA6-41FF7324C8F2");
@@ -43,24 +40,15 @@ fn slot_call(slot: usize, a: [u64; 6]) -> CUresult {
         ));
     }
     match slot {
-        // (CUcontext, uint64_t *out): a per-context number, 0 for no context.
+        // (object, uint64_t *out): 1 for an object, 0 for none. The object is not always a
+        // context (cuBLAS passes values like 1 << 32), so it is never dereferenced.
         4 => {
             let out = a[1] as *mut u64;
             if out.is_null() {
                 return CuResult::UNKNOWN.0;
             }
-            let id = if a[0] == 0 {
-                0
-            } else {
-                let mut id = 0u64;
-                // SAFETY: `id` is a valid out-pointer; the context is the caller's.
-                match unsafe { super::context::cuCtxGetId(a[0] as CUcontext, &raw mut id) } {
-                    0 => id,
-                    _ => 1,
-                }
-            };
             // SAFETY: non-NULL out-pointer from the library.
-            unsafe { out.write_unaligned(id) };
+            unsafe { out.write_unaligned(u64::from(a[0] != 0)) };
             0
         }
         // (?, handle, uint64_t *out): reported as 0.
@@ -153,7 +141,9 @@ mod tests {
         let mut out = 7u64;
         let p = &raw mut out as u64;
         assert_eq!(call(4, [0, p, 0, 0, 0, 0]), 0);
-        assert_eq!(out, 0, "no context has number 0");
+        assert_eq!(out, 0, "no object");
+        assert_eq!(call(4, [1 << 32, p, 0, 0, 0, 0]), 0);
+        assert_eq!(out, 1, "any object, never dereferenced");
         assert_eq!(call(4, [0, 0, 0, 0, 0, 0]), CuResult::UNKNOWN.0);
         out = 7;
         assert_eq!(call(39, [0, 1, p, 0, 0, 0]), 0);

@@ -107,3 +107,55 @@ fn graphs_captured_from_a_stream_are_launched_on_the_host() {
     let log = daemon.wait_for_log("frontend disconnected", Duration::from_secs(10));
     assert!(log.contains("30 launches recorded by sim"), "{log}");
 }
+
+/// Each process that uses the vGPU through virtio-user is a frontend of its own; the daemon
+/// serves them at once (PyTorch's compile workers, or a second program, must not wait for
+/// the first to exit), and one frontend's exit frees only what it held.
+#[test]
+fn two_processes_are_served_at_once() {
+    let dir = scratch("concurrent");
+    let program = compile_c("driver_api_e2e.c", &dir);
+    let daemon = Daemon::start_sim(&dir, &[]);
+    let mut holder = guest_command(&program, &daemon.socket)
+        .arg(fixture("kernels.cubin"))
+        .arg("--no-kernel-check")
+        .env("E2E_HOLD", "1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the first process");
+    let stdout = holder.stdout.take().expect("stdout");
+    let mut lines = std::io::BufReader::new(stdout).lines();
+    assert!(
+        lines.any(|l| l.is_ok_and(|l| l.contains("HOLDING"))),
+        "first process never reached its hold point"
+    );
+    // While the first holds its memory and connection, a second runs to the end.
+    let out = guest_command(&program, &daemon.socket)
+        .arg(fixture("kernels.cubin"))
+        .arg("--no-kernel-check")
+        .output()
+        .expect("run the second process");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("E2E PASS"),
+        "second process failed while the first was connected:\n{text}\n{}",
+        daemon.log_text()
+    );
+    let log = daemon.wait_for_log(
+        "frontend disconnected (frontend 2)",
+        Duration::from_secs(10),
+    );
+    assert!(!log.contains("frontend disconnected (frontend 1)"), "{log}");
+    let _ = holder.kill();
+    let _ = holder.wait();
+    let log = daemon.wait_for_log(
+        "frontend disconnected (frontend 1)",
+        Duration::from_secs(10),
+    );
+    assert!(
+        log.contains("frontend disconnected (frontend 1), freed 2 allocations (134217728 bytes)"),
+        "{log}"
+    );
+}

@@ -3,6 +3,7 @@
 
 use std::{
     io,
+    sync::{Arc, Mutex, MutexGuard, PoisonError},
     time::{Duration, Instant},
 };
 
@@ -30,7 +31,10 @@ use crate::{
 
 /// State of the device for one connected frontend (and what carries over between them).
 pub struct VgpuBackend {
-    executor: Executor,
+    /// Shared by every connection's backend: one vGPU, one ledger.
+    executor: Arc<Mutex<Executor>>,
+    /// This connection's client namespace in the executor.
+    namespace: u32,
     mem: Option<GuestMemoryAtomic<GuestMemoryMmap>>,
     /// Guest memory regions pinned for DMA: (host address, length).
     registered: Vec<(usize, usize)>,
@@ -44,9 +48,10 @@ pub struct VgpuBackend {
 }
 
 impl VgpuBackend {
-    pub fn new(executor: Executor, config: &Config) -> Self {
+    pub fn new(executor: Arc<Mutex<Executor>>, namespace: u32, config: &Config) -> Self {
         Self {
             executor,
+            namespace,
             mem: None,
             registered: Vec::new(),
             event_idx: false,
@@ -59,16 +64,18 @@ impl VgpuBackend {
         }
     }
 
-    pub fn executor(&self) -> &Executor {
-        &self.executor
+    pub fn executor(&self) -> MutexGuard<'_, Executor> {
+        self.executor.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The frontend went away: free every client's resources, then unpin its memory.
     pub fn disconnected(&mut self) -> Freed {
-        let freed = self.executor.close_all();
+        let mut ex = self.executor.lock().unwrap_or_else(PoisonError::into_inner);
+        let freed = ex.close_namespace(self.namespace);
         for (ptr, _) in self.registered.drain(..) {
-            self.executor.unregister_host(ptr as *mut u8);
+            ex.unregister_host(ptr as *mut u8);
         }
+        drop(ex);
         self.mem = None;
         freed
     }
@@ -116,12 +123,17 @@ impl VgpuBackend {
             }
             return 0;
         }
-        let outcome = self.executor.execute(
-            &self.parsed.msg,
-            DataStream::new(&self.parsed.data_in),
-            DataStream::new(&self.parsed.data_out),
-            &mut self.reply,
-        );
+        let outcome = self
+            .executor
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .execute_in(
+                self.namespace,
+                &self.parsed.msg,
+                DataStream::new(&self.parsed.data_in),
+                DataStream::new(&self.parsed.data_out),
+                &mut self.reply,
+            );
         let written = self
             .parsed
             .write_reply(mem, &self.reply[..outcome.reply_len]);
@@ -185,7 +197,7 @@ impl VhostUserBackendMut for VgpuBackend {
     /// The VMM reset the device (a guest reboot, or a driver unbind): every client of the
     /// old guest is gone.
     fn reset_device(&mut self) {
-        let freed = self.executor.close_all();
+        let freed = self.executor().close_namespace(self.namespace);
         info!(
             "device reset: freed {} allocations ({} bytes) and {} objects",
             freed.allocations, freed.bytes, freed.objects
@@ -222,16 +234,18 @@ impl VhostUserBackendMut for VgpuBackend {
             .copied()
             .filter(|r| !now.contains(r))
             .collect();
+        let mut ex = self.executor.lock().unwrap_or_else(PoisonError::into_inner);
         for r in gone {
-            self.executor.unregister_host(r.0 as *mut u8);
+            ex.unregister_host(r.0 as *mut u8);
             self.registered.retain(|x| *x != r);
         }
         for r in now {
-            if !self.registered.contains(&r) && self.executor.register_host(r.0 as *mut u8, r.1) {
+            if !self.registered.contains(&r) && ex.register_host(r.0 as *mut u8, r.1) {
                 self.registered.push(r);
                 info!("guest memory region of {} KiB pinned for DMA", r.1 >> 10);
             }
         }
+        drop(ex);
         drop(mem);
         self.mem = Some(atomic);
         Ok(())

@@ -155,10 +155,8 @@ mod tests {
     fn pipe() -> (OwnedFd, OwnedFd) {
         let mut fds = [0; 2];
         // SAFETY: room for two descriptors.
-        assert_eq!(
-            unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) },
-            0
-        );
+        let r = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) };
+        assert_eq!(r, 0);
         // SAFETY: fresh descriptors from pipe2.
         unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
     }
@@ -172,9 +170,10 @@ mod tests {
         for i in 0..2000 {
             let line = format!("DEVPRINTF block {i}\n");
             expected.extend_from_slice(line.as_bytes());
-            // SAFETY: writes a local buffer to our pipe (retry while the reader catches up).
+            // Retry while the reader catches up.
             let mut off = 0;
             while off < line.len() {
+                // SAFETY: writes from a live local buffer to our pipe.
                 let n = unsafe {
                     libc::write(w.as_raw_fd(), line[off..].as_ptr().cast(), line.len() - off)
                 };

@@ -17,6 +17,7 @@ use vgpu_executor::{
     gpu::Gpu,
     sim::SimGpu,
 };
+use vhost::vhost_user::Listener;
 use vhost_user_backend::VhostUserDaemon;
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 
@@ -33,6 +34,10 @@ pub enum Error {
     Daemon(vhost_user_backend::Error),
     #[error("Could not restart with the MPS share set")]
     Exec(#[source] std::io::Error),
+    #[error("Could not listen on the vhost-user socket: {0}")]
+    Listen(vhost::vhost_user::Error),
+    #[error("Could not start a thread for a frontend")]
+    Thread(#[source] std::io::Error),
 }
 
 /// Opens the device the configuration names.
@@ -69,9 +74,11 @@ fn ensure_mps_share(ordinal: i32, sm_count: u32) -> Result<(), Error> {
     Err(Error::Exec(err))
 }
 
-/// Serves frontends on the configured socket, one after another, until an error or until
-/// `max_connections` have been served (`None`: forever). Everything a frontend held is freed
-/// when it disconnects.
+/// Serves frontends on the configured socket until an error or until `max_connections` have
+/// been served (`None`: forever). Frontends are served at once, each on its own thread and in
+/// its own client namespace of the one executor: a VM is one frontend, and so is each process
+/// that uses the vGPU through virtio-user. Everything a frontend held is freed when it
+/// disconnects.
 pub fn run(config: &Config, max_connections: Option<usize>) -> Result<(), Error> {
     let gpu = open_gpu(config)?;
     let kind = gpu.kind();
@@ -83,7 +90,7 @@ pub fn run(config: &Config, max_connections: Option<usize>) -> Result<(), Error>
             Err(e) => log::warn!("device printf output stays on the daemon's stdout: {e}"),
         }
     }
-    let backend = Arc::new(Mutex::new(VgpuBackend::new(executor, config)));
+    let executor = Arc::new(Mutex::new(executor));
     info!(
         "vhost-gpu: serving {} with executor {kind}, {} queues, memory limit {}",
         config.socket.display(),
@@ -93,28 +100,57 @@ pub fn run(config: &Config, max_connections: Option<usize>) -> Result<(), Error>
             .mem_limit
             .map_or("none (whole device)".into(), |l| format!("{l} bytes"))
     );
-    let mut served = 0usize;
+    let mut listener = Listener::new(&config.socket, true).map_err(Error::Listen)?;
+    let mut connections: Vec<std::thread::JoinHandle<()>> = Vec::new();
+    let mut namespace = 0u32;
     loop {
+        namespace = namespace.wrapping_add(1);
+        let backend = Arc::new(Mutex::new(VgpuBackend::new(
+            executor.clone(),
+            namespace,
+            config,
+        )));
         let mut daemon = VhostUserDaemon::new(
             "vhost-gpu".into(),
             backend.clone(),
             GuestMemoryAtomic::new(GuestMemoryMmap::new()),
         )
         .map_err(Error::Daemon)?;
-        let result = daemon.serve(&config.socket);
-        let freed = backend
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .disconnected();
-        info!(
-            "frontend disconnected, freed {} allocations ({} bytes) and {} objects; waiting for the next",
-            freed.allocations, freed.bytes, freed.objects
-        );
-        if let Err(source) = result {
-            error!("connection ended with an error: {source}");
-        }
-        served += 1;
-        if max_connections.is_some_and(|m| served >= m) {
+        // Blocks until a frontend connects.
+        daemon.start(&mut listener).map_err(Error::Daemon)?;
+        info!("frontend {namespace} connected");
+        let served = std::thread::Builder::new()
+            .name(format!("frontend-{namespace}"))
+            .spawn(move || {
+                let result = daemon.wait();
+                drop(daemon);
+                let freed = backend
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .disconnected();
+                info!(
+                    "frontend disconnected (frontend {namespace}), freed {} allocations ({} bytes) and {} objects",
+                    freed.allocations, freed.bytes, freed.objects
+                );
+                match result {
+                    // A guest or process that goes away is the normal end of a connection.
+                    Ok(())
+                    | Err(vhost_user_backend::Error::HandleRequest(
+                        vhost::vhost_user::Error::Disconnected
+                        | vhost::vhost_user::Error::PartialMessage,
+                    )) => {}
+                    Err(source) => {
+                        error!("frontend {namespace}: connection ended with an error: {source}")
+                    }
+                }
+            })
+            .map_err(Error::Thread)?;
+        connections.retain(|c| !c.is_finished());
+        connections.push(served);
+        if max_connections.is_some_and(|m| namespace as usize >= m) {
+            for c in connections {
+                let _ = c.join();
+            }
             return Ok(());
         }
     }

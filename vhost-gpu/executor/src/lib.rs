@@ -215,13 +215,29 @@ pub struct Freed {
     pub objects: usize,
 }
 
+/// A client as the executor knows it: the frontend's namespace in the high half (one per
+/// vhost-user connection, so two connections' clients never meet) and the guest's id in the low.
+pub type ClientKey = u64;
+
+fn client_key(namespace: u32, client: u32) -> ClientKey {
+    (u64::from(namespace) << 32) | u64::from(client)
+}
+
+/// `frontend:client`, as logs name a client.
+fn show(key: ClientKey) -> String {
+    format!("{}:{}", key >> 32, key & u64::from(u32::MAX))
+}
+
 /// Runs the calls of every client of one vGPU.
 pub struct Executor {
     gpu: Box<dyn Gpu>,
     limits: SliceLimits,
-    clients: HashMap<u32, Client>,
+    clients: HashMap<ClientKey, Client>,
     mem_used: u64,
     current_ctx: u64,
+    /// The thread `current_ctx` is current on (CUDA's current context is per thread, and
+    /// several connections' threads take turns with the executor).
+    ctx_thread: Option<std::thread::ThreadId>,
     props: Option<DeviceProps>,
     scratch: Vec<u8>,
     console: Option<Box<dyn Console>>,
@@ -251,6 +267,7 @@ impl Executor {
             clients: HashMap::new(),
             mem_used: 0,
             current_ctx: 0,
+            ctx_thread: None,
             props: None,
             scratch: Vec::new(),
             console: None,
@@ -302,11 +319,28 @@ impl Executor {
         data_out: DataStream<'_>,
         reply: &mut Vec<u8>,
     ) -> Outcome {
+        self.execute_in(0, msg, data_in, data_out, reply)
+    }
+
+    /// Runs one message of the frontend `namespace` (see [`ClientKey`]).
+    pub fn execute_in(
+        &mut self,
+        namespace: u32,
+        msg: &[u8],
+        data_in: DataStream<'_>,
+        data_out: DataStream<'_>,
+        reply: &mut Vec<u8>,
+    ) -> Outcome {
+        let me = std::thread::current().id();
+        if self.ctx_thread != Some(me) {
+            self.ctx_thread = Some(me);
+            self.current_ctx = 0;
+        }
         let (hdr, calls) = match parse_request(msg) {
             Ok(v) => v,
             Err(e) => return self.refuse(msg, &e, reply),
         };
-        let client_id = hdr.client.get();
+        let client_id = client_key(namespace, hdr.client.get());
         if hdr.flags.get() & flags::CLIENT_CLOSE != 0 {
             self.close_client(client_id);
             return Outcome {
@@ -323,7 +357,7 @@ impl Executor {
             let call = match call {
                 Ok(c) => c,
                 Err(e) => {
-                    warn!("client {client_id}: malformed call record: {e}");
+                    warn!("client {}: malformed call record: {e}", show(client_id));
                     self.defer(client_id, CuResult::INVALID_VALUE);
                     w.push_status(0, CuResult::INVALID_VALUE.0);
                     break;
@@ -359,15 +393,16 @@ impl Executor {
                 data_out_len,
             };
         }
-        if let Some(console) = self.console.as_mut() {
-            if console.poll(flushes_console(last_opcode)) {
-                w.flag_last(vgpu_protocol::reply_flags::CONSOLE_PENDING);
-            }
+        if let Some(console) = self.console.as_mut()
+            && console.poll(flushes_console(last_opcode))
+        {
+            w.flag_last(vgpu_protocol::reply_flags::CONSOLE_PENDING);
         }
         let n = w.finish(hdr.seq.get(), data_out_len.min(u64::from(u32::MAX)) as u32);
         if n > hdr.resp_cap.get() as usize {
             warn!(
-                "client {client_id}: reply of {n} bytes does not fit the {} offered",
+                "client {}: reply of {n} bytes does not fit the {} offered",
+                show(client_id),
                 hdr.resp_cap.get()
             );
             let mut w = ReplyWriter::new(reply);
@@ -426,7 +461,7 @@ impl Executor {
         }
     }
 
-    fn defer(&mut self, client: u32, r: CuResult) {
+    fn defer(&mut self, client: ClientKey, r: CuResult) {
         if let Some(c) = self.clients.get_mut(&client) {
             c.deferred.get_or_insert(r);
         }
@@ -456,14 +491,14 @@ impl Executor {
         }
     }
 
-    fn client(&mut self, id: u32) -> Result<&mut Client, CuResult> {
+    fn client(&mut self, id: ClientKey) -> Result<&mut Client, CuResult> {
         match self.clients.get_mut(&id) {
             Some(c) if c.greeted => Ok(c),
             _ => Err(CuResult::NOT_INITIALIZED),
         }
     }
 
-    fn make_current(&mut self, client: u32, ctx: u64) -> Result<(), CuResult> {
+    fn make_current(&mut self, client: ClientKey, ctx: u64) -> Result<(), CuResult> {
         let raw = match self.client(client)?.objects.get(ctx) {
             Some(Object::Ctx { raw }) => *raw,
             _ => return Err(CuResult::INVALID_CONTEXT),
@@ -476,7 +511,7 @@ impl Executor {
     }
 
     /// Resolves a stream handle (or a special stream value) and makes its context current.
-    fn stream(&mut self, client: u32, stream: u64, ctx: u64) -> Result<u64, CuResult> {
+    fn stream(&mut self, client: ClientKey, stream: u64, ctx: u64) -> Result<u64, CuResult> {
         if stream <= vgpu_protocol::stream::PER_THREAD {
             self.make_current(client, ctx)?;
             // Every guest thread's per-thread stream maps to the context's legacy stream:
@@ -496,7 +531,7 @@ impl Executor {
     }
 
     /// The context (handle) a stream belongs to; special streams belong to `ctx`.
-    fn stream_ctx(&mut self, client: u32, stream: u64, ctx: u64) -> Result<u64, CuResult> {
+    fn stream_ctx(&mut self, client: ClientKey, stream: u64, ctx: u64) -> Result<u64, CuResult> {
         if stream <= vgpu_protocol::stream::PER_THREAD {
             return Ok(ctx);
         }
@@ -506,7 +541,7 @@ impl Executor {
         }
     }
 
-    fn event(&mut self, client: u32, event: u64) -> Result<u64, CuResult> {
+    fn event(&mut self, client: ClientKey, event: u64) -> Result<u64, CuResult> {
         let (raw, ctx) = match self.client(client)?.objects.get(event) {
             Some(Object::Event { raw, ctx }) => (*raw, *ctx),
             _ => return Err(CuResult::INVALID_HANDLE),
@@ -515,7 +550,7 @@ impl Executor {
         Ok(raw)
     }
 
-    fn check_range(&mut self, client: u32, dptr: u64, len: u64) -> CallResult {
+    fn check_range(&mut self, client: ClientKey, dptr: u64, len: u64) -> CallResult {
         if self.client(client)?.owns_range(dptr, len) {
             Ok(())
         } else {
@@ -525,7 +560,7 @@ impl Executor {
 
     /// After a copy or memset was issued: finish it on its stream when the guest reuses the
     /// host buffer at once (`WAIT_STREAM`), and report deferred errors if it was synchronous.
-    fn finish_copy(&mut self, client: u32, flags: u16, stream: u64) -> CallResult {
+    fn finish_copy(&mut self, client: ClientKey, flags: u16, stream: u64) -> CallResult {
         if flags & call_flags::WAIT_STREAM != 0 {
             self.gpu.stream_synchronize(stream)?;
         }
@@ -535,7 +570,7 @@ impl Executor {
         Ok(())
     }
 
-    fn take_deferred(&mut self, client: u32) -> CallResult {
+    fn take_deferred(&mut self, client: ClientKey) -> CallResult {
         match self.client(client)?.deferred.take() {
             Some(e) => Err(e),
             None => Ok(()),
@@ -545,7 +580,7 @@ impl Executor {
     #[allow(clippy::too_many_lines)]
     fn dispatch(
         &mut self,
-        client: u32,
+        client: ClientKey,
         call: &Call<'_>,
         data_in: DataStream<'_>,
         data_out: DataStream<'_>,
@@ -553,7 +588,11 @@ impl Executor {
         w: &mut ReplyWriter<'_>,
     ) -> CallResult {
         let Some(op) = Opcode::from_u16(call.opcode) else {
-            warn!("client {client}: unknown opcode {:#06x}", call.opcode);
+            warn!(
+                "client {}: unknown opcode {:#06x}",
+                show(client),
+                call.opcode
+            );
             return Err(CuResult::NOT_SUPPORTED);
         };
         let is_async = call.flags & call_flags::ASYNC != 0;
@@ -577,7 +616,8 @@ impl Executor {
                 self.clients.entry(client).or_default().greeted = true;
                 if first {
                     info!(
-                        "client {client} connected: guest build '{}', protocol {}.{}, executor {}",
+                        "client {} connected: guest build '{}', protocol {}.{}, executor {}",
+                        show(client),
                         read_str(&h.build_id),
                         h.proto_major.get(),
                         h.proto_minor.get(),
@@ -1216,7 +1256,7 @@ impl Executor {
 
     /// Adds `bytes` to the slice's ledger, or refuses with OUT_OF_MEMORY if the slice would
     /// go over its limit: the call that would cross the limit fails, never a later one.
-    fn charge(&mut self, client: u32, bytes: u64) -> CallResult {
+    fn charge(&mut self, client: ClientKey, bytes: u64) -> CallResult {
         let total = self
             .mem_used
             .checked_add(bytes)
@@ -1229,21 +1269,21 @@ impl Executor {
         Ok(())
     }
 
-    fn uncharge(&mut self, client: u32, bytes: u64) {
+    fn uncharge(&mut self, client: ClientKey, bytes: u64) {
         if let Some(c) = self.clients.get_mut(&client) {
             c.mem_used -= bytes;
             self.mem_used -= bytes;
         }
     }
 
-    fn func(&mut self, client: u32, func: u64) -> Result<(u64, u64), CuResult> {
+    fn func(&mut self, client: ClientKey, func: u64) -> Result<(u64, u64), CuResult> {
         match self.client(client)?.objects.get(func) {
             Some(Object::Func { raw, ctx, .. }) => Ok((*raw, *ctx)),
             _ => Err(CuResult::INVALID_HANDLE),
         }
     }
 
-    fn unload_module(&mut self, client: u32, module: u64) -> CallResult {
+    fn unload_module(&mut self, client: ClientKey, module: u64) -> CallResult {
         let (raw, ctx) = match self.client(client)?.objects.get(module) {
             Some(Object::Module { raw, ctx, .. }) => (*raw, *ctx),
             _ => return Err(CuResult::INVALID_HANDLE),
@@ -1261,7 +1301,7 @@ impl Executor {
     }
 
     /// Destroys a context and everything the client created in it.
-    fn destroy_ctx(&mut self, client: u32, ctx: u64) -> CallResult {
+    fn destroy_ctx(&mut self, client: ClientKey, ctx: u64) -> CallResult {
         let raw = match self.client(client)?.objects.get(ctx) {
             Some(Object::Ctx { raw }) => *raw,
             _ => return Err(CuResult::INVALID_CONTEXT),
@@ -1275,7 +1315,7 @@ impl Executor {
     }
 
     /// Frees the allocations, streams, events and modules of `ctx`; returns what was freed.
-    fn release_ctx_objects(&mut self, client: u32, ctx: u64) -> Freed {
+    fn release_ctx_objects(&mut self, client: ClientKey, ctx: u64) -> Freed {
         let mut freed = Freed::default();
         let Some(raw_ctx) = self
             .clients
@@ -1338,7 +1378,7 @@ impl Executor {
     }
 
     /// Frees everything a client holds. Called when a guest process goes away.
-    pub fn close_client(&mut self, client: u32) -> Freed {
+    pub fn close_client(&mut self, client: ClientKey) -> Freed {
         let mut total = Freed::default();
         let Some(c) = self.clients.get(&client) else {
             return total;
@@ -1368,15 +1408,28 @@ impl Executor {
             .map(|n| format!(", {n} launches recorded by sim"))
             .unwrap_or_default();
         info!(
-            "client {client} freed: {} allocations ({} bytes), {} objects{launches}; slice now holds {} bytes",
-            total.allocations, total.bytes, total.objects, self.mem_used
+            "client {} freed: {} allocations ({} bytes), {} objects{launches}; slice now holds {} bytes",
+            show(client),
+            total.allocations,
+            total.bytes,
+            total.objects,
+            self.mem_used
         );
         total
     }
 
-    /// Frees every client (the frontend disconnected).
+    /// Frees every client of every frontend.
     pub fn close_all(&mut self) -> Freed {
-        let ids: Vec<u32> = self.clients.keys().copied().collect();
+        self.close_where(|_| true)
+    }
+
+    /// Frees every client of one frontend (it disconnected or reset its device).
+    pub fn close_namespace(&mut self, namespace: u32) -> Freed {
+        self.close_where(|k| k >> 32 == u64::from(namespace))
+    }
+
+    fn close_where(&mut self, which: impl Fn(ClientKey) -> bool) -> Freed {
+        let ids: Vec<ClientKey> = self.clients.keys().copied().filter(|k| which(*k)).collect();
         let mut total = Freed::default();
         for id in ids {
             let f = self.close_client(id);
@@ -1388,7 +1441,6 @@ impl Executor {
     }
 }
 
-/// Calls whose errors the guest only sees at the next synchronising call.
 /// Calls at which NVIDIA's driver flushes device `printf` output.
 fn flushes_console(opcode: u16) -> bool {
     matches!(
@@ -1409,6 +1461,7 @@ fn flushes_console(opcode: u16) -> bool {
     )
 }
 
+/// Calls whose errors the guest only sees at the next synchronising call.
 fn is_fire_and_forget(opcode: u16) -> bool {
     matches!(
         Opcode::from_u16(opcode),

@@ -166,13 +166,7 @@ pub unsafe extern "C" fn cuDeviceGetMemPool(out: *mut CUmemoryPool, dev: CUdevic
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuDeviceSetMemPool(dev: CUdevice, pool: CUmemoryPool) -> CUresult {
-    ret(check_pool(pool).and_then(|()| {
-        if dev == 0 {
-            Ok(())
-        } else {
-            Err(CuResult::INVALID_DEVICE)
-        }
-    }))
+    ret(check_pool(pool).and((dev == 0).then_some(()).ok_or(CuResult::INVALID_DEVICE)))
 }
 
 #[unsafe(no_mangle)]

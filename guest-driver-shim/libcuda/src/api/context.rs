@@ -408,11 +408,11 @@ pub unsafe extern "C" fn cuCtxGetStreamPriorityRange(
         // The H200's range, as its driver reports it.
         if !least.is_null() {
             // SAFETY: non-NULL out-pointer.
-            unsafe { put(least, 0)? };
+            unsafe { put(least, super::stream::PRIORITY_LEAST)? };
         }
         if !greatest.is_null() {
             // SAFETY: non-NULL out-pointer.
-            unsafe { put(greatest, -5)? };
+            unsafe { put(greatest, super::stream::PRIORITY_GREATEST)? };
         }
         Ok(())
     }))

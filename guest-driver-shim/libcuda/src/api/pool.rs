@@ -3,9 +3,10 @@
 //! An allocation is made at once (it is then valid earlier than the stream needs it, which the
 //! API allows) and charged to the slice like any other. A free waits for the work queued on its
 //! stream before the memory goes back, so no kernel still running can see it reused. The
-//! device's pool is one guest-side object: attributes read back what was set, and the usage
-//! attributes count the live stream-ordered allocations. Created and imported pools are not
-//! supported yet (`CUDA_ERROR_NOT_SUPPORTED`).
+//! pools (the device's default one and those `cuMemPoolCreate` makes) are guest-side objects:
+//! attributes read back what was set, and the usage attributes count the pool's live
+//! allocations. Sharing pools between processes (export/import) is not supported
+//! (`CUDA_ERROR_NOT_SUPPORTED`).
 
 use std::{
     collections::HashMap,
@@ -39,25 +40,54 @@ struct Pool {
     reuse: [c_int; 3],
 }
 
-static POOL: Mutex<Option<Pool>> = Mutex::new(None);
+#[derive(Default)]
+struct Pools {
+    by_handle: HashMap<usize, Pool>,
+    /// Which pool each stream-ordered allocation came from.
+    owner: HashMap<CUdeviceptr, usize>,
+    next: usize,
+}
 
-fn with_pool<T>(f: impl FnOnce(&mut Pool) -> T) -> T {
-    let mut p = POOL.lock().unwrap_or_else(PoisonError::into_inner);
-    f(p.get_or_insert_with(|| Pool {
-        reuse: [1, 1, 1],
-        ..Pool::default()
+static POOLS: Mutex<Option<Pools>> = Mutex::new(None);
+
+fn with_pools<T>(f: impl FnOnce(&mut Pools) -> T) -> T {
+    let mut p = POOLS.lock().unwrap_or_else(PoisonError::into_inner);
+    f(p.get_or_insert_with(|| {
+        let mut pools = Pools {
+            next: DEFAULT_POOL + 0x10,
+            ..Pools::default()
+        };
+        pools.by_handle.insert(DEFAULT_POOL, new_pool());
+        pools
     }))
 }
 
-fn check_pool(pool: CUmemoryPool) -> Result<(), CuResult> {
-    if pool as usize == DEFAULT_POOL {
-        Ok(())
-    } else {
-        Err(CuResult::INVALID_VALUE)
+fn new_pool() -> Pool {
+    Pool {
+        reuse: [1, 1, 1],
+        ..Pool::default()
     }
 }
 
-fn alloc_async(dptr: *mut CUdeviceptr, size: usize) -> Result<(), CuResult> {
+/// Runs `f` on the pool `pool` names, refusing unknown handles.
+fn with_pool<T>(
+    pool: CUmemoryPool,
+    f: impl FnOnce(&mut Pool) -> Result<T, CuResult>,
+) -> Result<T, CuResult> {
+    with_pools(|p| {
+        p.by_handle
+            .get_mut(&(pool as usize))
+            .ok_or(CuResult::INVALID_VALUE)
+            .and_then(f)
+    })
+}
+
+fn check_pool(pool: CUmemoryPool) -> Result<(), CuResult> {
+    with_pool(pool, |_| Ok(()))
+}
+
+fn alloc_async(dptr: *mut CUdeviceptr, size: usize, pool: usize) -> Result<(), CuResult> {
+    check_pool(pool as CUmemoryPool)?;
     // SAFETY: forwards the caller's out-pointer, checked there.
     let r = unsafe { super::memory::cuMemAlloc_v2(dptr, size) };
     if r != 0 {
@@ -65,10 +95,13 @@ fn alloc_async(dptr: *mut CUdeviceptr, size: usize) -> Result<(), CuResult> {
     }
     // SAFETY: cuMemAlloc_v2 succeeded, so `dptr` is a valid pointer it wrote.
     let p = unsafe { dptr.read() };
-    with_pool(|pool| {
-        pool.live.insert(p, size as u64);
-        pool.used += size as u64;
-        pool.high = pool.high.max(pool.used);
+    with_pools(|pools| {
+        if let Some(pl) = pools.by_handle.get_mut(&pool) {
+            pl.live.insert(p, size as u64);
+            pl.used += size as u64;
+            pl.high = pl.high.max(pl.used);
+            pools.owner.insert(p, pool);
+        }
     });
     Ok(())
 }
@@ -86,9 +119,12 @@ fn free_async(dptr: CUdeviceptr, stream: CUstream) -> Result<(), CuResult> {
     if r != 0 {
         return Err(CuResult(r));
     }
-    with_pool(|pool| {
-        if let Some(size) = pool.live.remove(&dptr) {
-            pool.used -= size;
+    with_pools(|pools| {
+        if let Some(owner) = pools.owner.remove(&dptr)
+            && let Some(pl) = pools.by_handle.get_mut(&owner)
+            && let Some(size) = pl.live.remove(&dptr)
+        {
+            pl.used -= size;
         }
     });
     Ok(())
@@ -100,7 +136,7 @@ pub unsafe extern "C" fn cuMemAllocAsync(
     size: usize,
     _stream: CUstream,
 ) -> CUresult {
-    ret(alloc_async(dptr, size))
+    ret(alloc_async(dptr, size, DEFAULT_POOL))
 }
 
 #[unsafe(no_mangle)]
@@ -109,7 +145,7 @@ pub unsafe extern "C" fn cuMemAllocAsync_ptsz(
     size: usize,
     _stream: CUstream,
 ) -> CUresult {
-    ret(alloc_async(dptr, size))
+    ret(alloc_async(dptr, size, DEFAULT_POOL))
 }
 
 #[unsafe(no_mangle)]
@@ -119,7 +155,7 @@ pub unsafe extern "C" fn cuMemAllocFromPoolAsync(
     pool: CUmemoryPool,
     _stream: CUstream,
 ) -> CUresult {
-    ret(check_pool(pool).and_then(|()| alloc_async(dptr, size)))
+    ret(alloc_async(dptr, size, pool as usize))
 }
 
 #[unsafe(no_mangle)]
@@ -129,7 +165,7 @@ pub unsafe extern "C" fn cuMemAllocFromPoolAsync_ptsz(
     pool: CUmemoryPool,
     _stream: CUstream,
 ) -> CUresult {
-    ret(check_pool(pool).and_then(|()| alloc_async(dptr, size)))
+    ret(alloc_async(dptr, size, pool as usize))
 }
 
 #[unsafe(no_mangle)]
@@ -175,11 +211,11 @@ pub unsafe extern "C" fn cuMemPoolSetAttribute(
     attr: c_int,
     value: *mut c_void,
 ) -> CUresult {
-    ret(check_pool(pool).and_then(|()| {
+    ret((|| {
         if value.is_null() {
             return Err(CuResult::INVALID_VALUE);
         }
-        with_pool(|p| match attr {
+        with_pool(pool, |p| match attr {
             1..=3 => {
                 // SAFETY: int attributes point at an int.
                 p.reuse[(attr - 1) as usize] = unsafe { value.cast::<c_int>().read_unaligned() };
@@ -197,7 +233,7 @@ pub unsafe extern "C" fn cuMemPoolSetAttribute(
             }
             _ => Err(CuResult::INVALID_VALUE),
         })
-    }))
+    })())
 }
 
 #[unsafe(no_mangle)]
@@ -206,11 +242,11 @@ pub unsafe extern "C" fn cuMemPoolGetAttribute(
     attr: c_int,
     value: *mut c_void,
 ) -> CUresult {
-    ret(check_pool(pool).and_then(|()| {
+    ret((|| {
         if value.is_null() {
             return Err(CuResult::INVALID_VALUE);
         }
-        with_pool(|p| {
+        with_pool(pool, |p| {
             let v64 = match attr {
                 1..=3 => {
                     // SAFETY: int attributes point at an int.
@@ -230,11 +266,46 @@ pub unsafe extern "C" fn cuMemPoolGetAttribute(
             unsafe { value.cast::<u64>().write_unaligned(v64) };
             Ok(())
         })
-    }))
+    })())
 }
 
 /// Freed memory goes back at once, so there is never anything to trim.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuMemPoolTrimTo(pool: CUmemoryPool, _min_bytes: usize) -> CUresult {
     ret(check_pool(pool))
+}
+
+/// A new pool on the device (`props` describes pinned device memory of device 0; other
+/// kinds would need the host's virtual memory management, which the vGPU does not offer).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuMemPoolCreate(out: *mut CUmemoryPool, props: *const c_void) -> CUresult {
+    ret((|| {
+        driver::driver()?;
+        if out.is_null() || props.is_null() {
+            return Err(CuResult::INVALID_VALUE);
+        }
+        let h = with_pools(|p| {
+            let h = p.next;
+            p.next += 0x10;
+            p.by_handle.insert(h, new_pool());
+            h
+        });
+        // SAFETY: non-NULL out-pointer from the caller.
+        unsafe { put(out, h as CUmemoryPool) }
+    })())
+}
+
+/// Destroys a pool; memory still allocated from it stays valid until freed, as with the
+/// driver's pools.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuMemPoolDestroy(pool: CUmemoryPool) -> CUresult {
+    ret(with_pools(|p| {
+        if pool as usize == DEFAULT_POOL {
+            return Err(CuResult::INVALID_VALUE);
+        }
+        p.by_handle
+            .remove(&(pool as usize))
+            .map(drop)
+            .ok_or(CuResult::INVALID_VALUE)
+    }))
 }

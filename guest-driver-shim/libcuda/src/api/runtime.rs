@@ -267,6 +267,42 @@ pub unsafe extern "C" fn cuLaunchHostFunc_ptsz(
     ret(launch_host_func(s, f, data))
 }
 
+/// `CUstreamCallback`: called with the stream, its status and the user's pointer.
+type StreamCallback = Option<extern "C" fn(CUstream, CUresult, *mut c_void)>;
+
+/// Like `cuLaunchHostFunc`, but the callback also gets the stream's status (an error from
+/// earlier work is passed to it rather than returned).
+fn stream_add_callback(s: CUstream, f: StreamCallback, data: *mut c_void) -> Result<(), CuResult> {
+    let f = f.ok_or(CuResult::INVALID_VALUE)?;
+    let d = driver::driver()?;
+    driver::current_handle()?;
+    d.conn.flush()?;
+    // SAFETY: same contract as the public entry point.
+    let status = unsafe { super::stream::cuStreamSynchronize(s) };
+    f(s, status, data);
+    Ok(())
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuStreamAddCallback(
+    s: CUstream,
+    f: StreamCallback,
+    data: *mut c_void,
+    _flags: c_uint,
+) -> CUresult {
+    ret(stream_add_callback(s, f, data))
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuStreamAddCallback_ptsz(
+    s: CUstream,
+    f: StreamCallback,
+    data: *mut c_void,
+    _flags: c_uint,
+) -> CUresult {
+    ret(stream_add_callback(s, f, data))
+}
+
 // ---- pointer attributes ----
 
 const MEMORYTYPE_HOST: c_uint = 1;

@@ -1,7 +1,11 @@
 //! Streams and events. `CUstream` and `CUevent` values are the host's handles; stream-ordered
 //! calls (event record, stream wait) are fire-and-forget.
 
-use std::ffi::{c_int, c_uint, c_void};
+use std::{
+    collections::HashMap,
+    ffi::{c_int, c_uint, c_void},
+    sync::{Mutex, PoisonError},
+};
 
 use vgpu_protocol::{CuResult, Opcode, calls};
 
@@ -10,6 +14,22 @@ use crate::{CUresult, conn::stream_arg, driver};
 
 pub type CUevent = *mut c_void;
 type CUstream = *mut c_void;
+
+/// The stream priorities the H200's driver offers: greatest (-5) to least (0).
+pub(crate) const PRIORITY_GREATEST: c_int = -5;
+pub(crate) const PRIORITY_LEAST: c_int = 0;
+
+/// Flags and (clamped) priority of each stream we created, as the driver reports them back.
+static STREAM_INFO: Mutex<Option<HashMap<u64, (c_uint, c_int)>>> = Mutex::new(None);
+
+fn stream_info(s: CUstream) -> (c_uint, c_int) {
+    STREAM_INFO
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .as_ref()
+        .and_then(|m| m.get(&handle_of(s)).copied())
+        .unwrap_or((0, PRIORITY_LEAST))
+}
 
 fn stream_create(ph: *mut CUstream, flags: c_uint, priority: c_int) -> Result<(), CuResult> {
     let ctx = driver::current_handle()?;
@@ -26,6 +46,14 @@ fn stream_create(ph: *mut CUstream, flags: c_uint, priority: c_int) -> Result<()
         .conn
         .call(Opcode::StreamCreate, &body, &[], None, None)?
         .parse()?;
+    STREAM_INFO
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .get_or_insert_with(HashMap::new)
+        .insert(
+            h.handle.get(),
+            (flags, priority.clamp(PRIORITY_GREATEST, PRIORITY_LEAST)),
+        );
     // SAFETY: checked non-NULL.
     unsafe { put(ph, h.handle.get() as CUstream) }
 }
@@ -54,12 +82,24 @@ fn stream_call(op: Opcode, s: CUstream) -> Result<(), CuResult> {
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuStreamDestroy_v2(s: CUstream) -> CUresult {
-    ret(stream_call(Opcode::StreamDestroy, s))
+    ret(stream_destroy(s))
+}
+
+fn stream_destroy(s: CUstream) -> Result<(), CuResult> {
+    stream_call(Opcode::StreamDestroy, s)?;
+    if let Some(m) = STREAM_INFO
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .as_mut()
+    {
+        m.remove(&handle_of(s));
+    }
+    Ok(())
 }
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuStreamDestroy(s: CUstream) -> CUresult {
-    ret(stream_call(Opcode::StreamDestroy, s))
+    ret(stream_destroy(s))
 }
 
 #[unsafe(no_mangle)]
@@ -111,15 +151,15 @@ pub unsafe extern "C" fn cuStreamWaitEvent_ptsz(
 }
 
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuStreamGetPriority(_s: CUstream, priority: *mut c_int) -> CUresult {
+pub unsafe extern "C" fn cuStreamGetPriority(s: CUstream, priority: *mut c_int) -> CUresult {
     // SAFETY: out-pointer from the caller.
-    ret(driver::driver().and_then(|_| unsafe { put(priority, 0) }))
+    ret(driver::driver().and_then(|_| unsafe { put(priority, stream_info(s).1) }))
 }
 
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuStreamGetFlags(_s: CUstream, flags: *mut c_uint) -> CUresult {
+pub unsafe extern "C" fn cuStreamGetFlags(s: CUstream, flags: *mut c_uint) -> CUresult {
     // SAFETY: out-pointer from the caller.
-    ret(driver::driver().and_then(|_| unsafe { put(flags, 0) }))
+    ret(driver::driver().and_then(|_| unsafe { put(flags, stream_info(s).0) }))
 }
 
 #[unsafe(no_mangle)]

@@ -77,12 +77,20 @@ cudart_dir=$top/lib64
 [ -e "$cudart_dir/libcudart.so.13" ] || cudart_dir=$top/lib
 incdirs+=("$top/include" "$top/targets/x86_64-linux/include" /usr/include)
 searchlibs=("${libdirs[@]#-L}" "$top/lib64" "$top/lib" "$top/targets/x86_64-linux/lib" /usr/lib/x86_64-linux-gnu)
+# cuRAND is not in every toolkit install; PyTorch's CUDA 13 wheels bring it (nvidia/cu13).
+wheels=$(python3 -c 'import nvidia, os; print(os.path.join(nvidia.__path__[0], "cu13"))' 2>/dev/null || true)
+if [ -n "$wheels" ] && [ -d "$wheels/include" ]; then
+    incdirs+=("$wheels/include")
+    searchlibs+=("$wheels/lib")
+    libdirs+=(-L"$wheels/lib")
+fi
 
 # Extra flags per program (link flags last on the command line).
 extra_flags() {
     case $1 in
     rt_cublas_*) echo "-lcublas" ;;
     rt_cufft) echo "-lcufft" ;;
+    rt_curand) echo "-l:libcurand.so.10" ;;
     rt_threads) echo "-Xcompiler -pthread" ;;
     esac
 }
@@ -91,6 +99,7 @@ needs() {
     case $1 in
     rt_cublas_*) echo "cublas_v2.h libcublas.so" ;;
     rt_cufft) echo "cufft.h libcufft.so" ;;
+    rt_curand) echo "curand.h libcurand.so" ;;
     esac
 }
 # Prints the directory holding the library when both the header and the library are found.

@@ -62,6 +62,7 @@ unsafe fn launch(
     let d = driver::driver()?;
     let ctx = driver::current_handle()?;
     let func = as_func(f)?;
+    func.check_dynamic_smem(shared_mem)?;
     // SAFETY: `extra` follows the driver API's contract.
     let packed = unsafe { extra_buffer(extra)? };
     if packed.is_none() && params.is_null() && !func.params.is_empty() {
@@ -493,6 +494,19 @@ pub unsafe extern "C" fn cuOccupancyAvailableDynamicSMemPerBlock(
             .parse::<calls::I32Reply>()?
             .value
             .get();
+        // The function's own cap (48 KiB unless it opted in to more).
+        let body = calls::FuncAttribute {
+            func: func.handle.into(),
+            attribute: 8.into(), // MAX_DYNAMIC_SHARED_SIZE_BYTES
+            value: 0.into(),
+        };
+        let func_cap = d
+            .conn
+            .call(Opcode::FuncGetAttribute, &body, &[], None, None)?
+            .parse::<calls::I32Reply>()?
+            .value
+            .get()
+            .max(0) as usize;
         let attr = |a| super::device::attribute(d, a).map(|v| v.max(0) as usize);
         let per_sm = attr(81)?; // MAX_SHARED_MEMORY_PER_MULTIPROCESSOR
         let optin = attr(97)?; // MAX_SHARED_MEMORY_PER_BLOCK_OPTIN
@@ -500,7 +514,10 @@ pub unsafe extern "C" fn cuOccupancyAvailableDynamicSMemPerBlock(
         let per_block = (per_sm / num_blocks as usize)
             .saturating_sub(reserved)
             .min(optin);
+        let available = per_block
+            .saturating_sub(static_smem.max(0) as usize)
+            .min(func_cap);
         // SAFETY: out-pointer from the caller.
-        unsafe { put(out, per_block.saturating_sub(static_smem.max(0) as usize)) }
+        unsafe { put(out, available) }
     })())
 }

@@ -20,6 +20,36 @@ pub struct Func {
     pub params: Vec<(u32, u32)>,
     pub params_len: u32,
     pub module: *const Module,
+    /// `CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES` once known (`u32::MAX`: not asked
+    /// yet), so a launch asking for more fails at the call, as with NVIDIA's driver, instead
+    /// of at the next synchronisation.
+    max_dynamic_smem: std::sync::atomic::AtomicU32,
+}
+
+/// `CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES`.
+const ATTR_MAX_DYNAMIC_SHARED: c_int = 8;
+/// Dynamic shared memory every kernel may use without opting in.
+const DEFAULT_DYNAMIC_SHARED: u32 = 48 << 10;
+
+impl Func {
+    /// Refuses a launch whose dynamic shared memory exceeds the function's limit.
+    pub fn check_dynamic_smem(&self, bytes: u32) -> Result<(), CuResult> {
+        use std::sync::atomic::Ordering;
+        if bytes <= DEFAULT_DYNAMIC_SHARED {
+            return Ok(());
+        }
+        let mut max = self.max_dynamic_smem.load(Ordering::Relaxed);
+        if max == u32::MAX {
+            let v = func_attribute_of(self, Opcode::FuncGetAttribute, ATTR_MAX_DYNAMIC_SHARED, 0)?;
+            max = v.max(0) as u32;
+            self.max_dynamic_smem.store(max, Ordering::Relaxed);
+        }
+        if bytes > max {
+            Err(CuResult::INVALID_VALUE)
+        } else {
+            Ok(())
+        }
+    }
 }
 
 /// A loaded module (`CUmodule` and `CUlibrary` point at one).
@@ -148,6 +178,7 @@ pub(crate) fn load(image: &[u8], ctx: u64) -> Result<&'static Module, CuResult> 
             params,
             params_len,
             module: std::ptr::null(),
+            max_dynamic_smem: std::sync::atomic::AtomicU32::new(u32::MAX),
         }));
     }
     let module: &'static mut Module = Box::leak(module);
@@ -388,8 +419,22 @@ fn func_attribute(
     attribute: c_int,
     value: c_int,
 ) -> Result<i32, CuResult> {
-    let d = driver::driver()?;
     let f = as_func(f)?;
+    let r = func_attribute_of(f, op, attribute, value)?;
+    if op == Opcode::FuncSetAttribute && attribute == ATTR_MAX_DYNAMIC_SHARED {
+        f.max_dynamic_smem
+            .store(value.max(0) as u32, std::sync::atomic::Ordering::Relaxed);
+    }
+    Ok(r)
+}
+
+fn func_attribute_of(
+    f: &Func,
+    op: Opcode,
+    attribute: c_int,
+    value: c_int,
+) -> Result<i32, CuResult> {
+    let d = driver::driver()?;
     let body = calls::FuncAttribute {
         func: f.handle.into(),
         attribute: attribute.into(),

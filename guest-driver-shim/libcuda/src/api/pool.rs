@@ -2,7 +2,9 @@
 //!
 //! An allocation is made at once (it is then valid earlier than the stream needs it, which the
 //! API allows) and charged to the slice like any other. A free waits for the work queued on its
-//! stream before the memory goes back, so no kernel still running can see it reused. The
+//! stream, then keeps the block in its pool for reuse by an allocation of the same size while
+//! the pool holds no more than its release threshold (as the driver's pools do; the kept
+//! memory stays charged to the slice, as it stays in use on a real GPU). The
 //! pools (the device's default one and those `cuMemPoolCreate` makes) are guest-side objects:
 //! attributes read back what was set, and the usage attributes count the pool's live
 //! allocations. Sharing pools between processes (export/import) is not supported
@@ -33,8 +35,12 @@ const ATTR_USED_MEM_HIGH: c_int = 8;
 #[derive(Default)]
 struct Pool {
     live: HashMap<CUdeviceptr, u64>,
+    /// Freed blocks kept for reuse, oldest first.
+    kept: Vec<(CUdeviceptr, u64)>,
+    kept_bytes: u64,
     used: u64,
     high: u64,
+    reserved_high: u64,
     release_threshold: u64,
     /// Attributes 1..=3: reuse policies (ints), kept as set.
     reuse: [c_int; 3],
@@ -87,22 +93,53 @@ fn check_pool(pool: CUmemoryPool) -> Result<(), CuResult> {
 }
 
 fn alloc_async(dptr: *mut CUdeviceptr, size: usize, pool: usize) -> Result<(), CuResult> {
-    check_pool(pool as CUmemoryPool)?;
-    // SAFETY: forwards the caller's out-pointer, checked there.
-    let r = unsafe { super::memory::cuMemAlloc_v2(dptr, size) };
-    if r != 0 {
-        return Err(CuResult(r));
+    if dptr.is_null() || size == 0 {
+        return Err(CuResult::INVALID_VALUE);
     }
-    // SAFETY: cuMemAlloc_v2 succeeded, so `dptr` is a valid pointer it wrote.
-    let p = unsafe { dptr.read() };
+    let size64 = size as u64;
+    let reused = with_pool(pool as CUmemoryPool, |pl| {
+        Ok(pl.kept.iter().position(|&(_, s)| s == size64).map(|i| {
+            let (p, s) = pl.kept.remove(i);
+            pl.kept_bytes -= s;
+            p
+        }))
+    })?;
+    let p = match reused {
+        Some(p) => p,
+        None => {
+            // SAFETY: forwards the caller's out-pointer, checked above.
+            let r = unsafe { super::memory::cuMemAlloc_v2(dptr, size) };
+            if r != 0 {
+                return Err(CuResult(r));
+            }
+            // SAFETY: cuMemAlloc_v2 succeeded, so `dptr` is a valid pointer it wrote.
+            unsafe { dptr.read() }
+        }
+    };
     with_pools(|pools| {
         if let Some(pl) = pools.by_handle.get_mut(&pool) {
-            pl.live.insert(p, size as u64);
-            pl.used += size as u64;
+            pl.live.insert(p, size64);
+            pl.used += size64;
             pl.high = pl.high.max(pl.used);
+            pl.reserved_high = pl.reserved_high.max(pl.used + pl.kept_bytes);
             pools.owner.insert(p, pool);
         }
     });
+    // SAFETY: checked non-NULL out-pointer.
+    unsafe { put(dptr, p) }
+}
+
+/// Gives kept blocks back until the pool keeps at most `keep` bytes beyond what is in use.
+fn release_kept(pl: &mut Pool, keep: u64) -> Result<(), CuResult> {
+    while pl.kept_bytes > keep {
+        let (p, s) = pl.kept.remove(0);
+        pl.kept_bytes -= s;
+        // SAFETY: plain call with a value argument.
+        let r = unsafe { super::memory::cuMemFree_v2(p) };
+        if r != 0 {
+            return Err(CuResult(r));
+        }
+    }
     Ok(())
 }
 
@@ -114,20 +151,25 @@ fn free_async(dptr: CUdeviceptr, stream: CUstream) -> Result<(), CuResult> {
     if r != 0 {
         return Err(CuResult(r));
     }
-    // SAFETY: plain call with a value argument.
-    let r = unsafe { super::memory::cuMemFree_v2(dptr) };
-    if r != 0 {
-        return Err(CuResult(r));
-    }
-    with_pools(|pools| {
-        if let Some(owner) = pools.owner.remove(&dptr)
-            && let Some(pl) = pools.by_handle.get_mut(&owner)
-            && let Some(size) = pl.live.remove(&dptr)
-        {
-            pl.used -= size;
-        }
+    let kept = with_pools(|pools| {
+        let owner = pools.owner.remove(&dptr)?;
+        let pl = pools.by_handle.get_mut(&owner)?;
+        let size = pl.live.remove(&dptr)?;
+        pl.used -= size;
+        pl.kept.push((dptr, size));
+        pl.kept_bytes += size;
+        let keep = pl.release_threshold.saturating_sub(pl.used);
+        Some(release_kept(pl, keep))
     });
-    Ok(())
+    match kept {
+        Some(r) => r,
+        // Not from a pool (or from a destroyed one): an ordinary free.
+        None => {
+            // SAFETY: plain call with a value argument.
+            let r = unsafe { super::memory::cuMemFree_v2(dptr) };
+            if r == 0 { Ok(()) } else { Err(CuResult(r)) }
+        }
+    }
 }
 
 #[unsafe(no_mangle)]
@@ -229,6 +271,7 @@ pub unsafe extern "C" fn cuMemPoolSetAttribute(
             // Only resetting the high-water marks (to 0) is allowed.
             ATTR_RESERVED_MEM_HIGH | ATTR_USED_MEM_HIGH => {
                 p.high = p.used;
+                p.reserved_high = p.used + p.kept_bytes;
                 Ok(())
             }
             _ => Err(CuResult::INVALID_VALUE),
@@ -258,8 +301,10 @@ pub unsafe extern "C" fn cuMemPoolGetAttribute(
                     return Ok(());
                 }
                 ATTR_RELEASE_THRESHOLD => p.release_threshold,
-                ATTR_RESERVED_MEM_CURRENT | ATTR_USED_MEM_CURRENT => p.used,
-                ATTR_RESERVED_MEM_HIGH | ATTR_USED_MEM_HIGH => p.high,
+                ATTR_RESERVED_MEM_CURRENT => p.used + p.kept_bytes,
+                ATTR_RESERVED_MEM_HIGH => p.reserved_high,
+                ATTR_USED_MEM_CURRENT => p.used,
+                ATTR_USED_MEM_HIGH => p.high,
                 _ => return Err(CuResult::INVALID_VALUE),
             };
             // SAFETY: 64-bit attributes point at a cuuint64_t.
@@ -269,10 +314,13 @@ pub unsafe extern "C" fn cuMemPoolGetAttribute(
     })())
 }
 
-/// Freed memory goes back at once, so there is never anything to trim.
+/// Gives back kept blocks until the pool reserves at most `min_bytes` (in use plus kept).
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuMemPoolTrimTo(pool: CUmemoryPool, _min_bytes: usize) -> CUresult {
-    ret(check_pool(pool))
+pub unsafe extern "C" fn cuMemPoolTrimTo(pool: CUmemoryPool, min_bytes: usize) -> CUresult {
+    ret(with_pool(pool, |pl| {
+        let keep = (min_bytes as u64).saturating_sub(pl.used);
+        release_kept(pl, keep)
+    }))
 }
 
 /// A new pool on the device (`props` describes pinned device memory of device 0; other
@@ -303,9 +351,10 @@ pub unsafe extern "C" fn cuMemPoolDestroy(pool: CUmemoryPool) -> CUresult {
         if pool as usize == DEFAULT_POOL {
             return Err(CuResult::INVALID_VALUE);
         }
-        p.by_handle
+        let mut gone = p
+            .by_handle
             .remove(&(pool as usize))
-            .map(drop)
-            .ok_or(CuResult::INVALID_VALUE)
+            .ok_or(CuResult::INVALID_VALUE)?;
+        release_kept(&mut gone, 0)
     }))
 }

@@ -21,6 +21,11 @@ use super::exports::{Table, Uuid, size_of_table, uuid};
 use crate::{CUresult, log_error, verbose};
 
 pub const TOOLS_CONTEXT: Uuid = uuid(b"21318C60-9714-3248-8CA6-41FF7324C8F2");
+/// Asked for by cuBLASLt's half-precision heuristics (`cublasLtHSSMatmulAlgoGetHeuristic`),
+/// which dereferences NULL when the table is refused (H200, device run 6). Its meaning is not
+/// known: every slot logs and refuses, so cuBLASLt gets an error instead of a crash.
+pub const LT_HEURISTICS: Uuid = uuid(b"1734DC26-800D-4745-8726-C0F1E7DD8BCA");
+const LT_SLOTS: usize = 65;
 
 /// 94 slots after the size header.
 const SLOTS: usize = 95;
@@ -32,12 +37,18 @@ struct Opaque(std::cell::UnsafeCell<[u64; 64]>);
 unsafe impl Sync for Opaque {}
 static OPAQUE_OBJECT: Opaque = Opaque(std::cell::UnsafeCell::new([0; 64]));
 
-fn slot_call(slot: usize, a: [u64; 6]) -> CUresult {
+const TABLE_NAMES: [&str; 2] = ["TOOLS_CONTEXT", "LT_HEURISTICS"];
+
+fn slot_call(table: usize, slot: usize, a: [u64; 6]) -> CUresult {
+    let name = TABLE_NAMES[table];
     if verbose() {
         log_error(&format!(
-            "TOOLS_CONTEXT[{slot}]({:#x}, {:#x}, {:#x}, {:#x}, {:#x}, {:#x})",
+            "{name}[{slot}]({:#x}, {:#x}, {:#x}, {:#x}, {:#x}, {:#x})",
             a[0], a[1], a[2], a[3], a[4], a[5]
         ));
+    }
+    if table != 0 {
+        return refuse(name, slot);
     }
     match slot {
         // (object, uint64_t *out): 1 for an object, 0 for none. The object is not always a
@@ -74,24 +85,27 @@ fn slot_call(slot: usize, a: [u64; 6]) -> CUresult {
             unsafe { out.write_unaligned(OPAQUE_OBJECT.0.get().cast_const().cast()) };
             0
         }
-        _ => {
-            static SEEN: Mutex<Option<HashSet<usize>>> = Mutex::new(None);
-            let first = SEEN
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .get_or_insert_with(HashSet::new)
-                .insert(slot);
-            if first {
-                log_error(&format!(
-                    "export table TOOLS_CONTEXT slot {slot} is not supported by the vGPU yet (CUDA_ERROR_NOT_SUPPORTED)"
-                ));
-            }
-            CuResult::NOT_SUPPORTED.0
-        }
+        _ => refuse(name, slot),
     }
 }
 
-extern "C" fn slot<const S: usize>(
+/// Logs the first call of a slot we do not implement and refuses it.
+fn refuse(name: &'static str, slot: usize) -> CUresult {
+    static SEEN: Mutex<Option<HashSet<(&'static str, usize)>>> = Mutex::new(None);
+    let first = SEEN
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .get_or_insert_with(HashSet::new)
+        .insert((name, slot));
+    if first {
+        log_error(&format!(
+            "export table {name} slot {slot} is not supported by the vGPU yet (CUDA_ERROR_NOT_SUPPORTED)"
+        ));
+    }
+    CuResult::NOT_SUPPORTED.0
+}
+
+extern "C" fn slot<const T: usize, const S: usize>(
     a0: u64,
     a1: u64,
     a2: u64,
@@ -99,16 +113,21 @@ extern "C" fn slot<const S: usize>(
     a4: u64,
     a5: u64,
 ) -> CUresult {
-    slot_call(S, [a0, a1, a2, a3, a4, a5])
+    slot_call(T, S, [a0, a1, a2, a3, a4, a5])
 }
 
 macro_rules! slots {
-    ($($n:literal)*) => {
-        [size_of_table::<SLOTS>(), $(slot::<$n> as *const c_void),*]
+    ($t:literal, $len:expr; $($n:literal)*) => {
+        [size_of_table::<{ $len }>(), $(slot::<$t, $n> as *const c_void),*]
     };
 }
 
-pub static TOOLS_CONTEXT_TABLE: Table<SLOTS> = Table(slots!(
+pub static LT_HEURISTICS_TABLE: Table<LT_SLOTS> = Table(slots!(1, LT_SLOTS;
+    1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29 30 31 32 33
+    34 35 36 37 38 39 40 41 42 43 44 45 46 47 48 49 50 51 52 53 54 55 56 57 58 59 60 61 62 63 64
+));
+
+pub static TOOLS_CONTEXT_TABLE: Table<SLOTS> = Table(slots!(0, SLOTS;
     1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29 30 31 32 33
     34 35 36 37 38 39 40 41 42 43 44 45 46 47 48 49 50 51 52 53 54 55 56 57 58 59 60 61 62 63
     64 65 66 67 68 69 70 71 72 73 74 75 76 77 78 79 80 81 82 83 84 85 86 87 88 89 90 91 92 93 94

@@ -723,6 +723,9 @@ pub fn table(id: &Uuid) -> Option<*const c_void> {
         super::tools_context::LT_HEURISTICS => {
             super::tools_context::LT_HEURISTICS_TABLE.0.as_ptr().cast()
         }
+        super::tools_context::TOOLS_MODULE => {
+            super::tools_context::TOOLS_MODULE_TABLE.0.as_ptr().cast()
+        }
         _ => return None,
     };
     Some(p)

@@ -1,9 +1,14 @@
 //! Kernel launches (fire-and-forget, packed in place into the batch: no allocation, no
 //! round trip) and occupancy queries.
 
-use std::ffi::{c_int, c_uint, c_void};
+use std::{
+    collections::HashMap,
+    ffi::{c_int, c_uint, c_void},
+    sync::{Mutex, PoisonError},
+};
 
 use vgpu_protocol::{CuResult, Opcode, calls};
+use zerocopy::{Immutable, IntoBytes};
 
 use super::{handle_of, module::as_func, put, ret};
 use crate::{CUresult, driver};
@@ -300,12 +305,7 @@ pub unsafe extern "C" fn cuOccupancyMaxActiveClusters(
             cluster: cluster.map(Into::into),
             shared_mem: c.shared_mem.into(),
         };
-        let v = d
-            .conn
-            .call(Opcode::OccupancyMaxActiveClusters, &body, &[], None, None)?
-            .parse::<calls::I32Reply>()?
-            .value
-            .get();
+        let v = occupancy(d, Opcode::OccupancyMaxActiveClusters, &body)?;
         // SAFETY: out-pointer from the caller.
         unsafe { put(n, v) }
     })())
@@ -366,11 +366,44 @@ fn max_active_blocks(
         flags: flags.into(),
         dynamic_smem: (smem as u64).into(),
     };
-    Ok(d.conn
-        .call(Opcode::OccupancyMaxActiveBlocks, &body, &[], None, None)?
+    occupancy(d, Opcode::OccupancyMaxActiveBlocks, &body)
+}
+
+/// Occupancy answers depend only on the function, its attributes and the query, and libraries
+/// ask again before every launch (cuBLAS: once per GEMM), so each is asked of the host once.
+/// Setting any function attribute forgets them all.
+static OCCUPANCY: Mutex<Option<HashMap<(u16, Vec<u8>), i32>>> = Mutex::new(None);
+
+pub(crate) fn forget_occupancy() {
+    *OCCUPANCY.lock().unwrap_or_else(PoisonError::into_inner) = None;
+}
+
+fn occupancy<T: IntoBytes + Immutable>(
+    d: &driver::Driver,
+    op: Opcode,
+    body: &T,
+) -> Result<i32, CuResult> {
+    let key = (op as u16, body.as_bytes().to_vec());
+    if let Some(v) = OCCUPANCY
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .as_ref()
+        .and_then(|m| m.get(&key))
+    {
+        return Ok(*v);
+    }
+    let v = d
+        .conn
+        .call(op, body, &[], None, None)?
         .parse::<calls::I32Reply>()?
         .value
-        .get())
+        .get();
+    OCCUPANCY
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .get_or_insert_with(HashMap::new)
+        .insert(key, v);
+    Ok(v)
 }
 
 #[unsafe(no_mangle)]

@@ -421,6 +421,9 @@ fn func_attribute(
 ) -> Result<i32, CuResult> {
     let f = as_func(f)?;
     let r = func_attribute_of(f, op, attribute, value)?;
+    if op == Opcode::FuncSetAttribute {
+        super::launch::forget_occupancy();
+    }
     if op == Opcode::FuncSetAttribute && attribute == ATTR_MAX_DYNAMIC_SHARED {
         f.max_dynamic_smem
             .store(value.max(0) as u32, std::sync::atomic::Ordering::Relaxed);

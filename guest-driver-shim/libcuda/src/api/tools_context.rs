@@ -26,6 +26,12 @@ pub const TOOLS_CONTEXT: Uuid = uuid(b"21318C60-9714-3248-8CA6-41FF7324C8F2");
 /// known: every slot logs and refuses, so cuBLASLt gets an error instead of a crash.
 pub const LT_HEURISTICS: Uuid = uuid(b"1734DC26-800D-4745-8726-C0F1E7DD8BCA");
 const LT_SLOTS: usize = 65;
+/// Asked for by cuFFT when it creates a plan ("tools module": a module's functions, their
+/// names and parameters, as other projects found). Refused, cuFFT fails its plan with
+/// CUFFT_INTERNAL_ERROR (H200, device run 5); served with refusing slots, cuFFT says which
+/// slot it needs.
+pub const TOOLS_MODULE: Uuid = uuid(b"6E163FBE-B958-444D-835C-E182AFF1991E");
+const MODULE_SLOTS: usize = 33;
 
 /// 94 slots after the size header.
 const SLOTS: usize = 95;
@@ -37,7 +43,7 @@ struct Opaque(std::cell::UnsafeCell<[u64; 64]>);
 unsafe impl Sync for Opaque {}
 static OPAQUE_OBJECT: Opaque = Opaque(std::cell::UnsafeCell::new([0; 64]));
 
-const TABLE_NAMES: [&str; 2] = ["TOOLS_CONTEXT", "LT_HEURISTICS"];
+const TABLE_NAMES: [&str; 3] = ["TOOLS_CONTEXT", "LT_HEURISTICS", "TOOLS_MODULE"];
 
 fn slot_call(table: usize, slot: usize, a: [u64; 6]) -> CUresult {
     let name = TABLE_NAMES[table];
@@ -125,6 +131,10 @@ macro_rules! slots {
 pub static LT_HEURISTICS_TABLE: Table<LT_SLOTS> = Table(slots!(1, LT_SLOTS;
     1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29 30 31 32 33
     34 35 36 37 38 39 40 41 42 43 44 45 46 47 48 49 50 51 52 53 54 55 56 57 58 59 60 61 62 63 64
+));
+
+pub static TOOLS_MODULE_TABLE: Table<MODULE_SLOTS> = Table(slots!(2, MODULE_SLOTS;
+    1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29 30 31 32
 ));
 
 pub static TOOLS_CONTEXT_TABLE: Table<SLOTS> = Table(slots!(0, SLOTS;

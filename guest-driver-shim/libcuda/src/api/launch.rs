@@ -372,7 +372,10 @@ fn max_active_blocks(
 /// Occupancy answers depend only on the function, its attributes and the query, and libraries
 /// ask again before every launch (cuBLAS: once per GEMM), so each is asked of the host once.
 /// Setting any function attribute forgets them all.
-static OCCUPANCY: Mutex<Option<HashMap<(u16, Vec<u8>), i32>>> = Mutex::new(None);
+static OCCUPANCY: Mutex<Option<OccupancyAnswers>> = Mutex::new(None);
+
+/// (opcode, query body) -> answer.
+type OccupancyAnswers = HashMap<(u16, Vec<u8>), i32>;
 
 pub(crate) fn forget_occupancy() {
     *OCCUPANCY.lock().unwrap_or_else(PoisonError::into_inner) = None;

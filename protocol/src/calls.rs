@@ -194,6 +194,12 @@ wire!(
 );
 
 wire!(
+    /// `cuGraphExecUpdate`: gives `exec` the parameters of `graph` (same topology). The reply
+    /// is an [`I32Reply`] holding the `CUgraphExecUpdateResult`, with the call's result.
+    GraphExecUpdate { exec: U64, graph: U64 }
+);
+
+wire!(
     /// `cuGraphLaunch` (stream-ordered, fire-and-forget).
     GraphLaunch { exec: U64, stream: U64, ctx: U64 }
 );

@@ -211,6 +211,7 @@ pub enum Opcode {
     GraphLaunch = 0x0081,
     GraphExecDestroy = 0x0082,
     GraphDestroy = 0x0083,
+    GraphExecUpdate = 0x0084,
 }
 
 impl Opcode {
@@ -259,6 +260,7 @@ impl Opcode {
         Opcode::GraphLaunch,
         Opcode::GraphExecDestroy,
         Opcode::GraphDestroy,
+        Opcode::GraphExecUpdate,
     ];
 
     pub fn from_u16(v: u16) -> Option<Self> {

@@ -860,6 +860,20 @@ impl Gpu for CudaGpu {
         unsafe { cu(sys::cuGraphDestroy(graph as sys::CUgraph)) }
     }
 
+    fn graph_exec_update(&mut self, exec: u64, graph: u64) -> (CuResult, i32) {
+        // SAFETY: plain old data, all-zero is a valid value.
+        let mut info: sys::CUgraphExecUpdateResultInfo = unsafe { std::mem::zeroed() };
+        // SAFETY: a live executable graph and graph of this backend, and a valid out-pointer.
+        let r = unsafe {
+            sys::cuGraphExecUpdate_v2(
+                exec as sys::CUgraphExec,
+                graph as sys::CUgraph,
+                &raw mut info,
+            )
+        };
+        (CuResult(r as u32), info.result as i32)
+    }
+
     fn register_host(&mut self, ptr: *mut u8, len: usize) -> GpuResult<()> {
         // CU_MEMHOSTREGISTER_PORTABLE: valid in every context of the process.
         const PORTABLE: c_uint = 0x01;

@@ -186,6 +186,10 @@ pub trait Gpu: Send + Sync {
     fn graph_destroy(&mut self, _graph: u64) -> GpuResult<()> {
         Err(CuResult::NOT_SUPPORTED)
     }
+    /// Updates `exec` from `graph`: the call's result and the `CUgraphExecUpdateResult`.
+    fn graph_exec_update(&mut self, _exec: u64, _graph: u64) -> (CuResult, i32) {
+        (CuResult::NOT_SUPPORTED, 0)
+    }
 
     /// Launches `func`; `params` is the packed parameter buffer laid out by `layout`.
     fn launch(

@@ -1,6 +1,6 @@
 //! Just enough of NVIDIA's module formats to list a module's kernels and their parameter
-//! layouts without a driver: cubin (ELF), fatbin containers and PTX text. The simulator uses
-//! it; the CUDA backend asks the driver instead.
+//! layouts, and its global variables, without a driver: cubin (ELF), fatbin containers and PTX
+//! text. The simulator uses it; the CUDA backend asks the driver instead.
 
 use thiserror::Error;
 
@@ -25,6 +25,22 @@ pub struct KernelLayout {
     pub params: Vec<(u32, u32)>,
 }
 
+/// A module global (`__device__`, `__constant__`): `size` bytes of device memory whose first
+/// `init.len()` bytes start as `init` and the rest as zeros.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GlobalVar {
+    pub name: String,
+    pub size: u64,
+    pub init: Vec<u8>,
+}
+
+/// What a module image holds: its kernels and its global variables.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ModuleInfo {
+    pub kernels: Vec<KernelLayout>,
+    pub globals: Vec<GlobalVar>,
+}
+
 const ELF_MAGIC: &[u8; 4] = b"\x7fELF";
 const FATBIN_MAGIC: u32 = 0xBA55_ED50;
 const FATBIN_WRAPPER_MAGIC: u32 = 0x4662_43B1;
@@ -33,20 +49,32 @@ const EIFMT_SVAL: u8 = 0x04;
 const FATBIN_KIND_PTX: u16 = 1;
 const FATBIN_KIND_ELF: u16 = 2;
 const FATBIN_COMPRESSED: u64 = 0x2000 | 0x8000;
+const SHT_SYMTAB: u32 = 2;
+const SHT_NOBITS: u32 = 8;
+const STT_OBJECT: u8 = 1;
+const ELF64_SYM_SIZE: usize = 24;
+/// Section indices from here on are special (`SHN_LORESERVE`: absolute, common, ...).
+const SHN_LORESERVE: u16 = 0xff00;
 
 /// Lists the kernels of a cubin, fatbin or PTX image.
 pub fn kernels(image: &[u8]) -> Result<Vec<KernelLayout>, ImageError> {
+    module_info(image).map(|m| m.kernels)
+}
+
+/// Lists the kernels and the global variables of a cubin, fatbin or PTX image. A fatbin's
+/// first uncompressed cubin is used, else its first PTX.
+pub fn module_info(image: &[u8]) -> Result<ModuleInfo, ImageError> {
     if image.starts_with(ELF_MAGIC) {
-        cubin_kernels(image)
+        cubin_module(image)
     } else if read_u32(image, 0) == Some(FATBIN_MAGIC) {
-        fatbin_kernels(image)
+        fatbin_module(image)
     } else if read_u32(image, 0) == Some(FATBIN_WRAPPER_MAGIC) {
         // A `__fatBinC_Wrapper_t` holds a pointer, which means nothing outside its process.
         Err(ImageError::BadFatbin(
             "wrapper structs must be resolved by the shim",
         ))
     } else if looks_like_ptx(image) {
-        ptx_kernels(image)
+        ptx_module(image)
     } else {
         Err(ImageError::UnknownFormat)
     }
@@ -86,7 +114,7 @@ pub fn fatbin_len(image: &[u8]) -> Option<usize> {
     header_size.checked_add(files_size)
 }
 
-fn fatbin_kernels(image: &[u8]) -> Result<Vec<KernelLayout>, ImageError> {
+fn fatbin_module(image: &[u8]) -> Result<ModuleInfo, ImageError> {
     let bad = ImageError::BadFatbin;
     let total = fatbin_len(image).ok_or(bad("header"))?;
     if total > image.len() {
@@ -116,7 +144,7 @@ fn fatbin_kernels(image: &[u8]) -> Result<Vec<KernelLayout>, ImageError> {
         if flags & FATBIN_COMPRESSED != 0 {
             compressed = true;
         } else if kind == FATBIN_KIND_ELF {
-            return cubin_kernels(data);
+            return cubin_module(data);
         } else if kind == FATBIN_KIND_PTX && ptx.is_none() {
             ptx = Some(data);
         }
@@ -125,7 +153,7 @@ fn fatbin_kernels(image: &[u8]) -> Result<Vec<KernelLayout>, ImageError> {
             .ok_or(bad("entry size"))?;
     }
     match ptx {
-        Some(p) => ptx_kernels(p),
+        Some(p) => ptx_module(p),
         None if compressed => Err(ImageError::Compressed),
         None => Err(bad("no ELF or PTX entry")),
     }
@@ -133,6 +161,8 @@ fn fatbin_kernels(image: &[u8]) -> Result<Vec<KernelLayout>, ImageError> {
 
 struct Section<'a> {
     name: &'a [u8],
+    ty: u32,
+    link: u32,
     data: &'a [u8],
 }
 
@@ -148,7 +178,7 @@ fn elf_sections(image: &[u8]) -> Result<Vec<Section<'_>>, ImageError> {
     if shentsize < 64 || shstrndx >= shnum {
         return Err(bad("section table"));
     }
-    let sh = |i: usize| -> Result<(u32, &[u8]), ImageError> {
+    let sh = |i: usize| -> Result<(u32, u32, u32, &[u8]), ImageError> {
         let base = shoff
             .checked_add(i.checked_mul(shentsize).ok_or(bad("section table"))?)
             .ok_or(bad("section table"))?;
@@ -156,31 +186,49 @@ fn elf_sections(image: &[u8]) -> Result<Vec<Section<'_>>, ImageError> {
         let ty = read_u32(image, base + 4).ok_or(bad("section header"))?;
         let off = read_u64(image, base + 0x18).ok_or(bad("section header"))? as usize;
         let size = read_u64(image, base + 0x20).ok_or(bad("section header"))? as usize;
+        let link = read_u32(image, base + 0x28).ok_or(bad("section header"))?;
         // SHT_NOBITS occupies no file bytes.
-        let data = if ty == 8 {
+        let data = if ty == SHT_NOBITS {
             &[][..]
         } else {
             image
                 .get(off..off.checked_add(size).ok_or(bad("section size"))?)
                 .ok_or(bad("section runs past the image"))?
         };
-        Ok((name, data))
+        Ok((name, ty, link, data))
     };
-    let (_, strtab) = sh(shstrndx)?;
+    let (_, _, _, strtab) = sh(shstrndx)?;
     let mut out = Vec::with_capacity(shnum);
     for i in 0..shnum {
-        let (name_off, data) = sh(i)?;
-        let name = strtab.get(name_off as usize..).ok_or(bad("section name"))?;
-        let name = &name[..name.iter().position(|&c| c == 0).unwrap_or(name.len())];
-        out.push(Section { name, data });
+        let (name_off, ty, link, data) = sh(i)?;
+        let name = cstr(strtab, name_off as usize).ok_or(bad("section name"))?;
+        out.push(Section {
+            name,
+            ty,
+            link,
+            data,
+        });
     }
     Ok(out)
 }
 
-fn cubin_kernels(image: &[u8]) -> Result<Vec<KernelLayout>, ImageError> {
+/// The NUL-terminated string at `off` of a string table.
+fn cstr(table: &[u8], off: usize) -> Option<&[u8]> {
+    let s = table.get(off..)?;
+    Some(&s[..s.iter().position(|&c| c == 0).unwrap_or(s.len())])
+}
+
+fn cubin_module(image: &[u8]) -> Result<ModuleInfo, ImageError> {
     let sections = elf_sections(image)?;
+    Ok(ModuleInfo {
+        kernels: cubin_kernels(&sections)?,
+        globals: cubin_globals(&sections)?,
+    })
+}
+
+fn cubin_kernels(sections: &[Section<'_>]) -> Result<Vec<KernelLayout>, ImageError> {
     let mut kernels = Vec::new();
-    for s in &sections {
+    for s in sections {
         let Some(name) = s.name.strip_prefix(b".text.") else {
             continue;
         };
@@ -196,6 +244,54 @@ fn cubin_kernels(image: &[u8]) -> Result<Vec<KernelLayout>, ImageError> {
         });
     }
     Ok(kernels)
+}
+
+/// The module's global variables: the data objects (`STT_OBJECT` symbols) defined in global
+/// memory (`.nv.global`, zero-filled; `.nv.global.init`, initialised) and constant banks
+/// (`.nv.constant<N>`), with their initial bytes where the section has file contents.
+fn cubin_globals(sections: &[Section<'_>]) -> Result<Vec<GlobalVar>, ImageError> {
+    let bad = ImageError::BadElf;
+    let Some(symtab) = sections.iter().find(|s| s.ty == SHT_SYMTAB) else {
+        return Ok(Vec::new());
+    };
+    let strtab = sections
+        .get(symtab.link as usize)
+        .ok_or(bad("symbol table's string table"))?
+        .data;
+    let mut globals = Vec::new();
+    for sym in symtab.data.chunks_exact(ELF64_SYM_SIZE) {
+        let info = sym[4];
+        let shndx = u16::from_le_bytes([sym[6], sym[7]]);
+        let value = read_u64(sym, 8).ok_or(bad("symbol"))?;
+        let size = read_u64(sym, 16).ok_or(bad("symbol"))?;
+        if info & 0xf != STT_OBJECT || size == 0 || shndx == 0 || shndx >= SHN_LORESERVE {
+            continue;
+        }
+        let section = sections
+            .get(usize::from(shndx))
+            .ok_or(bad("symbol's section"))?;
+        if !(section.name.starts_with(b".nv.global") || section.name.starts_with(b".nv.constant")) {
+            continue;
+        }
+        let name = cstr(strtab, read_u32(sym, 0).ok_or(bad("symbol"))? as usize)
+            .ok_or(bad("symbol name"))?;
+        let init = if section.ty == SHT_NOBITS {
+            Vec::new()
+        } else {
+            // What of the object lies within the section's bytes (all of it, when well formed).
+            usize::try_from(value)
+                .ok()
+                .and_then(|start| section.data.get(start..))
+                .map(|d| d[..d.len().min(usize::try_from(size).unwrap_or(usize::MAX))].to_vec())
+                .unwrap_or_default()
+        };
+        globals.push(GlobalVar {
+            name: String::from_utf8_lossy(name).into_owned(),
+            size,
+            init,
+        });
+    }
+    Ok(globals)
 }
 
 /// Parameter (offset, size) pairs from a `.nv.info.<kernel>` attribute list.
@@ -223,9 +319,16 @@ fn kparam_info(mut data: &[u8]) -> Result<Vec<(u32, u32)>, ImageError> {
     Ok(params)
 }
 
-fn ptx_kernels(image: &[u8]) -> Result<Vec<KernelLayout>, ImageError> {
+fn ptx_module(image: &[u8]) -> Result<ModuleInfo, ImageError> {
     let end = image.iter().position(|&b| b == 0).unwrap_or(image.len());
     let text = std::str::from_utf8(&image[..end]).map_err(|_| ImageError::BadPtx("not UTF-8"))?;
+    Ok(ModuleInfo {
+        kernels: ptx_kernels(text)?,
+        globals: ptx_globals(text),
+    })
+}
+
+fn ptx_kernels(text: &str) -> Result<Vec<KernelLayout>, ImageError> {
     let mut kernels = Vec::new();
     let mut rest = text;
     while let Some(pos) = rest.find(".entry") {

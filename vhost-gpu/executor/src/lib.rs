@@ -1178,6 +1178,30 @@ impl Executor {
                 self.gpu.graph_launch(exec, s)?;
                 w.push_status(code, 0);
             }
+            Opcode::GraphExecUpdate => {
+                let (a, _) = call.parse::<calls::GraphExecUpdate>().map_err(bad)?;
+                let c = self.client(client)?;
+                let (exec, ctx) = match c.objects.get(a.exec.get()) {
+                    Some(Object::GraphExec { raw, ctx }) => (*raw, *ctx),
+                    _ => return Err(CuResult::INVALID_HANDLE),
+                };
+                let graph = match c.objects.get(a.graph.get()) {
+                    Some(Object::Graph { raw, .. }) => *raw,
+                    _ => return Err(CuResult::INVALID_HANDLE),
+                };
+                self.make_current(client, ctx)?;
+                // A refused update is an answer, not a failed call: the guest reads why.
+                let (r, why) = self.gpu.graph_exec_update(exec, graph);
+                w.push(
+                    code,
+                    r.0,
+                    &calls::I32Reply {
+                        value: why.into(),
+                        _pad: 0.into(),
+                    },
+                    &[],
+                );
+            }
             Opcode::GraphExecDestroy | Opcode::GraphDestroy => {
                 let (a, _) = call.parse::<calls::HandleArg>().map_err(bad)?;
                 let c = self.client(client)?;

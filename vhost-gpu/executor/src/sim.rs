@@ -553,6 +553,18 @@ impl Gpu for SimGpu {
             .ok_or(CuResult::INVALID_HANDLE)
     }
 
+    /// The simulator's graphs are launch counts: an update succeeds when the counts agree
+    /// (same topology) and is refused as a topology change otherwise.
+    fn graph_exec_update(&mut self, exec: u64, graph: u64) -> (CuResult, i32) {
+        const UPDATE_FAILURE: CuResult = CuResult(910); // CUDA_ERROR_GRAPH_EXEC_UPDATE_FAILURE
+        const TOPOLOGY_CHANGED: i32 = 2; // CU_GRAPH_EXEC_UPDATE_ERROR_TOPOLOGY_CHANGED
+        match (self.graphs.get(&exec), self.graphs.get(&graph)) {
+            (Some(e), Some(g)) if e == g => (CuResult::SUCCESS, 0),
+            (Some(_), Some(_)) => (UPDATE_FAILURE, TOPOLOGY_CHANGED),
+            _ => (CuResult::INVALID_HANDLE, 0),
+        }
+    }
+
     fn register_host(&mut self, ptr: *mut u8, len: usize) -> GpuResult<()> {
         self.host_regions.insert(ptr as usize, len);
         Ok(())

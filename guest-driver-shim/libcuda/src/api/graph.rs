@@ -196,3 +196,76 @@ pub unsafe extern "C" fn cuGraphExecDestroy(exec: *mut c_void) -> CUresult {
 pub unsafe extern "C" fn cuGraphDestroy(graph: *mut c_void) -> CUresult {
     ret(destroy(Opcode::GraphDestroy, graph))
 }
+
+/// `CUgraphExecUpdateResultInfo`: why an update was refused. The nodes are the host's and
+/// mean nothing in the guest, so they are reported as NULL.
+#[repr(C)]
+pub struct UpdateResultInfo {
+    result: c_int,
+    error_node: *mut c_void,
+    error_from_node: *mut c_void,
+}
+
+/// Updates an instantiated graph from a newly captured one of the same shape (new kernel
+/// parameters, copy addresses): the host's driver decides, as natively. Returns the call's
+/// result and the `CUgraphExecUpdateResult`.
+fn exec_update(exec: *mut c_void, graph: *mut c_void) -> Result<(CuResult, c_int), CuResult> {
+    let d = driver::driver()?;
+    let body = calls::GraphExecUpdate {
+        exec: handle_of(exec).into(),
+        graph: handle_of(graph).into(),
+    };
+    d.conn.flush()?;
+    let r = d
+        .conn
+        .call(Opcode::GraphExecUpdate, &body, &[], None, None)?;
+    let why = <calls::I32Reply as zerocopy::FromBytes>::read_from_prefix(&r.body)
+        .map(|(v, _)| v.value.get())
+        .unwrap_or(0);
+    Ok((r.result, why))
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuGraphExecUpdate_v2(
+    exec: *mut c_void,
+    graph: *mut c_void,
+    info: *mut UpdateResultInfo,
+) -> CUresult {
+    ret(exec_update(exec, graph).and_then(|(r, why)| {
+        if !info.is_null() {
+            // SAFETY: non-NULL out-pointer from the caller.
+            unsafe {
+                put(
+                    info,
+                    UpdateResultInfo {
+                        result: why,
+                        error_node: std::ptr::null_mut(),
+                        error_from_node: std::ptr::null_mut(),
+                    },
+                )?;
+            }
+        }
+        if r.is_ok() { Ok(()) } else { Err(r) }
+    }))
+}
+
+/// The CUDA 11 form: the failing node and the reason through two out-pointers.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuGraphExecUpdate(
+    exec: *mut c_void,
+    graph: *mut c_void,
+    error_node: *mut *mut c_void,
+    result: *mut c_int,
+) -> CUresult {
+    ret(exec_update(exec, graph).and_then(|(r, why)| {
+        if !error_node.is_null() {
+            // SAFETY: non-NULL out-pointer from the caller.
+            unsafe { put(error_node, std::ptr::null_mut())? };
+        }
+        if !result.is_null() {
+            // SAFETY: non-NULL out-pointer from the caller.
+            unsafe { put(result, why)? };
+        }
+        if r.is_ok() { Ok(()) } else { Err(r) }
+    }))
+}

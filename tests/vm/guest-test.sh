@@ -27,6 +27,11 @@ main)
   if [ -x /usr/bin/driver_api_e2e ]; then
     # shellcheck disable=SC2046
     t driver_api_e2e $(cat /etc/vgpu/e2e-args 2>/dev/null)
+    # what a user types in a VM: no library path, no device named; vgpu-run finds both
+    if [ -x /usr/bin/vgpu-run ]; then
+      # shellcheck disable=SC2046
+      t env -u LD_LIBRARY_PATH -u VGPU_DEVICE vgpu-run -- driver_api_e2e $(cat /etc/vgpu/e2e-args 2>/dev/null)
+    fi
   elif [ "$backend" = echo ]; then
     t vgpu_test bench /dev/vgpu0 500 4194304
   else

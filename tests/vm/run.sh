@@ -88,6 +88,15 @@ if [ "${VGPU_VM_RUST_CHECK:-1}" = 1 ]; then
     || { cat "$LOG/rust-check-build.log"; bad "kmod-transport-check build"; }
 fi
 [ -n "${VGPU_LIBCUDA:-}" ] && FILES+=(--file "$VGPU_LIBCUDA:/usr/lib/libcuda.so.1")
+# vgpu-run as a user gets it (/usr/bin/vgpu-run, the shim in /usr/lib/vgpu/): VGPU_RUN, else the
+# one built beside VGPU_LIBCUDA
+VGPU_RUN=${VGPU_RUN:-}
+if [ -z "$VGPU_RUN" ] && [ -n "${VGPU_LIBCUDA:-}" ] && [ -x "$(dirname "$VGPU_LIBCUDA")/vgpu-run" ]; then
+  VGPU_RUN=$(dirname "$VGPU_LIBCUDA")/vgpu-run
+fi
+if [ -n "$VGPU_RUN" ] && [ -n "${VGPU_LIBCUDA:-}" ]; then
+  FILES+=(--file "$VGPU_RUN:/usr/bin/vgpu-run" --file "$VGPU_LIBCUDA:/usr/lib/vgpu/libcuda.so.1")
+fi
 E2E=${VGPU_E2E_PROG:-}
 if [ -z "$E2E" ] && [ -n "${VGPU_LIBCUDA:-}" ] && [ -f "$ROOT/tests/programs/driver_api_e2e.c" ]; then
   # link the driver-API test against the given shim (its SONAME is libcuda.so.1)

@@ -4,8 +4,9 @@
 #
 # usage: build.sh [OUT_DIR [NAME...]]
 #   OUT_DIR defaults to tests/fixtures/runtime/, the binaries checked in for CI; there only the
-#   checked-in programs (rt_basic, rt_streams) are built unless NAMEs are given. Any other
-#   OUT_DIR gets every tests/runtime/rt_*.cu (or just the NAMEs).
+#   checked-in set is built unless NAMEs are given: rt_basic and rt_streams both ways, and every
+#   program that needs no cuBLAS/cuFFT/cuRAND as <name>_shared only (small). Any other OUT_DIR
+#   gets every tests/runtime/rt_*.cu (or just the NAMEs).
 #
 # nvcc: $NVCC, else `nvcc` on PATH, else NVIDIA's PyPI wheels (CUDA 13.0) installed into a
 # virtual environment under target/cuda-pypi (needs network once):
@@ -28,10 +29,15 @@ shift || true
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
 
+# Programs built with shared cudart only (no <name>_static).
+shared_only=()
 if [ $# -gt 0 ]; then
     names=("$@")
 elif [ "$out" = "$fixtures" ]; then
-    names=(rt_basic rt_streams)
+    shared_only=(rt_atomics rt_callbacks rt_constant rt_device_props rt_dynsmem rt_events rt_graph
+        rt_graph_update rt_meminfo rt_mempool rt_multikernel rt_occupancy rt_pinned_pageable
+        rt_printf rt_priorities rt_threads)
+    names=(rt_basic rt_streams "${shared_only[@]}")
 else
     names=()
     for src in "$here"/rt_*.cu; do names+=("$(basename "$src" .cu)"); done
@@ -123,9 +129,11 @@ build_one() { # name
         }
         flags+=(-Xlinker -rpath="$lib" -Xlinker -rpath-link="$lib")
     fi
-    "$nvcc" -O2 -arch=sm_90 "${libdirs[@]}" -Xlinker -s -o "$out/${name}_static" "$src" "${flags[@]}" &&
-        "$nvcc" -O2 -arch=sm_90 -cudart shared "${libdirs[@]}" -Xlinker -s -Xlinker -rpath='$ORIGIN' \
-            -o "$out/${name}_shared" "$src" "${flags[@]}"
+    [[ " ${shared_only[*]:-} " == *" $name "* ]] ||
+        "$nvcc" -O2 -arch=sm_90 "${libdirs[@]}" -Xlinker -s -o "$out/${name}_static" "$src" "${flags[@]}" ||
+        return 1
+    "$nvcc" -O2 -arch=sm_90 -cudart shared "${libdirs[@]}" -Xlinker -s -Xlinker -rpath='$ORIGIN' \
+        -o "$out/${name}_shared" "$src" "${flags[@]}"
 }
 
 echo "using $nvcc ($("$nvcc" --version | tail -1))"

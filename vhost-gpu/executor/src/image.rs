@@ -389,13 +389,7 @@ fn ptx_param(decl: &str) -> Option<(u32, u32)> {
             continue;
         }
         if let Some(t) = w.strip_prefix('.') {
-            elem = match t {
-                "b8" | "u8" | "s8" | "pred" => 1,
-                "b16" | "u16" | "s16" | "f16" | "bf16" => 2,
-                "b32" | "u32" | "s32" | "f32" | "f16x2" | "bf16x2" => 4,
-                "b64" | "u64" | "s64" | "f64" => 8,
-                _ => elem,
-            };
+            elem = ptx_type_size(t).unwrap_or(elem);
         } else {
             name = w;
         }
@@ -409,6 +403,218 @@ fn ptx_param(decl: &str) -> Option<(u32, u32)> {
         _ => 1,
     };
     Some((align.unwrap_or(elem).max(1), elem * count))
+}
+
+/// Size in bytes of a PTX fundamental type (without its dot).
+fn ptx_type_size(t: &str) -> Option<u32> {
+    Some(match t {
+        "b8" | "u8" | "s8" | "pred" => 1,
+        "b16" | "u16" | "s16" | "f16" | "bf16" => 2,
+        "b32" | "u32" | "s32" | "f32" | "f16x2" | "bf16x2" => 4,
+        "b64" | "u64" | "s64" | "f64" => 8,
+        _ => return None,
+    })
+}
+
+/// PTX text without its `//` and `/* */` comments, and without the module directives that
+/// end at the line's end instead of a `;` (`.version`, `.target`, `.address_size`, `.file`).
+fn strip_ptx_comments(text: &str) -> String {
+    let text = strip_comments(text);
+    let mut out = String::with_capacity(text.len());
+    for line in text.lines() {
+        let first = line.split_whitespace().next().unwrap_or("");
+        if ![".version", ".target", ".address_size", ".file"].contains(&first) {
+            out.push_str(line);
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// PTX text without its `//` and `/* */` comments.
+fn strip_comments(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(pos) = rest.find('/') {
+        out.push_str(&rest[..pos]);
+        let tail = &rest[pos..];
+        if tail.starts_with("//") {
+            rest = tail.find('\n').map_or("", |e| &tail[e..]);
+        } else if let Some(body) = tail.strip_prefix("/*") {
+            out.push(' ');
+            rest = body.find("*/").map_or("", |e| &body[e + 2..]);
+        } else {
+            out.push('/');
+            rest = &tail[1..];
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The module-scope `.global` and `.const` variables of PTX text. Numeric initialisers
+/// (`.b8 t[8] = {1, 0, ...}`, `.f64 x = 0d3FD0000000000000`) give the initial bytes; any other
+/// element (the address of another symbol) starts as zeros, as does a variable without one.
+fn ptx_globals(text: &str) -> Vec<GlobalVar> {
+    let text = strip_ptx_comments(text);
+    let mut globals = Vec::new();
+    let mut stmt = String::new();
+    // Depth of the braces of an initialiser.
+    let mut depth = 0usize;
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '{' if depth == 0 && !stmt.contains('=') => {
+                // A function body (with its nested blocks): nothing in it is module scope.
+                let mut open = 1usize;
+                for c in chars.by_ref() {
+                    match c {
+                        '{' => open += 1,
+                        '}' => {
+                            open -= 1;
+                            if open == 0 {
+                                break;
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                stmt.clear();
+            }
+            '{' => {
+                depth += 1;
+                stmt.push(c);
+            }
+            '}' => {
+                depth = depth.saturating_sub(1);
+                stmt.push(c);
+            }
+            ';' if depth == 0 => {
+                globals.extend(ptx_global(&stmt));
+                stmt.clear();
+            }
+            _ => stmt.push(c),
+        }
+    }
+    globals
+}
+
+/// One module-scope statement, if it defines a `.global` or `.const` variable.
+fn ptx_global(stmt: &str) -> Option<GlobalVar> {
+    let (decl, init) = match stmt.split_once('=') {
+        Some((d, i)) => (d, Some(i)),
+        None => (stmt, None),
+    };
+    let mut words = decl.split_whitespace();
+    loop {
+        match words.next()? {
+            ".visible" | ".weak" | ".common" => {}
+            ".global" | ".const" => break,
+            // `.extern` declares a variable defined elsewhere; anything else is no variable.
+            _ => return None,
+        }
+    }
+    let (mut elem, mut lanes) = (0u64, 1u64);
+    let mut declarator = String::new();
+    while let Some(w) = words.next() {
+        if !declarator.is_empty() {
+            declarator.push_str(w);
+        } else if w == ".align" {
+            words.next();
+        } else if let Some(t) = w.strip_prefix('.') {
+            match t {
+                "v2" => lanes = 2,
+                "v4" => lanes = 4,
+                "v8" => lanes = 8,
+                t => elem = ptx_type_size(t).map_or(elem, u64::from),
+            }
+        } else {
+            declarator.push_str(w);
+        }
+    }
+    let elem_size = elem.checked_mul(lanes).filter(|&n| n > 0)?;
+    let (name, mut dims) = declarator.split_at(declarator.find('[').unwrap_or(declarator.len()));
+    if name.is_empty() {
+        return None;
+    }
+    let elems: Vec<&str> = init
+        .map(|i| {
+            i.split([',', '{', '}'])
+                .map(str::trim)
+                .filter(|e| !e.is_empty())
+                .collect()
+        })
+        .unwrap_or_default();
+    // Array dimensions; `[]` takes its length from the initialiser.
+    let (mut count, mut open_dim) = (1u64, false);
+    while !dims.is_empty() {
+        let d = dims.strip_prefix('[')?;
+        let close = d.find(']')?;
+        match d[..close].trim() {
+            "" => open_dim = true,
+            n => count = count.checked_mul(n.parse().ok()?)?,
+        }
+        dims = &d[close + 1..];
+    }
+    if open_dim {
+        let entries = (elems.len() as u64).div_ceil(lanes);
+        count = count.checked_mul(entries.div_ceil(count).max(1))?;
+    }
+    let size = elem_size.checked_mul(count)?;
+    let mut bytes = Vec::new();
+    for e in &elems {
+        if bytes.len() as u64 >= size {
+            break;
+        }
+        let value = ptx_number(e, elem).unwrap_or(0);
+        bytes.extend_from_slice(&value.to_le_bytes()[..elem as usize]);
+    }
+    bytes.truncate(usize::try_from(size).unwrap_or(usize::MAX));
+    Some(GlobalVar {
+        name: name.to_string(),
+        size,
+        init: bytes,
+    })
+}
+
+/// The bits of a PTX numeric literal as an element of `elem` bytes: integers (decimal, hex,
+/// octal-free), `0f`/`0d` float bit patterns, and decimal floats.
+fn ptx_number(lit: &str, elem: u64) -> Option<u64> {
+    let lit = lit.trim_end_matches(['U', 'u']);
+    let (neg, digits) = match lit.strip_prefix('-') {
+        Some(d) => (true, d),
+        None => (false, lit),
+    };
+    let magnitude = if let Some(h) = digits
+        .strip_prefix("0f")
+        .or_else(|| digits.strip_prefix("0F"))
+    {
+        u64::from(u32::from_str_radix(h, 16).ok()?)
+    } else if let Some(h) = digits
+        .strip_prefix("0d")
+        .or_else(|| digits.strip_prefix("0D"))
+    {
+        u64::from_str_radix(h, 16).ok()?
+    } else if let Some(h) = digits
+        .strip_prefix("0x")
+        .or_else(|| digits.strip_prefix("0X"))
+    {
+        u64::from_str_radix(h, 16).ok()?
+    } else if let Ok(n) = digits.parse::<u64>() {
+        n
+    } else {
+        let f: f64 = lit.parse().ok()?;
+        return Some(if elem == 4 {
+            u64::from((f as f32).to_bits())
+        } else {
+            f.to_bits()
+        });
+    };
+    Some(if neg {
+        magnitude.wrapping_neg()
+    } else {
+        magnitude
+    })
 }
 
 #[cfg(test)]
@@ -457,6 +663,205 @@ mod tests {
         assert!(kernels(&fat).is_err());
     }
 
+    /// Module globals as nvcc 13.0 writes them for sm_90 (`__device__ int ginit[4] = {1, 2, 3,
+    /// -4}; __constant__ float cinit[2] = {1.5f, 2.5f}; ...`), among entries whose parameters
+    /// and bodies mention `.global` and `.const` too.
+    const PTX_GLOBALS: &str = r#"
+.version 9.0
+.target sm_90
+.address_size 64
+// .global .b8 commented[4];
+.file 1 "/tmp/a;b.cu"
+.global .align 4 .b8 ginit[16] = {1, 0, 0, 0, 2, 0, 0, 0, 3, 0, 0, 0, 252, 255, 255, 255};
+.const .align 4 .b8 cinit[8] = {0, 0, 192, 63, 0, 0, 32, 64};
+.extern .global .align 4 .b8 elsewhere[64];
+.global .align 8 .u64 gz;
+.global .align 8 .f64 dd = 0d3FD0000000000000;
+.const .align 2 .b8 cs[6];
+/* .const .u32 hidden; */
+.visible .global .align 16 .v4 .u32 vecs[2] = {{1, 2, 3, 4}, {5, 6, 7, 8}};
+.global .align 4 .u32 open[] = {7, 8, 9};
+.global .align 4 .f32 half = 0f3F000000;
+.visible .entry k(
+	.param .u64 .ptr .global .align 4 k_param_0
+)
+{
+	.reg .b32 %r<4>;
+	.shared .align 4 .b8 smem[64];
+	{
+	.reg .b32 inner;
+	}
+	ld.global.u32 %r1, [ginit];
+	ld.const.u32 %r2, [cinit];
+	ret;
+}
+.global .align 4 .s32 after = -2;
+"#;
+
+    #[test]
+    fn ptx_globals_have_sizes_and_initial_bytes() {
+        let m = module_info(PTX_GLOBALS.as_bytes()).unwrap();
+        assert_eq!(m.kernels.len(), 1);
+        assert_eq!(m.kernels[0].params, vec![(0, 8)]);
+        let got: Vec<(&str, u64, &[u8])> = m
+            .globals
+            .iter()
+            .map(|g| (g.name.as_str(), g.size, g.init.as_slice()))
+            .collect();
+        let vecs: Vec<u8> = (1u32..=8).flat_map(u32::to_le_bytes).collect();
+        let open: Vec<u8> = [7u32, 8, 9]
+            .into_iter()
+            .flat_map(u32::to_le_bytes)
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (
+                    "ginit",
+                    16,
+                    &[1, 0, 0, 0, 2, 0, 0, 0, 3, 0, 0, 0, 252, 255, 255, 255][..]
+                ),
+                ("cinit", 8, &[0, 0, 192, 63, 0, 0, 32, 64][..]),
+                ("gz", 8, &[][..]),
+                ("dd", 8, &0.25f64.to_le_bytes()[..]),
+                ("cs", 6, &[][..]),
+                ("vecs", 32, &vecs[..]),
+                ("open", 12, &open[..]),
+                ("half", 4, &0.5f32.to_le_bytes()[..]),
+                ("after", 4, &(-2i32).to_le_bytes()[..]),
+            ]
+        );
+    }
+
+    /// A little-endian ELF64 with the given sections (name, type, link, bytes or NOBITS size)
+    /// and a symbol table of (name, st_info, section index, value, size).
+    fn elf(
+        sections: &[(&str, u32, Vec<u8>, u64)],
+        symbols: &[(&str, u8, u16, u64, u64)],
+    ) -> Vec<u8> {
+        // Section 0 is null; the caller's sections follow, then .strtab, .symtab, .shstrtab.
+        let mut strtab = vec![0u8];
+        let mut symtab = vec![0u8; ELF64_SYM_SIZE];
+        for &(name, info, shndx, value, size) in symbols {
+            symtab.extend_from_slice(&(strtab.len() as u32).to_le_bytes());
+            strtab.extend_from_slice(name.as_bytes());
+            strtab.push(0);
+            symtab.push(info);
+            symtab.push(0);
+            symtab.extend_from_slice(&shndx.to_le_bytes());
+            symtab.extend_from_slice(&value.to_le_bytes());
+            symtab.extend_from_slice(&size.to_le_bytes());
+        }
+        let n = sections.len() as u32;
+        let mut all: Vec<(&str, u32, u32, Vec<u8>, u64)> = vec![("", 0, 0, vec![], 0)];
+        all.extend(
+            sections
+                .iter()
+                .map(|(name, ty, data, size)| (*name, *ty, 0, data.clone(), *size)),
+        );
+        all.push((".strtab", 3, 0, strtab, 0));
+        all.push((".symtab", SHT_SYMTAB, n + 1, symtab, 0));
+        all.push((".shstrtab", 3, 0, vec![], 0));
+        let mut shstrtab = vec![0u8];
+        let mut names = Vec::new();
+        for s in &all {
+            names.push(shstrtab.len() as u32);
+            shstrtab.extend_from_slice(s.0.as_bytes());
+            shstrtab.push(0);
+        }
+        let last = all.len() - 1;
+        all[last].3 = shstrtab;
+        let mut image = vec![0u8; 64];
+        let mut headers = Vec::new();
+        for (i, (_, ty, link, data, nobits)) in all.iter().enumerate() {
+            let (offset, size) = (
+                image.len() as u64,
+                if *ty == SHT_NOBITS {
+                    *nobits
+                } else {
+                    data.len() as u64
+                },
+            );
+            image.extend_from_slice(data);
+            headers.extend_from_slice(&names[i].to_le_bytes());
+            headers.extend_from_slice(&ty.to_le_bytes());
+            headers.extend_from_slice(&[0u8; 16]); // flags, addr
+            headers.extend_from_slice(&offset.to_le_bytes());
+            headers.extend_from_slice(&size.to_le_bytes());
+            headers.extend_from_slice(&link.to_le_bytes());
+            headers.extend_from_slice(&[0u8; 20]); // info, addralign, entsize
+        }
+        let shoff = image.len() as u64;
+        image.extend_from_slice(&headers);
+        image[..4].copy_from_slice(ELF_MAGIC);
+        image[4] = 2;
+        image[5] = 1;
+        image[0x28..0x30].copy_from_slice(&shoff.to_le_bytes());
+        image[0x3a..0x3c].copy_from_slice(&64u16.to_le_bytes());
+        image[0x3c..0x3e].copy_from_slice(&(all.len() as u16).to_le_bytes());
+        image[0x3e..0x40].copy_from_slice(&(last as u16).to_le_bytes());
+        image
+    }
+
+    #[test]
+    fn cubin_globals_are_data_objects_of_global_and_constant_sections() {
+        const OBJECT: u8 = STT_OBJECT | 0x10; // global binding
+        const LOCAL_OBJECT: u8 = STT_OBJECT;
+        const FUNC: u8 = 2 | 0x10;
+        let init: Vec<u8> = [1u8, 0, 0, 0, 2, 0, 0, 0]
+            .into_iter()
+            .chain([0xaa; 8])
+            .collect();
+        let image = elf(
+            &[
+                (".nv.global.init", 1, init, 0),
+                (".nv.global", SHT_NOBITS, vec![], 16),
+                (".nv.constant3", 1, (10u8..18).collect(), 0),
+                (".nv.shared.k", SHT_NOBITS, vec![], 64),
+                (".text.k", 1, vec![0; 16], 0),
+            ],
+            &[
+                ("ginit", LOCAL_OBJECT, 1, 0, 8),
+                ("gdbl", OBJECT, 1, 8, 8),
+                ("gz", LOCAL_OBJECT, 2, 0, 16),
+                ("cval", LOCAL_OBJECT, 3, 4, 4),
+                // Past its section's bytes: what there is, the rest zeros.
+                ("ctail", LOCAL_OBJECT, 3, 6, 4),
+                ("smem", LOCAL_OBJECT, 4, 0, 64),
+                ("k", FUNC, 5, 0, 16),
+                ("undefined", OBJECT, 0, 0, 4),
+                ("absolute", OBJECT, 0xfff1, 0, 4),
+                ("empty", OBJECT, 1, 0, 0),
+            ],
+        );
+        let m = module_info(&image).unwrap();
+        assert_eq!(
+            m.kernels,
+            vec![KernelLayout {
+                name: "k".into(),
+                params: vec![]
+            }]
+        );
+        let got: Vec<(&str, u64, &[u8])> = m
+            .globals
+            .iter()
+            .map(|g| (g.name.as_str(), g.size, g.init.as_slice()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("ginit", 8, &[1, 0, 0, 0, 2, 0, 0, 0][..]),
+                ("gdbl", 8, &[0xaa; 8][..]),
+                ("gz", 16, &[][..]),
+                ("cval", 4, &[14, 15, 16, 17][..]),
+                ("ctail", 4, &[16, 17][..]),
+            ]
+        );
+        // A symbol naming a section that does not exist is refused, not a panic.
+        let image = elf(&[], &[("lost", OBJECT, 9, 0, 4)]);
+        assert!(module_info(&image).is_err());
+    }
+
     #[test]
     fn truncated_elf_never_panics() {
         let mut elf = [0u8; 128];
@@ -469,11 +874,41 @@ mod tests {
     }
 }
 
+/// The fatbin containers a host executable embeds (its `.nv_fatbin` section).
+#[cfg(test)]
+pub(crate) fn embedded_fatbins(host: &[u8]) -> Vec<&[u8]> {
+    let sections = elf_sections(host).expect("host ELF");
+    let section = sections
+        .iter()
+        .find(|s| s.name == b".nv_fatbin")
+        .expect(".nv_fatbin section");
+    let mut out = Vec::new();
+    let mut rest = section.data;
+    while let Some(len) = fatbin_len(rest) {
+        out.push(&rest[..len]);
+        rest = &rest[len.next_multiple_of(8).min(rest.len())..];
+    }
+    out
+}
+
+/// The module of `tests/runtime/rt_constant.cu` (`__constant__ int ctable[256]; __constant__
+/// float coef[4]; __device__ int gdata[1024]; __device__ unsigned long long gcounter;` and one
+/// kernel) as nvcc 13.0 embeds it for sm_90 in the checked-in program.
+#[cfg(test)]
+pub(crate) fn rt_constant_fatbin() -> Vec<u8> {
+    let host = fixture_tests::fixture("runtime/rt_constant_shared");
+    embedded_fatbins(&host)
+        .into_iter()
+        .find(|f| kernels(f).is_ok_and(|k| !k.is_empty()))
+        .expect("a fatbin with the program's kernel")
+        .to_vec()
+}
+
 #[cfg(test)]
 mod fixture_tests {
     use super::*;
 
-    fn fixture(name: &str) -> Vec<u8> {
+    pub(crate) fn fixture(name: &str) -> Vec<u8> {
         std::fs::read(format!(
             "{}/../../tests/fixtures/{name}",
             env!("CARGO_MANIFEST_DIR")
@@ -512,6 +947,42 @@ mod fixture_tests {
         check(&fixture("kernels.cubin"));
         check(&fixture("kernels.ptx"));
         check(&fixture("kernels.fatbin"));
+    }
+
+    #[test]
+    fn test_kernels_have_no_globals() {
+        for name in ["kernels.cubin", "kernels.ptx", "kernels.fatbin"] {
+            assert_eq!(
+                module_info(&fixture(name)).unwrap().globals,
+                vec![],
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn runtime_program_fatbin_lists_its_globals() {
+        let image = rt_constant_fatbin();
+        let m = module_info(&image).unwrap();
+        assert_eq!(m.kernels.len(), 1);
+        assert_eq!(m.kernels[0].name, "_Z5applyi");
+        let mut got: Vec<(&str, u64, usize)> = m
+            .globals
+            .iter()
+            .map(|g| (g.name.as_str(), g.size, g.init.len()))
+            .collect();
+        got.sort_unstable();
+        // `__constant__`s live in bank 3, whose bytes (zeros) the cubin carries; `__device__`s
+        // in .nv.global, which has none.
+        assert_eq!(
+            got,
+            vec![
+                ("coef", 16, 16),
+                ("ctable", 1024, 1024),
+                ("gcounter", 8, 0),
+                ("gdata", 4096, 0),
+            ]
+        );
     }
 
     #[test]

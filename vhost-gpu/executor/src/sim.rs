@@ -2,8 +2,9 @@
 //! be mistaken for the product: its device name, the handshake and every log line say "sim".
 //!
 //! Device memory lives in host RAM and copies really move bytes, so checksums through the
-//! whole stack are meaningful. Kernels are validated (handle, parameter buffer size) and
-//! recorded, never executed.
+//! whole stack are meaningful. A module's global variables (`__device__`, `__constant__`) are
+//! device memory too, allocated at load with the image's initial data. Kernels are validated
+//! (handle, parameter buffer size) and recorded, never executed.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -33,7 +34,7 @@ pub struct SimGpu {
     contexts: HashMap<u64, i32>,
     streams: HashMap<u64, ()>,
     events: HashMap<u64, Option<Instant>>,
-    modules: HashMap<u64, Vec<u64>>,
+    modules: HashMap<u64, SimModule>,
     functions: HashMap<u64, SimFunction>,
     host_regions: HashMap<usize, usize>,
     launches: u64,
@@ -41,6 +42,13 @@ pub struct SimGpu {
     capturing: HashMap<u64, u64>,
     /// Graphs and executable graphs -> how many launches they hold.
     graphs: HashMap<u64, u64>,
+}
+
+struct SimModule {
+    funcs: Vec<u64>,
+    /// Global variables: name -> (device address, size). Each is an allocation of its own,
+    /// counted as used device memory until the module is unloaded.
+    globals: HashMap<String, (u64, u64)>,
 }
 
 struct SimFunction {
@@ -94,6 +102,39 @@ impl SimGpu {
             return Err(CuResult::INVALID_VALUE);
         }
         Ok((base, off as usize))
+    }
+
+    /// Allocates a module's global variables as device memory holding their initial data (the
+    /// first definition of a name wins); on failure nothing stays allocated.
+    fn alloc_globals(
+        &mut self,
+        vars: Vec<image::GlobalVar>,
+    ) -> GpuResult<HashMap<String, (u64, u64)>> {
+        let mut globals: HashMap<String, (u64, u64)> = HashMap::new();
+        for g in vars {
+            if globals.contains_key(&g.name) {
+                continue;
+            }
+            let dptr = match self.mem_alloc(g.size) {
+                Ok(dptr) => dptr,
+                Err(e) => {
+                    info!(
+                        "sim: module global {} of {} bytes not allocated: {e:?}",
+                        g.name, g.size
+                    );
+                    for (dptr, _) in globals.into_values() {
+                        let _ = self.mem_free(dptr);
+                    }
+                    return Err(e);
+                }
+            };
+            if let Some(buf) = self.allocations.get_mut(&dptr) {
+                let n = g.init.len().min(buf.len());
+                buf[..n].copy_from_slice(&g.init[..n]);
+            }
+            globals.insert(g.name, (dptr, g.size));
+        }
+        Ok(globals)
     }
 
     fn check_stream(&self, stream: u64) -> GpuResult<()> {
@@ -398,13 +439,15 @@ impl Gpu for SimGpu {
     }
 
     fn module_load(&mut self, image: &[u8]) -> GpuResult<(u64, Vec<KernelDesc>)> {
-        let kernels = image::kernels(image).map_err(|e| {
+        let info = image::module_info(image).map_err(|e| {
             info!("sim: module image refused: {e}");
             CuResult::INVALID_IMAGE
         })?;
+        let globals = self.alloc_globals(info.globals)?;
+        let global_bytes: u64 = globals.values().map(|&(_, size)| size).sum();
         let module = self.handle();
-        let mut descs = Vec::with_capacity(kernels.len());
-        for k in kernels {
+        let mut descs = Vec::with_capacity(info.kernels.len());
+        for k in info.kernels {
             let raw = self.handle();
             let params_len = k.params.iter().map(|(o, s)| o + s).max().unwrap_or(0);
             self.functions.insert(
@@ -422,30 +465,43 @@ impl Gpu for SimGpu {
             });
         }
         info!(
-            "sim: module loaded with {} kernels (recorded, never executed)",
-            descs.len()
+            "sim: module loaded with {} kernels (recorded, never executed) and {} globals ({} bytes)",
+            descs.len(),
+            globals.len(),
+            global_bytes
         );
-        self.modules
-            .insert(module, descs.iter().map(|d| d.raw).collect());
+        self.modules.insert(
+            module,
+            SimModule {
+                funcs: descs.iter().map(|d| d.raw).collect(),
+                globals,
+            },
+        );
         Ok((module, descs))
     }
 
     fn module_unload(&mut self, module: u64) -> GpuResult<()> {
-        let funcs = self
+        let m = self
             .modules
             .remove(&module)
             .ok_or(CuResult::INVALID_HANDLE)?;
-        for f in funcs {
+        for f in m.funcs {
             self.functions.remove(&f);
+        }
+        for (dptr, _) in m.globals.into_values() {
+            self.mem_free(dptr)?;
         }
         Ok(())
     }
 
-    fn module_get_global(&mut self, module: u64, _name: &str) -> GpuResult<(u64, u64)> {
-        if !self.modules.contains_key(&module) {
-            return Err(CuResult::INVALID_HANDLE);
-        }
-        Err(CuResult::NOT_FOUND)
+    fn module_get_global(&mut self, module: u64, name: &str) -> GpuResult<(u64, u64)> {
+        self.modules
+            .get(&module)
+            .ok_or(CuResult::INVALID_HANDLE)?
+            .globals
+            .get(name)
+            .copied()
+            .ok_or(CuResult::NOT_FOUND)
     }
 
     fn func_get_attribute(&mut self, func: u64, attribute: i32) -> GpuResult<i32> {
@@ -579,5 +635,119 @@ impl Gpu for SimGpu {
 
     fn launches_recorded(&self) -> Option<u64> {
         Some(self.launches)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn htod(sim: &mut SimGpu, dst: u64, data: &mut [u8]) -> GpuResult<()> {
+        let src = HostSeg {
+            ptr: data.as_mut_ptr(),
+            len: data.len(),
+        };
+        // SAFETY: `data` is readable for its length.
+        unsafe { sim.memcpy_htod(dst, src, 0, false) }
+    }
+
+    fn dtoh(sim: &mut SimGpu, src: u64, len: usize) -> GpuResult<Vec<u8>> {
+        let mut out = vec![0u8; len];
+        let dst = HostSeg {
+            ptr: out.as_mut_ptr(),
+            len,
+        };
+        // SAFETY: `out` is writable for its length.
+        unsafe { sim.memcpy_dtoh(dst, src, 0, false) }?;
+        Ok(out)
+    }
+
+    #[test]
+    fn module_globals_are_device_memory_until_unload() {
+        let mut sim = SimGpu::new(1 << 30);
+        let image = image::rt_constant_fatbin();
+        let (module, kernels) = sim.module_load(&image).unwrap();
+        assert_eq!(kernels.len(), 1);
+        // ctable[256] and coef[4] (constant bank), gdata[1024] and gcounter (global memory).
+        let globals = 1024 + 16 + 4096 + 8;
+        assert_eq!(sim.mem_info().unwrap(), ((1 << 30) - globals, 1 << 30));
+
+        let (ctable, size) = sim.module_get_global(module, "ctable").unwrap();
+        assert_eq!(size, 1024);
+        assert_eq!(dtoh(&mut sim, ctable, 1024).unwrap(), vec![0; 1024]);
+        let mut table: Vec<u8> = (0..1024u32).map(|i| i as u8).collect();
+        htod(&mut sim, ctable, &mut table).unwrap();
+        assert_eq!(dtoh(&mut sim, ctable, 1024).unwrap(), table);
+        // At an offset, and not past the variable's end.
+        assert_eq!(dtoh(&mut sim, ctable + 400, 8).unwrap(), table[400..408]);
+        assert_eq!(
+            dtoh(&mut sim, ctable + 1020, 8),
+            Err(CuResult::INVALID_VALUE)
+        );
+
+        let (gdata, size) = sim.module_get_global(module, "gdata").unwrap();
+        assert_eq!(size, 4096);
+        let (gcounter, size) = sim.module_get_global(module, "gcounter").unwrap();
+        assert_eq!(size, 8);
+        assert_ne!(gdata, gcounter);
+        // Device-to-device copies reach globals too.
+        sim.memcpy_dtod(gdata, ctable, 1024, 0, false).unwrap();
+        assert_eq!(dtoh(&mut sim, gdata, 1024).unwrap(), table);
+        assert_eq!(sim.module_get_global(module, "coef").unwrap().1, 16);
+
+        assert_eq!(
+            sim.module_get_global(module, "missing"),
+            Err(CuResult::NOT_FOUND)
+        );
+        assert_eq!(
+            sim.module_get_global(module + 1, "ctable"),
+            Err(CuResult::INVALID_HANDLE)
+        );
+        // A second load of the same image has globals of its own.
+        let (second, _) = sim.module_load(&image).unwrap();
+        let (ctable2, _) = sim.module_get_global(second, "ctable").unwrap();
+        assert_ne!(ctable2, ctable);
+        assert_eq!(dtoh(&mut sim, ctable2, 1024).unwrap(), vec![0; 1024]);
+
+        sim.module_unload(module).unwrap();
+        sim.module_unload(second).unwrap();
+        assert_eq!(sim.mem_info().unwrap(), (1 << 30, 1 << 30));
+        assert_eq!(dtoh(&mut sim, ctable, 4), Err(CuResult::INVALID_VALUE));
+    }
+
+    #[test]
+    fn ptx_globals_start_with_their_initialisers() {
+        let ptx = ".version 9.0\n.target sm_90\n.address_size 64\n\
+                   .global .align 4 .b8 ginit[8] = {1, 0, 0, 0, 254, 255, 255, 255};\n\
+                   .global .align 8 .f64 dd = 0d3FD0000000000000;\n\
+                   .const .align 4 .u32 zeros[4];\n\
+                   .visible .entry k()\n{\n\tret;\n}\n";
+        let mut sim = SimGpu::new(1 << 20);
+        let (module, _) = sim.module_load(ptx.as_bytes()).unwrap();
+        let (g, size) = sim.module_get_global(module, "ginit").unwrap();
+        assert_eq!(size, 8);
+        assert_eq!(
+            dtoh(&mut sim, g, 8).unwrap(),
+            [1i32.to_le_bytes(), (-2i32).to_le_bytes()].concat()
+        );
+        let (d, _) = sim.module_get_global(module, "dd").unwrap();
+        assert_eq!(dtoh(&mut sim, d, 8).unwrap(), 0.25f64.to_le_bytes());
+        let (z, size) = sim.module_get_global(module, "zeros").unwrap();
+        assert_eq!(dtoh(&mut sim, z, 16).unwrap(), vec![0; 16]);
+        assert_eq!(size, 16);
+    }
+
+    #[test]
+    fn globals_larger_than_the_device_fail_the_load_and_leave_nothing() {
+        let ptx = ".version 9.0\n.target sm_90\n.address_size 64\n\
+                   .global .align 4 .b8 small[64];\n\
+                   .global .align 4 .b8 huge[2097152];\n";
+        let mut sim = SimGpu::new(1 << 20);
+        assert_eq!(
+            sim.module_load(ptx.as_bytes()).map(|_| ()),
+            Err(CuResult::OUT_OF_MEMORY)
+        );
+        assert_eq!(sim.mem_info().unwrap(), (1 << 20, 1 << 20));
+        assert!(sim.allocations.is_empty());
     }
 }

@@ -89,6 +89,32 @@ impl Daemon {
         d
     }
 
+    /// Starts `vhost-gpu --listen 127.0.0.1:0 --gpu sim`, a GPU host serving remote slices on
+    /// the simulator; returns it with the port it chose.
+    pub fn start_remote_host(dir: &Path) -> (Self, u16) {
+        let log = dir.join("gpu-host.log");
+        let child = Command::new(built().join("vhost-gpu"))
+            .args(["--listen", "127.0.0.1:0", "--gpu", "sim"])
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("start vhost-gpu --listen");
+        let d = Self {
+            child,
+            socket: PathBuf::new(),
+            log,
+        };
+        let text = d.wait_for_log("serving remote slices on ", Duration::from_secs(20));
+        let port = text
+            .split("serving remote slices on 127.0.0.1:")
+            .nth(1)
+            .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+            .and_then(|p| p.parse().ok())
+            .expect("the port in the log");
+        (d, port)
+    }
+
     pub fn log_text(&self) -> String {
         let mut s = String::new();
         if let Ok(mut f) = std::fs::File::open(&self.log) {

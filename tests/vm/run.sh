@@ -185,9 +185,9 @@ show_guest "$LOG/main.serial"
   || bad "boot 1 (QEMU, TCG): ${v:-no verdict} (qemu rc $rc; see $LOG/main.serial, $LOG/main.qemu)"
 wait_disconnects $((n0+1)) || bad "daemon did not log the disconnect after boot 1"
 K=$(sed -n 's/^VGPU-KILLED-CLIENT \([0-9][0-9]*\).*/\1/p' "$LOG/main.serial" | tr -d '\r' | head -1)
-if [ -n "$K" ] && grep -qE "client $K freed" "$DLOG" && \
-   { [ "$BACKEND" != daemon ] || grep -qE "client $K freed: [1-9][0-9]* allocation" "$DLOG"; }; then
-  ok "killed guest process: daemon freed client $K ($(grep -E "client $K freed" "$DLOG" | head -1 | cut -c1-100))"
+if [ -n "$K" ] && grep -qE "client ([0-9]+:)?$K freed" "$DLOG" && \
+   { [ "$BACKEND" != daemon ] || grep -qE "client ([0-9]+:)?$K freed: [1-9][0-9]* allocation" "$DLOG"; }; then
+  ok "killed guest process: daemon freed client $K ($(grep -E "client ([0-9]+:)?$K freed" "$DLOG" | head -1 | cut -c1-100))"
 else
   bad "killed guest process: no 'client ${K:-?} freed' (with its allocation, for the daemon) in $DLOG"
 fi

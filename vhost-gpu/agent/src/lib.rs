@@ -232,6 +232,15 @@ pub fn run_until(args: AgentArgs, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
         args.worker_args.clone(),
     );
     workers.adopt();
+    // Other hosts' VMs reach this host's GPUs here (the controller hands out this endpoint).
+    let _slice_server = if args.serve_port == 0 {
+        None
+    } else {
+        workers.start_slice_server(
+            &format!("{}:{}", args.advertise_addr, args.serve_port),
+            args.sim_gpus.is_some(),
+        )
+    };
 
     let client = Client::new(
         &args.controller,

@@ -19,6 +19,16 @@ pub(crate) struct Worker {
     pub(crate) assignment: Option<Assignment>,
 }
 
+/// This host's remote-slice server; stopped on drop.
+pub(crate) struct SliceServer(std::process::Child);
+
+impl Drop for SliceServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 pub(crate) struct Workers {
     dir: PathBuf,
     bin: PathBuf,
@@ -75,6 +85,45 @@ fn probe_help(bin: &std::path::Path, prefix: &[String]) -> Option<String> {
 impl Workers {
     fn supports(&self, flag: &str) -> bool {
         self.help.as_ref().is_none_or(|h| h.contains(flag))
+    }
+
+    /// Starts this host's `vhost-gpu --listen ADDR`, which serves its GPUs to other hosts'
+    /// VMs (remote slices), when the worker program is one that can (its help names
+    /// `--listen`). Stopped when the returned value is dropped.
+    pub(crate) fn start_slice_server(&self, addr: &str, sim: bool) -> Option<SliceServer> {
+        if !self.help.as_ref().is_some_and(|h| h.contains("--listen")) {
+            log::warn!(
+                "worker {} cannot serve remote slices (no --listen); this host's GPUs serve local VMs only",
+                self.bin.display()
+            );
+            return None;
+        }
+        let log = std::fs::File::create(self.dir.join("slice-server.log")).ok();
+        let mut c = Command::new(&self.bin);
+        c.args(&self.prefix_args)
+            .arg("--listen")
+            .arg(addr)
+            .arg("--gpu")
+            .arg(if sim { "sim" } else { "0" })
+            .stdin(Stdio::null());
+        match log.and_then(|f| Some((f.try_clone().ok()?, f))) {
+            Some((o, e)) => {
+                c.stdout(o).stderr(e);
+            }
+            None => {
+                c.stdout(Stdio::null()).stderr(Stdio::null());
+            }
+        }
+        match c.spawn() {
+            Ok(child) => {
+                log::info!("serving remote slices on {addr} (pid {})", child.id());
+                Some(SliceServer(child))
+            }
+            Err(e) => {
+                log::error!("cannot start the remote-slice server on {addr}: {e}");
+                None
+            }
+        }
     }
 
     pub(crate) fn new(dir: PathBuf, bin: PathBuf, prefix_args: Vec<String>) -> Self {

@@ -3,7 +3,7 @@
 
 use std::{
     io,
-    sync::{Arc, Mutex, MutexGuard, PoisonError},
+    sync::{Arc, Mutex, PoisonError},
     time::{Duration, Instant},
 };
 
@@ -30,11 +30,19 @@ use crate::{
 };
 
 /// State of the device for one connected frontend (and what carries over between them).
+/// Where a frontend's calls run.
+pub enum Runner {
+    /// This host's GPU: one executor for every frontend, each in its own client namespace.
+    Local {
+        executor: Arc<Mutex<Executor>>,
+        namespace: u32,
+    },
+    /// A GPU host's, over TCP (the network fallback).
+    Remote(vgpu_remote::RemoteSession),
+}
+
 pub struct VgpuBackend {
-    /// Shared by every connection's backend: one vGPU, one ledger.
-    executor: Arc<Mutex<Executor>>,
-    /// This connection's client namespace in the executor.
-    namespace: u32,
+    runner: Runner,
     mem: Option<GuestMemoryAtomic<GuestMemoryMmap>>,
     /// Guest memory regions pinned for DMA: (host address, length).
     registered: Vec<(usize, usize)>,
@@ -48,10 +56,9 @@ pub struct VgpuBackend {
 }
 
 impl VgpuBackend {
-    pub fn new(executor: Arc<Mutex<Executor>>, namespace: u32, config: &Config) -> Self {
+    pub fn new(runner: Runner, config: &Config) -> Self {
         Self {
-            executor,
-            namespace,
+            runner,
             mem: None,
             registered: Vec::new(),
             event_idx: false,
@@ -64,18 +71,26 @@ impl VgpuBackend {
         }
     }
 
-    pub fn executor(&self) -> MutexGuard<'_, Executor> {
-        self.executor.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
     /// The frontend went away: free every client's resources, then unpin its memory.
     pub fn disconnected(&mut self) -> Freed {
-        let mut ex = self.executor.lock().unwrap_or_else(PoisonError::into_inner);
-        let freed = ex.close_namespace(self.namespace);
-        for (ptr, _) in self.registered.drain(..) {
-            ex.unregister_host(ptr as *mut u8);
-        }
-        drop(ex);
+        let freed = match &mut self.runner {
+            Runner::Local {
+                executor,
+                namespace,
+            } => {
+                let mut ex = executor.lock().unwrap_or_else(PoisonError::into_inner);
+                let freed = ex.close_namespace(*namespace);
+                for (ptr, _) in self.registered.drain(..) {
+                    ex.unregister_host(ptr as *mut u8);
+                }
+                freed
+            }
+            // The GPU host frees the slice's objects when the connection closes.
+            Runner::Remote(session) => {
+                session.close();
+                Freed::default()
+            }
+        };
         self.mem = None;
         freed
     }
@@ -123,17 +138,26 @@ impl VgpuBackend {
             }
             return 0;
         }
-        let outcome = self
-            .executor
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .execute_in(
-                self.namespace,
-                &self.parsed.msg,
-                DataStream::new(&self.parsed.data_in),
-                DataStream::new(&self.parsed.data_out),
-                &mut self.reply,
-            );
+        let data_in = DataStream::new(&self.parsed.data_in);
+        let data_out = DataStream::new(&self.parsed.data_out);
+        let outcome = match &mut self.runner {
+            Runner::Local {
+                executor,
+                namespace,
+            } => executor
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .execute_in(
+                    *namespace,
+                    &self.parsed.msg,
+                    data_in,
+                    data_out,
+                    &mut self.reply,
+                ),
+            Runner::Remote(session) => {
+                session.execute(&self.parsed.msg, data_in, data_out, &mut self.reply)
+            }
+        };
         let written = self
             .parsed
             .write_reply(mem, &self.reply[..outcome.reply_len]);
@@ -197,7 +221,19 @@ impl VhostUserBackendMut for VgpuBackend {
     /// The VMM reset the device (a guest reboot, or a driver unbind): every client of the
     /// old guest is gone.
     fn reset_device(&mut self) {
-        let freed = self.executor().close_namespace(self.namespace);
+        let freed = match &mut self.runner {
+            Runner::Local {
+                executor,
+                namespace,
+            } => executor
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .close_namespace(*namespace),
+            Runner::Remote(session) => {
+                session.close();
+                Freed::default()
+            }
+        };
         info!(
             "device reset: freed {} allocations ({} bytes) and {} objects",
             freed.allocations, freed.bytes, freed.objects
@@ -234,7 +270,13 @@ impl VhostUserBackendMut for VgpuBackend {
             .copied()
             .filter(|r| !now.contains(r))
             .collect();
-        let mut ex = self.executor.lock().unwrap_or_else(PoisonError::into_inner);
+        let Runner::Local { executor, .. } = &self.runner else {
+            // Remote: the data travels inline; nothing to pin here.
+            drop(mem);
+            self.mem = Some(atomic);
+            return Ok(());
+        };
+        let mut ex = executor.lock().unwrap_or_else(PoisonError::into_inner);
         for r in gone {
             ex.unregister_host(r.0 as *mut u8);
             self.registered.retain(|x| *x != r);

@@ -22,6 +22,14 @@ pub enum ConfigError {
     ModeWithoutSms,
     #[error("--sm-count must be at least 1")]
     ZeroSms,
+    #[error(
+        "give --socket PATH (serve a VM over vhost-user) or --listen ADDR:PORT (serve remote slices), not both"
+    )]
+    SocketOrListen,
+    #[error("--remote forwards a VM's vhost-user device: it needs --socket")]
+    RemoteWithoutSocket,
+    #[error("'{0}' is not a HOST:PORT address")]
+    BadAddress(String),
 }
 
 /// Which device executes the calls.
@@ -38,9 +46,18 @@ pub enum GpuSelection {
     about = "Serves a VM's vGPU over vhost-user"
 )]
 pub struct Args {
-    /// vhost-user socket to listen on (one frontend at a time).
+    /// vhost-user socket to serve a VM (or virtio-user processes) on.
     #[arg(long)]
-    pub socket: PathBuf,
+    pub socket: Option<PathBuf>,
+    /// Serve remote slices on this TCP address (HOST:PORT) instead: each connection is one
+    /// slice, with the limits its VM host asks for.
+    #[arg(long)]
+    pub listen: Option<String>,
+    /// Run the VM's calls on a GPU host's `vhost-gpu --listen` at HOST:PORT (the network
+    /// fallback) instead of a local GPU; --gpu, --mem-limit and --sm-count describe the slice
+    /// asked of it.
+    #[arg(long)]
+    pub remote: Option<String>,
     /// 'sim' for the CPU simulator (CI only: nothing runs on a GPU) or a CUDA device ordinal.
     #[arg(long, default_value = "0")]
     pub gpu: String,
@@ -77,7 +94,12 @@ pub struct Args {
 /// Validated configuration.
 #[derive(Clone, Debug)]
 pub struct Config {
+    /// The vhost-user socket (empty with `listen`).
     pub socket: PathBuf,
+    /// Serve remote slices on this TCP address.
+    pub listen: Option<String>,
+    /// Forward to this GPU host.
+    pub remote: Option<String>,
     pub gpu: GpuSelection,
     pub compute: ComputeMode,
     pub limits: SliceLimits,
@@ -134,8 +156,29 @@ impl TryFrom<Args> for Config {
             (Some("green" | "mps"), None) => return Err(ConfigError::ModeWithoutSms),
             (Some(other), _) => return Err(ConfigError::BadComputeMode(other.to_string())),
         };
+        let address = |s: &str| {
+            let t = s.strip_prefix("tcp:").unwrap_or(s);
+            match t.rsplit_once(':') {
+                Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {
+                    Ok(t.to_string())
+                }
+                _ => Err(ConfigError::BadAddress(s.to_string())),
+            }
+        };
+        let listen = a.listen.as_deref().map(address).transpose()?;
+        let remote = a.remote.as_deref().map(address).transpose()?;
+        let socket = match (a.socket, &listen) {
+            (Some(s), None) => s,
+            (None, Some(_)) => PathBuf::new(),
+            _ => return Err(ConfigError::SocketOrListen),
+        };
+        if remote.is_some() && listen.is_some() {
+            return Err(ConfigError::RemoteWithoutSocket);
+        }
         Ok(Config {
-            socket: a.socket,
+            socket,
+            listen,
+            remote,
             gpu,
             compute,
             limits: SliceLimits {
@@ -203,6 +246,22 @@ mod tests {
         assert_eq!(
             Config::try_from(args(&["--sm-count", "0"])).unwrap_err(),
             ConfigError::ZeroSms
+        );
+        assert_eq!(
+            Config::try_from(args(&["--remote", "gpuhost"])).unwrap_err(),
+            ConfigError::BadAddress("gpuhost".into())
+        );
+        assert_eq!(
+            Config::try_from(args(&["--listen", "0.0.0.0:7470"])).unwrap_err(),
+            ConfigError::SocketOrListen
+        );
+        let c = Config::try_from(args(&["--remote", "tcp:gpu7:7470"])).unwrap();
+        assert_eq!(c.remote.as_deref(), Some("gpu7:7470"));
+        let c = Config::try_from(Args::parse_from(["vhost-gpu", "--listen", "[::]:7470"])).unwrap();
+        assert_eq!(c.listen.as_deref(), Some("[::]:7470"));
+        assert_eq!(
+            Config::try_from(Args::parse_from(["vhost-gpu", "--gpu", "sim"])).unwrap_err(),
+            ConfigError::SocketOrListen
         );
     }
 }

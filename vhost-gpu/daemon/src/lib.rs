@@ -21,8 +21,10 @@ use vhost::vhost_user::Listener;
 use vhost_user_backend::VhostUserDaemon;
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 
+use vgpu_remote::{RemoteSession, SessionParams};
+
 pub use crate::{
-    backend::VgpuBackend,
+    backend::{Runner, VgpuBackend},
     config::{Config, GpuSelection},
 };
 
@@ -38,6 +40,10 @@ pub enum Error {
     Listen(vhost::vhost_user::Error),
     #[error("Could not start a thread for a frontend")]
     Thread(#[source] std::io::Error),
+    #[error("Could not listen for remote slices")]
+    Bind(#[source] std::io::Error),
+    #[error("Serving remote slices failed")]
+    Serve(#[source] vgpu_remote::ServeError),
 }
 
 /// Opens the device the configuration names.
@@ -80,36 +86,38 @@ fn ensure_mps_share(ordinal: i32, sm_count: u32) -> Result<(), Error> {
 /// that uses the vGPU through virtio-user. Everything a frontend held is freed when it
 /// disconnects.
 pub fn run(config: &Config, max_connections: Option<usize>) -> Result<(), Error> {
-    let gpu = open_gpu(config)?;
-    let kind = gpu.kind();
-    let mut executor = Executor::new(gpu, config.limits);
-    if matches!(config.gpu, GpuSelection::Cuda(_)) {
-        // The driver prints kernels' printf output on our stdout: it belongs to the guest.
-        match console::StdoutCapture::install() {
-            Ok(capture) => executor.set_console(Box::new(capture)),
-            Err(e) => log::warn!("device printf output stays on the daemon's stdout: {e}"),
-        }
+    if let Some(addr) = &config.listen {
+        return serve_remote_slices(config, addr, max_connections);
     }
-    let executor = Arc::new(Mutex::new(executor));
-    info!(
-        "vhost-gpu: serving {} with executor {kind}, {} queues, memory limit {}",
-        config.socket.display(),
-        config.queues,
-        config
-            .limits
-            .mem_limit
-            .map_or("none (whole device)".into(), |l| format!("{l} bytes"))
-    );
+    let executor = match &config.remote {
+        Some(addr) => {
+            info!(
+                "vhost-gpu: serving {} with a remote slice on {addr} (gpu {}, memory limit {})",
+                config.socket.display(),
+                remote_params(config).gpu,
+                config
+                    .limits
+                    .mem_limit
+                    .map_or("none".into(), |l| format!("{l} bytes"))
+            );
+            None
+        }
+        None => Some(Arc::new(Mutex::new(local_executor(config)?))),
+    };
     let mut listener = Listener::new(&config.socket, true).map_err(Error::Listen)?;
     let mut connections: Vec<std::thread::JoinHandle<()>> = Vec::new();
     let mut namespace = 0u32;
     loop {
         namespace = namespace.wrapping_add(1);
-        let backend = Arc::new(Mutex::new(VgpuBackend::new(
-            executor.clone(),
-            namespace,
-            config,
-        )));
+        let runner = match (&executor, &config.remote) {
+            (Some(executor), _) => Runner::Local {
+                executor: executor.clone(),
+                namespace,
+            },
+            (None, Some(addr)) => Runner::Remote(RemoteSession::new(addr, remote_params(config))),
+            (None, None) => unreachable!("a local executor exists unless --remote"),
+        };
+        let backend = Arc::new(Mutex::new(VgpuBackend::new(runner, config)));
         let mut daemon = VhostUserDaemon::new(
             "vhost-gpu".into(),
             backend.clone(),
@@ -154,4 +162,81 @@ pub fn run(config: &Config, max_connections: Option<usize>) -> Result<(), Error>
             return Ok(());
         }
     }
+}
+
+/// This host's GPU (or the simulator), with the daemon's stdout captured for device `printf`.
+fn local_executor(config: &Config) -> Result<Executor, Error> {
+    let gpu = open_gpu(config)?;
+    let kind = gpu.kind();
+    let mut executor = Executor::new(gpu, config.limits);
+    if matches!(config.gpu, GpuSelection::Cuda(_)) {
+        // The driver prints kernels' printf output on our stdout: it belongs to the guest.
+        match console::StdoutCapture::install() {
+            Ok(capture) => executor.set_console(Box::new(capture)),
+            Err(e) => log::warn!("device printf output stays on the daemon's stdout: {e}"),
+        }
+    }
+    info!(
+        "vhost-gpu: serving {} with executor {kind}, {} queues, memory limit {}",
+        config.socket.display(),
+        config.queues,
+        config
+            .limits
+            .mem_limit
+            .map_or("none (whole device)".into(), |l| format!("{l} bytes"))
+    );
+    Ok(executor)
+}
+
+/// The slice a VM host asks of a GPU host.
+fn remote_params(config: &Config) -> SessionParams {
+    SessionParams {
+        gpu: match config.gpu {
+            GpuSelection::Cuda(n) => n,
+            GpuSelection::Sim => -1,
+        },
+        mem_limit: config.limits.mem_limit,
+        sm_count: config.limits.sm_count,
+    }
+}
+
+/// `--listen`: each TCP connection is one remote slice with its own executor, on this host's
+/// GPU (the session's ordinal) or on the simulator when started with `--gpu sim`.
+fn serve_remote_slices(config: &Config, addr: &str, max: Option<usize>) -> Result<(), Error> {
+    let listener = std::net::TcpListener::bind(addr).map_err(Error::Bind)?;
+    let local = listener.local_addr().map_err(Error::Bind)?;
+    info!(
+        "vhost-gpu: serving remote slices on {local} ({})",
+        match config.gpu {
+            GpuSelection::Sim => "simulated GPU: nothing runs on a GPU".to_string(),
+            GpuSelection::Cuda(_) => "this host's GPUs".to_string(),
+        }
+    );
+    let base = config.clone();
+    let open = move |p: &SessionParams| -> Result<Executor, String> {
+        let mut c = base.clone();
+        if let GpuSelection::Cuda(_) = c.gpu {
+            if p.gpu < 0 {
+                return Err(
+                    "this host serves real GPUs; the session asked for the simulator".into(),
+                );
+            }
+            c.gpu = GpuSelection::Cuda(p.gpu);
+            c.compute = match p.sm_count {
+                Some(sm_count) => ComputeMode::Green { sm_count },
+                None => ComputeMode::Whole,
+            };
+        }
+        c.limits.mem_limit = p.mem_limit;
+        c.limits.sm_count = p.sm_count;
+        let gpu = open_gpu(&c).map_err(|e| {
+            let mut m = e.to_string();
+            if let Some(s) = std::error::Error::source(&e) {
+                m.push_str(&format!(": {s}"));
+            }
+            m
+        })?;
+        Ok(Executor::new(gpu, c.limits))
+    };
+    vgpu_remote::serve(listener, Arc::new(open), max).map_err(Error::Serve)
 }

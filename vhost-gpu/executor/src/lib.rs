@@ -101,12 +101,26 @@ impl<'a> DataStream<'a> {
         Ok(())
     }
 
-    fn gather(&self, offset: u64, len: u64, out: &mut Vec<u8>) -> GpuResult<()> {
+    /// Copies `[offset, offset+len)` of the stream into `out`.
+    pub fn gather(&self, offset: u64, len: u64, out: &mut Vec<u8>) -> GpuResult<()> {
         out.clear();
         self.walk(offset, len, |seg, _| {
             // SAFETY: `walk` yields pieces inside the segments, which are readable for the
             // duration of the request.
             out.extend_from_slice(unsafe { std::slice::from_raw_parts(seg.ptr, seg.len) });
+            Ok(())
+        })
+    }
+}
+
+impl DataStream<'_> {
+    /// Copies `bytes` into the stream at `offset`.
+    pub fn scatter(&self, offset: u64, bytes: &[u8]) -> GpuResult<()> {
+        self.walk(offset, bytes.len() as u64, |seg, rel| {
+            let src = &bytes[rel as usize..rel as usize + seg.len];
+            // SAFETY: `walk` yields pieces inside the segments, which are writable for the
+            // duration of the request; `src` is exactly as long as the piece.
+            unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), seg.ptr, seg.len) };
             Ok(())
         })
     }

@@ -28,15 +28,8 @@ fn call<T: IntoBytes + Immutable>(
     op: Opcode,
     body: &T,
 ) -> (u32, Vec<u8>) {
-    let mut buf = vec![0u8; 512];
-    let mut e = Encoder::new(&mut buf).unwrap();
-    e.push(op as u16, 0, body, &[]).unwrap();
-    let n = e.finish(flags::WANT_REPLY, client, 4096, 1);
-    let mut reply = Vec::new();
-    let out = ex.execute(&buf[..n], DataStream::EMPTY, DataStream::EMPTY, &mut reply);
-    let (_, mut records) = parse_response(&reply[..out.reply_len]).unwrap();
-    let r = records.next().unwrap().unwrap();
-    (r.result, r.body.to_vec())
+    let (r, _, b) = call_flags(ex, client, op, body);
+    (r, b)
 }
 
 fn handle(body: &[u8]) -> u64 {

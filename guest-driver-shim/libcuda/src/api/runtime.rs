@@ -239,18 +239,25 @@ type HostFn = Option<extern "C" fn(*mut c_void)>;
 /// Runs `f(data)` in the guest once the stream's earlier work is done. First version: the
 /// caller waits for the stream (send the batch, synchronise), then the function runs on the
 /// calling thread before this returns. Ordering holds; the call is not asynchronous.
-fn launch_host_func(s: CUstream, f: HostFn, data: *mut c_void) -> Result<(), CuResult> {
-    let f = f.ok_or(CuResult::INVALID_VALUE)?;
+/// Waits until the work queued on `s` so far has run; its status. Host functions run in the
+/// guest, so "ordered with the stream" means: after what came before, before what comes after.
+fn drain_stream(s: CUstream) -> Result<CUresult, CuResult> {
     let d = driver::driver()?;
     driver::current_handle()?;
     d.conn.flush()?;
-    // SAFETY: same contract as the public entry point.
-    let r = unsafe { super::stream::cuStreamSynchronize(s) };
-    if r != 0 {
-        return Err(CuResult(r));
+    // SAFETY: same contract as the public entry points that call this.
+    Ok(unsafe { super::stream::cuStreamSynchronize(s) })
+}
+
+fn launch_host_func(s: CUstream, f: HostFn, data: *mut c_void) -> Result<(), CuResult> {
+    let f = f.ok_or(CuResult::INVALID_VALUE)?;
+    match drain_stream(s)? {
+        0 => {
+            f(data);
+            Ok(())
+        }
+        r => Err(CuResult(r)),
     }
-    f(data);
-    Ok(())
 }
 
 #[unsafe(no_mangle)]
@@ -274,11 +281,7 @@ type StreamCallback = Option<extern "C" fn(CUstream, CUresult, *mut c_void)>;
 /// earlier work is passed to it rather than returned).
 fn stream_add_callback(s: CUstream, f: StreamCallback, data: *mut c_void) -> Result<(), CuResult> {
     let f = f.ok_or(CuResult::INVALID_VALUE)?;
-    let d = driver::driver()?;
-    driver::current_handle()?;
-    d.conn.flush()?;
-    // SAFETY: same contract as the public entry point.
-    let status = unsafe { super::stream::cuStreamSynchronize(s) };
+    let status = drain_stream(s)?;
     f(s, status, data);
     Ok(())
 }

@@ -1,0 +1,149 @@
+//! The network fallback on the simulator: a VM host's `vhost-gpu --remote` forwards a
+//! program's calls, with their bulk data inline, over TCP to a GPU host's `vhost-gpu --listen`,
+//! where each connection is one slice.
+
+use std::{
+    io::{Read, Write},
+    net::TcpStream,
+    time::Duration,
+};
+
+use vgpu_tests::{Daemon, compile_c, fixture, guest_command, scratch};
+
+fn run_e2e(program: &std::path::Path, local: &Daemon) -> std::process::Output {
+    guest_command(program, &local.socket)
+        .arg(fixture("kernels.cubin"))
+        .arg("--no-kernel-check")
+        .output()
+        .expect("run the e2e program")
+}
+
+#[test]
+fn a_program_runs_on_a_remote_slice_and_the_slice_is_freed_after() {
+    let dir = scratch("remote-e2e");
+    let program = compile_c("driver_api_e2e.c", &dir);
+    let (gpu_host, port) = Daemon::start_remote_host(&dir);
+    let local = Daemon::start_sim(
+        &dir,
+        &[
+            "--remote",
+            &format!("127.0.0.1:{port}"),
+            "--mem-limit",
+            "2G",
+        ],
+    );
+    let out = run_e2e(&program, &local);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stdout.contains("E2E PASS"),
+        "e2e over the network failed:\n{stdout}\n{stderr}\nVM host:\n{}\nGPU host:\n{}",
+        local.log_text(),
+        gpu_host.log_text()
+    );
+    // 64 MiB went each way through the TCP session, and came back intact.
+    assert!(
+        stdout.contains("copy 64 MiB: checksum") && stdout.contains(" ok"),
+        "{stdout}"
+    );
+    // The GPU host ran it (on its simulator, which the guest is told), with the asked limit.
+    assert!(stderr.contains("SIMULATED GPU"), "{stderr}");
+    let log = gpu_host.wait_for_log("remote slice closed", Duration::from_secs(10));
+    assert!(
+        log.contains("remote slice: gpu -1, memory limit 2147483648 bytes"),
+        "{log}"
+    );
+    assert!(log.contains("1000 launches recorded by sim"), "{log}");
+    assert!(
+        local.log_text().contains("remote slice on 127.0.0.1"),
+        "{}",
+        local.log_text()
+    );
+}
+
+#[test]
+fn a_slice_limit_is_enforced_by_the_gpu_host() {
+    let dir = scratch("remote-limit");
+    let program = compile_c("driver_api_e2e.c", &dir);
+    let (gpu_host, port) = Daemon::start_remote_host(&dir);
+    // The program holds two 64 MiB buffers: a 100 MiB slice cannot have both.
+    let local = Daemon::start_sim(
+        &dir,
+        &[
+            "--remote",
+            &format!("127.0.0.1:{port}"),
+            "--mem-limit",
+            "100M",
+        ],
+    );
+    let out = run_e2e(&program, &local);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !out.status.success(),
+        "a 100 MiB slice held 128 MiB:\n{stdout}"
+    );
+    let log = gpu_host.wait_for_log("remote slice closed", Duration::from_secs(10));
+    assert!(log.contains("memory limit 104857600 bytes"), "{log}");
+}
+
+#[test]
+fn a_dead_gpu_host_is_a_clear_error_and_the_vm_host_daemon_survives() {
+    let dir = scratch("remote-dead");
+    let program = compile_c("driver_api_e2e.c", &dir);
+    let (mut gpu_host, port) = Daemon::start_remote_host(&dir);
+    let mut local = Daemon::start_sim(&dir, &["--remote", &format!("127.0.0.1:{port}")]);
+    gpu_host.child.kill().expect("kill the GPU host");
+    let _ = gpu_host.child.wait();
+    let out = run_e2e(&program, &local);
+    assert!(!out.status.success(), "ran with no GPU host");
+    let log = local.wait_for_log("the vGPU is unavailable", Duration::from_secs(10));
+    assert!(log.contains("remote slice on 127.0.0.1"), "{log}");
+    assert!(
+        local.is_running(),
+        "the VM host's daemon died with its GPU host"
+    );
+}
+
+#[test]
+fn garbage_on_the_gpu_host_port_ends_only_that_connection() {
+    let dir = scratch("remote-garbage");
+    let program = compile_c("driver_api_e2e.c", &dir);
+    let (mut gpu_host, port) = Daemon::start_remote_host(&dir);
+    for junk in [&b"GET / HTTP/1.1\r\n\r\n"[..], &[0xffu8; 4096][..], &[][..]] {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        let _ = s.write_all(junk);
+        let _ = s.shutdown(std::net::Shutdown::Write);
+        let mut rest = Vec::new();
+        let _ = s.read_to_end(&mut rest);
+    }
+    // A session that promises a huge message is refused before anything is allocated.
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    let mut hello = Vec::new();
+    hello.extend_from_slice(b"VGT1");
+    hello.extend_from_slice(&1u16.to_le_bytes());
+    hello.extend_from_slice(&[0; 18]);
+    s.write_all(&hello).expect("session");
+    let mut reply = [0u8; 208];
+    s.read_exact(&mut reply).expect("session reply");
+    assert_eq!(&reply[4..8], &[0, 0, 0, 0], "session accepted");
+    let mut req = Vec::new();
+    req.extend_from_slice(b"VGTQ");
+    req.extend_from_slice(&u32::MAX.to_le_bytes());
+    req.extend_from_slice(&[0; 16]);
+    let _ = s.write_all(&req);
+    let mut rest = Vec::new();
+    let _ = s.read_to_end(&mut rest);
+    assert!(rest.is_empty(), "an oversized request got an answer");
+    let log = gpu_host.wait_for_log("over the limit", Duration::from_secs(10));
+    assert!(log.contains("not a vGPU frame"), "{log}");
+    assert!(gpu_host.is_running(), "the GPU host died of garbage");
+
+    let local = Daemon::start_sim(&dir, &["--remote", &format!("127.0.0.1:{port}")]);
+    let out = run_e2e(&program, &local);
+    assert!(
+        out.status.success(),
+        "a good session after garbage failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        gpu_host.log_text()
+    );
+}

@@ -1,0 +1,177 @@
+//! The VM host's side: forwards each message of a VM's vGPU to the GPU host, with the bulk data
+//! it names read out of guest memory, and writes the reply and returned data back.
+
+use std::{
+    io::{BufReader, BufWriter},
+    net::TcpStream,
+    time::Duration,
+};
+
+use log::{error, info};
+use vgpu_executor::{DataStream, Outcome};
+use vgpu_protocol::{CuResult, MsgHeader, ReplyWriter, flags};
+use zerocopy::{FromBytes, IntoBytes};
+
+use crate::frame::{
+    FrameError, MAX_DATA, MAX_REPLY, REPLY_MAGIC, REQUEST_MAGIC, ReplyHeader, RequestHeader,
+    SessionHeader, SessionParams, SessionReply, check, read_header, read_into, write_all,
+};
+
+/// How long connecting to the GPU host may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `CUDA_ERROR_DEVICE_UNAVAILABLE`: what the guest sees when the GPU host cannot be reached.
+const DEVICE_UNAVAILABLE: CuResult = CuResult(46);
+
+struct Connection {
+    r: BufReader<TcpStream>,
+    w: BufWriter<TcpStream>,
+}
+
+/// One VM frontend's session with the GPU host, opened at its first message. Once the
+/// connection fails the session stays failed (the slice's objects died with it), and every
+/// message gets `CUDA_ERROR_DEVICE_UNAVAILABLE`.
+pub struct RemoteSession {
+    addr: String,
+    params: SessionParams,
+    conn: Option<Connection>,
+    failed: bool,
+    data_in: Vec<u8>,
+    data_out: Vec<u8>,
+}
+
+impl RemoteSession {
+    pub fn new(addr: &str, params: SessionParams) -> Self {
+        Self {
+            addr: addr.to_string(),
+            params,
+            conn: None,
+            failed: false,
+            data_in: Vec::new(),
+            data_out: Vec::new(),
+        }
+    }
+
+    fn connect(&self) -> Result<Connection, FrameError> {
+        let mut last = None;
+        for a in std::net::ToSocketAddrs::to_socket_addrs(self.addr.as_str())? {
+            match TcpStream::connect_timeout(&a, CONNECT_TIMEOUT) {
+                Ok(s) => {
+                    s.set_nodelay(true)?;
+                    let mut c = Connection {
+                        r: BufReader::with_capacity(256 << 10, s.try_clone()?),
+                        w: BufWriter::with_capacity(256 << 10, s),
+                    };
+                    write_all(&mut c.w, &[SessionHeader::new(&self.params).as_bytes()])?;
+                    let reply: SessionReply = read_header(&mut c.r)?;
+                    reply.result()?;
+                    info!("remote slice on {} opened", self.addr);
+                    return Ok(c);
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(FrameError::Io(last.unwrap_or_else(|| {
+            std::io::Error::new(std::io::ErrorKind::NotFound, "no address")
+        })))
+    }
+
+    /// Ends the session: the GPU host frees the slice's objects. The next message opens a new
+    /// session (after a device reset the guest starts afresh).
+    pub fn close(&mut self) {
+        self.conn = None;
+        self.failed = false;
+    }
+
+    /// Runs one message on the GPU host.
+    pub fn execute(
+        &mut self,
+        msg: &[u8],
+        data_in: DataStream<'_>,
+        data_out: DataStream<'_>,
+        reply: &mut Vec<u8>,
+    ) -> Outcome {
+        if !self.failed {
+            match self.exchange(msg, data_in, data_out, reply) {
+                Ok(o) => return o,
+                Err(e) => {
+                    error!(
+                        "remote slice on {}: {e}; the vGPU is unavailable from now on",
+                        self.addr
+                    );
+                    self.failed = true;
+                    self.conn = None;
+                }
+            }
+        }
+        unavailable(msg, reply)
+    }
+
+    fn exchange(
+        &mut self,
+        msg: &[u8],
+        data_in: DataStream<'_>,
+        data_out: DataStream<'_>,
+        reply: &mut Vec<u8>,
+    ) -> Result<Outcome, FrameError> {
+        if self.conn.is_none() {
+            self.conn = Some(self.connect()?);
+        }
+        let cap = data_out.len().min(MAX_DATA);
+        check("data-in", data_in.len(), MAX_DATA)?;
+        data_in
+            .gather(0, data_in.len(), &mut self.data_in)
+            .map_err(|e| FrameError::Io(std::io::Error::other(format!("data-in: {e:?}"))))?;
+        let Some(c) = self.conn.as_mut() else {
+            unreachable!("connected above");
+        };
+        let hdr = RequestHeader {
+            magic: REQUEST_MAGIC.into(),
+            msg_len: (msg.len() as u32).into(),
+            data_in_len: (self.data_in.len() as u64).into(),
+            data_out_cap: cap.into(),
+        };
+        write_all(&mut c.w, &[hdr.as_bytes(), msg, &self.data_in])?;
+        let h: ReplyHeader = read_header(&mut c.r)?;
+        if h.magic.get() != REPLY_MAGIC {
+            return Err(FrameError::BadMagic(h.magic.get()));
+        }
+        check("reply", u64::from(h.reply_len.get()), u64::from(MAX_REPLY))?;
+        check("data-out", h.data_out_len.get(), cap)?;
+        read_into(&mut c.r, reply, h.reply_len.get() as usize)?;
+        read_into(&mut c.r, &mut self.data_out, h.data_out_len.get() as usize)?;
+        data_out
+            .scatter(0, &self.data_out)
+            .map_err(|e| FrameError::Io(std::io::Error::other(format!("data-out: {e:?}"))))?;
+        Ok(Outcome {
+            reply_len: reply.len(),
+            data_out_len: self.data_out.len() as u64,
+        })
+    }
+}
+
+/// The reply a message gets when the GPU host is gone: its calls failed with
+/// `CUDA_ERROR_DEVICE_UNAVAILABLE`, where the message wants a reply and has room for one.
+fn unavailable(msg: &[u8], reply: &mut Vec<u8>) -> Outcome {
+    let none = Outcome {
+        reply_len: 0,
+        data_out_len: 0,
+    };
+    let Ok((hdr, _)) = MsgHeader::read_from_prefix(msg) else {
+        return none;
+    };
+    if hdr.flags.get() & flags::WANT_REPLY == 0 {
+        return none;
+    }
+    let mut w = ReplyWriter::new(reply);
+    w.push_status(0, DEVICE_UNAVAILABLE.0);
+    let n = w.finish(hdr.seq.get(), 0);
+    Outcome {
+        reply_len: if n <= hdr.resp_cap.get() as usize {
+            n
+        } else {
+            0
+        },
+        data_out_len: 0,
+    }
+}

@@ -1,0 +1,236 @@
+//! Frames and their limits. Every length is checked before anything is allocated.
+
+use std::io::{self, Read, Write};
+
+use thiserror::Error;
+use zerocopy::{
+    FromBytes, Immutable, IntoBytes, KnownLayout,
+    little_endian::{I32, U16, U32, U64},
+};
+
+/// "VGT1": frames of version 1.
+pub const SESSION_MAGIC: u32 = u32::from_le_bytes(*b"VGT1");
+pub const REQUEST_MAGIC: u32 = u32::from_le_bytes(*b"VGTQ");
+pub const REPLY_MAGIC: u32 = u32::from_le_bytes(*b"VGTR");
+pub const FRAME_VERSION: u16 = 1;
+
+/// Largest message (the shim's batches are 256 KiB).
+pub const MAX_MESSAGE: u32 = 1 << 20;
+/// Largest bulk data of one message, each way (the shim splits larger copies).
+pub const MAX_DATA: u64 = 1 << 30;
+/// Largest reply.
+pub const MAX_REPLY: u32 = 8 << 20;
+
+#[derive(Debug, Error)]
+pub enum FrameError {
+    #[error("connection: {0}")]
+    Io(#[from] io::Error),
+    #[error("not a vGPU frame (magic {0:#010x})")]
+    BadMagic(u32),
+    #[error("frame version {0}, this side speaks {FRAME_VERSION}")]
+    BadVersion(u16),
+    #[error("{what} of {len} bytes is over the limit of {max}")]
+    TooLarge {
+        what: &'static str,
+        len: u64,
+        max: u64,
+    },
+    #[error("the GPU host refused the session: {0}")]
+    Refused(String),
+}
+
+/// What a session asks of the GPU host: which GPU and the slice's limits.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SessionParams {
+    /// CUDA device ordinal on the GPU host (ignored by a simulator host).
+    pub gpu: i32,
+    /// Device memory the slice may hold; `None`: the whole device.
+    pub mem_limit: Option<u64>,
+    /// SMs of the slice; `None`: the whole device.
+    pub sm_count: Option<u32>,
+}
+
+#[derive(Clone, Copy, Debug, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[repr(C)]
+pub struct SessionHeader {
+    pub magic: U32,
+    pub version: U16,
+    pub _pad: U16,
+    pub gpu: I32,
+    pub sm_count: U32,
+    /// 0: no limit.
+    pub mem_limit: U64,
+}
+
+pub const REFUSAL_LEN: usize = 200;
+
+#[derive(Clone, Copy, Debug, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[repr(C)]
+pub struct SessionReply {
+    pub magic: U32,
+    /// 0: accepted.
+    pub status: U32,
+    /// Why not, NUL-padded UTF-8.
+    pub message: [u8; REFUSAL_LEN],
+}
+
+#[derive(Clone, Copy, Debug, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[repr(C)]
+pub struct RequestHeader {
+    pub magic: U32,
+    pub msg_len: U32,
+    pub data_in_len: U64,
+    /// Room for returned data (the guest's data-out descriptors).
+    pub data_out_cap: U64,
+}
+
+#[derive(Clone, Copy, Debug, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[repr(C)]
+pub struct ReplyHeader {
+    pub magic: U32,
+    pub reply_len: U32,
+    pub data_out_len: U64,
+}
+
+impl SessionHeader {
+    pub fn new(p: &SessionParams) -> Self {
+        Self {
+            magic: SESSION_MAGIC.into(),
+            version: FRAME_VERSION.into(),
+            _pad: 0.into(),
+            gpu: p.gpu.into(),
+            sm_count: p.sm_count.unwrap_or(0).into(),
+            mem_limit: p.mem_limit.unwrap_or(0).into(),
+        }
+    }
+
+    pub fn params(&self) -> Result<SessionParams, FrameError> {
+        if self.magic.get() != SESSION_MAGIC {
+            return Err(FrameError::BadMagic(self.magic.get()));
+        }
+        if self.version.get() != FRAME_VERSION {
+            return Err(FrameError::BadVersion(self.version.get()));
+        }
+        Ok(SessionParams {
+            gpu: self.gpu.get(),
+            mem_limit: Some(self.mem_limit.get()).filter(|&m| m != 0),
+            sm_count: Some(self.sm_count.get()).filter(|&s| s != 0),
+        })
+    }
+}
+
+impl SessionReply {
+    pub fn accept() -> Self {
+        Self {
+            magic: SESSION_MAGIC.into(),
+            status: 0.into(),
+            message: [0; REFUSAL_LEN],
+        }
+    }
+
+    pub fn refuse(why: &str) -> Self {
+        let mut message = [0; REFUSAL_LEN];
+        let n = why.len().min(REFUSAL_LEN);
+        message[..n].copy_from_slice(&why.as_bytes()[..n]);
+        Self {
+            magic: SESSION_MAGIC.into(),
+            status: 1.into(),
+            message,
+        }
+    }
+
+    pub fn result(&self) -> Result<(), FrameError> {
+        if self.magic.get() != SESSION_MAGIC {
+            return Err(FrameError::BadMagic(self.magic.get()));
+        }
+        if self.status.get() == 0 {
+            return Ok(());
+        }
+        let end = self
+            .message
+            .iter()
+            .position(|&b| b == 0)
+            .unwrap_or(REFUSAL_LEN);
+        Err(FrameError::Refused(
+            String::from_utf8_lossy(&self.message[..end]).into_owned(),
+        ))
+    }
+}
+
+pub fn check(what: &'static str, len: u64, max: u64) -> Result<(), FrameError> {
+    if len > max {
+        Err(FrameError::TooLarge { what, len, max })
+    } else {
+        Ok(())
+    }
+}
+
+/// Reads a fixed header.
+pub fn read_header<T: FromBytes + IntoBytes + KnownLayout + Immutable>(
+    r: &mut impl Read,
+) -> Result<T, FrameError> {
+    let mut t = T::new_zeroed();
+    r.read_exact(t.as_mut_bytes())?;
+    Ok(t)
+}
+
+/// Reads exactly `len` bytes into `buf` (resized; its allocation is reused).
+pub fn read_into(r: &mut impl Read, buf: &mut Vec<u8>, len: usize) -> Result<(), FrameError> {
+    buf.clear();
+    buf.resize(len, 0);
+    r.read_exact(buf)?;
+    Ok(())
+}
+
+/// Writes the pieces of one frame.
+pub fn write_all(w: &mut impl Write, parts: &[&[u8]]) -> Result<(), FrameError> {
+    for p in parts {
+        w.write_all(p)?;
+    }
+    w.flush()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_sizes_are_fixed() {
+        assert_eq!(size_of::<SessionHeader>(), 24);
+        assert_eq!(size_of::<SessionReply>(), 208);
+        assert_eq!(size_of::<RequestHeader>(), 24);
+        assert_eq!(size_of::<ReplyHeader>(), 16);
+    }
+
+    #[test]
+    fn session_params_round_trip_and_refusals_carry_their_reason() {
+        let p = SessionParams {
+            gpu: 3,
+            mem_limit: Some(8 << 30),
+            sm_count: None,
+        };
+        assert_eq!(SessionHeader::new(&p).params().unwrap(), p);
+        let mut bad = SessionHeader::new(&p);
+        bad.version = 9.into();
+        assert!(matches!(bad.params(), Err(FrameError::BadVersion(9))));
+        bad.magic = 7.into();
+        assert!(matches!(bad.params(), Err(FrameError::BadMagic(7))));
+        let r = SessionReply::refuse("no such GPU");
+        assert!(matches!(r.result(), Err(FrameError::Refused(m)) if m == "no such GPU"));
+        assert!(SessionReply::accept().result().is_ok());
+    }
+
+    #[test]
+    fn limits_are_checked() {
+        assert!(check("message", u64::from(MAX_MESSAGE), u64::from(MAX_MESSAGE)).is_ok());
+        assert!(
+            check(
+                "message",
+                u64::from(MAX_MESSAGE) + 1,
+                u64::from(MAX_MESSAGE)
+            )
+            .is_err()
+        );
+    }
+}

@@ -106,6 +106,18 @@ impl Workers {
             .arg("--gpu")
             .arg(if sim { "sim" } else { "0" })
             .stdin(Stdio::null());
+        // The server belongs to this agent: it must not outlive it (a new agent starts its own).
+        // SAFETY: the closure runs in the child between fork and exec and only calls prctl,
+        // which is async-signal-safe.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut c, || {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) == 0 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            });
+        }
         match log.and_then(|f| Some((f.try_clone().ok()?, f))) {
             Some((o, e)) => {
                 c.stdout(o).stderr(e);

@@ -1,0 +1,185 @@
+//! The pool's network fallback end to end, on simulated GPUs: a controller, a VM host with no
+//! GPU (h1) and a GPU host (h2). A slice for a VM on h1 is placed on h2; h1's agent starts the
+//! VM's `vhost-gpu --remote` pointing at h2's slice server (started by h2's agent), and a CUDA
+//! program on h1's socket runs on h2.
+
+use std::{
+    path::Path,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use vgpu_tests::{bin_dir, built, compile_c, fixture, guest_command, repo, scratch};
+
+/// Children killed when the test ends, however it ends.
+struct Procs(Vec<Child>);
+
+impl Drop for Procs {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+fn controller_bins() -> std::path::PathBuf {
+    built();
+    let dir = bin_dir();
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.args(["build", "-q", "-p", "vgpu-controller"])
+        .current_dir(repo());
+    if dir.ends_with("release") {
+        cmd.arg("--release");
+    }
+    assert!(
+        cmd.status().expect("cargo build").success(),
+        "building the controller failed"
+    );
+    dir
+}
+
+fn spawn(dir: &Path, log: &str, bin: &Path, args: &[&str]) -> Child {
+    Command::new(bin)
+        .args(args)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join(log)).expect("log"))
+        .spawn()
+        .expect("spawn")
+}
+
+fn vgpuctl(bins: &Path, url: &str, args: &[&str]) -> serde_json::Value {
+    let out = Command::new(bins.join("vgpuctl"))
+        .args(["--url", url, "--token", "admin", "--json"])
+        .args(args)
+        .output()
+        .expect("vgpuctl");
+    assert!(
+        out.status.success(),
+        "vgpuctl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("vgpuctl JSON")
+}
+
+fn wait_until(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !ok() {
+        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_vm_on_a_host_without_gpus_runs_on_a_slice_of_another_host() {
+    let dir = scratch("pool-remote");
+    let bins = controller_bins();
+    let program = compile_c("driver_api_e2e.c", &dir);
+    let ctl_port = free_port();
+    let serve_port = free_port();
+    let url = format!("http://127.0.0.1:{ctl_port}");
+    let ctl = bins.join("vgpu-controller");
+    let state = |n: &str| dir.join(n).display().to_string();
+    let mut procs = Procs(Vec::new());
+    procs.0.push(spawn(
+        &dir,
+        "controller.log",
+        &ctl,
+        &[
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{ctl_port}"),
+            "--state-dir",
+            &state("ctl"),
+            "--admin-token",
+            "admin",
+            "--agent-token",
+            "agent",
+            "--heartbeat-ms",
+            "200",
+        ],
+    ));
+    let agent = |name: &str, gpus: &str, port: u16| {
+        vec![
+            "agent".to_string(),
+            "--controller".into(),
+            url.clone(),
+            "--token".into(),
+            "agent".into(),
+            "--name".into(),
+            name.into(),
+            "--sim-gpus".into(),
+            gpus.into(),
+            "--serve-port".into(),
+            port.to_string(),
+            "--state-dir".into(),
+            state(name),
+            "--metrics-addr".into(),
+            "127.0.0.1:0".into(),
+        ]
+    };
+    for (name, gpus, port) in [("h1", "0", 0), ("h2", "1", serve_port)] {
+        let a = agent(name, gpus, port);
+        let a: Vec<&str> = a.iter().map(String::as_str).collect();
+        procs.0.push(spawn(&dir, &format!("{name}.log"), &ctl, &a));
+    }
+    wait_until("both hosts registered", Duration::from_secs(30), || {
+        Command::new(bins.join("vgpuctl"))
+            .args(["--url", &url, "--token", "admin", "--json", "hosts"])
+            .output()
+            .ok()
+            .and_then(|o| serde_json::from_slice::<serde_json::Value>(&o.stdout).ok())
+            .and_then(|v| v.as_array().map(Vec::len))
+            == Some(2)
+    });
+    let a = vgpuctl(
+        &bins,
+        &url,
+        &[
+            "allocate",
+            "--vm",
+            "vm1",
+            "--host",
+            "h1",
+            "--profile",
+            "1/2",
+            "--allow-remote",
+        ],
+    );
+    assert_eq!(a["remote"], serde_json::json!(true), "{a}");
+    assert_eq!(a["gpu_host"], serde_json::json!("h2"), "{a}");
+    assert_eq!(
+        a["endpoint"],
+        serde_json::json!(format!("127.0.0.1:{serve_port}")),
+        "{a}"
+    );
+    let socket = std::path::PathBuf::from(a["socket_path"].as_str().expect("socket path"));
+    wait_until("h1's worker socket", Duration::from_secs(30), || {
+        socket.exists()
+    });
+
+    let out = guest_command(&program, &socket)
+        .arg(fixture("kernels.cubin"))
+        .arg("--no-kernel-check")
+        .output()
+        .expect("run the program");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let server_log =
+        std::fs::read_to_string(dir.join("h2/workers/slice-server.log")).unwrap_or_default();
+    assert!(
+        out.status.success() && stdout.contains("E2E PASS"),
+        "{stdout}\n{}\nslice server:\n{server_log}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Half of the simulated H200's 132 SMs, placed by the controller, enforced by h2.
+    assert!(server_log.contains("remote slice: gpu -1"), "{server_log}");
+    assert!(server_log.contains("SMs 66"), "{server_log}");
+}

@@ -2,7 +2,7 @@
 //! it names read out of guest memory, and writes the reply and returned data back.
 
 use std::{
-    io::{BufReader, BufWriter},
+    io::{BufReader, BufWriter, Write},
     net::TcpStream,
     time::Duration,
 };
@@ -17,6 +17,10 @@ use crate::frame::{
     SessionHeader, SessionParams, SessionReply, check, read_header, read_into, write_all,
 };
 
+/// Fire-and-forget messages whose (empty) answers may be outstanding before we read them: far
+/// below what socket buffers hold, so neither side ever blocks writing.
+const MAX_PENDING: usize = 256;
+
 /// How long connecting to the GPU host may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -26,6 +30,34 @@ const DEVICE_UNAVAILABLE: CuResult = CuResult(46);
 struct Connection {
     r: BufReader<TcpStream>,
     w: BufWriter<TcpStream>,
+    /// Answers to fire-and-forget messages not read yet (they carry nothing; the GPU host keeps
+    /// their errors for the next synchronising call, as a local executor does).
+    pending: usize,
+}
+
+impl Connection {
+    /// Reads the answers of earlier fire-and-forget messages.
+    fn drain_pending(&mut self) -> Result<(), FrameError> {
+        while self.pending > 0 {
+            let h: ReplyHeader = read_header(&mut self.r)?;
+            if h.magic.get() != REPLY_MAGIC {
+                return Err(FrameError::BadMagic(h.magic.get()));
+            }
+            // A fire-and-forget message has no reply and no room for data.
+            check(
+                "reply to a fire-and-forget message",
+                u64::from(h.reply_len.get()),
+                0,
+            )?;
+            check(
+                "data-out of a fire-and-forget message",
+                h.data_out_len.get(),
+                0,
+            )?;
+            self.pending -= 1;
+        }
+        Ok(())
+    }
 }
 
 /// One VM frontend's session with the GPU host, opened at its first message. Once the
@@ -61,6 +93,7 @@ impl RemoteSession {
                     let mut c = Connection {
                         r: BufReader::with_capacity(256 << 10, s.try_clone()?),
                         w: BufWriter::with_capacity(256 << 10, s),
+                        pending: 0,
                     };
                     write_all(&mut c.w, &[SessionHeader::new(&self.params).as_bytes()])?;
                     let reply: SessionReply = read_header(&mut c.r)?;
@@ -131,7 +164,26 @@ impl RemoteSession {
             data_in_len: (self.data_in.len() as u64).into(),
             data_out_cap: cap.into(),
         };
+        // Stream-ordered work the guest does not wait for (no reply wanted, nothing to bring
+        // back) is not waited for here either: one network round trip per synchronising call,
+        // not per message.
+        let wants_reply = MsgHeader::read_from_prefix(msg)
+            .is_ok_and(|(m, _)| m.flags.get() & flags::WANT_REPLY != 0);
+        if !wants_reply && cap == 0 && c.pending < MAX_PENDING {
+            c.w.write_all(hdr.as_bytes())?;
+            c.w.write_all(msg)?;
+            c.w.write_all(&self.data_in)?;
+            // Sent now, so the GPU starts on it now; only the answer is read later.
+            c.w.flush()?;
+            c.pending += 1;
+            reply.clear();
+            return Ok(Outcome {
+                reply_len: 0,
+                data_out_len: 0,
+            });
+        }
         write_all(&mut c.w, &[hdr.as_bytes(), msg, &self.data_in])?;
+        c.drain_pending()?;
         let h: ReplyHeader = read_header(&mut c.r)?;
         if h.magic.get() != REPLY_MAGIC {
             return Err(FrameError::BadMagic(h.magic.get()));

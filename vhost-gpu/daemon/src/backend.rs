@@ -41,6 +41,26 @@ pub enum Runner {
     Remote(vgpu_remote::RemoteSession),
 }
 
+impl Runner {
+    /// Ends every client of this frontend: freed here, or by the GPU host when its session
+    /// closes.
+    fn close(&mut self) -> Freed {
+        match self {
+            Runner::Local {
+                executor,
+                namespace,
+            } => executor
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .close_namespace(*namespace),
+            Runner::Remote(session) => {
+                session.close();
+                Freed::default()
+            }
+        }
+    }
+}
+
 pub struct VgpuBackend {
     runner: Runner,
     mem: Option<GuestMemoryAtomic<GuestMemoryMmap>>,
@@ -73,24 +93,13 @@ impl VgpuBackend {
 
     /// The frontend went away: free every client's resources, then unpin its memory.
     pub fn disconnected(&mut self) -> Freed {
-        let freed = match &mut self.runner {
-            Runner::Local {
-                executor,
-                namespace,
-            } => {
-                let mut ex = executor.lock().unwrap_or_else(PoisonError::into_inner);
-                let freed = ex.close_namespace(*namespace);
-                for (ptr, _) in self.registered.drain(..) {
-                    ex.unregister_host(ptr as *mut u8);
-                }
-                freed
+        let freed = self.runner.close();
+        if let Runner::Local { executor, .. } = &self.runner {
+            let mut ex = executor.lock().unwrap_or_else(PoisonError::into_inner);
+            for (ptr, _) in self.registered.drain(..) {
+                ex.unregister_host(ptr as *mut u8);
             }
-            // The GPU host frees the slice's objects when the connection closes.
-            Runner::Remote(session) => {
-                session.close();
-                Freed::default()
-            }
-        };
+        }
         self.mem = None;
         freed
     }
@@ -221,19 +230,7 @@ impl VhostUserBackendMut for VgpuBackend {
     /// The VMM reset the device (a guest reboot, or a driver unbind): every client of the
     /// old guest is gone.
     fn reset_device(&mut self) {
-        let freed = match &mut self.runner {
-            Runner::Local {
-                executor,
-                namespace,
-            } => executor
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .close_namespace(*namespace),
-            Runner::Remote(session) => {
-                session.close();
-                Freed::default()
-            }
-        };
+        let freed = self.runner.close();
         info!(
             "device reset: freed {} allocations ({} bytes) and {} objects",
             freed.allocations, freed.bytes, freed.objects

@@ -79,6 +79,7 @@ impl Daemon {
             .arg(&socket)
             .args(["--gpu", "sim", "--poll-us", "20"])
             .args(extra)
+            .env_remove("VGPU_REMOTE_TOKEN")
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("log file"))
@@ -91,10 +92,12 @@ impl Daemon {
 
     /// Starts `vhost-gpu --listen 127.0.0.1:0 --gpu sim`, a GPU host serving remote slices on
     /// the simulator; returns it with the port it chose.
-    pub fn start_remote_host(dir: &Path) -> (Self, u16) {
+    pub fn start_remote_host(dir: &Path, extra: &[&str]) -> (Self, u16) {
         let log = dir.join("gpu-host.log");
         let child = Command::new(built().join("vhost-gpu"))
             .args(["--listen", "127.0.0.1:0", "--gpu", "sim"])
+            .args(extra)
+            .env_remove("VGPU_REMOTE_TOKEN")
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("log file"))

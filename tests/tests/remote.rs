@@ -22,7 +22,7 @@ fn run_e2e(program: &std::path::Path, local: &Daemon) -> std::process::Output {
 fn a_program_runs_on_a_remote_slice_and_the_slice_is_freed_after() {
     let dir = scratch("remote-e2e");
     let program = compile_c("driver_api_e2e.c", &dir);
-    let (gpu_host, port) = Daemon::start_remote_host(&dir);
+    let (gpu_host, port) = Daemon::start_remote_host(&dir, &[]);
     let local = Daemon::start_sim(
         &dir,
         &[
@@ -65,7 +65,7 @@ fn a_program_runs_on_a_remote_slice_and_the_slice_is_freed_after() {
 fn a_slice_limit_is_enforced_by_the_gpu_host() {
     let dir = scratch("remote-limit");
     let program = compile_c("driver_api_e2e.c", &dir);
-    let (gpu_host, port) = Daemon::start_remote_host(&dir);
+    let (gpu_host, port) = Daemon::start_remote_host(&dir, &[]);
     // The program holds two 64 MiB buffers: a 100 MiB slice cannot have both.
     let local = Daemon::start_sim(
         &dir,
@@ -90,7 +90,7 @@ fn a_slice_limit_is_enforced_by_the_gpu_host() {
 fn a_dead_gpu_host_is_a_clear_error_and_the_vm_host_daemon_survives() {
     let dir = scratch("remote-dead");
     let program = compile_c("driver_api_e2e.c", &dir);
-    let (mut gpu_host, port) = Daemon::start_remote_host(&dir);
+    let (mut gpu_host, port) = Daemon::start_remote_host(&dir, &[]);
     let mut local = Daemon::start_sim(&dir, &["--remote", &format!("127.0.0.1:{port}")]);
     gpu_host.child.kill().expect("kill the GPU host");
     let _ = gpu_host.child.wait();
@@ -108,7 +108,7 @@ fn a_dead_gpu_host_is_a_clear_error_and_the_vm_host_daemon_survives() {
 fn garbage_on_the_gpu_host_port_ends_only_that_connection() {
     let dir = scratch("remote-garbage");
     let program = compile_c("driver_api_e2e.c", &dir);
-    let (mut gpu_host, port) = Daemon::start_remote_host(&dir);
+    let (mut gpu_host, port) = Daemon::start_remote_host(&dir, &[]);
     for junk in [&b"GET / HTTP/1.1\r\n\r\n"[..], &[0xffu8; 4096][..], &[][..]] {
         let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
         let _ = s.write_all(junk);
@@ -118,10 +118,13 @@ fn garbage_on_the_gpu_host_port_ends_only_that_connection() {
     }
     // A session that promises a huge message is refused before anything is allocated.
     let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    let mut challenge = [0u8; 40];
+    s.read_exact(&mut challenge).expect("challenge");
+    assert_eq!(&challenge[..4], b"VGTC");
     let mut hello = Vec::new();
     hello.extend_from_slice(b"VGT1");
     hello.extend_from_slice(&1u16.to_le_bytes());
-    hello.extend_from_slice(&[0; 18]);
+    hello.extend_from_slice(&[0; 18 + 32]);
     s.write_all(&hello).expect("session");
     let mut reply = [0u8; 208];
     s.read_exact(&mut reply).expect("session reply");
@@ -146,4 +149,50 @@ fn garbage_on_the_gpu_host_port_ends_only_that_connection() {
         String::from_utf8_lossy(&out.stdout),
         gpu_host.log_text()
     );
+}
+
+#[test]
+fn a_gpu_host_with_a_secret_serves_only_vm_hosts_that_hold_it() {
+    let dir = scratch("remote-auth");
+    let program = compile_c("driver_api_e2e.c", &dir);
+    let good = dir.join("pool.token");
+    let bad = dir.join("other.token");
+    std::fs::write(&good, "s3cret-pool-token\n").expect("token");
+    std::fs::write(&bad, "not-the-token").expect("token");
+    let good = good.display().to_string();
+    let bad = bad.display().to_string();
+    let (mut gpu_host, port) = Daemon::start_remote_host(&dir, &["--remote-token-file", &good]);
+    let remote = format!("127.0.0.1:{port}");
+
+    let sub = |name: &str| {
+        let d = dir.join(name);
+        std::fs::create_dir_all(&d).expect("dir");
+        d
+    };
+    // No secret: refused, and said why.
+    let none = Daemon::start_sim(&sub("none"), &["--remote", &remote]);
+    assert!(!run_e2e(&program, &none).status.success());
+    let log = none.wait_for_log("the vGPU is unavailable", Duration::from_secs(10));
+    assert!(log.contains("requires this pool's secret"), "{log}");
+    // The wrong secret: refused by the GPU host.
+    let wrong = Daemon::start_sim(
+        &sub("wrong"),
+        &["--remote", &remote, "--remote-token-file", &bad],
+    );
+    assert!(!run_e2e(&program, &wrong).status.success());
+    let log = wrong.wait_for_log("the vGPU is unavailable", Duration::from_secs(10));
+    assert!(log.contains("authentication failed"), "{log}");
+    // The pool's secret: served.
+    let right = Daemon::start_sim(
+        &sub("right"),
+        &["--remote", &remote, "--remote-token-file", &good],
+    );
+    let out = run_e2e(&program, &right);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        gpu_host.log_text()
+    );
+    assert!(gpu_host.is_running());
 }

@@ -232,6 +232,8 @@ pub fn run_until(args: AgentArgs, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
         args.worker_args.clone(),
     );
     workers.adopt();
+    // The agents' shared token doubles as the pool's secret between slice servers and workers.
+    workers.set_remote_token(&args.token);
     // Other hosts' VMs reach this host's GPUs here (the controller hands out this endpoint).
     let _slice_server = if args.serve_port == 0 {
         None

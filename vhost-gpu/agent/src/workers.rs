@@ -41,6 +41,9 @@ pub(crate) struct Workers {
     pub(crate) starts: u64,
     pub(crate) exits: u64,
     pub(crate) start_failures: u64,
+    /// The pool's shared secret for remote slices, given to the slice server and the workers
+    /// (as `VGPU_REMOTE_TOKEN`, never on a command line).
+    remote_token: Option<String>,
 }
 
 fn pid_alive(pid: u32) -> bool {
@@ -87,6 +90,11 @@ impl Workers {
         self.help.as_ref().is_none_or(|h| h.contains(flag))
     }
 
+    /// Remote slices between this pool's hosts prove `token` (see `docs/remote.md`).
+    pub(crate) fn set_remote_token(&mut self, token: &str) {
+        self.remote_token = Some(token.to_string());
+    }
+
     /// Starts this host's `vhost-gpu --listen ADDR`, which serves its GPUs to other hosts'
     /// VMs (remote slices), when the worker program is one that can (its help names
     /// `--listen`). Stopped when the returned value is dropped.
@@ -106,6 +114,9 @@ impl Workers {
             .arg("--gpu")
             .arg(if sim { "sim" } else { "0" })
             .stdin(Stdio::null());
+        if let Some(t) = &self.remote_token {
+            c.env("VGPU_REMOTE_TOKEN", t);
+        }
         // The server belongs to this agent: it must not outlive it (a new agent starts its own).
         // SAFETY: the closure runs in the child between fork and exec and only calls prctl,
         // which is async-signal-safe.
@@ -150,6 +161,7 @@ impl Workers {
             starts: 0,
             exits: 0,
             start_failures: 0,
+            remote_token: None,
         }
     }
 
@@ -276,6 +288,9 @@ impl Workers {
     fn command(&self, a: &Assignment) -> Command {
         let mut c = Command::new(&self.bin);
         c.args(&self.prefix_args);
+        if let Some(t) = &self.remote_token {
+            c.env("VGPU_REMOTE_TOKEN", t);
+        }
         c.arg("--socket").arg(&a.socket_path);
         if let Some(ep) = &a.remote_endpoint {
             c.arg("--remote").arg(ep);

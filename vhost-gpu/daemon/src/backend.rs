@@ -38,7 +38,7 @@ pub enum Runner {
         namespace: u32,
     },
     /// A GPU host's, over TCP (the network fallback).
-    Remote(vgpu_remote::RemoteSession),
+    Remote(Box<vgpu_remote::RemoteSession>),
 }
 
 impl Runner {

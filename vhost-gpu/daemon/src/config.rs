@@ -30,6 +30,8 @@ pub enum ConfigError {
     RemoteWithoutSocket,
     #[error("'{0}' is not a HOST:PORT address")]
     BadAddress(String),
+    #[error("cannot read the remote-slice secret from {0}: {1}")]
+    TokenFile(String, String),
 }
 
 /// Which device executes the calls.
@@ -58,6 +60,11 @@ pub struct Args {
     /// asked of it.
     #[arg(long)]
     pub remote: Option<String>,
+    /// File holding the pool's shared secret for remote slices (both --listen and --remote);
+    /// else the VGPU_REMOTE_TOKEN environment variable. A GPU host with a secret serves only
+    /// VM hosts that prove they hold it.
+    #[arg(long)]
+    pub remote_token_file: Option<PathBuf>,
     /// 'sim' for the CPU simulator (CI only: nothing runs on a GPU) or a CUDA device ordinal.
     #[arg(long, default_value = "0")]
     pub gpu: String,
@@ -100,6 +107,8 @@ pub struct Config {
     pub listen: Option<String>,
     /// Forward to this GPU host.
     pub remote: Option<String>,
+    /// The pool's shared secret for remote slices.
+    pub remote_secret: Option<vgpu_remote::Secret>,
     pub gpu: GpuSelection,
     pub compute: ComputeMode,
     pub limits: SliceLimits,
@@ -175,10 +184,21 @@ impl TryFrom<Args> for Config {
         if remote.is_some() && listen.is_some() {
             return Err(ConfigError::RemoteWithoutSocket);
         }
+        let remote_secret = match &a.remote_token_file {
+            Some(p) => {
+                let t = std::fs::read_to_string(p)
+                    .map_err(|e| ConfigError::TokenFile(p.display().to_string(), e.to_string()))?;
+                vgpu_remote::Secret::new(t.trim().as_bytes())
+            }
+            None => std::env::var("VGPU_REMOTE_TOKEN")
+                .ok()
+                .and_then(|t| vgpu_remote::Secret::new(t.trim().as_bytes())),
+        };
         Ok(Config {
             socket,
             listen,
             remote,
+            remote_secret,
             gpu,
             compute,
             limits: SliceLimits {

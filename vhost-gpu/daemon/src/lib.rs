@@ -114,7 +114,11 @@ pub fn run(config: &Config, max_connections: Option<usize>) -> Result<(), Error>
                 executor: executor.clone(),
                 namespace,
             },
-            (None, Some(addr)) => Runner::Remote(RemoteSession::new(addr, remote_params(config))),
+            (None, Some(addr)) => Runner::Remote(Box::new(RemoteSession::new(
+                addr,
+                remote_params(config),
+                config.remote_secret.clone(),
+            ))),
             (None, None) => unreachable!("a local executor exists unless --remote"),
         };
         let backend = Arc::new(Mutex::new(VgpuBackend::new(runner, config)));
@@ -238,5 +242,6 @@ fn serve_remote_slices(config: &Config, addr: &str, max: Option<usize>) -> Resul
         })?;
         Ok(Executor::new(gpu, c.limits))
     };
-    vgpu_remote::serve(listener, Arc::new(open), max).map_err(Error::Serve)
+    vgpu_remote::serve(listener, Arc::new(open), config.remote_secret.clone(), max)
+        .map_err(Error::Serve)
 }

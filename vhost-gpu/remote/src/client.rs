@@ -13,8 +13,9 @@ use vgpu_protocol::{CuResult, MsgHeader, ReplyWriter, flags};
 use zerocopy::{FromBytes, IntoBytes};
 
 use crate::frame::{
-    FrameError, MAX_DATA, MAX_REPLY, REPLY_MAGIC, REQUEST_MAGIC, ReplyHeader, RequestHeader,
-    SessionHeader, SessionParams, SessionReply, check, read_header, read_into, write_all,
+    CHALLENGE_MAGIC, Challenge, FrameError, MAX_DATA, MAX_REPLY, REPLY_MAGIC, REQUEST_MAGIC,
+    ReplyHeader, RequestHeader, Secret, SessionHeader, SessionParams, SessionReply, check,
+    read_header, read_into, write_all,
 };
 
 /// Fire-and-forget messages whose (empty) answers may be outstanding before we read them: far
@@ -66,6 +67,7 @@ impl Connection {
 pub struct RemoteSession {
     addr: String,
     params: SessionParams,
+    secret: Option<Secret>,
     conn: Option<Connection>,
     failed: bool,
     data_in: Vec<u8>,
@@ -73,10 +75,11 @@ pub struct RemoteSession {
 }
 
 impl RemoteSession {
-    pub fn new(addr: &str, params: SessionParams) -> Self {
+    pub fn new(addr: &str, params: SessionParams, secret: Option<Secret>) -> Self {
         Self {
             addr: addr.to_string(),
             params,
+            secret,
             conn: None,
             failed: false,
             data_in: Vec::new(),
@@ -95,7 +98,21 @@ impl RemoteSession {
                         w: BufWriter::with_capacity(256 << 10, s),
                         pending: 0,
                     };
-                    write_all(&mut c.w, &[SessionHeader::new(&self.params).as_bytes()])?;
+                    let challenge: Challenge = read_header(&mut c.r)?;
+                    if challenge.magic.get() != CHALLENGE_MAGIC {
+                        return Err(FrameError::BadMagic(challenge.magic.get()));
+                    }
+                    let mut hello = SessionHeader::new(&self.params);
+                    match (&self.secret, challenge.auth_required.get() != 0) {
+                        (Some(secret), _) => hello.auth = secret.prove(&challenge.nonce, &hello),
+                        (None, true) => {
+                            return Err(FrameError::Refused(
+                                "the GPU host requires this pool's secret (--remote-token-file or VGPU_REMOTE_TOKEN) and none is set".into(),
+                            ));
+                        }
+                        (None, false) => {}
+                    }
+                    write_all(&mut c.w, &[hello.as_bytes()])?;
                     let reply: SessionReply = read_header(&mut c.r)?;
                     reply.result()?;
                     info!("remote slice on {} opened", self.addr);

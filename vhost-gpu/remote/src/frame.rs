@@ -12,6 +12,7 @@ use zerocopy::{
 pub const SESSION_MAGIC: u32 = u32::from_le_bytes(*b"VGT1");
 pub const REQUEST_MAGIC: u32 = u32::from_le_bytes(*b"VGTQ");
 pub const REPLY_MAGIC: u32 = u32::from_le_bytes(*b"VGTR");
+pub const CHALLENGE_MAGIC: u32 = u32::from_le_bytes(*b"VGTC");
 pub const FRAME_VERSION: u16 = 1;
 
 /// Largest message (the shim's batches are 256 KiB).
@@ -50,6 +51,16 @@ pub struct SessionParams {
     pub sm_count: Option<u32>,
 }
 
+/// The server's first words: a fresh nonce the client proves the shared secret with.
+#[derive(Clone, Copy, Debug, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[repr(C)]
+pub struct Challenge {
+    pub magic: U32,
+    /// 1: the server requires the shared secret.
+    pub auth_required: U32,
+    pub nonce: [u8; 32],
+}
+
 #[derive(Clone, Copy, Debug, FromBytes, IntoBytes, KnownLayout, Immutable)]
 #[repr(C)]
 pub struct SessionHeader {
@@ -60,6 +71,61 @@ pub struct SessionHeader {
     pub sm_count: U32,
     /// 0: no limit.
     pub mem_limit: U64,
+    /// HMAC-SHA256(secret, nonce || the header's first 24 bytes); zeros without a secret.
+    pub auth: [u8; 32],
+}
+
+/// The shared secret of a pool's hosts (`--token-file` or `VGPU_REMOTE_TOKEN`).
+#[derive(Clone)]
+pub struct Secret(Vec<u8>);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
+impl Secret {
+    pub fn new(bytes: impl Into<Vec<u8>>) -> Option<Self> {
+        let b = bytes.into();
+        (!b.is_empty()).then_some(Self(b))
+    }
+
+    fn mac(&self, nonce: &[u8; 32], header: &[u8]) -> hmac::Hmac<sha2::Sha256> {
+        use hmac::Mac;
+        let mut m = <hmac::Hmac<sha2::Sha256> as Mac>::new_from_slice(&self.0)
+            .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
+        m.update(nonce);
+        m.update(header);
+        m
+    }
+
+    /// The proof a client sends for `header` (its first 24 bytes) and the server's nonce.
+    pub fn prove(&self, nonce: &[u8; 32], header: &SessionHeader) -> [u8; 32] {
+        use hmac::Mac;
+        self.mac(nonce, &header.as_bytes()[..AUTHENTICATED])
+            .finalize()
+            .into_bytes()
+            .into()
+    }
+
+    /// Checks a client's proof, in constant time.
+    pub fn verify(&self, nonce: &[u8; 32], header: &SessionHeader) -> bool {
+        use hmac::Mac;
+        self.mac(nonce, &header.as_bytes()[..AUTHENTICATED])
+            .verify_slice(&header.auth)
+            .is_ok()
+    }
+}
+
+/// Bytes of a [`SessionHeader`] the proof covers (all but the proof).
+const AUTHENTICATED: usize = 24;
+
+/// A fresh nonce from the kernel's random source.
+pub fn nonce() -> std::io::Result<[u8; 32]> {
+    let mut n = [0u8; 32];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut n)?;
+    Ok(n)
 }
 
 pub const REFUSAL_LEN: usize = 200;
@@ -101,6 +167,7 @@ impl SessionHeader {
             gpu: p.gpu.into(),
             sm_count: p.sm_count.unwrap_or(0).into(),
             mem_limit: p.mem_limit.unwrap_or(0).into(),
+            auth: [0; 32],
         }
     }
 
@@ -197,7 +264,8 @@ mod tests {
 
     #[test]
     fn header_sizes_are_fixed() {
-        assert_eq!(size_of::<SessionHeader>(), 24);
+        assert_eq!(size_of::<SessionHeader>(), 24 + 32);
+        assert_eq!(size_of::<Challenge>(), 40);
         assert_eq!(size_of::<SessionReply>(), 208);
         assert_eq!(size_of::<RequestHeader>(), 24);
         assert_eq!(size_of::<ReplyHeader>(), 16);
@@ -219,6 +287,32 @@ mod tests {
         let r = SessionReply::refuse("no such GPU");
         assert!(matches!(r.result(), Err(FrameError::Refused(m)) if m == "no such GPU"));
         assert!(SessionReply::accept().result().is_ok());
+    }
+
+    #[test]
+    fn proofs_bind_the_secret_the_nonce_and_the_slice_asked_for() {
+        let secret = Secret::new("pool secret").unwrap();
+        let nonce = [7u8; 32];
+        let mut h = SessionHeader::new(&SessionParams {
+            gpu: 0,
+            mem_limit: Some(1 << 30),
+            sm_count: Some(33),
+        });
+        h.auth = secret.prove(&nonce, &h);
+        assert!(secret.verify(&nonce, &h));
+        assert!(
+            !Secret::new("other").unwrap().verify(&nonce, &h),
+            "another secret"
+        );
+        assert!(
+            !secret.verify(&[8u8; 32], &h),
+            "a replay under another nonce"
+        );
+        let mut bigger = h;
+        bigger.mem_limit = (2u64 << 30).into();
+        assert!(!secret.verify(&nonce, &bigger), "a changed limit");
+        assert!(Secret::new("").is_none());
+        assert_eq!(format!("{secret:?}"), "Secret(..)");
     }
 
     #[test]

@@ -6,15 +6,17 @@
 //! one slice: its own executor, with the limits the session asked for.
 //!
 //! Wire format (little-endian), after the TCP connection opens:
-//! - [`SessionHeader`] from the client, [`SessionReply`] from the server.
-//! - Then, per message: [`RequestHeader`], the message, the data-in bytes; the server answers
-//!   every request with [`ReplyHeader`], the reply (empty when none was wanted) and the
-//!   data-out bytes. One request is in flight at a time per session.
+//! - [`frame::Challenge`] (a fresh nonce) from the server; [`frame::SessionHeader`] (the slice
+//!   asked for, and an HMAC-SHA256 over nonce and header with the pool's shared secret) from
+//!   the client; [`frame::SessionReply`] from the server.
+//! - Then, per message: [`frame::RequestHeader`], the message, the data-in bytes; the server
+//!   answers every request with [`frame::ReplyHeader`], the reply (empty when none was wanted)
+//!   and the data-out bytes.
 
 pub mod client;
 pub mod frame;
 pub mod server;
 
 pub use client::RemoteSession;
-pub use frame::{FrameError, SessionParams};
+pub use frame::{FrameError, Secret, SessionParams};
 pub use server::{ServeError, serve};

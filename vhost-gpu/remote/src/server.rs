@@ -14,8 +14,9 @@ use vgpu_executor::{DataStream, Executor, gpu::HostSeg};
 use zerocopy::IntoBytes;
 
 use crate::frame::{
-    FrameError, MAX_DATA, MAX_MESSAGE, REPLY_MAGIC, REQUEST_MAGIC, ReplyHeader, RequestHeader,
-    SessionHeader, SessionParams, SessionReply, check, read_header, read_into, write_all,
+    CHALLENGE_MAGIC, Challenge, FrameError, MAX_DATA, MAX_MESSAGE, REPLY_MAGIC, REQUEST_MAGIC,
+    ReplyHeader, RequestHeader, Secret, SessionHeader, SessionParams, SessionReply, check, nonce,
+    read_header, read_into, write_all,
 };
 
 /// Makes the executor of a new session, or says why not.
@@ -33,17 +34,24 @@ pub enum ServeError {
 pub fn serve(
     listener: TcpListener,
     open: Arc<OpenSlice>,
+    secret: Option<Secret>,
     max_sessions: Option<usize>,
 ) -> Result<(), ServeError> {
+    if secret.is_none() {
+        warn!(
+            "remote slices: no shared secret configured; any peer that reaches this port can open a slice"
+        );
+    }
     let mut sessions = Vec::new();
     for n in 1.. {
         let (stream, peer) = listener.accept().map_err(ServeError::Accept)?;
         let open = open.clone();
+        let secret = secret.clone();
         let t = std::thread::Builder::new()
             .name(format!("remote-{n}"))
             .spawn(move || {
                 info!("remote session {n} from {peer}");
-                match session(stream, &*open) {
+                match session(stream, &*open, secret.as_ref()) {
                     Ok(()) => info!("remote session {n} from {peer} ended"),
                     Err(e) => warn!("remote session {n} from {peer} ended: {e}"),
                 }
@@ -62,11 +70,28 @@ pub fn serve(
 }
 
 /// Runs one session to its end.
-pub fn session(stream: TcpStream, open: &OpenSlice) -> Result<(), FrameError> {
+pub fn session(
+    stream: TcpStream,
+    open: &OpenSlice,
+    secret: Option<&Secret>,
+) -> Result<(), FrameError> {
     stream.set_nodelay(true)?;
     let mut r = BufReader::with_capacity(256 << 10, stream.try_clone()?);
     let mut w = BufWriter::with_capacity(256 << 10, stream);
+    let challenge = Challenge {
+        magic: CHALLENGE_MAGIC.into(),
+        auth_required: u32::from(secret.is_some()).into(),
+        nonce: nonce()?,
+    };
+    write_all(&mut w, &[challenge.as_bytes()])?;
     let hello: SessionHeader = read_header(&mut r)?;
+    if let Some(secret) = secret
+        && !secret.verify(&challenge.nonce, &hello)
+    {
+        let why = "authentication failed: the VM host does not hold this pool's secret";
+        let _ = write_all(&mut w, &[SessionReply::refuse(why).as_bytes()]);
+        return Err(FrameError::Refused(why.into()));
+    }
     let params = match hello.params() {
         Ok(p) => p,
         Err(e) => {

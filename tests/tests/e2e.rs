@@ -159,3 +159,53 @@ fn two_processes_are_served_at_once() {
         "{log}"
     );
 }
+
+/// The slice's state file (`--status-file`, read by the host agent for its metrics) follows
+/// what the VM holds.
+#[test]
+fn the_status_file_reports_the_memory_the_slice_holds() {
+    let dir = scratch("status");
+    let program = compile_c("driver_api_e2e.c", &dir);
+    let status = dir.join("slice.status");
+    let status_arg = status.display().to_string();
+    let daemon = Daemon::start_sim(&dir, &["--status-file", &status_arg]);
+    let used = || {
+        std::fs::read_to_string(&status).ok().and_then(|t| {
+            t.split("\"memory_used_bytes\": ")
+                .nth(1)?
+                .split(|c: char| !c.is_ascii_digit())
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+    };
+    let wait_for = |want: u64| {
+        let start = std::time::Instant::now();
+        while used() != Some(want) {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "status never said {want} bytes: {:?}\n{}",
+                std::fs::read_to_string(&status),
+                daemon.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    wait_for(0);
+    let mut holder = guest_command(&program, &daemon.socket)
+        .arg(fixture("kernels.cubin"))
+        .arg("--no-kernel-check")
+        .env("E2E_HOLD", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the holder");
+    let stdout = holder.stdout.take().expect("stdout");
+    let mut lines = std::io::BufReader::new(stdout).lines();
+    assert!(lines.any(|l| l.is_ok_and(|l| l.contains("HOLDING"))));
+    // Two 64 MiB buffers held at the hold point.
+    wait_for(128 << 20);
+    let _ = holder.kill();
+    let _ = holder.wait();
+    wait_for(0);
+}

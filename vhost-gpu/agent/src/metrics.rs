@@ -20,7 +20,9 @@ pub struct AgentMetrics {
     worker_starts: u64,
     worker_exits: u64,
     worker_start_failures: u64,
-    running: Vec<(Assignment, Option<u64>)>,
+    /// Running slices: assignment, worker RSS, device memory the slice holds (its daemon's
+    /// ledger, from the worker's status file).
+    running: Vec<(Assignment, Option<u64>, Option<u64>)>,
 }
 
 /// Escape a label value for the text format.
@@ -57,7 +59,10 @@ impl AgentMetrics {
                     .iter()
                     .find(|r| &r.allocation_id == id)
                     .and_then(|r| r.rss_bytes);
-                wk.assignment.clone().map(|a| (a, rss))
+                wk.assignment.clone().map(|a| {
+                    let used = crate::workers::slice_memory_used(&a);
+                    (a, rss, used)
+                })
             })
             .collect();
     }
@@ -93,7 +98,7 @@ impl AgentMetrics {
         }
         // HAMi-compatible per-vGPU families (namespace = project, pod = VM, container = vGPU index).
         s.push_str("# HELP hami_vgpu_memory_limit_bytes Memory limit of the vGPU slice.\n# TYPE hami_vgpu_memory_limit_bytes gauge\n");
-        for (a, _) in &self.running {
+        for (a, _, _) in &self.running {
             let _ = writeln!(
                 s,
                 "hami_vgpu_memory_limit_bytes{{namespace=\"{}\",pod=\"{}\",container=\"0\",vdevice_index=\"0\",device_uuid=\"{}\",host=\"{h}\",allocation=\"{}\",remote=\"{}\"}} {}",
@@ -105,8 +110,22 @@ impl AgentMetrics {
                 a.memory_bytes
             );
         }
+        s.push_str("# HELP hami_vgpu_memory_used_bytes Device memory the vGPU slice holds (the daemon's ledger).\n# TYPE hami_vgpu_memory_used_bytes gauge\n");
+        for (a, _, used) in &self.running {
+            if let Some(u) = used {
+                let _ = writeln!(
+                    s,
+                    "hami_vgpu_memory_used_bytes{{namespace=\"{}\",pod=\"{}\",container=\"0\",vdevice_index=\"0\",device_uuid=\"{}\",host=\"{h}\",allocation=\"{}\",remote=\"{}\"}} {u}",
+                    esc(&a.project),
+                    esc(&a.vm),
+                    esc(&a.gpu_uuid),
+                    esc(&a.allocation_id),
+                    a.remote_endpoint.is_some(),
+                );
+            }
+        }
         s.push_str("# HELP vgpu_agent_worker_rss_bytes Resident memory of the worker process.\n# TYPE vgpu_agent_worker_rss_bytes gauge\n");
-        for (a, rss) in &self.running {
+        for (a, rss, _) in &self.running {
             if let Some(r) = rss {
                 let _ = writeln!(
                     s,
@@ -186,4 +205,43 @@ pub fn serve(
         }
     })?;
     Ok(bound)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_slice_reports_the_memory_its_worker_says_it_holds() {
+        let dir = std::env::temp_dir().join(format!("vgpu-agent-metrics-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let socket = dir.join("a1.sock").display().to_string();
+        let a = Assignment {
+            allocation_id: "a1".into(),
+            vm: "vm1".into(),
+            project: "p".into(),
+            gpu_uuid: "GPU-1".into(),
+            gpu_arg: "0".into(),
+            socket_path: socket.clone(),
+            memory_bytes: 8 << 30,
+            sm_count: 66,
+            remote_endpoint: None,
+        };
+        assert_eq!(crate::workers::slice_memory_used(&a), None, "no report yet");
+        std::fs::write(
+            format!("{socket}.status"),
+            "{\"memory_used_bytes\": 134217728, \"clients\": 1}\n",
+        )
+        .unwrap();
+        let used = crate::workers::slice_memory_used(&a);
+        assert_eq!(used, Some(128 << 20));
+        let mut m = AgentMetrics::new("h1", &[]);
+        m.running = vec![(a, None, used)];
+        let text = m.render();
+        assert!(
+            text.contains("hami_vgpu_memory_used_bytes{namespace=\"p\",pod=\"vm1\",container=\"0\",vdevice_index=\"0\",device_uuid=\"GPU-1\",host=\"h1\",allocation=\"a1\",remote=\"false\"} 134217728"),
+            "{text}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -19,6 +19,19 @@ pub(crate) struct Worker {
     pub(crate) assignment: Option<Assignment>,
 }
 
+/// Where a slice's worker reports its state (next to its socket).
+fn status_file(a: &Assignment) -> String {
+    format!("{}.status", a.socket_path)
+}
+
+/// Device memory the slice holds, as its worker last reported it (`None`: not reported, e.g. a
+/// remote slice or a worker without `--status-file`).
+pub(crate) fn slice_memory_used(a: &Assignment) -> Option<u64> {
+    let text = std::fs::read_to_string(status_file(a)).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+    v.get("memory_used_bytes")?.as_u64()
+}
+
 /// This host's remote-slice server; stopped on drop.
 pub(crate) struct SliceServer(std::process::Child);
 
@@ -297,6 +310,9 @@ impl Workers {
         }
         c.arg("--gpu").arg(&a.gpu_arg);
         c.arg("--mem-limit").arg(a.memory_bytes.to_string());
+        if self.supports("--status-file") {
+            c.arg("--status-file").arg(status_file(a));
+        }
         if self.supports("--sm-count") {
             c.arg("--sm-count").arg(a.sm_count.to_string());
         } else {

@@ -65,6 +65,10 @@ pub struct Args {
     /// VM hosts that prove they hold it.
     #[arg(long)]
     pub remote_token_file: Option<PathBuf>,
+    /// Keep a JSON file with the slice's state up to date (device memory held, clients), for
+    /// the host agent's metrics.
+    #[arg(long)]
+    pub status_file: Option<PathBuf>,
     /// 'sim' for the CPU simulator (CI only: nothing runs on a GPU) or a CUDA device ordinal.
     #[arg(long, default_value = "0")]
     pub gpu: String,
@@ -109,6 +113,8 @@ pub struct Config {
     pub remote: Option<String>,
     /// The pool's shared secret for remote slices.
     pub remote_secret: Option<vgpu_remote::Secret>,
+    /// Where to report the slice's state.
+    pub status_file: Option<PathBuf>,
     pub gpu: GpuSelection,
     pub compute: ComputeMode,
     pub limits: SliceLimits,
@@ -199,6 +205,7 @@ impl TryFrom<Args> for Config {
             listen,
             remote,
             remote_secret,
+            status_file: a.status_file,
             gpu,
             compute,
             limits: SliceLimits {

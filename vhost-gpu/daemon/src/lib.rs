@@ -104,6 +104,9 @@ pub fn run(config: &Config, max_connections: Option<usize>) -> Result<(), Error>
         }
         None => Some(Arc::new(Mutex::new(local_executor(config)?))),
     };
+    if let (Some(path), Some(executor)) = (&config.status_file, &executor) {
+        report_status(path.clone(), executor.clone());
+    }
     let mut listener = Listener::new(&config.socket, true).map_err(Error::Listen)?;
     let mut connections: Vec<std::thread::JoinHandle<()>> = Vec::new();
     let mut namespace = 0u32;
@@ -244,4 +247,39 @@ fn serve_remote_slices(config: &Config, addr: &str, max: Option<usize>) -> Resul
     };
     vgpu_remote::serve(listener, Arc::new(open), config.remote_secret.clone(), max)
         .map_err(Error::Serve)
+}
+
+/// Keeps `path` holding the slice's state as JSON (written to a temporary file and renamed, so
+/// a reader never sees half of it), checked twice a second and rewritten when it changes.
+fn report_status(path: std::path::PathBuf, executor: Arc<Mutex<Executor>>) {
+    let spawned = std::thread::Builder::new()
+        .name("status".into())
+        .spawn(move || {
+            let tmp = path.with_extension("status.tmp");
+            let mut last = None;
+            loop {
+                let now = {
+                    let ex = executor
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    (ex.mem_used(), ex.client_count())
+                };
+                if last != Some(now) {
+                    let text = format!(
+                        "{{\"memory_used_bytes\": {}, \"clients\": {}}}\n",
+                        now.0, now.1
+                    );
+                    if std::fs::write(&tmp, text)
+                        .and_then(|()| std::fs::rename(&tmp, &path))
+                        .is_ok()
+                    {
+                        last = Some(now);
+                    }
+                }
+                std::thread::sleep(std::time::Duration::from_millis(500));
+            }
+        });
+    if let Err(e) = spawned {
+        log::warn!("no status reports ({e})");
+    }
 }

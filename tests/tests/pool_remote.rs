@@ -11,14 +11,28 @@ use std::{
 
 use vgpu_tests::{bin_dir, built, compile_c, fixture, guest_command, repo, scratch};
 
-/// Children killed when the test ends, however it ends.
-struct Procs(Vec<Child>);
+/// Children killed when the test ends, however it ends, and the workers the agents started
+/// (they outlive their agent by design: a restarted agent adopts them).
+struct Procs(Vec<Child>, Vec<std::path::PathBuf>);
 
 impl Drop for Procs {
     fn drop(&mut self) {
         for c in &mut self.0 {
             let _ = c.kill();
             let _ = c.wait();
+        }
+        for dir in &self.1 {
+            for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+                let pid = std::fs::read_to_string(entry.path())
+                    .ok()
+                    .and_then(|t| t.trim().parse::<i32>().ok());
+                if entry.path().extension().is_some_and(|e| e == "pid")
+                    && let Some(pid) = pid
+                {
+                    // SAFETY: kill(2) with a pid the agent recorded for its worker.
+                    unsafe { libc::kill(pid, libc::SIGTERM) };
+                }
+            }
         }
     }
 }
@@ -88,7 +102,10 @@ fn a_vm_on_a_host_without_gpus_runs_on_a_slice_of_another_host() {
     let url = format!("http://127.0.0.1:{ctl_port}");
     let ctl = bins.join("vgpu-controller");
     let state = |n: &str| dir.join(n).display().to_string();
-    let mut procs = Procs(Vec::new());
+    let mut procs = Procs(
+        Vec::new(),
+        vec![dir.join("h1/workers"), dir.join("h2/workers")],
+    );
     procs.0.push(spawn(
         &dir,
         "controller.log",

@@ -192,8 +192,46 @@ pub fn router(st: AppState) -> Router {
             get(|| async { Json(crate::openapi::document()) }),
         )
         .route("/metrics", get(metrics))
+        .route("/", get(|| async { axum::response::Redirect::to("/console") }))
+        .route("/console", get(|| async { console_file("index.html") }))
+        .route("/console/{file}", get(|axum::extract::Path(f): axum::extract::Path<String>| async move { console_file(&f) }))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
         .with_state(st)
+}
+
+/// The web console: a static page and its script over the REST API (`controller/console/`).
+/// It holds no data; everything it shows comes from `/v1` with the user's token.
+fn console_file(name: &str) -> Response {
+    let (body, kind) = match name {
+        "index.html" => (
+            include_str!("../console/index.html"),
+            "text/html; charset=utf-8",
+        ),
+        "console.js" => (
+            include_str!("../console/console.js"),
+            "text/javascript; charset=utf-8",
+        ),
+        "console.css" => (
+            include_str!("../console/console.css"),
+            "text/css; charset=utf-8",
+        ),
+        _ => {
+            return ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such console file")
+                .into_response();
+        }
+    };
+    (
+        [
+            (header::CONTENT_TYPE, kind),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'self'; frame-ancestors 'none'",
+            ),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        ],
+        body,
+    )
+        .into_response()
 }
 
 async fn metrics(State(st): State<AppState>) -> Response {

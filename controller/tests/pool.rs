@@ -746,8 +746,12 @@ fn openapi_document_covers_routes_and_metrics_families() {
         .skip(1)
         .map(|rest| rest.split('"').nth(1).unwrap())
         .collect();
-    assert_eq!(paths.len(), 17, "routes found: {paths:?}");
-    for path in paths {
+    assert_eq!(paths.len(), 20, "routes found: {paths:?}");
+    // The web console's page and files are not part of the API.
+    for path in paths
+        .into_iter()
+        .filter(|p| *p != "/" && !p.starts_with("/console"))
+    {
         let full = if ["/healthz", "/openapi.json", "/metrics"].contains(&path) {
             path.to_string()
         } else {
@@ -778,4 +782,69 @@ fn openapi_document_covers_routes_and_metrics_families() {
         t.contains("DCGM_FI_DEV_FB_TOTAL{gpu=\"0\",UUID=\"SIM-GPU-h1-0\"")
             && t.contains("hami_vgpu_memory_limit_bytes{namespace=\"default\"")
     });
+}
+
+#[test]
+fn the_web_console_is_served_with_a_strict_policy() {
+    let d = TempDir::new("console");
+    let c = Controller::start(&d.0, 5_000, 200);
+    let agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .max_redirects(0)
+        .build()
+        .new_agent();
+    let get = |path: &str| {
+        let mut r = agent.get(&format!("{}{path}", c.url)).call().expect("GET");
+        let status = r.status().as_u16();
+        let csp = r
+            .headers()
+            .get("content-security-policy")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        let kind = r
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        let location = r
+            .headers()
+            .get("location")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        (
+            status,
+            kind,
+            csp,
+            location,
+            r.body_mut().read_to_string().unwrap_or_default(),
+        )
+    };
+    let (st, kind, csp, _, body) = get("/console");
+    assert_eq!(st, 200);
+    assert!(kind.starts_with("text/html"), "{kind}");
+    assert!(csp.contains("default-src 'self'"), "{csp}");
+    assert!(body.contains("<title>vGPU pool</title>") && body.contains("/console/console.js"));
+    let (st, kind, _, _, js) = get("/console/console.js");
+    assert_eq!(st, 200);
+    assert!(kind.starts_with("text/javascript"), "{kind}");
+    // The script talks to the API the controller serves, and never builds HTML from data.
+    for call in ["\"/whoami\"", "\"/allocations\"", "\"/gpus\"", "\"/hosts\""] {
+        assert!(js.contains(call), "console.js does not call {call}");
+    }
+    assert!(
+        !js.contains("innerHTML"),
+        "the console must not parse API data as HTML"
+    );
+    let (st, kind, _, _, _) = get("/console/console.css");
+    assert_eq!((st, kind.starts_with("text/css")), (200, true));
+    assert_eq!(get("/console/../pool.db").0, 404);
+    assert_eq!(get("/console/secrets").0, 404);
+    let (st, _, _, location, _) = get("/");
+    assert!(
+        (300..400).contains(&st) && location == "/console",
+        "{st} {location}"
+    );
 }

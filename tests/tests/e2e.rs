@@ -33,6 +33,27 @@ fn run_e2e(module: &str) {
     assert!(log.contains("module loaded with 6 kernels"), "{log}");
 }
 
+/// Starts the driver-API program holding two 64 MiB buffers (E2E_HOLD) and returns it once it
+/// says it holds them.
+fn start_holder(program: &std::path::Path, daemon: &Daemon) -> std::process::Child {
+    let mut holder = guest_command(program, &daemon.socket)
+        .arg(fixture("kernels.cubin"))
+        .arg("--no-kernel-check")
+        .env("E2E_HOLD", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the holding program");
+    let stdout = holder.stdout.take().expect("stdout");
+    let mut lines = std::io::BufReader::new(stdout).lines();
+    assert!(
+        lines.any(|l| l.is_ok_and(|l| l.contains("HOLDING"))),
+        "the program never reached its hold point:\n{}",
+        daemon.log_text()
+    );
+    holder
+}
+
 #[test]
 fn driver_api_program_runs_over_virtio_user_with_a_real_cubin() {
     run_e2e("kernels.cubin");
@@ -49,20 +70,7 @@ fn a_killed_client_is_freed_and_the_next_one_is_served() {
     let dir = scratch("kill");
     let program = compile_c("driver_api_e2e.c", &dir);
     let mut daemon = Daemon::start_sim(&dir, &[]);
-    let mut victim = guest_command(&program, &daemon.socket)
-        .arg(fixture("kernels.cubin"))
-        .arg("--no-kernel-check")
-        .env("E2E_HOLD", "1")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start the victim");
-    let stdout = victim.stdout.take().expect("stdout");
-    let mut lines = std::io::BufReader::new(stdout).lines();
-    assert!(
-        lines.any(|l| l.is_ok_and(|l| l.contains("HOLDING"))),
-        "victim never reached its hold point"
-    );
+    let mut victim = start_holder(&program, &daemon);
     victim.kill().expect("kill");
     let _ = victim.wait();
     // Two 64 MiB buffers of the primary context were held when it died (plus 1 MiB that
@@ -116,21 +124,7 @@ fn two_processes_are_served_at_once() {
     let dir = scratch("concurrent");
     let program = compile_c("driver_api_e2e.c", &dir);
     let daemon = Daemon::start_sim(&dir, &[]);
-    let mut holder = guest_command(&program, &daemon.socket)
-        .arg(fixture("kernels.cubin"))
-        .arg("--no-kernel-check")
-        .env("E2E_HOLD", "1")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start the first process");
-    let stdout = holder.stdout.take().expect("stdout");
-    let mut lines = std::io::BufReader::new(stdout).lines();
-    assert!(
-        lines.any(|l| l.is_ok_and(|l| l.contains("HOLDING"))),
-        "first process never reached its hold point"
-    );
+    let mut holder = start_holder(&program, &daemon);
     // While the first holds its memory and connection, a second runs to the end.
     let out = guest_command(&program, &daemon.socket)
         .arg(fixture("kernels.cubin"))
@@ -192,17 +186,7 @@ fn the_status_file_reports_the_memory_the_slice_holds() {
         }
     };
     wait_for(0);
-    let mut holder = guest_command(&program, &daemon.socket)
-        .arg(fixture("kernels.cubin"))
-        .arg("--no-kernel-check")
-        .env("E2E_HOLD", "1")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start the holder");
-    let stdout = holder.stdout.take().expect("stdout");
-    let mut lines = std::io::BufReader::new(stdout).lines();
-    assert!(lines.any(|l| l.is_ok_and(|l| l.contains("HOLDING"))));
+    let mut holder = start_holder(&program, &daemon);
     // Two 64 MiB buffers held at the hold point.
     wait_for(128 << 20);
     let _ = holder.kill();

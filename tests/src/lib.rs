@@ -70,14 +70,10 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    /// Starts `vhost-gpu --gpu sim` on a socket in `dir` with extra arguments.
-    pub fn start_sim(dir: &Path, extra: &[&str]) -> Self {
-        let socket = dir.join("vgpu.sock");
-        let log = dir.join("daemon.log");
+    /// Runs `vhost-gpu ARGS...`, logging to `log`, with no remote secret from our environment.
+    fn spawn(args: &[&str], extra: &[&str], socket: PathBuf, log: PathBuf) -> Self {
         let child = Command::new(built().join("vhost-gpu"))
-            .arg("--socket")
-            .arg(&socket)
-            .args(["--gpu", "sim", "--poll-us", "20"])
+            .args(args)
             .args(extra)
             .env_remove("VGPU_REMOTE_TOKEN")
             .env("RUST_LOG", "info")
@@ -85,7 +81,15 @@ impl Daemon {
             .stderr(std::fs::File::create(&log).expect("log file"))
             .spawn()
             .expect("start vhost-gpu");
-        let d = Self { child, socket, log };
+        Self { child, socket, log }
+    }
+
+    /// Starts `vhost-gpu --gpu sim` on a socket in `dir` with extra arguments.
+    pub fn start_sim(dir: &Path, extra: &[&str]) -> Self {
+        let socket = dir.join("vgpu.sock");
+        let socket_arg = socket.display().to_string();
+        let args = ["--socket", &socket_arg, "--gpu", "sim", "--poll-us", "20"];
+        let d = Self::spawn(&args, extra, socket, dir.join("daemon.log"));
         d.wait_for_log("vhost-gpu: serving", Duration::from_secs(20));
         d
     }
@@ -93,21 +97,8 @@ impl Daemon {
     /// Starts `vhost-gpu --listen 127.0.0.1:0 --gpu sim`, a GPU host serving remote slices on
     /// the simulator; returns it with the port it chose.
     pub fn start_remote_host(dir: &Path, extra: &[&str]) -> (Self, u16) {
-        let log = dir.join("gpu-host.log");
-        let child = Command::new(built().join("vhost-gpu"))
-            .args(["--listen", "127.0.0.1:0", "--gpu", "sim"])
-            .args(extra)
-            .env_remove("VGPU_REMOTE_TOKEN")
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("log file"))
-            .spawn()
-            .expect("start vhost-gpu --listen");
-        let d = Self {
-            child,
-            socket: PathBuf::new(),
-            log,
-        };
+        let args = ["--listen", "127.0.0.1:0", "--gpu", "sim"];
+        let d = Self::spawn(&args, extra, PathBuf::new(), dir.join("gpu-host.log"));
         let text = d.wait_for_log("serving remote slices on ", Duration::from_secs(20));
         let port = text
             .split("serving remote slices on 127.0.0.1:")

@@ -19,6 +19,14 @@ pub(crate) struct Worker {
     pub(crate) assignment: Option<Assignment>,
 }
 
+/// Sends a child's stdout and stderr to `path` (nowhere if it cannot be created).
+fn log_to(cmd: &mut Command, path: &std::path::Path) {
+    match std::fs::File::create(path).and_then(|f| Ok((f.try_clone()?, f))) {
+        Ok((o, e)) => cmd.stdout(o).stderr(e),
+        Err(_) => cmd.stdout(Stdio::null()).stderr(Stdio::null()),
+    };
+}
+
 /// Where a slice's worker reports its state (next to its socket).
 fn status_file(a: &Assignment) -> String {
     format!("{}.status", a.socket_path)
@@ -119,7 +127,6 @@ impl Workers {
             );
             return None;
         }
-        let log = std::fs::File::create(self.dir.join("slice-server.log")).ok();
         let mut c = Command::new(&self.bin);
         c.args(&self.prefix_args)
             .arg("--listen")
@@ -142,14 +149,7 @@ impl Workers {
                 }
             });
         }
-        match log.and_then(|f| Some((f.try_clone().ok()?, f))) {
-            Some((o, e)) => {
-                c.stdout(o).stderr(e);
-            }
-            None => {
-                c.stdout(Stdio::null()).stderr(Stdio::null());
-            }
-        }
+        log_to(&mut c, &self.dir.join("slice-server.log"));
         match c.spawn() {
             Ok(child) => {
                 log::info!("serving remote slices on {addr} (pid {})", child.id());
@@ -347,17 +347,9 @@ impl Workers {
             return;
         }
         let log_path = self.dir.join(format!("{}.log", a.allocation_id));
-        let log = std::fs::File::create(&log_path).ok();
         let mut cmd = self.command(a);
         cmd.stdin(Stdio::null());
-        match log.and_then(|f| Some((f.try_clone().ok()?, f))) {
-            Some((o, e)) => {
-                cmd.stdout(o).stderr(e);
-            }
-            None => {
-                cmd.stdout(Stdio::null()).stderr(Stdio::null());
-            }
-        }
+        log_to(&mut cmd, &log_path);
         if let Some(parent) = std::path::Path::new(&a.socket_path).parent() {
             let _ = std::fs::create_dir_all(parent);
         }

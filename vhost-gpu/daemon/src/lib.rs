@@ -236,13 +236,7 @@ fn serve_remote_slices(config: &Config, addr: &str, max: Option<usize>) -> Resul
         }
         c.limits.mem_limit = p.mem_limit;
         c.limits.sm_count = p.sm_count;
-        let gpu = open_gpu(&c).map_err(|e| {
-            let mut m = e.to_string();
-            if let Some(s) = std::error::Error::source(&e) {
-                m.push_str(&format!(": {s}"));
-            }
-            m
-        })?;
+        let gpu = open_gpu(&c).map_err(|e| error_chain(&e))?;
         Ok(Executor::new(gpu, c.limits))
     };
     vgpu_remote::serve(listener, Arc::new(open), config.remote_secret.clone(), max)
@@ -282,4 +276,16 @@ fn report_status(path: std::path::PathBuf, executor: Arc<Mutex<Executor>>) {
     if let Err(e) = spawned {
         log::warn!("no status reports ({e})");
     }
+}
+
+/// An error and its sources, as one line: "what failed: why: and why".
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        source = s.source();
+    }
+    msg
 }

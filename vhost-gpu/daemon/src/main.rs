@@ -13,14 +13,7 @@ fn main() {
         }
     };
     if let Err(e) = vhost_gpu::run(&config, max) {
-        let mut msg = e.to_string();
-        let mut source = std::error::Error::source(&e);
-        while let Some(s) = source {
-            msg.push_str(": ");
-            msg.push_str(&s.to_string());
-            source = s.source();
-        }
-        eprintln!("vhost-gpu: {msg}");
+        eprintln!("vhost-gpu: {}", vhost_gpu::error_chain(&e));
         std::process::exit(1);
     }
 }

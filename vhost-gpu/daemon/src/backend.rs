@@ -27,6 +27,7 @@ use vmm_sys_util::event::{
 use crate::{
     chain::{Desc, ParsedChain},
     config::Config,
+    isolation::{self, WorkerError, Workers},
 };
 
 /// State of the device for one connected frontend (and what carries over between them).
@@ -37,6 +38,9 @@ pub enum Runner {
         executor: Arc<Mutex<Executor>>,
         namespace: u32,
     },
+    /// This host's GPU, each guest client in a worker process of its own
+    /// ([`crate::isolation`]).
+    Isolated(Box<Workers>),
     /// A GPU host's, over TCP (the network fallback).
     Remote(Box<vgpu_remote::RemoteSession>),
 }
@@ -53,6 +57,7 @@ impl Runner {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .close_namespace(*namespace),
+            Runner::Isolated(workers) => workers.close_all(),
             Runner::Remote(session) => {
                 session.close();
                 Freed::default()
@@ -73,6 +78,8 @@ pub struct VgpuBackend {
     parsed: ParsedChain,
     descs: Vec<Desc>,
     reply: Vec<u8>,
+    /// Accept guest memory files that cannot be sealed against shrinking.
+    allow_unsealed: bool,
 }
 
 impl VgpuBackend {
@@ -88,12 +95,16 @@ impl VgpuBackend {
             parsed: ParsedChain::default(),
             descs: Vec::with_capacity(64),
             reply: Vec::with_capacity(64 << 10),
+            allow_unsealed: config.allow_unsealed_memory,
         }
     }
 
     /// The frontend went away: free every client's resources, then unpin its memory.
     pub fn disconnected(&mut self) -> Freed {
         let freed = self.runner.close();
+        if let Runner::Isolated(workers) = &mut self.runner {
+            workers.forget_memory();
+        }
         if let Runner::Local { executor, .. } = &self.runner {
             let mut ex = executor.lock().unwrap_or_else(PoisonError::into_inner);
             for (ptr, _) in self.registered.drain(..) {
@@ -163,6 +174,12 @@ impl VgpuBackend {
                     data_out,
                     &mut self.reply,
                 ),
+            Runner::Isolated(workers) => workers.execute(
+                &self.parsed.msg,
+                &self.parsed.data_in,
+                &self.parsed.data_out,
+                &mut self.reply,
+            ),
             Runner::Remote(session) => {
                 session.execute(&self.parsed.msg, data_in, data_out, &mut self.reply)
             }
@@ -252,14 +269,43 @@ impl VhostUserBackendMut for VgpuBackend {
 
     fn update_memory(&mut self, atomic: GuestMemoryAtomic<GuestMemoryMmap>) -> io::Result<()> {
         let mem = atomic.memory();
-        let now: Vec<(usize, usize)> = mem
-            .iter()
-            .filter_map(|r| {
-                r.get_host_address(vm_memory::MemoryRegionAddress(0))
-                    .ok()
-                    .map(|p| (p as usize, r.len() as usize))
-            })
-            .collect();
+        let mut regions = Vec::new();
+        for r in mem.iter() {
+            let Ok(p) = r.get_host_address(vm_memory::MemoryRegionAddress(0)) else {
+                continue;
+            };
+            let Some(fo) = r.file_offset() else {
+                // Memory we cannot check against a file (and a worker could not map).
+                self.mem = None;
+                return Err(io::Error::other(WorkerError::NoFile(regions.len())));
+            };
+            regions.push((p as usize, r.len() as usize, fo.file(), fo.start()));
+        }
+        // A region larger than its file faults (SIGBUS) where the file ends: refuse the
+        // table, and serve nothing from it.
+        if let Err(e) = isolation::check_regions(&regions, self.allow_unsealed) {
+            warn!("refused a guest memory table: {e}");
+            self.mem = None;
+            return Err(io::Error::other(e));
+        }
+        if let Runner::Isolated(workers) = &mut self.runner {
+            let result = workers.set_memory(&regions);
+            drop(regions);
+            drop(mem);
+            return match result {
+                Ok(()) => {
+                    self.mem = Some(atomic);
+                    Ok(())
+                }
+                Err(e) => {
+                    warn!("refused a guest memory table: {e}");
+                    self.mem = None;
+                    Err(io::Error::other(e))
+                }
+            };
+        }
+        let now: Vec<(usize, usize)> = regions.iter().map(|r| (r.0, r.1)).collect();
+        drop(regions);
         // Unpin regions that went away, pin the new ones.
         let gone: Vec<(usize, usize)> = self
             .registered
@@ -300,6 +346,10 @@ impl VhostUserBackendMut for VgpuBackend {
         let Some(vring) = vrings.get(usize::from(device_event)) else {
             return Ok(());
         };
+        if self.mem.is_none() {
+            // No memory table, or a refused one: touching the rings could fault.
+            return Ok(());
+        }
         self.serve_queue(vring)
     }
 

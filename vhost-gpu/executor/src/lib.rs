@@ -255,6 +255,19 @@ pub struct Executor {
     props: Option<DeviceProps>,
     scratch: Vec<u8>,
     console: Option<Box<dyn Console>>,
+    /// The slice's ledger when it spans several processes (one per guest client): every
+    /// charge is reserved there first, so the limit holds across them.
+    shared_ledger: Option<Box<dyn SharedLedger>>,
+}
+
+/// A memory ledger kept outside this executor, shared by every process that serves one slice.
+/// The executor reserves each charge there before taking it; what it releases is reported
+/// by its owner from [`Executor::mem_used`] after each message.
+pub trait SharedLedger: Send {
+    /// Takes `bytes` from the slice; false when the slice would go over its limit.
+    fn reserve(&mut self, bytes: u64) -> bool;
+    /// Bytes the whole slice holds now (every process of it).
+    fn slice_used(&mut self) -> u64;
 }
 
 /// What the GPU's driver prints for the guests (device-side `printf`, which the driver writes
@@ -285,7 +298,13 @@ impl Executor {
             props: None,
             scratch: Vec::new(),
             console: None,
+            shared_ledger: None,
         }
+    }
+
+    /// Charges from now on are reserved in `ledger` first (see [`SharedLedger`]).
+    pub fn set_shared_ledger(&mut self, ledger: Box<dyn SharedLedger>) {
+        self.shared_ledger = Some(ledger);
     }
 
     /// Delivers the driver's printed output to the guests from now on.
@@ -821,10 +840,14 @@ impl Executor {
                 let (a, _) = call.parse::<calls::CtxArg>().map_err(bad)?;
                 self.make_current(client, a.ctx.get())?;
                 let (free, total) = self.gpu.mem_info()?;
+                let used = match self.shared_ledger.as_mut() {
+                    Some(ledger) => ledger.slice_used(),
+                    None => self.mem_used,
+                };
                 let (free, total) = match self.limits.mem_limit {
                     Some(limit) => {
                         let total = limit.min(total);
-                        (total.saturating_sub(self.mem_used).min(free), total)
+                        (total.saturating_sub(used).min(free), total)
                     }
                     None => (free, total),
                 };
@@ -1300,6 +1323,12 @@ impl Executor {
             .checked_add(bytes)
             .ok_or(CuResult::OUT_OF_MEMORY)?;
         if self.limits.mem_limit.is_some_and(|limit| total > limit) {
+            return Err(CuResult::OUT_OF_MEMORY);
+        }
+        self.client(client)?;
+        if let Some(ledger) = self.shared_ledger.as_mut()
+            && !ledger.reserve(bytes)
+        {
             return Err(CuResult::OUT_OF_MEMORY);
         }
         self.client(client)?.mem_used += bytes;

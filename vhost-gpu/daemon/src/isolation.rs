@@ -269,7 +269,7 @@ fn watch(sock: &UnixStream, account: Arc<Account>) -> io::Result<()> {
             };
             loop {
                 // SAFETY: one valid pollfd for a descriptor this thread owns.
-                let n = unsafe { libc::poll(&mut fd, 1, -1) };
+                let n = unsafe { libc::poll(&raw mut fd, 1, -1) };
                 if n > 0 && fd.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0 {
                     break;
                 }

@@ -26,10 +26,11 @@ fn children(pid: u32) -> Vec<u32> {
         let mut fields = rest.split_whitespace();
         let state = fields.next();
         let ppid = fields.next().and_then(|p| p.parse::<u32>().ok());
-        if ppid == Some(pid) && state != Some("Z") {
-            if let Ok(child) = entry.file_name().to_string_lossy().parse() {
-                out.push(child);
-            }
+        if ppid == Some(pid)
+            && state != Some("Z")
+            && let Ok(child) = entry.file_name().to_string_lossy().parse()
+        {
+            out.push(child);
         }
     }
     out
@@ -203,10 +204,8 @@ fn memfd(len: usize, sealable: bool) -> OwnedFd {
     // SAFETY: a fresh descriptor we own.
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
     // SAFETY: ftruncate on a descriptor we own.
-    assert_eq!(
-        unsafe { libc::ftruncate(fd.as_fd().as_raw_fd(), len as i64) },
-        0
-    );
+    let truncated = unsafe { libc::ftruncate(fd.as_fd().as_raw_fd(), len as i64) };
+    assert_eq!(truncated, 0);
     fd
 }
 

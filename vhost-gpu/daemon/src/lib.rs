@@ -183,10 +183,12 @@ pub fn run(config: &Config, max_connections: Option<usize>) -> Result<(), Error>
             .spawn(move || {
                 let result = daemon.wait();
                 drop(daemon);
-                let freed = backend
+                let mut served = backend
                     .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .disconnected();
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                served.close_exit_events();
+                let freed = served.disconnected();
+                drop(served);
                 info!(
                     "frontend disconnected (frontend {namespace}), freed {} allocations ({} bytes) and {} objects",
                     freed.allocations, freed.bytes, freed.objects

@@ -92,6 +92,18 @@ fn each_client_is_served_by_a_process_of_its_own() {
     wait_until("two workers run", &daemon, || children(pid).len() == 2);
     let workers = children(pid);
     assert_ne!(workers[0], workers[1]);
+    // A worker holds no other frontend's guest memory or eventfds: only its stdio and its
+    // socket (the memory it serves is mapped, not held open).
+    for w in &workers {
+        let held: Vec<String> = std::fs::read_dir(format!("/proc/{w}/fd"))
+            .expect("worker fds")
+            .flatten()
+            .filter_map(|e| std::fs::read_link(e.path()).ok())
+            .map(|l| l.display().to_string())
+            .filter(|l| l.contains("memfd") || l.contains("eventfd"))
+            .collect();
+        assert!(held.is_empty(), "worker {w} holds {held:?}");
+    }
     let _ = first.kill();
     let _ = first.wait();
     wait_until("the first client's worker is gone", &daemon, || {

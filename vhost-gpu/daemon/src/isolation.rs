@@ -485,10 +485,16 @@ impl Workers {
             .env(WORKER_NAMESPACE_ENV, self.namespace.to_string())
             .stdin(Stdio::null());
         // SAFETY: between fork and exec the closure calls only async-signal-safe functions
-        // (dup2, prctl, getppid) on values computed before the fork.
+        // (dup2, close_range, prctl) on values computed before the fork.
         unsafe {
             cmd.pre_exec(move || {
                 if libc::dup2(child_fd, WORKER_FD) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                // Descriptors the VMM sent other frontends (their guest memory, their
+                // eventfds) arrive without close-on-exec: a worker keeps only its stdio and
+                // its socket.
+                if libc::syscall(libc::SYS_close_range, WORKER_FD + 1, u32::MAX, 0) < 0 {
                     return Err(io::Error::last_os_error());
                 }
                 // The worker dies with the front: it must never serve on alone.

@@ -112,6 +112,10 @@ pub struct Args {
     /// frontend cannot cut it short under a mapping.
     #[arg(long)]
     pub allow_unsealed_memory: bool,
+    /// Start each frontend's next worker before its client's first call (its CUDA start-up
+    /// then runs while the guest gets ready): 'true' or 'false'.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub prestart_workers: bool,
     /// Guest clients (processes) one frontend may have at once.
     #[arg(long, default_value_t = 64)]
     pub max_clients: usize,
@@ -140,6 +144,7 @@ pub struct Config {
     pub isolation: Isolation,
     pub max_clients: usize,
     pub allow_unsealed_memory: bool,
+    pub prestart_workers: bool,
 }
 
 /// Parses "1048576", "512M", "8G", "2GiB", "64KiB".
@@ -238,6 +243,7 @@ impl TryFrom<Args> for Config {
             isolation: a.isolation,
             max_clients: a.max_clients.max(1),
             allow_unsealed_memory: a.allow_unsealed_memory,
+            prestart_workers: a.prestart_workers,
         })
     }
 }

@@ -213,6 +213,20 @@ struct Worker {
     account: Arc<Account>,
 }
 
+/// A worker started ahead of its client, still opening the GPU.
+struct Pending {
+    child: Child,
+    sock: UnixStream,
+    started: Instant,
+}
+
+impl Pending {
+    fn discard(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// What a worker holds of the slice. A worker that dies gives it back at once (its watcher
 /// sees the socket hang up), not when its client next calls.
 struct Account {
@@ -290,6 +304,10 @@ pub struct Workers {
     max_clients: usize,
     ledger: Arc<SliceLedger>,
     workers: HashMap<u32, Worker>,
+    /// A worker started before its client arrives (see [`Workers::spawn`]).
+    spare: Option<Pending>,
+    prestart: bool,
+    clients_seen: usize,
     regions: Vec<Region>,
     frame: Vec<u8>,
     segs: Vec<u8>,
@@ -317,9 +335,13 @@ impl Workers {
         command: WorkerCommand,
         namespace: u32,
         max_clients: usize,
+        prestart: bool,
         ledger: Arc<SliceLedger>,
     ) -> Self {
         Self {
+            spare: None,
+            prestart,
+            clients_seen: 0,
             exe: command.exe,
             args: command.args,
             namespace,
@@ -349,6 +371,10 @@ impl Workers {
             });
         }
         self.regions = checked;
+        // Every frontend has a first client: start its worker as soon as the memory is known.
+        if self.prestart && self.clients_seen == 0 {
+            self.prestart_spare();
+        }
         let ids: Vec<u32> = self.workers.keys().copied().collect();
         for id in ids {
             let sent = match self.workers.get_mut(&id) {
@@ -475,7 +501,39 @@ impl Workers {
         }
     }
 
+    /// A worker for a new client: the one started ahead if there is one, else a new one. The
+    /// guest memory table goes to it now.
     fn spawn(&mut self, client: u32) -> Result<Worker, WorkerError> {
+        let pending = match self.spare.take() {
+            Some(p) => p,
+            None => self.start()?,
+        };
+        let w = self.finish(pending, client)?;
+        self.clients_seen += 1;
+        // A frontend with several clients (a VM's processes) gets its next worker started
+        // ahead, so CUDA's start-up is off the next client's first call.
+        if self.prestart && self.clients_seen >= 2 {
+            self.prestart_spare();
+        }
+        Ok(w)
+    }
+
+    /// Starts a spare worker if none waits (the frontend's memory is known: a client follows).
+    fn prestart_spare(&mut self) {
+        if self.spare.is_none() && !self.regions.is_empty() {
+            match self.start() {
+                Ok(p) => self.spare = Some(p),
+                Err(e) => warn!(
+                    "frontend {}: no spare worker: {}",
+                    self.namespace,
+                    crate::error_chain(&e)
+                ),
+            }
+        }
+    }
+
+    /// Forks and executes a worker; it opens the GPU on its own while we go on.
+    fn start(&mut self) -> Result<Pending, WorkerError> {
         let started = Instant::now();
         let (ours, theirs) = UnixStream::pair().map_err(WorkerError::Spawn)?;
         let child_fd = theirs.as_raw_fd();
@@ -506,9 +564,24 @@ impl Workers {
         }
         let child = spawn_from_daemon_thread(cmd).map_err(WorkerError::Spawn)?;
         drop(theirs);
-        let mut w = Worker {
+        Ok(Pending {
             child,
             sock: ours,
+            started,
+        })
+    }
+
+    /// Waits until a started worker has opened the GPU, then gives it the memory table.
+    fn finish(&mut self, pending: Pending, client: u32) -> Result<Worker, WorkerError> {
+        let waited = Instant::now();
+        let Pending {
+            child,
+            sock,
+            started,
+        } = pending;
+        let mut w = Worker {
+            child,
+            sock,
             account: Arc::new(Account {
                 ledger: self.ledger.clone(),
                 state: Mutex::default(),
@@ -534,10 +607,11 @@ impl Workers {
             return Err(e);
         }
         info!(
-            "client {}:{client}: worker process {} started in {} ms",
+            "client {}:{client}: worker process {} ready {} ms after its start, {} ms after the client's first call",
             self.namespace,
             w.child.id(),
-            started.elapsed().as_millis()
+            started.elapsed().as_millis(),
+            waited.elapsed().as_millis()
         );
         Ok(w)
     }
@@ -605,14 +679,20 @@ impl Workers {
         total
     }
 
-    /// Forgets the frontend's memory (it disconnected).
+    /// Forgets the frontend's memory (it disconnected), and any spare worker.
     pub fn forget_memory(&mut self) {
         self.regions.clear();
+        if let Some(p) = self.spare.take() {
+            p.discard();
+        }
     }
 }
 
 impl Drop for Workers {
     fn drop(&mut self) {
+        if let Some(p) = self.spare.take() {
+            p.discard();
+        }
         let ids: Vec<u32> = self.workers.keys().copied().collect();
         for id in ids {
             self.drop_worker(id);

@@ -158,6 +158,7 @@ pub fn run(config: &Config, max_connections: Option<usize>) -> Result<(), Error>
                     command,
                     namespace,
                     config.max_clients,
+                    config.prestart_workers,
                     ledger,
                 )))
             }

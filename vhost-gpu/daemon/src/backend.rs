@@ -122,7 +122,11 @@ impl VgpuBackend {
     /// frontend's `VhostUserDaemon` is dropped: dropping it joins the epoll threads, the only
     /// users of those descriptors (they never read them: the event only wakes epoll).
     pub fn close_exit_events(&mut self) {
-        let fds = std::mem::take(self.exit_fds.get_mut().unwrap_or_else(PoisonError::into_inner));
+        let fds = std::mem::take(
+            self.exit_fds
+                .get_mut()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
         for fd in fds {
             // SAFETY: `fd` was the consumer of an eventfd we created in `exit_event`; the
             // library converted it to a raw descriptor it never closes, and its only user, the

@@ -411,4 +411,6 @@ fn a_modules_globals_go_with_it() {
     );
     assert_eq!(r, 0);
     assert_eq!(memset(&mut ex), CuResult::INVALID_VALUE.0);
+    // Refused by the executor's own table, not only by the device: nothing is left in it.
+    assert!(ex.clients[&client_key(0, 1)].globals.is_empty());
 }

@@ -299,10 +299,7 @@ impl Pool {
         if let Some(p) = inner.project_by_token.get(hash) {
             return Some(Role::Project(p.clone()));
         }
-        inner
-            .host_by_token
-            .get(hash)
-            .map(|h| Role::Host(h.clone()))
+        inner.host_by_token.get(hash).map(|h| Role::Host(h.clone()))
     }
 
     /// Issue host `name` its own credential. The enrolment token may do so only for a host that
@@ -334,7 +331,11 @@ impl Pool {
         inner.host_by_token.insert(hash, name.to_string());
         log::info!(
             "host {name}: credential issued ({})",
-            if *role == Role::Admin { "by the admin" } else { "first enrolment" }
+            if *role == Role::Admin {
+                "by the admin"
+            } else {
+                "first enrolment"
+            }
         );
         Ok(EnrollResponse {
             host: name.to_string(),

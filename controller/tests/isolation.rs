@@ -82,10 +82,7 @@ fn an_agent_credential_acts_for_its_own_host_only() {
     );
     assert_error(&r, 403, "forbidden");
     let msg = r.1["error"]["message"].as_str().unwrap();
-    assert!(
-        msg.contains("\"h2\"") && msg.contains("\"h1\""),
-        "{msg}"
-    );
+    assert!(msg.contains("\"h2\"") && msg.contains("\"h1\""), "{msg}");
     let r = http(
         &c.url,
         "POST",
@@ -143,11 +140,7 @@ fn an_agent_credential_acts_for_its_own_host_only() {
 
     // The operator issues h1 a new credential: the old one stops working; the agent picks up
     // the new one from its credential file and stays alive.
-    let (st, new) = c.admin(
-        "POST",
-        "/v1/agents/enroll",
-        Some(json!({"host": "h1"})),
-    );
+    let (st, new) = c.admin("POST", "/v1/agents/enroll", Some(json!({"host": "h1"})));
     assert_eq!(st, 201, "{new}");
     let new = new["token"].as_str().unwrap().to_string();
     let r = http(
@@ -161,7 +154,10 @@ fn an_agent_credential_acts_for_its_own_host_only() {
     std::fs::write(h1.state.join("host.token"), format!("{new}\n")).unwrap();
     std::thread::sleep(Duration::from_millis(1_500));
     let before = host(&c, "h1")["last_seen_ms_ago"].as_u64().unwrap();
-    assert!(before < 1_000, "h1 heartbeats again with its new credential");
+    assert!(
+        before < 1_000,
+        "h1 heartbeats again with its new credential"
+    );
 }
 
 #[test]
@@ -177,7 +173,9 @@ fn workers_die_with_their_agent() {
     let socket = std::path::PathBuf::from(a["socket_path"].as_str().unwrap());
     assert!(socket.starts_with(h.state.join("sockets")), "{socket:?}");
     c.wait_state(&id, "running");
-    wait_until(Duration::from_secs(10), || UnixStream::connect(&socket).is_ok());
+    wait_until(Duration::from_secs(10), || {
+        UnixStream::connect(&socket).is_ok()
+    });
     let pid = h.worker_pid(&id).unwrap();
     h.kill9();
     let t = Instant::now();
@@ -222,7 +220,11 @@ fn a_returning_agent_stops_leftover_workers_and_leaves_other_processes_alone() {
     // ...and a pid file whose pid is now an unrelated process.
     let mut other = leftover(None);
     std::fs::write(workers.join("a-reused-000002.pid"), other.id().to_string()).unwrap();
-    for f in ["a-gone-000001.sock", "a-gone-000001.sock.status", "a-old-000003.sock"] {
+    for f in [
+        "a-gone-000001.sock",
+        "a-gone-000001.sock.status",
+        "a-old-000003.sock",
+    ] {
         std::fs::write(sockets.join(f), "").unwrap();
     }
     h.spawn();
@@ -317,7 +319,12 @@ fn up_writes_its_tokens_and_database_private() {
     let mut child = Command::new(BIN)
         .args(["up", "--listen", "127.0.0.1:0", "--sim-gpus", "1"])
         .args(["--agent-metrics-addr", "127.0.0.1:0"])
-        .args(["--worker-bin", "/bin/sh", "--worker-arg=-c", "--worker-arg=exec sleep 60"])
+        .args([
+            "--worker-bin",
+            "/bin/sh",
+            "--worker-arg=-c",
+            "--worker-arg=exec sleep 60",
+        ])
         .arg("--state-dir")
         .arg(&state)
         .arg("--addr-file")
@@ -379,7 +386,8 @@ fn rest_connections_are_capped_and_idle_ones_dropped() {
     // Half a request, then nothing: dropped within the bound.
     let t = Instant::now();
     let mut half = TcpStream::connect(&c.addr).unwrap();
-    half.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n").unwrap();
+    half.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
     assert!(closed_within(&mut half, Duration::from_secs(3)));
     let took = t.elapsed();
     assert!(

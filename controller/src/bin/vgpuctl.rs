@@ -462,11 +462,7 @@ fn run(cli: Cli) -> Result<(), String> {
             |v| println!("host {} schedulable again", s(&v["name"])),
         ),
         Cmd::HostToken { host } => (
-            api.call(
-                "POST",
-                "/v1/agents/enroll",
-                Some(json!({ "host": host })),
-            )?,
+            api.call("POST", "/v1/agents/enroll", Some(json!({ "host": host })))?,
             |v| println!("{}", s(&v["token"])),
         ),
         Cmd::Projects => (api.call("GET", "/v1/projects", None)?, |v| {

@@ -272,8 +272,9 @@ fn obtain_credential(
         };
         match enroll(client, enrol, name) {
             Ok(t) => {
-                write_private(path, &format!("{t}\n"))
-                    .with_context(|| format!("storing the host credential in {}", path.display()))?;
+                write_private(path, &format!("{t}\n")).with_context(|| {
+                    format!("storing the host credential in {}", path.display())
+                })?;
                 log::info!(
                     "agent {name}: enrolled; this host's credential is in {} (mode 0600)",
                     path.display()
@@ -498,7 +499,10 @@ fn refresh_credential(client: &mut Client, name: &str, path: &Path, enrol: Optio
     if let Some(t) = read_credential(path)
         && t != client.token
     {
-        log::info!("agent {name}: using the new credential in {}", path.display());
+        log::info!(
+            "agent {name}: using the new credential in {}",
+            path.display()
+        );
         client.token = t;
         return;
     }
@@ -506,10 +510,16 @@ fn refresh_credential(client: &mut Client, name: &str, path: &Path, enrol: Optio
     match enroll(client, enrol, name) {
         Ok(t) => match write_private(path, &format!("{t}\n")) {
             Ok(()) => {
-                log::info!("agent {name}: enrolled again; credential in {}", path.display());
+                log::info!(
+                    "agent {name}: enrolled again; credential in {}",
+                    path.display()
+                );
                 client.token = t;
             }
-            Err(e) => log::error!("agent {name}: cannot store the credential in {}: {e}", path.display()),
+            Err(e) => log::error!(
+                "agent {name}: cannot store the credential in {}: {e}",
+                path.display()
+            ),
         },
         Err(e) => log::error!(
             "agent {name}: enrolling again failed: {e}; an operator can write this host's credential to {}",

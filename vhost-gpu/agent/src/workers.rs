@@ -81,9 +81,9 @@ pub(crate) fn check_assignment(a: &Assignment) -> Result<(), String> {
         let ok = ep.rsplit_once(':').is_some_and(|(host, port)| {
             !host.is_empty()
                 && !host.starts_with('-')
-                && host
-                    .bytes()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'-' | b':' | b'[' | b']'))
+                && host.bytes().all(|c| {
+                    c.is_ascii_alphanumeric() || matches!(c, b'.' | b'-' | b':' | b'[' | b']')
+                })
                 && port.parse::<u16>().is_ok_and(|p| p != 0)
         });
         if !ok {
@@ -461,8 +461,10 @@ impl Workers {
         let want = ok;
         self.refused
             .retain(|id| want.iter().all(|a| &a.allocation_id != id));
-        let wanted: HashMap<&str, &Assignment> =
-            want.iter().map(|a| (a.allocation_id.as_str(), *a)).collect();
+        let wanted: HashMap<&str, &Assignment> = want
+            .iter()
+            .map(|a| (a.allocation_id.as_str(), *a))
+            .collect();
         // Exited workers are forgotten once the controller no longer assigns them.
         self.exited.retain(|id, _| wanted.contains_key(id.as_str()));
         let stale: Vec<String> = self
@@ -621,5 +623,81 @@ impl Workers {
         for id in ids {
             self.stop(&id);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assignment(id: &str) -> Assignment {
+        Assignment {
+            allocation_id: id.into(),
+            vm: "vm".into(),
+            project: "p".into(),
+            gpu_uuid: "GPU-1".into(),
+            gpu_arg: "0".into(),
+            memory_bytes: 1 << 30,
+            sm_count: 8,
+            remote_endpoint: None,
+        }
+    }
+
+    #[test]
+    fn assignments_from_the_controller_are_checked_before_they_name_files() {
+        assert!(check_assignment(&assignment("a-0123abcd-000001")).is_ok());
+        for bad in [
+            "",
+            "../../etc/x",
+            "/abs",
+            "a/b",
+            "-flag",
+            ".hidden",
+            "a b",
+            "a\0b",
+        ] {
+            assert!(
+                check_assignment(&assignment(bad)).is_err(),
+                "{bad:?} accepted"
+            );
+        }
+        let mut a = assignment("a1");
+        a.gpu_arg = "--listen=0.0.0.0:1".into();
+        assert!(check_assignment(&a).is_err());
+        a.gpu_arg = "sim".into();
+        assert!(check_assignment(&a).is_ok());
+        for ep in ["-oProxy:1", "host", "host:0", "ho st:1", "host:99999"] {
+            a.remote_endpoint = Some(ep.into());
+            assert!(check_assignment(&a).is_err(), "{ep:?} accepted");
+        }
+        a.remote_endpoint = Some("10.0.0.5:7470".into());
+        assert!(check_assignment(&a).is_ok());
+    }
+
+    #[test]
+    fn a_worker_gets_its_socket_and_status_file_under_the_agents_own_directory() {
+        let w = Workers::new(
+            PathBuf::from("/state/workers"),
+            PathBuf::from("/state/sockets"),
+            PathBuf::from("/nonexistent/vhost-gpu"),
+            Vec::new(),
+        );
+        let c = w.command(&assignment("a-1"));
+        let args: Vec<String> = c
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        let after = |flag: &str| {
+            let i = args.iter().position(|a| a == flag).expect(flag);
+            args[i + 1].clone()
+        };
+        assert_eq!(after("--socket"), "/state/sockets/a-1.sock");
+        assert_eq!(after("--status-file"), "/state/sockets/a-1.sock.status");
+        let env: Vec<_> = c.get_envs().collect();
+        assert!(
+            env.iter()
+                .any(|(k, v)| *k == ALLOCATION_ENV && v.is_some_and(|v| v == "a-1")),
+            "{env:?}"
+        );
     }
 }

@@ -310,7 +310,7 @@ impl Workers {
                 Some((e.metadata().ok()?.modified().ok()?, p))
             })
             .collect();
-        logs.sort_by(|a, b| b.0.cmp(&a.0));
+        logs.sort_by_key(|l| std::cmp::Reverse(l.0));
         for (_, p) in logs.into_iter().skip(KEEP_EXITED_LOGS) {
             let _ = std::fs::remove_file(p);
         }
@@ -699,5 +699,43 @@ mod tests {
                 .any(|(k, v)| *k == ALLOCATION_ENV && v.is_some_and(|v| v == "a-1")),
             "{env:?}"
         );
+    }
+}
+
+#[cfg(test)]
+mod log_tests {
+    use super::*;
+
+    #[test]
+    fn only_the_newest_logs_of_stopped_workers_are_kept() {
+        let dir = std::env::temp_dir().join(format!("vgpu-agent-logs-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let t0 = std::time::SystemTime::now() - Duration::from_secs(1000);
+        let n = KEEP_EXITED_LOGS + 5;
+        for i in 0..n {
+            let f = std::fs::File::create(dir.join(format!("a-{i:03}.log"))).unwrap();
+            f.set_modified(t0 + Duration::from_secs(i as u64)).unwrap();
+        }
+        std::fs::write(dir.join("slice-server.log"), "").unwrap();
+        let w = Workers::new(
+            dir.clone(),
+            dir.join("sockets"),
+            PathBuf::from("/nonexistent"),
+            Vec::new(),
+        );
+        w.prune_logs();
+        let mut left: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        let mut want: Vec<String> = (n - KEEP_EXITED_LOGS..n)
+            .map(|i| format!("a-{i:03}.log"))
+            .collect();
+        want.push("slice-server.log".into());
+        assert_eq!(left, want);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -140,9 +140,13 @@ fn an_agent_credential_acts_for_its_own_host_only() {
 
     // The operator issues h1 a new credential: the old one stops working; the agent picks up
     // the new one from its credential file and stays alive.
-    let (st, new) = c.admin("POST", "/v1/agents/enroll", Some(json!({"host": "h1"})));
-    assert_eq!(st, 201, "{new}");
-    let new = new["token"].as_str().unwrap().to_string();
+    let out = Command::new(env!("CARGO_BIN_EXE_vgpuctl"))
+        .args(["--url", &c.url, "--token", ADMIN, "host-token", "h1"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let new = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert!(new.starts_with("vgpu_") && new != cred1, "{new}");
     let r = http(
         &c.url,
         "POST",

@@ -385,17 +385,17 @@ fn rest_connections_are_capped_and_idle_ones_dropped() {
         "127.0.0.1:0",
         5_000,
         200,
-        &["--idle-timeout-ms", "500", "--max-connections", "4"],
+        &["--idle-timeout-ms", "1500", "--max-connections", "4"],
     );
     // Half a request, then nothing: dropped within the bound.
     let t = Instant::now();
     let mut half = TcpStream::connect(&c.addr).unwrap();
     half.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
         .unwrap();
-    assert!(closed_within(&mut half, Duration::from_secs(3)));
+    assert!(closed_within(&mut half, Duration::from_secs(5)));
     let took = t.elapsed();
     assert!(
-        took >= Duration::from_millis(400) && took < Duration::from_millis(2_000),
+        took >= Duration::from_millis(1_300) && took < Duration::from_millis(3_500),
         "half-open connection dropped after {took:?}"
     );
     // A kept-alive connection that goes quiet after its answer is dropped too.
@@ -404,8 +404,8 @@ fn rest_connections_are_capped_and_idle_ones_dropped() {
         .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
         .unwrap();
     let t = Instant::now();
-    assert!(closed_within(&mut quiet, Duration::from_secs(3)));
-    assert!(t.elapsed() < Duration::from_millis(2_000));
+    assert!(closed_within(&mut quiet, Duration::from_secs(5)));
+    assert!(t.elapsed() < Duration::from_millis(3_500));
     // Four silent connections fill the cap: a fifth is closed at once...
     let mut held: Vec<TcpStream> = (0..4)
         .map(|_| TcpStream::connect(&c.addr).unwrap())
@@ -413,11 +413,12 @@ fn rest_connections_are_capped_and_idle_ones_dropped() {
     std::thread::sleep(Duration::from_millis(100));
     let mut fifth = TcpStream::connect(&c.addr).unwrap();
     let t = Instant::now();
-    assert!(closed_within(&mut fifth, Duration::from_millis(400)));
-    assert!(t.elapsed() < Duration::from_millis(400));
+    // (well before the idle timeout would close it)
+    assert!(closed_within(&mut fifth, Duration::from_millis(1_000)));
+    assert!(t.elapsed() < Duration::from_millis(1_000));
     // ...and once the silent ones are dropped, the server answers again.
     for s in &mut held {
-        assert!(closed_within(s, Duration::from_secs(3)));
+        assert!(closed_within(s, Duration::from_secs(5)));
     }
     assert_eq!(c.get("/healthz", None).0, 200);
 }

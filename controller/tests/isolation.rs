@@ -442,3 +442,34 @@ fn the_agent_metrics_port_drops_a_silent_client() {
         t.elapsed()
     );
 }
+
+#[test]
+fn agents_heartbeating_slower_than_the_idle_timeout_keep_working() {
+    let d = TempDir::new("slowhb");
+    // Each heartbeat finds its kept-alive connection closed by the server and opens another.
+    let c = Controller::start_with(
+        &d.0,
+        "127.0.0.1:0",
+        6_000,
+        1_000,
+        &["--idle-timeout-ms", "400"],
+    );
+    let _h = Agent::start(&d.0, &c.url, "h1", 1, &[], 0);
+    c.wait_hosts(1);
+    let addr = wait_file(&d.0.join("agent-h1.metrics"), Duration::from_secs(10));
+    std::thread::sleep(Duration::from_millis(4_500));
+    let (_, body) = http(&format!("http://{addr}"), "GET", "/metrics", None, None);
+    let m = body.as_str().unwrap().to_string();
+    assert!(
+        m.contains("vgpu_agent_heartbeat_failures_total{host=\"h1\"} 0"),
+        "{m}"
+    );
+    let beats: u64 = m
+        .lines()
+        .find_map(|l| l.strip_prefix("vgpu_agent_heartbeats_total{host=\"h1\"} "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(beats >= 4, "{beats} heartbeats");
+    assert_eq!(host(&c, "h1")["alive"], json!(true));
+}

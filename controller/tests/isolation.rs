@@ -155,13 +155,19 @@ fn an_agent_credential_acts_for_its_own_host_only() {
         Some("{}".into()),
     );
     assert_error(&r, 401, "unauthorized");
-    std::fs::write(h1.state.join("host.token"), format!("{new}\n")).unwrap();
+    let cred_file = h1.state.join("host.token");
+    // An operator's copy readable by others (0644) is made private when the agent reads it.
+    let copy = d.0.join("h1.token");
+    std::fs::write(&copy, format!("{new}\n")).unwrap();
+    std::fs::set_permissions(&copy, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    std::fs::rename(&copy, &cred_file).unwrap();
     std::thread::sleep(Duration::from_millis(1_500));
     let before = host(&c, "h1")["last_seen_ms_ago"].as_u64().unwrap();
     assert!(
         before < 1_000,
         "h1 heartbeats again with its new credential"
     );
+    assert_eq!(mode(&cred_file), 0o600);
 }
 
 #[test]

@@ -243,9 +243,15 @@ fn error_message(body: &str) -> String {
         .unwrap_or_else(|| body.to_string())
 }
 
-/// The host credential stored at `path`, if any.
+/// The host credential stored at `path`, if any (the file is made 0600 if it was wider).
 fn read_credential(path: &Path) -> Option<String> {
     let t = std::fs::read_to_string(path).ok()?;
+    if let Ok(m) = std::fs::metadata(path)
+        && m.permissions().mode() & 0o077 != 0
+    {
+        log::warn!("{} was readable by others; making it 0600", path.display());
+        let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
+    }
     let t = t.trim();
     (!t.is_empty()).then(|| t.to_string())
 }

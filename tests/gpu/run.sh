@@ -2,7 +2,7 @@
 # The GPU suite, run on the H200 machine: builds the CUDA test programs with nvcc, runs each
 # natively and through our stack (libcuda.so.1 shim -> virtio-user -> vhost-gpu --gpu 0), the
 # vGPU side sealed like a guest (private mount namespace, NVIDIA's libraries and /dev/nvidia*
-# hidden), checks the results are identical, and prints a comparison table last.
+# hidden), checks the results are identical, and prints a comparison table and a verdict last.
 # Compared per program: its RESULT/copy/E2E/GRAPH/PASS lines in order, then its device-printf
 # lines (`DEVPRINTF ...`) sorted; RESULT keys matching *loss* numerically (|diff| <= 1e-5).
 # The cases are a fixed list (EXPECTED below: every tests/runtime/rt_*.cu program with static

@@ -873,7 +873,11 @@ mod tests {
         assert_ne!(a, check(&changed, &[dev]), "the process id is hashed");
         changed = input;
         changed.cudart_table += 8;
-        assert_ne!(a, check(&changed, &[dev]), "the runtime's table address is hashed");
+        assert_ne!(
+            a,
+            check(&changed, &[dev]),
+            "the runtime's table address is hashed"
+        );
         assert_ne!(a, check(&input, &[]), "the devices are hashed");
         let mut other = dev;
         other.pci_bus = 0x1a;

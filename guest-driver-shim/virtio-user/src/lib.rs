@@ -324,6 +324,35 @@ impl VirtioUser {
             })
     }
 
+    /// Announces `fd` to the device as a guest memory region of `declared_len` bytes at a
+    /// fresh guest address, whatever the file behind it holds, and returns that address or the
+    /// device's refusal. Only tests that play a hostile frontend need this.
+    #[doc(hidden)]
+    pub fn announce_region(
+        &mut self,
+        fd: std::os::fd::BorrowedFd<'_>,
+        declared_len: usize,
+    ) -> Result<u64, Error> {
+        let gpa = self.next_gpa;
+        self.next_gpa += declared_len.next_multiple_of(2 << 20) as u64 + (2 << 20);
+        let info = VhostUserMemoryRegionInfo {
+            guest_phys_addr: gpa,
+            memory_size: declared_len as u64,
+            // Never dereferenced by us; the device maps the file itself.
+            userspace_addr: gpa | (1 << 46),
+            mmap_offset: 0,
+            mmap_handle: std::os::fd::AsRawFd::as_raw_fd(&fd),
+        };
+        self.frontend.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
+        let added = self.frontend.add_mem_region(&info);
+        self.frontend.set_hdr_flags(VhostUserHeaderFlag::empty());
+        added.map_err(|source| Error::Negotiate {
+            step: "ADD_MEM_REG",
+            source,
+        })?;
+        Ok(gpa)
+    }
+
     /// Free descriptors right now.
     pub fn free_descriptors(&self) -> usize {
         self.ring.free_descriptors()

@@ -15,8 +15,15 @@ pub struct Region {
 
 impl Region {
     pub fn new(gpa: u64, len: usize) -> io::Result<Self> {
+        // Sealing allowed: the device seals the file against shrinking before it maps it (a
+        // mapping whose file was cut short faults where the file ends).
         // SAFETY: the name is a valid C string; the returned fd is checked.
-        let fd = unsafe { libc::memfd_create(c"vgpu-shm".as_ptr(), libc::MFD_CLOEXEC) };
+        let fd = unsafe {
+            libc::memfd_create(
+                c"vgpu-shm".as_ptr(),
+                libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING,
+            )
+        };
         if fd < 0 {
             return Err(io::Error::last_os_error());
         }

@@ -27,6 +27,7 @@ use vmm_sys_util::event::{
 use crate::{
     chain::{Desc, ParsedChain},
     config::Config,
+    isolation::{self, WorkerError, Workers},
 };
 
 /// State of the device for one connected frontend (and what carries over between them).
@@ -37,6 +38,9 @@ pub enum Runner {
         executor: Arc<Mutex<Executor>>,
         namespace: u32,
     },
+    /// This host's GPU, each guest client in a worker process of its own
+    /// ([`crate::isolation`]).
+    Isolated(Box<Workers>),
     /// A GPU host's, over TCP (the network fallback).
     Remote(Box<vgpu_remote::RemoteSession>),
 }
@@ -53,6 +57,7 @@ impl Runner {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .close_namespace(*namespace),
+            Runner::Isolated(workers) => workers.close_all(),
             Runner::Remote(session) => {
                 session.close();
                 Freed::default()
@@ -73,6 +78,10 @@ pub struct VgpuBackend {
     parsed: ParsedChain,
     descs: Vec<Desc>,
     reply: Vec<u8>,
+    /// Accept guest memory files that cannot be sealed against shrinking.
+    allow_unsealed: bool,
+    /// Exit-event descriptors handed to vhost-user-backend, which does not close them.
+    exit_fds: Mutex<Vec<std::os::fd::RawFd>>,
 }
 
 impl VgpuBackend {
@@ -88,12 +97,17 @@ impl VgpuBackend {
             parsed: ParsedChain::default(),
             descs: Vec::with_capacity(64),
             reply: Vec::with_capacity(64 << 10),
+            allow_unsealed: config.allow_unsealed_memory,
+            exit_fds: Mutex::new(Vec::new()),
         }
     }
 
     /// The frontend went away: free every client's resources, then unpin its memory.
     pub fn disconnected(&mut self) -> Freed {
         let freed = self.runner.close();
+        if let Runner::Isolated(workers) = &mut self.runner {
+            workers.forget_memory();
+        }
         if let Runner::Local { executor, .. } = &self.runner {
             let mut ex = executor.lock().unwrap_or_else(PoisonError::into_inner);
             for (ptr, _) in self.registered.drain(..) {
@@ -102,6 +116,23 @@ impl VgpuBackend {
         }
         self.mem = None;
         freed
+    }
+
+    /// Closes the exit-event descriptors vhost-user-backend left open. Call only after the
+    /// frontend's `VhostUserDaemon` is dropped: dropping it joins the epoll threads, the only
+    /// users of those descriptors (they never read them: the event only wakes epoll).
+    pub fn close_exit_events(&mut self) {
+        let fds = std::mem::take(
+            self.exit_fds
+                .get_mut()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
+        for fd in fds {
+            // SAFETY: `fd` was the consumer of an eventfd we created in `exit_event`; the
+            // library converted it to a raw descriptor it never closes, and its only user, the
+            // epoll thread, has been joined, so nothing else owns or uses it.
+            drop(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) });
+        }
     }
 
     /// Pops and runs every available chain; returns how many ran.
@@ -163,6 +194,12 @@ impl VgpuBackend {
                     data_out,
                     &mut self.reply,
                 ),
+            Runner::Isolated(workers) => workers.execute(
+                &self.parsed.msg,
+                &self.parsed.data_in,
+                &self.parsed.data_out,
+                &mut self.reply,
+            ),
             Runner::Remote(session) => {
                 session.execute(&self.parsed.msg, data_in, data_out, &mut self.reply)
             }
@@ -252,14 +289,43 @@ impl VhostUserBackendMut for VgpuBackend {
 
     fn update_memory(&mut self, atomic: GuestMemoryAtomic<GuestMemoryMmap>) -> io::Result<()> {
         let mem = atomic.memory();
-        let now: Vec<(usize, usize)> = mem
-            .iter()
-            .filter_map(|r| {
-                r.get_host_address(vm_memory::MemoryRegionAddress(0))
-                    .ok()
-                    .map(|p| (p as usize, r.len() as usize))
-            })
-            .collect();
+        let mut regions = Vec::new();
+        for r in mem.iter() {
+            let Ok(p) = r.get_host_address(vm_memory::MemoryRegionAddress(0)) else {
+                continue;
+            };
+            let Some(fo) = r.file_offset() else {
+                // Memory we cannot check against a file (and a worker could not map).
+                self.mem = None;
+                return Err(io::Error::other(WorkerError::NoFile(regions.len())));
+            };
+            regions.push((p as usize, r.len() as usize, fo.file(), fo.start()));
+        }
+        // A region larger than its file faults (SIGBUS) where the file ends: refuse the
+        // table, and serve nothing from it.
+        if let Err(e) = isolation::check_regions(&regions, self.allow_unsealed) {
+            warn!("refused a guest memory table: {e}");
+            self.mem = None;
+            return Err(io::Error::other(e));
+        }
+        if let Runner::Isolated(workers) = &mut self.runner {
+            let result = workers.set_memory(&regions);
+            drop(regions);
+            drop(mem);
+            return match result {
+                Ok(()) => {
+                    self.mem = Some(atomic);
+                    Ok(())
+                }
+                Err(e) => {
+                    warn!("refused a guest memory table: {e}");
+                    self.mem = None;
+                    Err(io::Error::other(e))
+                }
+            };
+        }
+        let now: Vec<(usize, usize)> = regions.iter().map(|r| (r.0, r.1)).collect();
+        drop(regions);
         // Unpin regions that went away, pin the new ones.
         let gone: Vec<(usize, usize)> = self
             .registered
@@ -300,10 +366,22 @@ impl VhostUserBackendMut for VgpuBackend {
         let Some(vring) = vrings.get(usize::from(device_event)) else {
             return Ok(());
         };
+        if self.mem.is_none() {
+            // No memory table, or a refused one: touching the rings could fault.
+            return Ok(());
+        }
         self.serve_queue(vring)
     }
 
     fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
-        new_event_consumer_and_notifier(EventFlag::NONBLOCK).ok()
+        let (consumer, notifier) = new_event_consumer_and_notifier(EventFlag::NONBLOCK).ok()?;
+        // vhost-user-backend 0.24 registers the consumer in its epoll through `into_raw_fd`
+        // and never closes it: one descriptor per frontend. Remember it to close it once the
+        // frontend's threads are gone (see `close_exit_events`).
+        self.exit_fds
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(std::os::fd::AsRawFd::as_raw_fd(&consumer));
+        Some((consumer, notifier))
     }
 }

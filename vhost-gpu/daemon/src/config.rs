@@ -6,6 +6,8 @@ use clap::Parser;
 use thiserror::Error;
 use vgpu_executor::{SliceLimits, cuda::ComputeMode};
 
+pub use crate::isolation::Isolation;
+
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum ConfigError {
     #[error("--gpu must be 'sim' or a CUDA device ordinal, not '{0}'")]
@@ -100,6 +102,23 @@ pub struct Args {
     /// Exit after serving this many frontends (default: serve forever).
     #[arg(long)]
     pub max_connections: Option<usize>,
+    /// How the slice's clients are kept apart: 'process' (one host process per guest client,
+    /// each with its own GPU address space) or 'shared' (one process; only for measuring what
+    /// isolation costs).
+    #[arg(long, value_enum, default_value_t = Isolation::Process)]
+    pub isolation: Isolation,
+    /// Accept guest memory that cannot be sealed against shrinking (hugetlbfs or tmpfs files
+    /// of a trusted VMM). By default every region must be a memfd the daemon can seal, so the
+    /// frontend cannot cut it short under a mapping.
+    #[arg(long)]
+    pub allow_unsealed_memory: bool,
+    /// Start each frontend's next worker before its client's first call (its CUDA start-up
+    /// then runs while the guest gets ready): 'true' or 'false'.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub prestart_workers: bool,
+    /// Guest clients (processes) one frontend may have at once.
+    #[arg(long, default_value_t = 64)]
+    pub max_clients: usize,
 }
 
 /// Validated configuration.
@@ -122,6 +141,10 @@ pub struct Config {
     pub queues: usize,
     pub queue_size: usize,
     pub poll_us: u64,
+    pub isolation: Isolation,
+    pub max_clients: usize,
+    pub allow_unsealed_memory: bool,
+    pub prestart_workers: bool,
 }
 
 /// Parses "1048576", "512M", "8G", "2GiB", "64KiB".
@@ -217,6 +240,10 @@ impl TryFrom<Args> for Config {
             queues: a.queues,
             queue_size: a.queue_size,
             poll_us: a.poll_us,
+            isolation: a.isolation,
+            max_clients: a.max_clients.max(1),
+            allow_unsealed_memory: a.allow_unsealed_memory,
+            prestart_workers: a.prestart_workers,
         })
     }
 }

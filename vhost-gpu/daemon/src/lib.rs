@@ -6,6 +6,7 @@ pub mod backend;
 pub mod chain;
 pub mod config;
 pub mod console;
+pub mod isolation;
 
 use std::sync::{Arc, Mutex};
 
@@ -44,6 +45,10 @@ pub enum Error {
     Bind(#[source] std::io::Error),
     #[error("Serving remote slices failed")]
     Serve(#[source] vgpu_remote::ServeError),
+    #[error("Worker process failed")]
+    Worker(#[source] isolation::WorkerError),
+    #[error("Could not find this program to start workers")]
+    WorkerCommand(#[source] std::io::Error),
 }
 
 /// Opens the device the configuration names.
@@ -102,10 +107,40 @@ pub fn run(config: &Config, max_connections: Option<usize>) -> Result<(), Error>
             );
             None
         }
+        None if isolation::uses_workers(config) => None,
         None => Some(Arc::new(Mutex::new(local_executor(config)?))),
     };
-    if let (Some(path), Some(executor)) = (&config.status_file, &executor) {
-        report_status(path.clone(), executor.clone());
+    let workers = if isolation::uses_workers(config) {
+        info!(
+            "vhost-gpu: serving {} with one process per client on {}, {} queues, memory limit {}",
+            config.socket.display(),
+            config.gpu.describe(),
+            config.queues,
+            config
+                .limits
+                .mem_limit
+                .map_or("none (whole device)".into(), |l| format!("{l} bytes"))
+        );
+        Some((
+            isolation::WorkerCommand::current().map_err(Error::WorkerCommand)?,
+            isolation::SliceLedger::new(config.limits.mem_limit),
+        ))
+    } else {
+        None
+    };
+    if let Some(path) = &config.status_file {
+        if let Some(executor) = &executor {
+            let executor = executor.clone();
+            report_status(path.clone(), move || {
+                let ex = executor
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                (ex.mem_used(), ex.client_count())
+            });
+        } else if let Some((_, ledger)) = &workers {
+            let ledger = ledger.clone();
+            report_status(path.clone(), move || (ledger.used(), ledger.clients()));
+        }
     }
     let mut listener = Listener::new(&config.socket, true).map_err(Error::Listen)?;
     let mut connections: Vec<std::thread::JoinHandle<()>> = Vec::new();
@@ -117,6 +152,16 @@ pub fn run(config: &Config, max_connections: Option<usize>) -> Result<(), Error>
                 executor: executor.clone(),
                 namespace,
             },
+            (None, None) if workers.is_some() => {
+                let (command, ledger) = workers.clone().expect("checked above");
+                Runner::Isolated(Box::new(isolation::Workers::new(
+                    command,
+                    namespace,
+                    config.max_clients,
+                    config.prestart_workers,
+                    ledger,
+                )))
+            }
             (None, Some(addr)) => Runner::Remote(Box::new(RemoteSession::new(
                 addr,
                 remote_params(config),
@@ -139,10 +184,12 @@ pub fn run(config: &Config, max_connections: Option<usize>) -> Result<(), Error>
             .spawn(move || {
                 let result = daemon.wait();
                 drop(daemon);
-                let freed = backend
+                let mut served = backend
                     .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .disconnected();
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                served.close_exit_events();
+                let freed = served.disconnected();
+                drop(served);
                 info!(
                     "frontend disconnected (frontend {namespace}), freed {} allocations ({} bytes) and {} objects",
                     freed.allocations, freed.bytes, freed.objects
@@ -172,7 +219,7 @@ pub fn run(config: &Config, max_connections: Option<usize>) -> Result<(), Error>
 }
 
 /// This host's GPU (or the simulator), with the daemon's stdout captured for device `printf`.
-fn local_executor(config: &Config) -> Result<Executor, Error> {
+pub(crate) fn local_executor(config: &Config) -> Result<Executor, Error> {
     let gpu = open_gpu(config)?;
     let kind = gpu.kind();
     let mut executor = Executor::new(gpu, config.limits);
@@ -244,19 +291,14 @@ fn serve_remote_slices(config: &Config, addr: &str, max: Option<usize>) -> Resul
 
 /// Keeps `path` holding the slice's state as JSON (written to a temporary file and renamed, so
 /// a reader never sees half of it), checked twice a second and rewritten when it changes.
-fn report_status(path: std::path::PathBuf, executor: Arc<Mutex<Executor>>) {
+fn report_status(path: std::path::PathBuf, state: impl Fn() -> (u64, usize) + Send + 'static) {
     let spawned = std::thread::Builder::new()
         .name("status".into())
         .spawn(move || {
             let tmp = path.with_extension("status.tmp");
             let mut last = None;
             loop {
-                let now = {
-                    let ex = executor
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner);
-                    (ex.mem_used(), ex.client_count())
-                };
+                let now = state();
                 if last != Some(now) {
                     let text = format!(
                         "{{\"memory_used_bytes\": {}, \"clients\": {}}}\n",

@@ -12,6 +12,14 @@ fn main() {
             std::process::exit(2);
         }
     };
+    if std::env::var_os(vhost_gpu::isolation::WORKER_FD_ENV).is_some() {
+        // Started by a front as the worker of one guest client.
+        if let Err(e) = vhost_gpu::isolation::worker_main(&config) {
+            eprintln!("vhost-gpu worker: {}", vhost_gpu::error_chain(&e));
+            std::process::exit(1);
+        }
+        return;
+    }
     if let Err(e) = vhost_gpu::run(&config, max) {
         eprintln!("vhost-gpu: {}", vhost_gpu::error_chain(&e));
         std::process::exit(1);

@@ -194,8 +194,8 @@ struct Client {
     greeted: bool,
     objects: Slab<Object>,
     allocations: BTreeMap<u64, Allocation>,
-    /// Module globals the client may copy to and from: base -> size.
-    globals: BTreeMap<u64, u64>,
+    /// Module globals the client may copy to and from: base -> (size, module handle).
+    globals: BTreeMap<u64, (u64, u64)>,
     primary: Option<u64>,
     primary_refs: u32,
     primary_flags: u32,
@@ -217,7 +217,7 @@ impl Client {
                 .globals
                 .range(..=dptr)
                 .next_back()
-                .is_some_and(|(&b, &s)| within(b, s))
+                .is_some_and(|(&b, &(s, _))| within(b, s))
     }
 }
 
@@ -255,6 +255,19 @@ pub struct Executor {
     props: Option<DeviceProps>,
     scratch: Vec<u8>,
     console: Option<Box<dyn Console>>,
+    /// The slice's ledger when it spans several processes (one per guest client): every
+    /// charge is reserved there first, so the limit holds across them.
+    shared_ledger: Option<Box<dyn SharedLedger>>,
+}
+
+/// A memory ledger kept outside this executor, shared by every process that serves one slice.
+/// The executor reserves each charge there before taking it; what it releases is reported
+/// by its owner from [`Executor::mem_used`] after each message.
+pub trait SharedLedger: Send {
+    /// Takes `bytes` from the slice; false when the slice would go over its limit.
+    fn reserve(&mut self, bytes: u64) -> bool;
+    /// Bytes the whole slice holds now (every process of it).
+    fn slice_used(&mut self) -> u64;
 }
 
 /// What the GPU's driver prints for the guests (device-side `printf`, which the driver writes
@@ -285,7 +298,13 @@ impl Executor {
             props: None,
             scratch: Vec::new(),
             console: None,
+            shared_ledger: None,
         }
+    }
+
+    /// Charges from now on are reserved in `ledger` first (see [`SharedLedger`]).
+    pub fn set_shared_ledger(&mut self, ledger: Box<dyn SharedLedger>) {
+        self.shared_ledger = Some(ledger);
     }
 
     /// Delivers the driver's printed output to the guests from now on.
@@ -821,10 +840,14 @@ impl Executor {
                 let (a, _) = call.parse::<calls::CtxArg>().map_err(bad)?;
                 self.make_current(client, a.ctx.get())?;
                 let (free, total) = self.gpu.mem_info()?;
+                let used = match self.shared_ledger.as_mut() {
+                    Some(ledger) => ledger.slice_used(),
+                    None => self.mem_used,
+                };
                 let (free, total) = match self.limits.mem_limit {
                     Some(limit) => {
                         let total = limit.min(total);
-                        (total.saturating_sub(self.mem_used).min(free), total)
+                        (total.saturating_sub(used).min(free), total)
                     }
                     None => (free, total),
                 };
@@ -1099,7 +1122,9 @@ impl Executor {
                 };
                 self.make_current(client, ctx)?;
                 let (dptr, size) = self.gpu.module_get_global(raw, name)?;
-                self.client(client)?.globals.insert(dptr, size);
+                self.client(client)?
+                    .globals
+                    .insert(dptr, (size, a.module.get()));
                 w.push(
                     code,
                     0,
@@ -1302,6 +1327,12 @@ impl Executor {
         if self.limits.mem_limit.is_some_and(|limit| total > limit) {
             return Err(CuResult::OUT_OF_MEMORY);
         }
+        self.client(client)?;
+        if let Some(ledger) = self.shared_ledger.as_mut()
+            && !ledger.reserve(bytes)
+        {
+            return Err(CuResult::OUT_OF_MEMORY);
+        }
         self.client(client)?.mem_used += bytes;
         self.mem_used = total;
         Ok(())
@@ -1333,6 +1364,8 @@ impl Executor {
             for f in funcs {
                 c.objects.remove(f);
             }
+            // The module's globals went with it: no copies to where they were.
+            c.globals.retain(|_, &mut (_, m)| m != module);
             self.uncharge(client, charged);
         }
         Ok(())
@@ -1410,6 +1443,7 @@ impl Executor {
                     let _ = self.gpu.module_unload(raw);
                     c.mem_used -= charged;
                     self.mem_used -= charged;
+                    c.globals.retain(|_, &mut (_, m)| m != h);
                 }
                 Some(Object::GraphExec { raw, .. }) => {
                     let _ = self.gpu.graph_exec_destroy(raw);

@@ -340,3 +340,93 @@ fn device_printf_output_comes_back_with_the_synchronising_call() {
     );
     assert_ne!(r, 0, "a client that never said hello is refused");
 }
+
+/// A module's globals may be copied to while it is loaded and not after: the client's table of
+/// them went on growing with every load (a leak per round of load/unload) and kept pointing at
+/// memory that was freed. Breaks if unloading keeps the module's globals.
+#[test]
+fn a_modules_globals_go_with_it() {
+    let mut ex = executor(None, 0);
+    let ctx = client_with_ctx(&mut ex, 1);
+    let mut image =
+        b".version 8.0\n.target sm_90\n.address_size 64\n.global .align 4 .b8 counter[64];\n\0"
+            .to_vec();
+    let mut buf = vec![0u8; 512];
+    let mut e = Encoder::new(&mut buf).unwrap();
+    let body = calls::ModuleLoad {
+        ctx: ctx.into(),
+        image: vgpu_protocol::DataRef::new(0, image.len() as u64),
+    };
+    e.push(Opcode::ModuleLoad as u16, 0, &body, &[]).unwrap();
+    let len = e.finish(flags::WANT_REPLY, 1, 1 << 16, 1);
+    let segs = [HostSeg {
+        ptr: image.as_mut_ptr(),
+        len: image.len(),
+    }];
+    let mut reply = Vec::new();
+    let out = ex.execute(
+        &buf[..len],
+        DataStream::new(&segs),
+        DataStream::EMPTY,
+        &mut reply,
+    );
+    let (_, mut records) = parse_response(&reply[..out.reply_len]).unwrap();
+    let r = records.next().unwrap().unwrap();
+    assert_eq!(r.result, 0);
+    let module = calls::ModuleLoadReply::read_from_prefix(r.body)
+        .unwrap()
+        .0
+        .module
+        .get();
+    // cuModuleGetGlobal("counter"): the name follows the fixed part.
+    let mut buf = vec![0u8; 512];
+    let mut e = Encoder::new(&mut buf).unwrap();
+    let body = calls::ModuleGetGlobal {
+        module: module.into(),
+        name_len: 7.into(),
+        ..Default::default()
+    };
+    e.push(Opcode::ModuleGetGlobal as u16, 0, &body, b"counter")
+        .unwrap();
+    let len = e.finish(flags::WANT_REPLY, 1, 1 << 16, 2);
+    let out = ex.execute(
+        &buf[..len],
+        DataStream::EMPTY,
+        DataStream::EMPTY,
+        &mut reply,
+    );
+    let (_, mut records) = parse_response(&reply[..out.reply_len]).unwrap();
+    let r = records.next().unwrap().unwrap();
+    assert_eq!(r.result, 0);
+    let global = calls::GlobalReply::read_from_prefix(r.body).unwrap().0;
+    assert_eq!(global.size.get(), 64);
+    let memset = |ex: &mut Executor| {
+        call(
+            ex,
+            1,
+            Opcode::Memset,
+            &calls::Memset {
+                ctx: ctx.into(),
+                stream: 0.into(),
+                dptr: global.dptr,
+                count: 16.into(),
+                value: 7.into(),
+                elem_size: 4.into(),
+            },
+        )
+        .0
+    };
+    assert_eq!(memset(&mut ex), 0);
+    let (r, _) = call(
+        &mut ex,
+        1,
+        Opcode::ModuleUnload,
+        &calls::HandleArg {
+            handle: module.into(),
+        },
+    );
+    assert_eq!(r, 0);
+    assert_eq!(memset(&mut ex), CuResult::INVALID_VALUE.0);
+    // Refused by the executor's own table, not only by the device: nothing is left in it.
+    assert!(ex.clients[&client_key(0, 1)].globals.is_empty());
+}

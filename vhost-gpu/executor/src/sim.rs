@@ -259,8 +259,15 @@ impl Gpu for SimGpu {
     fn ctx_destroy(&mut self, ctx: u64) -> GpuResult<()> {
         self.contexts
             .remove(&ctx)
-            .map(|_| ())
-            .ok_or(CuResult::INVALID_CONTEXT)
+            .ok_or(CuResult::INVALID_CONTEXT)?;
+        // The simulator's own count (not the executor's ledger), for tests to read from
+        // outside: what is still allocated on the device once a context is gone.
+        info!(
+            "sim: context destroyed; the device holds {} bytes in {} allocations",
+            self.used_mem,
+            self.allocations.len()
+        );
+        Ok(())
     }
 
     fn set_current(&mut self, ctx: u64) -> GpuResult<()> {

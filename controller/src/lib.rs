@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod limits;
 pub mod metrics;
 pub mod model;
 pub mod openapi;

@@ -31,6 +31,8 @@ gcc -O1 -o "$work/cross_tenant" "$here/isolation/cross_tenant.c" -I/usr/local/cu
     -L/usr/local/cuda/lib64/stubs -lcuda || exit 1
 gcc -O1 -o "$work/churn" "$here/isolation/churn.c" -I/usr/local/cuda/include \
     -L/usr/local/cuda/lib64/stubs -lcuda || exit 1
+gcc -O2 -o "$work/sync_latency" "$repo/tests/programs/sync_latency.c" -I"$repo/tests/programs" \
+    -L/usr/local/cuda/lib64/stubs -lcuda || exit 1
 
 # Sum of RSS (KiB), open descriptors and threads of PID and all its descendants.
 tree_stats() {
@@ -138,7 +140,20 @@ sleep 1
 after=$(tree_stats $dpid)
 kill $dpid; wait $dpid 2>/dev/null
 echo "before=$before mid=$mid after=$after" >"$work/churn.daemon"
-(cd "$work" && tar czf "$out/isolation-logs.tgz" ./*.res ./*.owner* ./*.thief* churn.*)
+# --- what isolation costs: synchronous round trips, natively and in both process models ---
+log "sync latency: native"
+(cd "$work" && ./sync_latency 20000) >"$work/latency.native" 2>&1
+for mode in process shared; do
+    sock="$work/lat-$mode.sock"; rm -f "$sock"
+    start_daemon "lat-$mode" --socket "$sock" --gpu 0 --isolation "$mode"
+    log "sync latency: vgpu $mode"
+    (cd "$work" && run_as vgpu "$sock" ./sync_latency 20000) >"$work/latency.$mode" 2>&1
+    # the worker's start as the daemon logged it
+    grep -h "ready .* ms after its start" "$out/daemon-lat-$mode.log" | head -1 >>"$work/latency.$mode"
+    [ "$mode" = process ] && tree_stats $dpid >"$work/latency.tree"
+    kill $dpid; wait $dpid 2>/dev/null
+done
+(cd "$work" && tar czf "$out/isolation-logs.tgz" ./*.res ./*.owner* ./*.thief* churn.* latency.*)
 
 python3 - "$work" "$rounds" <<'PY' | tee "$out/isolation-table.txt"
 import os, re, sys
@@ -190,6 +205,20 @@ if m:
         fails.append("churn_daemon_not_flat")
 else:
     fails.append("churn_daemon_missing")
+print()
+print("synchronous round trips (median of 5 batches of 20,000)")
+lat = {}
+for side in ("native", "process", "shared"):
+    t = open(f"{work}/latency.{side}").read() if os.path.exists(f"{work}/latency.{side}") else ""
+    s_ = re.search(r"sync_us=([\d.]+)", t); c_ = re.search(r"copy4_us=([\d.]+)", t)
+    lat[side] = (float(s_.group(1)) if s_ else None, float(c_.group(1)) if c_ else None)
+    if "copy_value=7" not in t: fails.append(f"latency_{side}")
+for side, (sy, cp) in lat.items():
+    ns, nc = lat["native"]
+    ratio = lambda a, b: f"{a / b:.2f}x" if a and b else "-"
+    print(f"  {side:<8} cuCtxSynchronize {sy} us ({ratio(sy, ns)} native)   4-byte copy {cp} us ({ratio(cp, nc)} native)")
+for line in open(f"{work}/latency.process") if os.path.exists(f"{work}/latency.process") else []:
+    if "ready" in line: print("  worker start:", line.strip().split("] ", 1)[-1])
 print()
 print("VERDICT:", "PASS" if not fails else "FAIL " + " ".join(fails))
 sys.exit(1 if fails else 0)

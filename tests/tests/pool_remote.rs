@@ -12,7 +12,7 @@ use std::{
 use vgpu_tests::{bin_dir, built, compile_c, fixture, guest_command, repo, scratch};
 
 /// Children killed when the test ends, however it ends, and the workers the agents started
-/// (they outlive their agent by design: a restarted agent adopts them).
+/// (they die with their agent; stopping them here too means a failed run leaves none).
 struct Procs(Vec<Child>, Vec<std::path::PathBuf>);
 
 impl Drop for Procs {

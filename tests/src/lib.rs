@@ -237,3 +237,19 @@ impl RawClient {
         unsafe { std::slice::from_raw_parts(self.reply.hva, used.min(self.reply.len)) }.to_vec()
     }
 }
+
+/// The `meminfo: free F total T` lines `driver_api_e2e.c` prints (at its start, and after
+/// freeing everything), in order: what `cuMemGetInfo` answered, which with no slice limit is
+/// the GPU's own (the simulator's) notion of free memory, not the executor's ledger.
+pub fn meminfo_lines(stdout: &str) -> Vec<(u64, u64)> {
+    stdout
+        .lines()
+        .filter(|l| l.starts_with("meminfo"))
+        .filter_map(|l| {
+            let num = |key: &str| -> Option<u64> {
+                l.split(key).nth(1)?.split_whitespace().next()?.parse().ok()
+            };
+            Some((num("free ")?, num("total ")?))
+        })
+        .collect()
+}

@@ -223,12 +223,11 @@ pub(crate) fn local_executor(config: &Config) -> Result<Executor, Error> {
     let gpu = open_gpu(config)?;
     let kind = gpu.kind();
     let mut executor = Executor::new(gpu, config.limits);
-    if matches!(config.gpu, GpuSelection::Cuda(_)) {
-        // The driver prints kernels' printf output on our stdout: it belongs to the guest.
-        match console::StdoutCapture::install() {
-            Ok(capture) => executor.set_console(Box::new(capture)),
-            Err(e) => log::warn!("device printf output stays on the daemon's stdout: {e}"),
-        }
+    // The driver prints kernels' printf output on our stdout: it belongs to the guest. The
+    // simulator prints there too (a line for each printing kernel), so CI exercises this path.
+    match console::StdoutCapture::install() {
+        Ok(capture) => executor.set_console(Box::new(capture)),
+        Err(e) => log::warn!("device printf output stays on the daemon's stdout: {e}"),
     }
     info!(
         "vhost-gpu: serving {} with executor {kind}, {} queues, memory limit {}",

@@ -1414,11 +1414,20 @@ impl Executor {
             .collect();
         for d in dptrs {
             if let Some(a) = c.allocations.remove(&d) {
-                let _ = self.gpu.mem_free(d);
                 c.mem_used -= a.size;
                 self.mem_used -= a.size;
-                freed.allocations += 1;
-                freed.bytes += a.size;
+                // What was freed is what the GPU freed: a refusal is reported, not counted.
+                match self.gpu.mem_free(d) {
+                    Ok(()) => {
+                        freed.allocations += 1;
+                        freed.bytes += a.size;
+                    }
+                    Err(e) => warn!(
+                        "client {}: the GPU did not free {} bytes at {d:#x}: {e:?}",
+                        show(client),
+                        a.size
+                    ),
+                }
             }
         }
         let owned = c.objects.handles_where(|o| o.ctx() == Some(ctx));

@@ -151,34 +151,50 @@ fn contexts_are_charged_their_overhead_and_destroying_one_frees_its_memory() {
     );
 }
 
+/// 24 clients on one shared slice (the executor behind one mutex, as the daemon's frontend
+/// threads share it), released together by a barrier, each asking once for a 9 MiB buffer
+/// of a 100 MiB slice: exactly 11 win, the rest are refused with OUT_OF_MEMORY, and the
+/// ledger and the GPU's own free memory both say 11 buffers are held.
 #[test]
 fn many_threads_racing_at_the_limit_never_overcommit() {
-    let size = 3 * MIB;
+    const THREADS: usize = 24;
+    let size = 9 * MIB;
     let limit = 100 * MIB;
     let ex = Arc::new(Mutex::new(executor(Some(limit), 0)));
-    let ctxs: Vec<u64> = (1..=8)
+    let ctxs: Vec<u64> = (1..=THREADS as u32)
         .map(|c| client_with_ctx(&mut ex.lock().unwrap(), c))
         .collect();
+    let barrier = Arc::new(std::sync::Barrier::new(THREADS));
     let threads: Vec<_> = ctxs
         .into_iter()
         .enumerate()
         .map(|(i, ctx)| {
             let ex = Arc::clone(&ex);
+            let barrier = Arc::clone(&barrier);
             std::thread::spawn(move || {
-                let client = i as u32 + 1;
-                (0..20)
-                    .filter(|_| alloc(&mut ex.lock().unwrap(), client, ctx, size).is_ok())
-                    .count()
+                barrier.wait();
+                alloc(&mut ex.lock().unwrap(), i as u32 + 1, ctx, size)
             })
         })
         .collect();
-    let won: usize = threads.into_iter().map(|t| t.join().unwrap()).sum();
+    let results: Vec<Result<u64, u32>> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    let won = results.iter().filter(|r| r.is_ok()).count();
     assert_eq!(
         won as u64,
         limit / size,
         "exactly as many allocations as fit"
     );
-    assert_eq!(ex.lock().unwrap().mem_used(), won as u64 * size);
+    assert!(
+        results
+            .iter()
+            .all(|r| r.is_ok() || *r == Err(CuResult::OUT_OF_MEMORY.0)),
+        "{results:?}"
+    );
+    let mut ex = ex.lock().unwrap();
+    assert_eq!(ex.mem_used(), won as u64 * size);
+    // The simulator (not the ledger) holds exactly the winners' buffers.
+    let (free, total) = ex.gpu.mem_info().unwrap();
+    assert_eq!(total - free, won as u64 * size);
 }
 
 #[test]

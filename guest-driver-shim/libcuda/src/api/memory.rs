@@ -424,6 +424,24 @@ fn htod(dst: CUdeviceptr, src: *const u8, n: usize, stream: Option<u64>) -> Resu
 }
 
 fn dtoh(dst: *mut u8, src: CUdeviceptr, n: usize, stream: Option<u64>) -> Result<(), CuResult> {
+    let r = dtoh_copy(dst, src, n, stream);
+    // A deliberately broken build (`--features corrupt-copy-for-test`), so the GPU suite can
+    // be shown failing: every synchronous device-to-host copy of 1 MiB or more comes back
+    // with its middle byte flipped.
+    #[cfg(feature = "corrupt-copy-for-test")]
+    if r.is_ok() && stream.is_none() && n >= 1 << 20 {
+        // SAFETY: `dst` is writable for `n` bytes (the copy just wrote them).
+        unsafe { *dst.add(n / 2) ^= 0x01 };
+    }
+    r
+}
+
+fn dtoh_copy(
+    dst: *mut u8,
+    src: CUdeviceptr,
+    n: usize,
+    stream: Option<u64>,
+) -> Result<(), CuResult> {
     let (d, ctx) = ctx()?;
     if n == 0 {
         return Ok(());

@@ -31,9 +31,9 @@ const FRONT_IOCTLS: &[u64] = &[
 
 /// `prctl(2)` options a front may use: thread names, and the parent-death signal.
 const FRONT_PRCTLS: &[u64] = &[
-    1,          // PR_SET_PDEATHSIG
-    15,         // PR_SET_NAME
-    16,         // PR_GET_NAME
+    1,           // PR_SET_PDEATHSIG
+    15,          // PR_SET_NAME
+    16,          // PR_GET_NAME
     0x5356_4d41, // PR_SET_VMA (glibc names its anonymous mappings)
 ];
 

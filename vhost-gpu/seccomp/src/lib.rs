@@ -187,7 +187,10 @@ pub fn programs(
         let text = json!({ name: filter }).to_string();
         let mut map = seccompiler::compile_from_json(text.as_bytes(), arch)
             .map_err(|source| Error::Compile { role, source })?;
-        out.push(map.remove(name).expect("the compiler returns every filter it was given"));
+        out.push(
+            map.remove(name)
+                .expect("the compiler returns every filter it was given"),
+        );
     }
     Ok(out)
 }
@@ -258,7 +261,11 @@ mod tests {
                         assert!(!prog.is_empty() && prog.len() < 4096, "{}", prog.len());
                     }
                 }
-                assert!(programs(role, SeccompMode::Off, arch, 1).unwrap().is_empty());
+                assert!(
+                    programs(role, SeccompMode::Off, arch, 1)
+                        .unwrap()
+                        .is_empty()
+                );
             }
         }
     }

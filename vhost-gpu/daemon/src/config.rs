@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use clap::Parser;
 use thiserror::Error;
 use vgpu_executor::{SliceLimits, cuda::ComputeMode};
+use vgpu_seccomp::SeccompMode;
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum ConfigError {
@@ -100,6 +101,11 @@ pub struct Args {
     /// Exit after serving this many frontends (default: serve forever).
     #[arg(long)]
     pub max_connections: Option<usize>,
+    /// seccomp confinement (docs/threat-model.md): 'kill' enforces, 'log' allows and has the
+    /// kernel log what would be refused, 'trap' prints each refused call's number on stderr
+    /// and fails it, 'off' installs no filter.
+    #[arg(long, default_value = "kill")]
+    pub seccomp: SeccompMode,
 }
 
 /// Validated configuration.
@@ -122,6 +128,8 @@ pub struct Config {
     pub queues: usize,
     pub queue_size: usize,
     pub poll_us: u64,
+    /// How this process is confined.
+    pub seccomp: SeccompMode,
 }
 
 /// Parses "1048576", "512M", "8G", "2GiB", "64KiB".
@@ -217,6 +225,7 @@ impl TryFrom<Args> for Config {
             queues: a.queues,
             queue_size: a.queue_size,
             poll_us: a.poll_us,
+            seccomp: a.seccomp,
         })
     }
 }
@@ -290,5 +299,25 @@ mod tests {
             Config::try_from(Args::parse_from(["vhost-gpu", "--gpu", "sim"])).unwrap_err(),
             ConfigError::SocketOrListen
         );
+    }
+
+    #[test]
+    fn seccomp_defaults_to_kill_and_parses_its_modes() {
+        assert_eq!(
+            Config::try_from(args(&[])).unwrap().seccomp,
+            SeccompMode::Kill
+        );
+        for (flag, mode) in [
+            ("log", SeccompMode::Log),
+            ("trap", SeccompMode::Trap),
+            ("off", SeccompMode::Off),
+        ] {
+            let c = Config::try_from(args(&["--seccomp", flag])).unwrap();
+            assert_eq!(c.seccomp, mode);
+        }
+        let e = Args::try_parse_from(["vhost-gpu", "--socket", "/tmp/s", "--seccomp", "strict"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("'kill', 'log', 'trap' or 'off'"), "{e}");
     }
 }

@@ -1,5 +1,5 @@
 use clap::Parser;
-use vhost_gpu::{Config, config::Args};
+use vhost_gpu::{Config, GpuSelection, config::Args};
 
 fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
@@ -12,8 +12,32 @@ fn main() {
             std::process::exit(2);
         }
     };
+    if let Err(e) = confine(&config) {
+        eprintln!("vhost-gpu: {}", vhost_gpu::error_chain(&e));
+        std::process::exit(1);
+    }
     if let Err(e) = vhost_gpu::run(&config, max) {
         eprintln!("vhost-gpu: {}", vhost_gpu::error_chain(&e));
         std::process::exit(1);
+    }
+}
+
+/// Confines this process (`--seccomp`; docs/threat-model.md).
+///
+/// Today one process both serves vhost-user and executes the calls, so it gets the *worker*
+/// filter (the denylist), and only where no CUDA driver runs in it: with the simulator, and
+/// with `--remote` (the GPU is on another host). With a local CUDA GPU it is left unconfined
+/// here, because opening the GPU may restart the program (the MPS share, `execve`).
+///
+/// When the front and its workers are separate processes, this moves: the front calls
+/// `vgpu_seccomp::confine_front` once it has started what it needs to start (no process
+/// creation is allowed after), and each worker calls `vgpu_seccomp::confine_worker` after it
+/// opened the GPU. A front that `execve`s workers must not get the worker filter from here.
+fn confine(config: &Config) -> Result<(), vgpu_seccomp::Error> {
+    if config.gpu == GpuSelection::Sim || config.remote.is_some() {
+        vgpu_seccomp::confine_worker(config.seccomp)
+    } else {
+        log::info!("seccomp: not confined here with a local GPU (see docs/threat-model.md)");
+        Ok(())
     }
 }

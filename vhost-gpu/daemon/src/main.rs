@@ -2,6 +2,9 @@ use clap::Parser;
 use vhost_gpu::{Config, GpuSelection, config::Args};
 
 fn main() {
+    // A copy of this program started as a front's spawner (vgpu_seccomp::spawner) serves
+    // there and never returns.
+    vgpu_seccomp::spawner::serve_if_spawner();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let args = Args::parse();
     let max = args.max_connections;
@@ -29,10 +32,11 @@ fn main() {
 /// with `--remote` (the GPU is on another host). With a local CUDA GPU it is left unconfined
 /// here, because opening the GPU may restart the program (the MPS share, `execve`).
 ///
-/// When the front and its workers are separate processes, this moves: the front calls
-/// `vgpu_seccomp::confine_front` once it has started what it needs to start (no process
-/// creation is allowed after), and each worker calls `vgpu_seccomp::confine_worker` after it
-/// opened the GPU. A front that `execve`s workers must not get the worker filter from here.
+/// When the front and its workers are separate processes, this moves: the front starts a
+/// `vgpu_seccomp::spawner::Spawner` and then calls `vgpu_seccomp::confine_front` (it may
+/// create no process after that: it asks the spawner for each worker), and each worker calls
+/// `vgpu_seccomp::confine_worker` after it opened the GPU. A front that `execve`s workers
+/// itself must not get the worker filter from here.
 fn confine(config: &Config) -> Result<(), vgpu_seccomp::Error> {
     if config.gpu == GpuSelection::Sim || config.remote.is_some() {
         vgpu_seccomp::confine_worker(config.seccomp)

@@ -22,6 +22,7 @@
 //! glibc then falls back to `clone`, whose flags are checked), and `no_new_privs` is set.
 
 mod filters;
+pub mod spawner;
 mod trap;
 
 use std::{fmt, io, str::FromStr};

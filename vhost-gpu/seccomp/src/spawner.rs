@@ -3,10 +3,11 @@
 //! The front filter forbids creating processes (no `fork`, no `clone` without `CLONE_THREAD`,
 //! no `execve`), so a front gets its workers from a *spawner*: a process it starts before it
 //! confines itself, running this program afresh ([`serve_if_spawner`] at the top of `main`).
-//! The front asks for a worker over a unix socket ([`Spawner::spawn`]) with the worker's
-//! arguments, extra environment and file descriptors; the spawner starts this same program
-//! with them and answers with its pid. It can start nothing else: the program is its own
-//! executable, fixed when it started.
+//! The front asks for a worker over a unix socket ([`Spawner::spawn`]) with more arguments,
+//! extra environment and file descriptors; the spawner starts this same program with *its own
+//! arguments* followed by those, and answers with the worker's pid. So a front that turns
+//! hostile can start nothing but the spawner's own program and command line (for example
+//! `vhost-gpu worker`), with arguments appended that the worker's parser checks.
 //!
 //! Workers get the descriptors as 3, 4, ..., `/dev/null` as stdin (never the spawner's socket)
 //! and the spawner's stdout and stderr (the daemon's log). They are killed when the spawner
@@ -66,9 +67,9 @@ pub struct Spawner {
 }
 
 impl Spawner {
-    /// Starts a spawner running `program` (normally this program:
-    /// `Command::new(std::env::current_exe()?)`, whose `main` calls [`serve_if_spawner`]
-    /// first). Call before confining the front.
+    /// Starts a spawner running `program` (normally this program with the arguments every
+    /// worker starts with: `Command::new(std::env::current_exe()?).arg("worker")`; its `main`
+    /// calls [`serve_if_spawner`] first). Call before confining the front.
     pub fn start(mut program: Command) -> Result<Self, SpawnError> {
         let (ours, theirs) = seqpacket_pair().map_err(SpawnError::Start)?;
         let child = program
@@ -87,7 +88,7 @@ impl Spawner {
         self.pid
     }
 
-    /// Starts a worker: this program with `args` (not counting the program's name), with `env`
+    /// Starts a worker: the spawner's program and arguments followed by `args`, with `env`
     /// added to the spawner's environment, and `fds` as descriptors 3, 4, ...; returns its pid.
     pub fn spawn(
         &self,
@@ -152,6 +153,7 @@ pub fn serve_if_spawner() {
 fn serve() -> io::Result<()> {
     crate::no_new_privs().map_err(io::Error::other)?;
     let program = std::env::current_exe()?;
+    let prefix: Vec<OsString> = std::env::args_os().skip(1).collect();
     // SAFETY: fd 0 is the socket Spawner::start gave us as stdin; we take ownership of it.
     let channel = UnixStream::from(unsafe { OwnedFd::from_raw_fd(0) });
     let mut buf = vec![0u8; MAX_REQUEST + 1];
@@ -194,7 +196,9 @@ fn serve() -> io::Result<()> {
             return Ok(());
         }
         let answer = match decode(&buf[..n]) {
-            Some((args, env)) if n <= MAX_REQUEST => start_worker(&program, args, env, &parked),
+            Some((args, env)) if n <= MAX_REQUEST => {
+                start_worker(&program, &prefix, args, env, &parked)
+            }
             _ => -i64::from(libc::EINVAL),
         };
         drop(parked);
@@ -213,13 +217,14 @@ fn serve() -> io::Result<()> {
 /// Starts one worker; its pid, or minus the errno.
 fn start_worker(
     program: &std::path::Path,
+    prefix: &[OsString],
     args: Vec<OsString>,
     env: Vec<(OsString, OsString)>,
     fds: &[OwnedFd],
 ) -> i64 {
     let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
     let mut cmd = Command::new(program);
-    cmd.args(args).envs(env).stdin(Stdio::null());
+    cmd.args(prefix).args(args).envs(env).stdin(Stdio::null());
     // SAFETY: the closure only makes async-signal-safe system calls (prctl, dup2) on
     // descriptors this process holds open until the child has started.
     unsafe {

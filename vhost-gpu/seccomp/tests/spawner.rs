@@ -46,11 +46,13 @@ fn worker() -> ! {
     s.read_exact(&mut ping).unwrap();
     assert_eq!(&ping, b"ping");
     let stdin = std::fs::read_link("/proc/self/fd/0").unwrap();
+    let args: Vec<String> = std::env::args().skip(1).collect();
     let answer = format!(
-        "pong filters={} stdin={} pid={}\n",
+        "pong filters={} stdin={} pid={} args={}\n",
         filters() - inherited,
         stdin.display(),
-        std::process::id()
+        std::process::id(),
+        args.join(" ")
     );
     s.write_all(answer.as_bytes()).unwrap();
     std::process::exit(0)
@@ -60,9 +62,10 @@ fn front() -> ! {
     let spawner = Spawner::start(this_test()).unwrap();
     confine_front(SeccompMode::Kill).unwrap();
     let (mut ours, theirs) = UnixStream::pair().unwrap();
-    let args: Vec<OsString> = this_test().get_args().map(ToOwned::to_owned).collect();
+    // The worker runs the spawner's command line (this test) with this appended.
+    let more: Vec<OsString> = vec!["--quiet".into()];
     let pid = spawner
-        .spawn(&args, &[(CASE.into(), "worker".into())], &[theirs.as_fd()])
+        .spawn(&more, &[(CASE.into(), "worker".into())], &[theirs.as_fd()])
         .unwrap();
     drop(theirs);
     ours.write_all(b"ping").unwrap();
@@ -79,7 +82,8 @@ fn front() -> ! {
     std::process::exit(0)
 }
 
-/// Mutations checked: without `.stdin(Stdio::null())` for workers, the worker's stdin is the
+/// Mutations checked: without the spawner's own arguments before the front's, the worker's
+/// arguments differ and this fails; without `.stdin(Stdio::null())` for workers, the worker's stdin is the
 /// spawner's socket and this fails; with the spawner not leaving when the front's socket
 /// closes, the spawner outlives the front, holds the output pipe open and this test never
 /// ends (run it under `timeout`). Without the front filter, the final fork is allowed.
@@ -102,7 +106,7 @@ fn a_confined_front_starts_a_confined_worker_through_the_spawner() {
     let pid: &str = line.split_whitespace().nth(2).expect("the worker's pid");
     assert!(
         line.ends_with(&format!(
-            "answered pong filters=2 stdin=/dev/null pid={pid}"
+            "answered pong filters=2 stdin=/dev/null pid={pid} args={TEST} --exact --nocapture --test-threads=1 --quiet"
         )),
         "{line}"
     );

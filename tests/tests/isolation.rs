@@ -12,8 +12,28 @@ use std::{
 
 use vgpu_tests::{Daemon, RawClient, compile_c, fixture, guest_command, scratch};
 
-/// Pids of the live (not zombie) children of `pid`.
+/// Pids of the live worker processes under `pid` (its descendants with a worker socket in
+/// their environment: the front's own children, or the spawner's).
 fn children(pid: u32) -> Vec<u32> {
+    let mut found = Vec::new();
+    let mut todo = vec![pid];
+    while let Some(p) = todo.pop() {
+        for c in direct_children(p) {
+            todo.push(c);
+            let environ = std::fs::read(format!("/proc/{c}/environ")).unwrap_or_default();
+            if environ
+                .split(|&b| b == 0)
+                .any(|v| v.starts_with(b"VGPU_WORKER_FD="))
+            {
+                found.push(c);
+            }
+        }
+    }
+    found
+}
+
+/// Pids of the live (not zombie) children of `pid`.
+fn direct_children(pid: u32) -> Vec<u32> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
         let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use clap::Parser;
 use thiserror::Error;
 use vgpu_executor::{SliceLimits, cuda::ComputeMode};
+use vgpu_seccomp::SeccompMode;
 
 pub use crate::isolation::Isolation;
 
@@ -119,6 +120,11 @@ pub struct Args {
     /// Guest clients (processes) one frontend may have at once.
     #[arg(long, default_value_t = 64)]
     pub max_clients: usize,
+    /// seccomp confinement (docs/threat-model.md): 'kill' enforces, 'log' allows and has the
+    /// kernel log what would be refused, 'trap' prints each refused call's number on stderr
+    /// and fails it, 'off' installs no filter.
+    #[arg(long, default_value = "kill")]
+    pub seccomp: SeccompMode,
 }
 
 /// Validated configuration.
@@ -145,6 +151,8 @@ pub struct Config {
     pub max_clients: usize,
     pub allow_unsealed_memory: bool,
     pub prestart_workers: bool,
+    /// How this process is confined.
+    pub seccomp: SeccompMode,
 }
 
 /// Parses "1048576", "512M", "8G", "2GiB", "64KiB".
@@ -244,6 +252,7 @@ impl TryFrom<Args> for Config {
             max_clients: a.max_clients.max(1),
             allow_unsealed_memory: a.allow_unsealed_memory,
             prestart_workers: a.prestart_workers,
+            seccomp: a.seccomp,
         })
     }
 }
@@ -317,5 +326,25 @@ mod tests {
             Config::try_from(Args::parse_from(["vhost-gpu", "--gpu", "sim"])).unwrap_err(),
             ConfigError::SocketOrListen
         );
+    }
+
+    #[test]
+    fn seccomp_defaults_to_kill_and_parses_its_modes() {
+        assert_eq!(
+            Config::try_from(args(&[])).unwrap().seccomp,
+            SeccompMode::Kill
+        );
+        for (flag, mode) in [
+            ("log", SeccompMode::Log),
+            ("trap", SeccompMode::Trap),
+            ("off", SeccompMode::Off),
+        ] {
+            let c = Config::try_from(args(&["--seccomp", flag])).unwrap();
+            assert_eq!(c.seccomp, mode);
+        }
+        let e = Args::try_parse_from(["vhost-gpu", "--socket", "/tmp/s", "--seccomp", "strict"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("'kill', 'log', 'trap' or 'off'"), "{e}");
     }
 }

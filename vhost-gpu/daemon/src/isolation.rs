@@ -208,22 +208,54 @@ struct Region {
 }
 
 struct Worker {
-    child: Child,
+    proc: WorkerProc,
     sock: UnixStream,
     account: Arc<Account>,
 }
 
+/// A worker process: our child, or the spawner's (a confined front cannot fork).
+enum WorkerProc {
+    Child(Child),
+    /// Started and reaped by the spawner; it exits when its socket closes, and dies with the
+    /// spawner, which dies with the front.
+    Spawned(u32),
+}
+
+impl WorkerProc {
+    fn id(&self) -> u32 {
+        match self {
+            WorkerProc::Child(c) => c.id(),
+            WorkerProc::Spawned(pid) => *pid,
+        }
+    }
+
+    /// Ends the process (its socket is already shut down, which ends a spawned worker).
+    fn end(&mut self) {
+        if let WorkerProc::Child(c) = self {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn exited(&mut self, account: &Account) -> bool {
+        match self {
+            WorkerProc::Child(c) => matches!(c.try_wait(), Ok(Some(_))),
+            WorkerProc::Spawned(_) => account.state().gone,
+        }
+    }
+}
+
 /// A worker started ahead of its client, still opening the GPU.
 struct Pending {
-    child: Child,
+    proc: WorkerProc,
     sock: UnixStream,
     started: Instant,
 }
 
 impl Pending {
     fn discard(mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let _ = self.sock.shutdown(std::net::Shutdown::Both);
+        self.proc.end();
     }
 }
 
@@ -304,6 +336,8 @@ pub struct Workers {
     max_clients: usize,
     ledger: Arc<SliceLedger>,
     workers: HashMap<u32, Worker>,
+    /// Starts workers for a confined front (None: this process forks them itself).
+    spawner: Option<Arc<vgpu_seccomp::spawner::Spawner>>,
     /// A worker started before its client arrives (see [`Workers::spawn`]).
     spare: Option<Pending>,
     prestart: bool,
@@ -337,8 +371,10 @@ impl Workers {
         max_clients: usize,
         prestart: bool,
         ledger: Arc<SliceLedger>,
+        spawner: Option<Arc<vgpu_seccomp::spawner::Spawner>>,
     ) -> Self {
         Self {
+            spawner,
             spare: None,
             prestart,
             clients_seen: 0,
@@ -536,6 +572,20 @@ impl Workers {
     fn start(&mut self) -> Result<Pending, WorkerError> {
         let started = Instant::now();
         let (ours, theirs) = UnixStream::pair().map_err(WorkerError::Spawn)?;
+        if let Some(spawner) = &self.spawner {
+            let env = [
+                (WORKER_FD_ENV.into(), WORKER_FD.to_string().into()),
+                (WORKER_NAMESPACE_ENV.into(), self.namespace.to_string().into()),
+            ];
+            let pid = spawner
+                .spawn(&[], &env, &[std::os::fd::AsFd::as_fd(&theirs)])
+                .map_err(|e| WorkerError::Spawn(io::Error::other(e)))?;
+            return Ok(Pending {
+                proc: WorkerProc::Spawned(pid),
+                sock: ours,
+                started,
+            });
+        }
         let child_fd = theirs.as_raw_fd();
         let mut cmd = Command::new(&self.exe);
         cmd.args(&self.args)
@@ -565,7 +615,7 @@ impl Workers {
         let child = spawn_from_daemon_thread(cmd).map_err(WorkerError::Spawn)?;
         drop(theirs);
         Ok(Pending {
-            child,
+            proc: WorkerProc::Child(child),
             sock: ours,
             started,
         })
@@ -575,12 +625,12 @@ impl Workers {
     fn finish(&mut self, pending: Pending, client: u32) -> Result<Worker, WorkerError> {
         let waited = Instant::now();
         let Pending {
-            child,
+            proc,
             sock,
             started,
         } = pending;
         let mut w = Worker {
-            child,
+            proc,
             sock,
             account: Arc::new(Account {
                 ledger: self.ledger.clone(),
@@ -601,15 +651,15 @@ impl Workers {
             watch(&w.sock, w.account.clone()).map_err(WorkerError::Spawn)
         })();
         if let Err(e) = ready {
-            let _ = w.child.kill();
-            let _ = w.child.wait();
+            let _ = w.sock.shutdown(std::net::Shutdown::Both);
+            w.proc.end();
             w.account.retire();
             return Err(e);
         }
         info!(
             "client {}:{client}: worker process {} ready {} ms after its start, {} ms after the client's first call",
             self.namespace,
-            w.child.id(),
+            w.proc.id(),
             started.elapsed().as_millis(),
             waited.elapsed().as_millis()
         );
@@ -619,8 +669,8 @@ impl Workers {
     /// The worker of `client` is gone or useless: stop it and give its memory back.
     fn drop_worker(&mut self, client: u32) {
         if let Some(mut w) = self.workers.remove(&client) {
-            let _ = w.child.kill();
-            let _ = w.child.wait();
+            let _ = w.sock.shutdown(std::net::Shutdown::Both);
+            w.proc.end();
             w.account.retire();
         }
     }
@@ -656,7 +706,7 @@ impl Workers {
             // Reaped below; a worker that did not exit by now is killed.
             let deadline = Instant::now() + Duration::from_secs(5);
             while Instant::now() < deadline {
-                if matches!(w.child.try_wait(), Ok(Some(_))) {
+                if w.proc.exited(&w.account) {
                     break;
                 }
                 std::thread::sleep(Duration::from_millis(5));
@@ -887,6 +937,9 @@ pub fn worker_main(config: &Config) -> Result<(), crate::Error> {
     // else in this process owns it.
     let mut sock = unsafe { UnixStream::from_raw_fd(fd) };
     let mut executor = crate::local_executor(config)?;
+    // The GPU is open (opening it may restart this program for an MPS share): from here on
+    // the worker filter applies.
+    vgpu_seccomp::confine_worker(config.seccomp).map_err(crate::Error::Seccomp)?;
     let ledger_sock = sock
         .try_clone()
         .map_err(|e| crate::Error::Worker(WorkerError::Io(e)))?;

@@ -7,13 +7,24 @@
 //!
 //! Memory handed out by [`VirtioUser::alloc`] is shared with the device, so data placed there
 //! is used in place (and, on a real GPU, DMA'd straight from it).
+//!
+//! # Waiting
+//!
+//! No wait here outlives the device. Control requests (the handshake, memory-region
+//! acknowledgements) must be answered within [`Options::liveness`]; a wait for a completion has
+//! no time limit while the device lives (a kernel may run for hours) but watches the vhost-user
+//! socket alongside the interrupt eventfd: a device that dies closes it, and the wait returns
+//! [`Error::Disconnected`] at once. After that every request fails at once with the same error.
 
 mod alloc;
 mod ring;
 mod shm;
 
 use std::{
-    os::fd::{AsFd, AsRawFd},
+    os::{
+        fd::{AsFd, AsRawFd, RawFd},
+        unix::net::UnixStream,
+    },
     path::Path,
     time::{Duration, Instant},
 };
@@ -34,11 +45,16 @@ use crate::{alloc::Arena, ring::SplitRing, shm::Region};
 
 #[derive(Debug, Error)]
 pub enum Error {
-    #[error("Could not connect to the vGPU device at {path}: {source}")]
-    Connect { path: String, source: vhost::Error },
-    #[error("vhost-user negotiation failed at {step}: {source}")]
+    #[error("Could not connect to the vGPU device at {path}")]
+    Connect {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("vhost-user negotiation failed at {step}")]
     Negotiate {
         step: &'static str,
+        #[source]
         source: vhost::Error,
     },
     #[error("Shared memory: {0}")]
@@ -49,8 +65,10 @@ pub enum Error {
     OutOfSharedMemory(usize),
     #[error("Descriptor chain of {0} segments does not fit the ring")]
     ChainTooLong(usize),
-    #[error("The device stopped answering (no completion within {0:?})")]
+    #[error("The device did not answer within {0:?}")]
     Timeout(Duration),
+    #[error("The device is gone (its vhost-user connection closed)")]
+    Disconnected,
 }
 
 const VIRTIO_F_VERSION_1: u64 = 1 << 32;
@@ -68,6 +86,10 @@ pub struct Options {
     pub dedicated_threshold: usize,
     /// How long to spin on the used ring before sleeping on the interrupt eventfd.
     pub spin: Duration,
+    /// How long the device may take to answer a control request (and, in
+    /// [`VirtioUser::connect`], to accept the connection) before it counts as dead. Waits for
+    /// completions are not bounded by it: they end when the device's socket closes.
+    pub liveness: Duration,
 }
 
 impl Default for Options {
@@ -77,6 +99,7 @@ impl Default for Options {
             control_bytes: 64 << 20,
             dedicated_threshold: 4 << 20,
             spin: Duration::from_micros(200),
+            liveness: Duration::from_secs(5),
         }
     }
 }
@@ -107,11 +130,39 @@ pub struct VirtioUser {
     reply_ack: bool,
     options: Options,
     config: Vec<u8>,
+    /// The vhost-user socket (owned by `frontend`), watched for the device's death.
+    sock: RawFd,
+    /// The device is gone: every request fails with [`Error::Disconnected`].
+    disconnected: bool,
 }
 
 // SAFETY: raw pointers inside point into mappings owned by this struct; it is used behind a
 // mutex by its owner.
 unsafe impl Send for VirtioUser {}
+
+/// Runs `request`, a control request on the vhost-user socket `sock`, bounded by `bound`: if
+/// it has not returned by then, the socket is shut down, which ends the request (its reads and
+/// writes fail) and the connection. Returns the request's result and whether that happened.
+/// (The socket's own timeouts would not do: the vhost crate retries a timed-out read.)
+fn bounded<T>(sock: RawFd, bound: Duration, request: impl FnOnce() -> T) -> (T, bool) {
+    let (done, wait) = std::sync::mpsc::channel::<()>();
+    std::thread::scope(|s| {
+        let watchdog = s.spawn(move || {
+            let expired = matches!(
+                wait.recv_timeout(bound),
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout)
+            );
+            if expired {
+                // SAFETY: shutdown(2) on the connection's socket, which outlives this scope.
+                unsafe { libc::shutdown(sock, libc::SHUT_RDWR) };
+            }
+            expired
+        });
+        let result = request();
+        drop(done);
+        (result, watchdog.join().unwrap_or(true))
+    })
+}
 
 fn region_info(r: &Region) -> VhostUserMemoryRegionInfo {
     VhostUserMemoryRegionInfo {
@@ -124,12 +175,13 @@ fn region_info(r: &Region) -> VhostUserMemoryRegionInfo {
 }
 
 impl VirtioUser {
-    /// Connects to the device at `path` (retrying for up to `wait` while it comes up).
+    /// Connects to the device at `path` (retrying for up to `wait` while it comes up). Every
+    /// control request of the handshake must be answered within `options.liveness`.
     pub fn connect(path: &Path, options: Options, wait: Duration) -> Result<Self, Error> {
         let deadline = Instant::now() + wait;
-        let mut frontend = loop {
-            match Frontend::connect(path, 1) {
-                Ok(f) => break f,
+        let stream = loop {
+            match UnixStream::connect(path) {
+                Ok(s) => break s,
                 Err(e) if Instant::now() < deadline => {
                     debug!(
                         "virtio-user: connect to {} failed ({e}); retrying",
@@ -145,6 +197,20 @@ impl VirtioUser {
                 }
             }
         };
+        let sock = stream.as_raw_fd();
+        // A device that accepted but does not answer is as dead as one that is gone.
+        let bound = options.liveness;
+        let (result, timed_out) = bounded(sock, bound, || {
+            Self::handshake(Frontend::from_stream(stream, 1), sock, options)
+        });
+        if timed_out {
+            return Err(Error::Timeout(bound));
+        }
+        result
+    }
+
+    /// The vhost-user handshake on a fresh connection.
+    fn handshake(mut frontend: Frontend, sock: RawFd, options: Options) -> Result<Self, Error> {
         let neg = |step| move |source| Error::Negotiate { step, source };
         frontend.set_owner().map_err(neg("SET_OWNER"))?;
         let offered = frontend.get_features().map_err(neg("GET_FEATURES"))?;
@@ -241,7 +307,60 @@ impl VirtioUser {
             reply_ack,
             options,
             config,
+            sock,
+            disconnected: false,
         })
+    }
+
+    /// Whether the device is known to be gone.
+    pub fn is_disconnected(&self) -> bool {
+        self.disconnected
+    }
+
+    /// Checks the socket without waiting; marks the connection dead if the device hung up.
+    pub fn check_alive(&mut self) -> Result<(), Error> {
+        self.poll_socket(0)
+    }
+
+    /// Polls the vhost-user socket (and nothing else) for a hang-up for up to `ms`.
+    fn poll_socket(&mut self, ms: i32) -> Result<(), Error> {
+        if self.disconnected {
+            return Err(Error::Disconnected);
+        }
+        let mut pfd = libc::pollfd {
+            fd: self.sock,
+            events: libc::POLLRDHUP,
+            revents: 0,
+        };
+        // SAFETY: `pfd` is a valid pollfd for the duration of the call.
+        unsafe { libc::poll(&raw mut pfd, 1, ms) };
+        if Self::hung_up(pfd.revents) {
+            self.disconnected = true;
+            return Err(Error::Disconnected);
+        }
+        Ok(())
+    }
+
+    fn hung_up(revents: libc::c_short) -> bool {
+        revents & (libc::POLLHUP | libc::POLLERR | libc::POLLRDHUP | libc::POLLNVAL) != 0
+    }
+
+    /// A failed control request: the device is gone if its socket broke (or it did not answer
+    /// within the liveness bound); otherwise the request's own error.
+    fn control_error(&mut self, step: &'static str, source: vhost::Error) -> Error {
+        use vhost::vhost_user::Error as E;
+        let gone = match &source {
+            vhost::Error::VhostUserProtocol(e) => matches!(
+                e,
+                E::SocketBroken(_) | E::SocketRetry(_) | E::Disconnected | E::PartialMessage
+            ),
+            _ => false,
+        };
+        if gone || self.check_alive().is_err() {
+            self.disconnected = true;
+            return Error::Disconnected;
+        }
+        Error::Negotiate { step, source }
     }
 
     /// The device's config space as read at connect time.
@@ -263,25 +382,33 @@ impl VirtioUser {
                 len,
             });
         }
+        if self.disconnected {
+            return Err(Error::Disconnected);
+        }
         let size = len.next_multiple_of(2 << 20);
         let region = Region::new(self.next_gpa, size)?;
         // The device must have mapped the region before any descriptor names it: ask for an
-        // acknowledgement (without NEED_REPLY the request is fire-and-forget).
-        self.frontend.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
-        let added = self.frontend.add_mem_region(&region_info(&region));
-        self.frontend.set_hdr_flags(VhostUserHeaderFlag::empty());
-        added.map_err(|source| Error::Negotiate {
-            step: "ADD_MEM_REG",
-            source,
-        })?;
-        if !self.reply_ack {
-            // No acknowledgements: a request with a reply orders us behind the device.
-            self.frontend
-                .get_features()
-                .map_err(|source| Error::Negotiate {
-                    step: "GET_FEATURES",
-                    source,
-                })?;
+        // acknowledgement (without NEED_REPLY the request is fire-and-forget). The socket's
+        // timeouts bound the wait for it by the liveness bound.
+        let info = region_info(&region);
+        let (frontend, reply_ack) = (&mut self.frontend, self.reply_ack);
+        let (added, timed_out) = bounded(self.sock, self.options.liveness, || {
+            frontend.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
+            let added = frontend.add_mem_region(&info);
+            frontend.set_hdr_flags(VhostUserHeaderFlag::empty());
+            added.map_err(|e| ("ADD_MEM_REG", e))?;
+            if !reply_ack {
+                // No acknowledgements: a request with a reply orders us behind the device.
+                frontend.get_features().map_err(|e| ("GET_FEATURES", e))?;
+            }
+            Ok(())
+        });
+        if timed_out {
+            self.disconnected = true;
+            return Err(Error::Timeout(self.options.liveness));
+        }
+        if let Err((step, source)) = added {
+            return Err(self.control_error(step, source));
         }
         self.next_gpa += size as u64 + (2 << 20);
         let buf = SharedBuf {
@@ -297,14 +424,28 @@ impl VirtioUser {
     pub fn free(&mut self, buf: SharedBuf) {
         if let Some(i) = self.dedicated.iter().position(|r| r.hva == buf.hva) {
             let region = self.dedicated.swap_remove(i);
-            // The device must have unmapped the region before we unmap it here.
-            self.frontend.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
-            if let Err(e) = self.frontend.remove_mem_region(&region_info(&region)) {
-                debug!("virtio-user: REM_MEM_REG failed: {e}");
+            if self.disconnected {
+                // Nobody maps it any more; dropping the region unmaps it here.
+                return;
             }
-            self.frontend.set_hdr_flags(VhostUserHeaderFlag::empty());
-            if !self.reply_ack {
-                let _ = self.frontend.get_features();
+            // The device must have unmapped the region before we unmap it here.
+            let info = region_info(&region);
+            let (frontend, reply_ack) = (&mut self.frontend, self.reply_ack);
+            let (removed, timed_out) = bounded(self.sock, self.options.liveness, || {
+                frontend.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
+                let removed = frontend.remove_mem_region(&info);
+                frontend.set_hdr_flags(VhostUserHeaderFlag::empty());
+                removed.map_err(|e| ("REM_MEM_REG", e))?;
+                if !reply_ack {
+                    frontend.get_features().map_err(|e| ("GET_FEATURES", e))?;
+                }
+                Ok(())
+            });
+            if timed_out {
+                self.disconnected = true;
+            } else if let Err((step, e)) = removed {
+                debug!("virtio-user: {step} failed: {e}");
+                let _ = self.control_error(step, e);
             }
             return;
         }
@@ -332,6 +473,9 @@ impl VirtioUser {
     /// Makes a chain available to the device and kicks it if it is waiting for a kick.
     /// Returns the head index, which identifies the completion.
     pub fn submit(&mut self, segs: &[Seg]) -> Result<u16, Error> {
+        if self.disconnected {
+            return Err(Error::Disconnected);
+        }
         if segs.is_empty() || segs.len() > usize::from(self.options.queue_size) {
             return Err(Error::ChainTooLong(segs.len()));
         }
@@ -351,8 +495,16 @@ impl VirtioUser {
         self.ring.reap(done)
     }
 
-    /// Spins, then sleeps, until at least one completion is pending or `timeout` passes.
+    /// Spins, then sleeps, until at least one completion is pending, the device is gone
+    /// ([`Error::Disconnected`], within milliseconds of its death), or `timeout` passes
+    /// (`Duration::MAX`: no limit while the device lives).
     pub fn wait_for_used(&mut self, timeout: Duration) -> Result<(), Error> {
+        if self.ring.has_used() {
+            return Ok(());
+        }
+        if self.disconnected {
+            return Err(Error::Disconnected);
+        }
         let start = Instant::now();
         while start.elapsed() < self.options.spin {
             if self.ring.has_used() {
@@ -365,16 +517,28 @@ impl VirtioUser {
             if self.ring.has_used() {
                 return Ok(());
             }
-            let mut pfd = libc::pollfd {
-                fd: self.call.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            };
-            // SAFETY: `pfd` is a valid pollfd for the duration of the call.
-            unsafe { libc::poll(&raw mut pfd, 1, 20) };
+            // The interrupt eventfd and the socket: a dead device closes the socket.
+            let mut pfds = [
+                libc::pollfd {
+                    fd: self.call.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+                libc::pollfd {
+                    fd: self.sock,
+                    events: libc::POLLRDHUP,
+                    revents: 0,
+                },
+            ];
+            // SAFETY: `pfds` is a valid array of two pollfds for the duration of the call.
+            unsafe { libc::poll(pfds.as_mut_ptr(), 2, 100) };
             let _ = self.call.read();
             if self.ring.has_used() {
                 return Ok(());
+            }
+            if Self::hung_up(pfds[1].revents) {
+                self.disconnected = true;
+                return Err(Error::Disconnected);
             }
             if start.elapsed() > timeout {
                 return Err(Error::Timeout(timeout));

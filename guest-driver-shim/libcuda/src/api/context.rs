@@ -30,7 +30,8 @@ fn set_current(c: Option<&'static Ctx>) {
         let mut s = s.borrow_mut();
         s.pop();
         if let Some(c) = c {
-            s.push(c);
+            // Cannot fail: one entry was just popped, or the stack was empty.
+            let _ = s.push(c);
         }
     });
 }
@@ -203,7 +204,7 @@ fn ctx_create(pctx: *mut CUcontext, flags: c_uint, dev: CUdevice) -> Result<(), 
         primary: false,
     }));
     // A new context is pushed onto the calling thread's stack.
-    CTX_STACK.with(|s| s.borrow_mut().push(ctx));
+    CTX_STACK.with(|s| s.borrow_mut().push(ctx))?;
     // SAFETY: checked non-NULL above.
     unsafe { put(pctx, as_handle(ctx)) }
 }
@@ -270,7 +271,7 @@ pub unsafe extern "C" fn cuCtxDestroy_v2(ctx: CUcontext) -> CUresult {
         super::exports::context_gone(std::ptr::from_ref(c) as usize);
         // Drop it from this thread's stack; other threads' stacks keep a dead context, as
         // with the real driver, and their calls fail with INVALID_CONTEXT.
-        CTX_STACK.with(|s| s.borrow_mut().retain(|x| !std::ptr::eq(*x, c)));
+        CTX_STACK.with(|s| s.borrow_mut().remove(c));
         Ok(())
     }))
 }
@@ -299,8 +300,7 @@ pub unsafe extern "C" fn cuCtxGetCurrent(pctx: *mut CUcontext) -> CUresult {
 pub unsafe extern "C" fn cuCtxPushCurrent_v2(ctx: CUcontext) -> CUresult {
     ret(driver::driver().and_then(|_| {
         let c = as_ctx(ctx).ok_or(CuResult::INVALID_VALUE)?;
-        CTX_STACK.with(|s| s.borrow_mut().push(c));
-        Ok(())
+        CTX_STACK.with(|s| s.borrow_mut().push(c))
     }))
 }
 

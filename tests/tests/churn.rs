@@ -32,7 +32,8 @@ fn settled(daemon: &Daemon) -> TreeUsage {
     loop {
         std::thread::sleep(Duration::from_millis(100));
         let now = tree_usage(pid);
-        let same = (now.processes, now.fds, now.threads) == (last.processes, last.fds, last.threads);
+        let same =
+            (now.processes, now.fds, now.threads) == (last.processes, last.fds, last.threads);
         if same || start.elapsed() > Duration::from_secs(5) {
             return now;
         }

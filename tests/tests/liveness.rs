@@ -49,7 +49,10 @@ fn wait_stopped(pid: u32) {
         })
     };
     while !stopped() {
-        assert!(start.elapsed() < Duration::from_secs(10), "the daemon never stopped");
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the daemon never stopped"
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
 }
@@ -99,7 +102,10 @@ fn a_program_whose_daemon_dies_fails_with_device_unavailable_and_exits() {
         "{result}\n{stderr}"
     );
     assert!(status.success(), "{status}: {result}\n{stderr}");
-    assert!(took < BOUND, "the program took {took:?} to notice the daemon's death");
+    assert!(
+        took < BOUND,
+        "the program took {took:?} to notice the daemon's death"
+    );
     // The later calls fail at once (no transport waits after the first failure), and the
     // exit path ran its calls to the end.
     let later_s: f64 = result

@@ -79,7 +79,10 @@ impl CtxStack {
 
     /// Pushes `c`; `INVALID_VALUE` when the stack is full.
     pub fn push(&mut self, c: &'static Ctx) -> Result<(), CuResult> {
-        let slot = self.items.get_mut(self.len).ok_or(CuResult::INVALID_VALUE)?;
+        let slot = self
+            .items
+            .get_mut(self.len)
+            .ok_or(CuResult::INVALID_VALUE)?;
         *slot = Some(c);
         self.len += 1;
         Ok(())

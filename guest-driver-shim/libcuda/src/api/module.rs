@@ -312,7 +312,12 @@ fn forget_module(d: &driver::Driver, token: u64) -> Result<Arc<Module>, CuResult
     // Launches racing with the unload hold their own reference to a function; its host
     // handle is dead and fails cleanly there.
     super::launch::forget_occupancy();
-    let globals = std::mem::take(&mut *module.globals.lock().unwrap_or_else(PoisonError::into_inner));
+    let globals = std::mem::take(
+        &mut *module
+            .globals
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner),
+    );
     let mut allocs = d.allocations.lock().unwrap_or_else(PoisonError::into_inner);
     for g in globals {
         allocs.remove(&g);
@@ -410,7 +415,10 @@ fn get_global(
         .conn
         .call(Opcode::ModuleGetGlobal, &body, name, None, None)?
         .parse()?;
-    let mut globals = module.globals.lock().unwrap_or_else(PoisonError::into_inner);
+    let mut globals = module
+        .globals
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
     if !globals.contains(&r.dptr.get()) {
         globals.push(r.dptr.get());
     }

@@ -176,3 +176,27 @@ fn module_rounds_leave_the_program_and_the_daemon_flat() {
     );
     assert_rss_within_5_percent(daemon1, daemon2, &format!("{rounds} module rounds"));
 }
+
+/// The measurement covers descendants (a daemon that serves clients in child processes).
+#[test]
+fn the_measured_tree_includes_grandchildren() {
+    let mut sh = std::process::Command::new("sh")
+        .args(["-c", "sh -c 'sleep 30 & wait' & sleep 30 & wait"])
+        .spawn()
+        .expect("start sh");
+    let pid = sh.id();
+    let start = Instant::now();
+    // sh, its sh and sleep, and that sh's sleep.
+    while tree_usage(pid).processes < 4 {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            vgpu_tests::process_tree(pid)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let u = tree_usage(pid);
+    assert!(u.threads >= 4 && u.fds >= 4 && u.rss_kib > 0, "{u:?}");
+    vgpu_tests::signal_tree(pid, libc::SIGKILL);
+    let _ = sh.wait();
+}

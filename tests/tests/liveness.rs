@@ -164,3 +164,37 @@ fn no_daemon_fails_cu_init_within_the_bound() {
     assert!(stderr.contains("cuInit(0) -> 100"), "{stderr}");
     assert!(took < Duration::from_secs(4), "cuInit took {took:?}");
 }
+
+/// A batch kept back while the device is busy is sent within the hold time even if the
+/// program makes no further call (it waits for the GPU by reading mapped memory).
+#[test]
+fn work_queued_behind_busy_device_is_sent_without_another_call() {
+    let dir = scratch("held-batch");
+    let program = compile_c("held_batch.c", &dir);
+    let daemon = Daemon::start_sim(&dir, &[]);
+    let mut child = guest_command(&program, &daemon.socket)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the program");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let mut next = || lines.next().and_then(Result::ok).unwrap_or_default();
+    assert_eq!(next(), "READY", "{}", daemon.log_text());
+    let pid = daemon.child.id();
+    // Stopped, the device stays busy with the first call: the second is kept back.
+    signal_tree(pid, libc::SIGSTOP);
+    wait_stopped(pid);
+    writeln!(stdin, "go").expect("go on");
+    assert_eq!(next(), "QUEUED");
+    std::thread::sleep(Duration::from_millis(100));
+    signal_tree(pid, libc::SIGCONT);
+    writeln!(stdin, "go").expect("go on");
+    let result = next();
+    let status = wait_exit(&mut child, Duration::from_secs(10), "the program");
+    let mut stderr = String::new();
+    let _ = std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut stderr);
+    assert!(result.starts_with("ARRIVED"), "{result}\n{stderr}");
+    assert!(status.success(), "{status}\n{stderr}");
+}

@@ -18,7 +18,7 @@
 
 use std::{
     sync::{Mutex, MutexGuard},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use vgpu_protocol::{
@@ -42,6 +42,12 @@ const BATCH_CALLS: u32 = 128;
 const KMOD_BATCH_CALLS: u32 = 16;
 /// Data segments in one chain.
 const MAX_DATA_SEGS: usize = 48;
+/// Longest a batch of fire-and-forget calls is kept back while the device is busy: after that
+/// the flusher thread sends it, so work the program queued reaches the GPU even if the program
+/// makes no further call (it may be waiting for the GPU through mapped memory, or just
+/// computing on the CPU meanwhile).
+const HOLD: Duration = Duration::from_micros(500);
+
 /// `CUDA_ERROR_DEVICE_UNAVAILABLE`: what every call returns once the vGPU is gone.
 pub const DEVICE_UNAVAILABLE: CuResult = CuResult(46);
 /// Default of `VGPU_LIVENESS_SECS`.
@@ -159,6 +165,10 @@ pub struct Inner {
     batch: Batch,
     seq: u64,
     dead: bool,
+    /// Since when the batch has been kept back while the device was busy.
+    held_since: Option<Instant>,
+    /// The thread that sends batches kept back for longer than [`HOLD`].
+    flusher: Option<std::thread::Thread>,
 }
 
 pub struct Connection {
@@ -223,6 +233,8 @@ impl Connection {
                 },
                 seq: 0,
                 dead: false,
+                held_since: None,
+                flusher: None,
             }),
         })
     }
@@ -575,6 +587,7 @@ impl Inner {
 
     /// Starts a new, empty batch (in a free message buffer).
     fn reset_batch(&mut self, used_buf: usize) {
+        self.held_since = None;
         let b = &mut self.batch;
         b.buf = if matches!(self.link, Link::Kmod { .. }) {
             used_buf
@@ -602,8 +615,26 @@ impl Inner {
             || self.batch.ncalls >= limit
         {
             self.flush(false)?;
+        } else if self.batch.ncalls > 0 && self.held_since.is_none() {
+            self.held_since = Some(Instant::now());
+            self.wake_flusher();
         }
         Ok(())
+    }
+
+    /// Tells the flusher that a batch is being kept back (starting it the first time).
+    fn wake_flusher(&mut self) {
+        if let Some(t) = &self.flusher {
+            t.unpark();
+            return;
+        }
+        match std::thread::Builder::new()
+            .name("vgpu-flush".into())
+            .spawn(flusher)
+        {
+            Ok(handle) => self.flusher = Some(handle.thread().clone()),
+            Err(e) => crate::log_error(&format!("cannot start the batch flusher: {e}")),
+        }
     }
 
     /// A failed request through the kernel driver: the device is gone (`ENODEV`), broken
@@ -736,6 +767,42 @@ impl Inner {
             if last.flags & reply_flags::CONSOLE_PENDING == 0 {
                 return;
             }
+        }
+    }
+}
+
+/// The flusher thread: sends a batch that has been kept back for [`HOLD`]; sleeps while none
+/// is. Ends when the connection dies.
+fn flusher() {
+    let d = loop {
+        match crate::driver::driver() {
+            Ok(d) => break d,
+            // Started while `cuInit` is still connecting: the driver is about to exist.
+            Err(CuResult::NOT_INITIALIZED) => std::thread::sleep(Duration::from_millis(1)),
+            Err(_) => return,
+        }
+    };
+    loop {
+        let wait = {
+            let mut g = d.conn.lock();
+            if g.dead {
+                return;
+            }
+            match g.held_since.map(|t| t.elapsed()) {
+                Some(age) if age < HOLD => Some(HOLD - age),
+                Some(_) => {
+                    // Errors of fire-and-forget calls surface at the next synchronising call;
+                    // a dead connection fails every later call.
+                    let _ = g.flush_pending();
+                    g.held_since = None;
+                    None
+                }
+                None => None,
+            }
+        };
+        match wait {
+            Some(w) => std::thread::park_timeout(w),
+            None => std::thread::park(),
         }
     }
 }

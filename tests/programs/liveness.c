@@ -4,7 +4,7 @@
  * for ever, later calls at once, and the exit path (an atexit handler that makes more calls)
  * must not hang either.
  *
- * usage: liveness   (prints "RESULT first=N later=N,N,N,N first_s=S later_s=S"; exit 0 when all
+ * usage: liveness   (prints "RESULT first=N later=N,... first_s=S later_s=S"; exit 0 when all
  * are 46) */
 #include <stdio.h>
 #include <stdlib.h>
@@ -59,17 +59,21 @@ int main(void) {
     CUresult first = cuMemcpyDtoH_v2(host, dptr, sizeof host);
     double t1 = now();
     CUdeviceptr more = 0;
-    CUresult later[4];
+    CUresult later[6];
+    int sms = 0;
     later[0] = cuMemAlloc_v2(&more, 4096);
     later[1] = cuCtxSynchronize();
     later[2] = cuMemcpyHtoD_v2(dptr, host, 16);
     CUstream s;
     later[3] = cuStreamCreate(&s, 0);
+    later[4] = cuInit(0);
+    /* Answered from what the shim cached, but the device is gone all the same. */
+    later[5] = cuDeviceGetAttribute(&sms, CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT, dev);
     double t2 = now();
-    printf("RESULT first=%d later=%d,%d,%d,%d first_s=%.3f later_s=%.3f\n", first, later[0],
-           later[1], later[2], later[3], t1 - t0, t2 - t1);
+    printf("RESULT first=%d later=%d,%d,%d,%d,%d,%d first_s=%.3f later_s=%.3f\n", first,
+           later[0], later[1], later[2], later[3], later[4], later[5], t1 - t0, t2 - t1);
     fflush(stdout);
     int ok = first == CUDA_ERROR_DEVICE_UNAVAILABLE;
-    for (int i = 0; i < 4; i++) ok &= later[i] == CUDA_ERROR_DEVICE_UNAVAILABLE;
+    for (int i = 0; i < 6; i++) ok &= later[i] == CUDA_ERROR_DEVICE_UNAVAILABLE;
     return ok ? 0 : 1;
 }

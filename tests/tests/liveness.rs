@@ -98,7 +98,7 @@ fn a_program_whose_daemon_dies_fails_with_device_unavailable_and_exits() {
     let mut stderr = String::new();
     let _ = std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut stderr);
     assert!(
-        result.starts_with("RESULT first=46 later=46,46,46,46"),
+        result.starts_with("RESULT first=46 later=46,46,46,46,46,46 "),
         "{result}\n{stderr}"
     );
     assert!(status.success(), "{status}: {result}\n{stderr}");

@@ -17,7 +17,10 @@
 //! is the order of the lock.
 
 use std::{
-    sync::{Mutex, MutexGuard},
+    sync::{
+        Mutex, MutexGuard,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -50,6 +53,9 @@ const HOLD: Duration = Duration::from_micros(500);
 
 /// `CUDA_ERROR_DEVICE_UNAVAILABLE`: what every call returns once the vGPU is gone.
 pub const DEVICE_UNAVAILABLE: CuResult = CuResult(46);
+/// Set when the (process's only) connection dies; read without its lock by every entry point.
+static DEAD: AtomicBool = AtomicBool::new(false);
+
 /// Default of `VGPU_LIVENESS_SECS`.
 const DEFAULT_LIVENESS: Duration = Duration::from_secs(5);
 
@@ -296,7 +302,7 @@ impl Connection {
 
     /// Whether the vGPU is gone (every call fails with `CUDA_ERROR_DEVICE_UNAVAILABLE`).
     pub fn is_dead(&self) -> bool {
-        self.lock().dead
+        DEAD.load(Ordering::Acquire)
     }
 
     pub fn free_shared(&self, buf: SharedBuf) {
@@ -659,6 +665,7 @@ impl Inner {
             ));
         }
         self.dead = true;
+        DEAD.store(true, Ordering::Release);
         DEVICE_UNAVAILABLE
     }
 

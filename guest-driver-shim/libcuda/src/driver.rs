@@ -113,9 +113,11 @@ thread_local! {
     pub static CTX_STACK: RefCell<CtxStack> = const { RefCell::new(CtxStack::EMPTY) };
 }
 
-/// The driver if `cuInit` succeeded.
+/// The driver if `cuInit` succeeded and the vGPU is still there
+/// (`CUDA_ERROR_DEVICE_UNAVAILABLE` for every call once it is gone).
 pub fn driver() -> Result<&'static Driver, CuResult> {
     match DRIVER.get() {
+        Some(Ok(d)) if d.conn.is_dead() => Err(crate::conn::DEVICE_UNAVAILABLE),
         Some(Ok(d)) => Ok(d),
         Some(Err(e)) => Err(*e),
         None => Err(CuResult::NOT_INITIALIZED),
@@ -124,7 +126,8 @@ pub fn driver() -> Result<&'static Driver, CuResult> {
 
 /// Connects and fetches the device's facts (once per process).
 pub fn init() -> Result<&'static Driver, CuResult> {
-    DRIVER.get_or_init(connect).as_ref().map_err(|e| *e)
+    DRIVER.get_or_init(connect).as_ref().map_err(|e| *e)?;
+    driver()
 }
 
 fn connect() -> Result<Driver, CuResult> {

@@ -3,7 +3,8 @@
  * usage: churn tiny
  *          init, allocate, copy there and back, free, exit (one of many short programs).
  *        churn rounds MODULE ROUNDS LAUNCHES ALLOCS
- *          ROUNDS times: load MODULE (from memory), look up vecAdd, ask its occupancy, launch
+ *          ROUNDS times: create and destroy a context, load MODULE (from memory), look up
+ *          vecAdd, ask its occupancy, launch
  *          it LAUNCHES times, ALLOCS allocations and frees, a stream and an event created,
  *          used and destroyed, unload. At round ROUNDS/10 and at the end it prints
  *          "AT round=N rss_kib=K" with its own VmRSS and waits for a line on stdin (so that
@@ -85,7 +86,19 @@ static int rounds(const char *path, int n, int launches, int allocs) {
     CUdeviceptr *ptrs = calloc(allocs > 0 ? allocs : 1, sizeof *ptrs);
     int count = elems;
     void *params[] = {&a, &b, &c, &count};
+    CUcontext last_created = NULL;
     for (int r = 1; r <= n; r++) {
+        /* A context created and destroyed: its record is reused, not leaked. */
+        CUcontext created, popped;
+        CHECK(cuCtxCreate_v2(&created, 0, dev));
+        CHECK(cuCtxDestroy_v2(created));
+        if (last_created && created != last_created) {
+            fprintf(stderr, "round %d: a destroyed context's record was not reused\n", r);
+            return 1;
+        }
+        last_created = created;
+        CHECK(cuCtxGetCurrent(&popped));
+        if (popped != ctx) { fprintf(stderr, "the primary context is not current\n"); return 1; }
         CUmodule m;
         CUfunction fn;
         CHECK(cuModuleLoadData(&m, image));

@@ -1,5 +1,5 @@
 //! Churn: many programs one after another against one daemon, and one program that loads
-//! and unloads a module thousands of times. The daemon's descriptors, threads and RSS (the
+//! and unloads a module (and creates and destroys a context) thousands of times. The daemon's descriptors, threads and RSS (the
 //! daemon and every process it started, so that per-client worker processes count) and the
 //! program's own RSS must stay flat.
 //!

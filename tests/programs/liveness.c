@@ -4,10 +4,12 @@
  * for ever, later calls at once, and the exit path (an atexit handler that makes more calls)
  * must not hang either.
  *
- * usage: liveness   (prints "RESULT first=N later=N,... first_s=S later_s=S"; exit 0 when all
+ * usage: liveness [pinned]   (the first call is a copy back, or with "pinned" an 8 MiB
+ * pinned allocation, whose shared memory the daemon must acknowledge; prints "RESULT first=N later=N,... first_s=S later_s=S"; exit 0 when all
  * are 46) */
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
 #include "vgpu_cuda_min.h"
 
@@ -39,7 +41,8 @@ static void teardown(void) {
     fprintf(stderr, "teardown done\n");
 }
 
-int main(void) {
+int main(int argc, char **argv) {
+    int pinned = argc > 1 && strcmp(argv[1], "pinned") == 0;
     static unsigned char host[1 << 16];
     CUcontext ctx;
     CHECK(cuInit(0));
@@ -56,7 +59,9 @@ int main(void) {
     if (!fgets(line, sizeof line, stdin)) return 3;
 
     double t0 = now();
-    CUresult first = cuMemcpyDtoH_v2(host, dptr, sizeof host);
+    void *big = NULL;
+    CUresult first = pinned ? cuMemAllocHost_v2(&big, 8u << 20)
+                            : cuMemcpyDtoH_v2(host, dptr, sizeof host);
     double t1 = now();
     CUdeviceptr more = 0;
     CUresult later[6];

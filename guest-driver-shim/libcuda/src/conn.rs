@@ -3,13 +3,15 @@
 //!
 //! # Waits
 //!
-//! No wait outlives the vGPU. Over virtio-user a wait for a reply has no time limit while the
-//! daemon lives (a kernel may run for hours) but ends within milliseconds when the daemon's
-//! socket closes; control requests (connect, shared-memory acknowledgements) must be answered
-//! within the liveness bound, `VGPU_LIVENESS_SECS` (default 5). Either failure makes the
+//! No wait outlives the vGPU, and liveness is not elapsed time. Over virtio-user a wait for a
+//! reply, or for the daemon's answer to a control request (the handshake, shared-memory
+//! acknowledgements), has no time limit while the daemon lives (a kernel may run for hours,
+//! and other clients' work may delay the daemon's answers) but ends within milliseconds when
+//! the daemon's socket closes. The connection attempt itself retries for the liveness bound,
+//! `VGPU_LIVENESS_SECS` (default 5), while the socket does not accept. A dead daemon makes the
 //! connection dead: that call and every later one returns `CUDA_ERROR_DEVICE_UNAVAILABLE` at
-//! once, without touching the transport again, so teardown (destructors, `atexit`) cannot
-//! hang either. Through `/dev/vgpuN` the waits are the kernel driver's.
+//! once, without touching the transport again, so teardown (destructors, `atexit`) cannot hang
+//! either. Through `/dev/vgpuN` the waits are the kernel driver's.
 //!
 //! Every call goes through one mutex per connection. A lock-free per-thread batch would be
 //! faster under contention but would break CUDA's stream ordering across threads (a thread
@@ -59,8 +61,9 @@ static DEAD: AtomicBool = AtomicBool::new(false);
 /// Default of `VGPU_LIVENESS_SECS`.
 const DEFAULT_LIVENESS: Duration = Duration::from_secs(5);
 
-/// The liveness bound: how long the daemon may take to accept us or answer a control
-/// request (`VGPU_LIVENESS_SECS`, seconds, fractions allowed; default 5).
+/// The liveness bound: how long `cuInit` retries a daemon socket that does not accept yet
+/// (`VGPU_LIVENESS_SECS`, seconds, fractions allowed; default 5). A daemon that accepted is
+/// waited for as long as its socket is open.
 pub fn liveness() -> Duration {
     parse_liveness(std::env::var("VGPU_LIVENESS_SECS").ok().as_deref())
 }
@@ -188,12 +191,8 @@ fn transport_error(e: impl std::fmt::Display) -> CuResult {
 
 impl Connection {
     pub fn open_virtio_user(path: &std::path::Path) -> Result<Self, String> {
-        let bound = liveness();
-        let options = Options {
-            liveness: bound,
-            ..Options::default()
-        };
-        let vu = VirtioUser::connect(path, options, bound).map_err(|e| chain(&e))?;
+        let vu =
+            VirtioUser::connect(path, Options::default(), liveness()).map_err(|e| chain(&e))?;
         Self::open(Link::VirtioUser(Box::new(vu)))
     }
 

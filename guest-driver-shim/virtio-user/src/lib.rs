@@ -10,11 +10,14 @@
 //!
 //! # Waiting
 //!
-//! No wait here outlives the device. Control requests (the handshake, memory-region
-//! acknowledgements) must be answered within [`Options::liveness`]; a wait for a completion has
-//! no time limit while the device lives (a kernel may run for hours) but watches the vhost-user
-//! socket alongside the interrupt eventfd: a device that dies closes it, and the wait returns
-//! [`Error::Disconnected`] at once. After that every request fails at once with the same error.
+//! No wait here outlives the device, and none has a time limit while the device lives (a
+//! kernel may run for hours, and the device may answer a control request only after it).
+//! Liveness is the vhost-user socket: a device that dies closes it. A wait for a completion
+//! polls the socket alongside the interrupt eventfd and returns [`Error::Disconnected`] at
+//! once; a control request (the handshake, a memory-region acknowledgement) blocked reading
+//! its reply fails as the socket closes. After that every request fails at once with the same
+//! error. Only [`VirtioUser::connect`]'s retries while the socket does not accept yet are
+//! bounded in time.
 
 mod alloc;
 mod ring;
@@ -86,10 +89,6 @@ pub struct Options {
     pub dedicated_threshold: usize,
     /// How long to spin on the used ring before sleeping on the interrupt eventfd.
     pub spin: Duration,
-    /// How long the device may take to answer a control request (and, in
-    /// [`VirtioUser::connect`], to accept the connection) before it counts as dead. Waits for
-    /// completions are not bounded by it: they end when the device's socket closes.
-    pub liveness: Duration,
 }
 
 impl Default for Options {
@@ -99,7 +98,6 @@ impl Default for Options {
             control_bytes: 64 << 20,
             dedicated_threshold: 4 << 20,
             spin: Duration::from_micros(200),
-            liveness: Duration::from_secs(5),
         }
     }
 }
@@ -140,30 +138,6 @@ pub struct VirtioUser {
 // mutex by its owner.
 unsafe impl Send for VirtioUser {}
 
-/// Runs `request`, a control request on the vhost-user socket `sock`, bounded by `bound`: if
-/// it has not returned by then, the socket is shut down, which ends the request (its reads and
-/// writes fail) and the connection. Returns the request's result and whether that happened.
-/// (The socket's own timeouts would not do: the vhost crate retries a timed-out read.)
-fn bounded<T>(sock: RawFd, bound: Duration, request: impl FnOnce() -> T) -> (T, bool) {
-    let (done, wait) = std::sync::mpsc::channel::<()>();
-    std::thread::scope(|s| {
-        let watchdog = s.spawn(move || {
-            let expired = matches!(
-                wait.recv_timeout(bound),
-                Err(std::sync::mpsc::RecvTimeoutError::Timeout)
-            );
-            if expired {
-                // SAFETY: shutdown(2) on the connection's socket, which outlives this scope.
-                unsafe { libc::shutdown(sock, libc::SHUT_RDWR) };
-            }
-            expired
-        });
-        let result = request();
-        drop(done);
-        (result, watchdog.join().unwrap_or(true))
-    })
-}
-
 fn region_info(r: &Region) -> VhostUserMemoryRegionInfo {
     VhostUserMemoryRegionInfo {
         guest_phys_addr: r.gpa,
@@ -175,8 +149,8 @@ fn region_info(r: &Region) -> VhostUserMemoryRegionInfo {
 }
 
 impl VirtioUser {
-    /// Connects to the device at `path` (retrying for up to `wait` while it comes up). Every
-    /// control request of the handshake must be answered within `options.liveness`.
+    /// Connects to the device at `path` (retrying for up to `wait` while it comes up). The
+    /// handshake then waits for the device's answers as long as its socket is open.
     pub fn connect(path: &Path, options: Options, wait: Duration) -> Result<Self, Error> {
         let deadline = Instant::now() + wait;
         let stream = loop {
@@ -198,15 +172,7 @@ impl VirtioUser {
             }
         };
         let sock = stream.as_raw_fd();
-        // A device that accepted but does not answer is as dead as one that is gone.
-        let bound = options.liveness;
-        let (result, timed_out) = bounded(sock, bound, || {
-            Self::handshake(Frontend::from_stream(stream, 1), sock, options)
-        });
-        if timed_out {
-            return Err(Error::Timeout(bound));
-        }
-        result
+        Self::handshake(Frontend::from_stream(stream, 1), sock, options)
     }
 
     /// The vhost-user handshake on a fresh connection.
@@ -319,11 +285,6 @@ impl VirtioUser {
 
     /// Checks the socket without waiting; marks the connection dead if the device hung up.
     pub fn check_alive(&mut self) -> Result<(), Error> {
-        self.poll_socket(0)
-    }
-
-    /// Polls the vhost-user socket (and nothing else) for a hang-up for up to `ms`.
-    fn poll_socket(&mut self, ms: i32) -> Result<(), Error> {
         if self.disconnected {
             return Err(Error::Disconnected);
         }
@@ -333,7 +294,7 @@ impl VirtioUser {
             revents: 0,
         };
         // SAFETY: `pfd` is a valid pollfd for the duration of the call.
-        unsafe { libc::poll(&raw mut pfd, 1, ms) };
+        unsafe { libc::poll(&raw mut pfd, 1, 0) };
         if Self::hung_up(pfd.revents) {
             self.disconnected = true;
             return Err(Error::Disconnected);
@@ -345,8 +306,21 @@ impl VirtioUser {
         revents & (libc::POLLHUP | libc::POLLERR | libc::POLLRDHUP | libc::POLLNVAL) != 0
     }
 
-    /// A failed control request: the device is gone if its socket broke (or it did not answer
-    /// within the liveness bound); otherwise the request's own error.
+    /// Runs a control request (`request(frontend, reply_ack)`); a failure that shows the
+    /// device gone marks the connection dead.
+    fn control(
+        &mut self,
+        request: impl FnOnce(&mut Frontend, bool) -> Result<(), (&'static str, vhost::Error)>,
+    ) -> Result<(), Error> {
+        if self.disconnected {
+            return Err(Error::Disconnected);
+        }
+        request(&mut self.frontend, self.reply_ack)
+            .map_err(|(step, source)| self.control_error(step, source))
+    }
+
+    /// A failed control request: the device is gone if its socket broke; otherwise the
+    /// request's own error.
     fn control_error(&mut self, step: &'static str, source: vhost::Error) -> Error {
         use vhost::vhost_user::Error as E;
         let gone = match &source {
@@ -388,28 +362,19 @@ impl VirtioUser {
         let size = len.next_multiple_of(2 << 20);
         let region = Region::new(self.next_gpa, size)?;
         // The device must have mapped the region before any descriptor names it: ask for an
-        // acknowledgement (without NEED_REPLY the request is fire-and-forget). The socket's
-        // timeouts bound the wait for it by the liveness bound.
-        let info = region_info(&region);
-        let (frontend, reply_ack) = (&mut self.frontend, self.reply_ack);
-        let (added, timed_out) = bounded(self.sock, self.options.liveness, || {
-            frontend.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
-            let added = frontend.add_mem_region(&info);
-            frontend.set_hdr_flags(VhostUserHeaderFlag::empty());
+        // acknowledgement (without NEED_REPLY the request is fire-and-forget).
+        let added = self.control(|f, reply_ack| {
+            f.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
+            let added = f.add_mem_region(&region_info(&region));
+            f.set_hdr_flags(VhostUserHeaderFlag::empty());
             added.map_err(|e| ("ADD_MEM_REG", e))?;
             if !reply_ack {
                 // No acknowledgements: a request with a reply orders us behind the device.
-                frontend.get_features().map_err(|e| ("GET_FEATURES", e))?;
+                f.get_features().map_err(|e| ("GET_FEATURES", e))?;
             }
             Ok(())
         });
-        if timed_out {
-            self.disconnected = true;
-            return Err(Error::Timeout(self.options.liveness));
-        }
-        if let Err((step, source)) = added {
-            return Err(self.control_error(step, source));
-        }
+        added?;
         self.next_gpa += size as u64 + (2 << 20);
         let buf = SharedBuf {
             hva: region.hva,
@@ -429,23 +394,18 @@ impl VirtioUser {
                 return;
             }
             // The device must have unmapped the region before we unmap it here.
-            let info = region_info(&region);
-            let (frontend, reply_ack) = (&mut self.frontend, self.reply_ack);
-            let (removed, timed_out) = bounded(self.sock, self.options.liveness, || {
-                frontend.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
-                let removed = frontend.remove_mem_region(&info);
-                frontend.set_hdr_flags(VhostUserHeaderFlag::empty());
+            let removed = self.control(|f, reply_ack| {
+                f.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
+                let removed = f.remove_mem_region(&region_info(&region));
+                f.set_hdr_flags(VhostUserHeaderFlag::empty());
                 removed.map_err(|e| ("REM_MEM_REG", e))?;
                 if !reply_ack {
-                    frontend.get_features().map_err(|e| ("GET_FEATURES", e))?;
+                    f.get_features().map_err(|e| ("GET_FEATURES", e))?;
                 }
                 Ok(())
             });
-            if timed_out {
-                self.disconnected = true;
-            } else if let Err((step, e)) = removed {
-                debug!("virtio-user: {step} failed: {e}");
-                let _ = self.control_error(step, e);
+            if let Err(e) = removed {
+                debug!("virtio-user: freeing a shared region: {e}");
             }
             return;
         }
@@ -531,7 +491,7 @@ impl VirtioUser {
                 },
             ];
             // SAFETY: `pfds` is a valid array of two pollfds for the duration of the call.
-            unsafe { libc::poll(pfds.as_mut_ptr(), 2, 100) };
+            unsafe { libc::poll(pfds.as_mut_ptr(), 2, 20) };
             let _ = self.call.read();
             if self.ring.has_used() {
                 return Ok(());

@@ -162,7 +162,7 @@ fn register_fatbin(
     }
     let m = super::module::load(image, module_ctx()?)?;
     // SAFETY: out-pointer from the runtime.
-    unsafe { put(out, m as *const super::module::Module as *mut c_void) }
+    unsafe { put(out, m as *mut c_void) }
 }
 
 /// [1] `(CUmodule *out, const __fatBinC_Wrapper_t *wrapper)`.

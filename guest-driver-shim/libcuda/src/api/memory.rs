@@ -403,7 +403,7 @@ fn htod(dst: CUdeviceptr, src: *const u8, n: usize, stream: Option<u64>) -> Resu
         // SAFETY: `src` is readable for `n` bytes (caller's contract); the staging buffer is
         // ours and no chain in flight uses it.
         unsafe { std::ptr::copy_nonoverlapping(src.add(off), buf.hva, piece) };
-        append_copy(
+        let sent = append_copy(
             &mut g,
             Dir::HtoD,
             flags,
@@ -412,8 +412,17 @@ fn htod(dst: CUdeviceptr, src: *const u8, n: usize, stream: Option<u64>) -> Resu
             dst + off as u64,
             buf.gpa,
             piece,
-        )?;
-        pending[slot] = Some(g.flush_staged(slot)?);
+        )
+        .and_then(|()| g.flush_staged(slot));
+        match sent {
+            Ok(h) => pending[slot] = Some(h),
+            Err(e) => {
+                // The pieces in flight still read the staging buffers: wait for them below
+                // before they can be reused.
+                result = result.and(Err(e));
+                break;
+            }
+        }
     }
     for (slot, h) in pending.iter().enumerate() {
         if let Some(h) = h {
@@ -475,7 +484,7 @@ fn dtoh_copy(
         result = result.and(drain(&mut g, slot, &mut pending));
         let piece = (n - off).min(STAGING_BYTES);
         let buf = g.staging[slot];
-        append_copy(
+        let sent = append_copy(
             &mut g,
             Dir::DtoH,
             flags,
@@ -484,8 +493,16 @@ fn dtoh_copy(
             src + off as u64,
             buf.gpa,
             piece,
-        )?;
-        pending[slot] = Some((g.flush_staged(slot)?, off));
+        )
+        .and_then(|()| g.flush_staged(slot));
+        match sent {
+            Ok(h) => pending[slot] = Some((h, off)),
+            Err(e) => {
+                // The pieces in flight still write the staging buffers: wait for them below.
+                result = result.and(Err(e));
+                break;
+            }
+        }
     }
     let first = chunks.len() % 2;
     result = result.and(drain(&mut g, first, &mut pending));

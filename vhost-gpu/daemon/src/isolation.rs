@@ -575,7 +575,10 @@ impl Workers {
         if let Some(spawner) = &self.spawner {
             let env = [
                 (WORKER_FD_ENV.into(), WORKER_FD.to_string().into()),
-                (WORKER_NAMESPACE_ENV.into(), self.namespace.to_string().into()),
+                (
+                    WORKER_NAMESPACE_ENV.into(),
+                    self.namespace.to_string().into(),
+                ),
             ];
             let pid = spawner
                 .spawn(&[], &env, &[std::os::fd::AsFd::as_fd(&theirs)])

@@ -430,8 +430,8 @@ mod tests {
     #[test]
     fn header_sizes_are_fixed() {
         assert_eq!(size_of::<SessionHeader>(), 24 + 32);
-        assert_eq!(size_of::<Challenge>(), 40);
-        assert_eq!(size_of::<SessionReply>(), 208);
+        assert_eq!(size_of::<Challenge>(), 48);
+        assert_eq!(size_of::<SessionReply>(), 240);
         assert_eq!(size_of::<RequestHeader>(), 24);
         assert_eq!(size_of::<ReplyHeader>(), 16);
     }
@@ -445,37 +445,50 @@ mod tests {
         };
         assert_eq!(SessionHeader::new(&p).params().unwrap(), p);
         let mut bad = SessionHeader::new(&p);
-        bad.version = 9.into();
-        assert!(matches!(bad.params(), Err(FrameError::BadVersion(9))));
+        bad.version = 1.into();
+        assert!(matches!(bad.params(), Err(FrameError::BadVersion(1))));
         bad.magic = 7.into();
         assert!(matches!(bad.params(), Err(FrameError::BadMagic(7))));
         let r = SessionReply::refuse("no such GPU");
         assert!(matches!(r.result(), Err(FrameError::Refused(m)) if m == "no such GPU"));
-        assert!(SessionReply::accept().result().is_ok());
+        assert!(SessionReply::accept([0; 32]).result().is_ok());
+        let plain = plain_refusal("busy");
+        assert_eq!(&plain[..4], b"VGTX");
+        assert_eq!(&plain[4..], b"\x04\x00busy");
     }
 
     #[test]
-    fn proofs_bind_the_secret_the_nonce_and_the_slice_asked_for() {
+    fn proofs_bind_the_secret_the_tls_session_the_nonce_and_the_slice_asked_for() {
         let secret = Secret::new("pool secret").unwrap();
-        let nonce = [7u8; 32];
+        let (binding, nonce) = ([5u8; 32], [7u8; 32]);
         let mut h = SessionHeader::new(&SessionParams {
             gpu: 0,
             mem_limit: Some(1 << 30),
             sm_count: Some(33),
         });
-        h.auth = secret.prove(&nonce, &h);
-        assert!(secret.verify(&nonce, &h));
+        h.auth = secret.prove(&binding, &nonce, &h);
+        assert!(secret.verify(&binding, &nonce, &h));
         assert!(
-            !Secret::new("other").unwrap().verify(&nonce, &h),
+            !Secret::new("other").unwrap().verify(&binding, &nonce, &h),
             "another secret"
         );
         assert!(
-            !secret.verify(&[8u8; 32], &h),
+            !secret.verify(&binding, &[8u8; 32], &h),
             "a replay under another nonce"
+        );
+        assert!(
+            !secret.verify(&[6u8; 32], &nonce, &h),
+            "a proof relayed from another TLS session (a man in the middle)"
         );
         let mut bigger = h;
         bigger.mem_limit = (2u64 << 30).into();
-        assert!(!secret.verify(&nonce, &bigger), "a changed limit");
+        assert!(!secret.verify(&binding, &nonce, &bigger), "a changed limit");
+        // The server's proof: its own label, so a client's proof cannot be reflected.
+        let server = secret.prove_server(&binding, &nonce, &h);
+        assert!(secret.verify_server(&binding, &nonce, &h, &server));
+        assert!(!secret.verify_server(&binding, &nonce, &h, &h.auth), "a reflected proof");
+        assert!(!secret.verify_server(&[6u8; 32], &nonce, &h, &server));
+        assert!(!Secret::new("other").unwrap().verify_server(&binding, &nonce, &h, &server));
         assert!(Secret::new("").is_none());
         assert_eq!(format!("{secret:?}"), "Secret(..)");
     }
@@ -491,5 +504,37 @@ mod tests {
             )
             .is_err()
         );
+    }
+
+    /// A frame that declares a gibibyte and sends ten bytes costs a piece, not a gibibyte.
+    #[test]
+    fn declared_lengths_commit_memory_only_as_bytes_arrive() {
+        let mut buf = Vec::new();
+        let mut r: &[u8] = &[1u8; 10];
+        assert!(read_into(&mut r, &mut buf, 1 << 30).is_err());
+        assert!(buf.capacity() <= 2 * READ_CHUNK, "{}", buf.capacity());
+        let data: Vec<u8> = (0..3 * READ_CHUNK + 5).map(|i| i as u8).collect();
+        let mut r = &data[..];
+        read_into(&mut r, &mut buf, data.len()).unwrap();
+        assert_eq!(buf, data);
+    }
+
+    #[test]
+    fn tls_failures_get_their_own_names() {
+        let wrapped = io::Error::new(io::ErrorKind::InvalidData, rustls::Error::DecryptError);
+        assert!(matches!(FrameError::from(wrapped), FrameError::Tampered));
+        let alert = io::Error::new(
+            io::ErrorKind::InvalidData,
+            rustls::Error::AlertReceived(rustls::AlertDescription::BadRecordMac),
+        );
+        assert!(matches!(FrameError::from(alert), FrameError::TamperedSeen));
+        let timeout = FrameError::from(io::Error::from(io::ErrorKind::WouldBlock))
+            .timed_out_as("idle timeout: no request came", std::time::Duration::from_secs(2));
+        assert_eq!(timeout.to_string(), "idle timeout: no request came within 2s");
+        assert!(matches!(
+            FrameError::from(io::Error::from(io::ErrorKind::UnexpectedEof))
+                .timed_out_as("x", std::time::Duration::from_secs(1)),
+            FrameError::Io(_)
+        ));
     }
 }

@@ -252,10 +252,15 @@ pub fn serve_connection(
     let mut stream = tls_accept(sock).map_err(|e| e.timed_out_as("handshake timeout: TLS did not complete", hs))?;
     let binding = tls::binding(&stream.conn)?;
     let result = session(&mut stream, &binding, open, opts, deadline);
-    // Say goodbye properly when the peer is still there (a second at most).
+    // Say goodbye properly when the peer is still there (a second at most), and let it read
+    // that (and any alert about what went wrong) before the connection goes: closing with
+    // unread bytes would reset it and could lose them.
     stream.sock.deadline = Some(Instant::now() + Duration::from_secs(1));
     stream.conn.send_close_notify();
     let _ = stream.flush();
+    let _ = stream.sock.tcp().shutdown(Shutdown::Write);
+    let mut sink = [0u8; 16 << 10];
+    while matches!(stream.sock.read(&mut sink), Ok(n) if n > 0) {}
     result
 }
 

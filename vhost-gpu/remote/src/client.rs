@@ -439,3 +439,86 @@ fn unavailable(msg: &[u8], reply: &mut Vec<u8>) -> Outcome {
         data_out_len: 0,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::TcpListener;
+
+    use vgpu_executor::{Executor, SliceLimits, sim::SimGpu};
+    use vgpu_protocol::{Encoder, Opcode, PROTOCOL_MAJOR, calls, parse_response};
+
+    use super::*;
+    use crate::server::{SessionOptions, Timeouts, serve_connection};
+
+    /// A GPU host in this process: each connection served on a thread, on the simulator.
+    fn gpu_host(opts: SessionOptions) -> String {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        std::thread::spawn(move || {
+            for c in l.incoming().flatten() {
+                let o = opts.clone();
+                std::thread::spawn(move || {
+                    let open = |_: &SessionParams| -> Result<Executor, String> {
+                        Ok(Executor::new(
+                            Box::new(SimGpu::new(1 << 30)),
+                            SliceLimits::default(),
+                        ))
+                    };
+                    let _ = serve_connection(c, &open, &o);
+                });
+            }
+        });
+        addr
+    }
+
+    /// The first record's result of a Hello from `client`, run through `s`.
+    fn hello(s: &mut RemoteSession, client: u32) -> u32 {
+        let mut buf = vec![0u8; 256];
+        let mut e = Encoder::new(&mut buf).unwrap();
+        let body = calls::Hello {
+            proto_major: PROTOCOL_MAJOR.into(),
+            ..Default::default()
+        };
+        e.push(Opcode::Hello as u16, 0, &body, &[]).unwrap();
+        let n = e.finish(flags::WANT_REPLY, client, 4096, 1);
+        let mut reply = Vec::new();
+        let out = s.execute(&buf[..n], DataStream::EMPTY, DataStream::EMPTY, &mut reply);
+        let (_, mut records) = parse_response(&reply[..out.reply_len]).unwrap();
+        records.next().unwrap().unwrap().result
+    }
+
+    #[test]
+    fn an_idle_vm_keeps_its_session_past_the_gpu_hosts_idle_timeout() {
+        let addr = gpu_host(SessionOptions {
+            timeouts: Timeouts {
+                idle: Duration::from_millis(300),
+                ..Timeouts::default()
+            },
+            ..SessionOptions::default()
+        });
+        let mut s = RemoteSession::new(&addr, SessionParams::default(), None);
+        assert_eq!(hello(&mut s, 0), 0);
+        // Four idle timeouts with no call: the keepalives hold the session.
+        std::thread::sleep(Duration::from_millis(1200));
+        assert_eq!(hello(&mut s, 1), 0, "the idle session was closed");
+    }
+
+    #[test]
+    fn a_session_whose_gpu_host_closes_it_fails_with_device_unavailable() {
+        let addr = gpu_host(SessionOptions {
+            timeouts: Timeouts {
+                idle: Duration::from_millis(200),
+                ..Timeouts::default()
+            },
+            ..SessionOptions::default()
+        });
+        let mut s = RemoteSession::new(&addr, SessionParams::default(), None);
+        assert_eq!(hello(&mut s, 0), 0);
+        // Hold the session's lock so no keepalive goes out: the host's idle timeout ends it.
+        {
+            let _held = s.lock();
+            std::thread::sleep(Duration::from_millis(800));
+        }
+        assert_eq!(hello(&mut s, 1), DEVICE_UNAVAILABLE.0 as u32);
+    }
+}

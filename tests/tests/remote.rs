@@ -115,7 +115,11 @@ fn garbage_on_the_gpu_host_port_ends_only_that_connection() {
     old_hello.extend_from_slice(b"VGT1");
     old_hello.extend_from_slice(&1u16.to_le_bytes());
     old_hello.extend_from_slice(&[0; 18 + 32]);
-    for junk in [&b"GET / HTTP/1.1\r\n\r\n"[..], &[0xffu8; 4096][..], &old_hello[..]] {
+    for junk in [
+        &b"GET / HTTP/1.1\r\n\r\n"[..],
+        &[0xffu8; 4096][..],
+        &old_hello[..],
+    ] {
         let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
         let _ = s.write_all(junk);
         let mut rest = Vec::new();

@@ -45,8 +45,10 @@ fn children_of(pid: u32) -> Vec<u32> {
 }
 
 fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .is_ok_and(|s| s.rsplit_once(')').is_some_and(|(_, r)| !r.trim_start().starts_with('Z')))
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        s.rsplit_once(')')
+            .is_some_and(|(_, r)| !r.trim_start().starts_with('Z'))
+    })
 }
 
 /// Resident memory of a process, in KiB (0 once it is gone).
@@ -209,8 +211,12 @@ fn over_the_session_cap_a_connection_is_refused_at_once() {
         Err(e) => panic!("refused unclearly: {e}"),
         Ok(_) => panic!("a third session over a cap of 2"),
     }
-    assert!(start.elapsed() < Duration::from_secs(2), "{:?}", start.elapsed());
-    assert!(host.log_text().contains("the most this host serves"));
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        start.elapsed()
+    );
+    host.wait_for_log("the most this host serves", Duration::from_secs(10));
     // A session that ends makes room (its process is reaped).
     drop(a);
     let listener = host.child.id();
@@ -239,7 +245,10 @@ fn each_session_is_a_process_of_its_own_that_dies_with_the_listener() {
     children.sort_unstable();
     let mut expected = pids.clone();
     expected.sort_unstable();
-    assert_eq!(children, expected, "the sessions are the listener's children");
+    assert_eq!(
+        children, expected,
+        "the sessions are the listener's children"
+    );
     assert!(!pids.contains(&listener));
     // The session processes do not outlive the listener.
     host.child.kill().expect("kill the listener");
@@ -372,4 +381,59 @@ fn a_vm_host_with_the_secret_refuses_a_gpu_host_that_cannot_prove_it() {
         Err(e) => panic!("refused unclearly: {e}"),
         Ok(_) => panic!("served the wrong secret"),
     }
+}
+
+/// A man in the middle that terminates TLS on both sides (it may present any certificate: the
+/// VM host accepts any) and relays the session handshake between them: challenge, header,
+/// answer.
+fn tls_interceptor(upstream: u16) -> u16 {
+    use rustls::{ClientConnection, ServerConnection, StreamOwned};
+    use vgpu_remote::tls;
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = l.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        for c in l.incoming().flatten() {
+            std::thread::spawn(move || {
+                let server = ServerConnection::new(tls::server_config().expect("config"))
+                    .expect("TLS server");
+                let mut down = StreamOwned::new(server, c);
+                let up_tcp = TcpStream::connect(("127.0.0.1", upstream)).expect("upstream");
+                let client = ClientConnection::new(
+                    tls::client_config().expect("config"),
+                    tls::server_name(),
+                )
+                .expect("TLS client");
+                let mut up = StreamOwned::new(client, up_tcp);
+                let relay = |from: &mut dyn Read, to: &mut dyn Write, n: usize| {
+                    let mut b = vec![0u8; n];
+                    from.read_exact(&mut b).is_ok()
+                        && to.write_all(&b).is_ok()
+                        && to.flush().is_ok()
+                };
+                let _ = relay(&mut up, &mut down, 48)
+                    && relay(&mut down, &mut up, 56)
+                    && relay(&mut up, &mut down, 240);
+            });
+        }
+    });
+    port
+}
+
+#[test]
+fn a_man_in_the_middle_cannot_relay_the_proofs() {
+    let dir = scratch("hostile-mitm");
+    let token = dir.join("pool.token");
+    std::fs::write(&token, "pool-secret").expect("token");
+    let (host, port) =
+        Daemon::start_remote_host(&dir, &["--remote-token-file", &token.display().to_string()]);
+    let secret = Secret::new("pool-secret").expect("secret");
+    let mitm = tls_interceptor(port);
+    match session(mitm, Some(&secret)) {
+        Err(FrameError::Refused(why)) => assert!(why.contains("authentication failed"), "{why}"),
+        Err(e) => panic!("refused unclearly: {e}"),
+        Ok(_) => panic!("a session through a man in the middle"),
+    }
+    host.wait_for_log("authentication failed", Duration::from_secs(10));
+    // Without the interceptor the same secret is served.
+    session(port, Some(&secret)).expect("a direct session");
 }

@@ -410,7 +410,10 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(c.remote_session.timeouts.idle, Duration::from_secs(2));
-        assert_eq!(c.remote_session.timeouts.progress, Duration::from_millis(1500));
+        assert_eq!(
+            c.remote_session.timeouts.progress,
+            Duration::from_millis(1500)
+        );
         assert_eq!(c.remote_session.timeouts.handshake, Duration::from_secs(1));
         assert_eq!(c.max_remote_sessions, 3);
         assert_eq!(

@@ -84,8 +84,9 @@ pub fn connect(
     for a in std::net::ToSocketAddrs::to_socket_addrs(addr)? {
         match TcpStream::connect_timeout(&a, timeout) {
             Ok(s) => {
-                return handshake(s, params, secret, deadline)
-                    .map_err(|e| e.timed_out_as("the GPU host did not complete the handshake", timeout));
+                return handshake(s, params, secret, deadline).map_err(|e| {
+                    e.timed_out_as("the GPU host did not complete the handshake", timeout)
+                });
             }
             Err(e) => last = Some(e),
         }
@@ -292,12 +293,19 @@ impl RemoteSession {
             last_sent: Instant::now(),
             frame: Vec::new(),
         });
-        let (weak, generation, addr) = (Arc::downgrade(&self.shared), s.generation, self.addr.clone());
+        let (weak, generation, addr) = (
+            Arc::downgrade(&self.shared),
+            s.generation,
+            self.addr.clone(),
+        );
         if let Err(e) = std::thread::Builder::new()
             .name("remote-keepalive".into())
             .spawn(move || keepalive(&weak, generation, every, &addr))
         {
-            warn!("remote slice on {}: no keepalive thread ({e}): an idle guest may lose its session", self.addr);
+            warn!(
+                "remote slice on {}: no keepalive thread ({e}): an idle guest may lose its session",
+                self.addr
+            );
         }
         Ok(())
     }
@@ -519,6 +527,6 @@ mod tests {
             let _held = s.lock();
             std::thread::sleep(Duration::from_millis(800));
         }
-        assert_eq!(hello(&mut s, 1), DEVICE_UNAVAILABLE.0 as u32);
+        assert_eq!(hello(&mut s, 1), DEVICE_UNAVAILABLE.0);
     }
 }

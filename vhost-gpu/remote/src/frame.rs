@@ -65,10 +65,7 @@ pub enum FrameError {
 impl From<io::Error> for FrameError {
     /// TLS failures reach us as I/O errors that carry the rustls error: name them.
     fn from(e: io::Error) -> Self {
-        if !e
-            .get_ref()
-            .is_some_and(|i| i.downcast_ref::<rustls::Error>().is_some())
-        {
+        if !e.get_ref().is_some_and(|i| i.is::<rustls::Error>()) {
             return Self::Io(e);
         }
         let kind = e.kind();
@@ -486,9 +483,16 @@ mod tests {
         // The server's proof: its own label, so a client's proof cannot be reflected.
         let server = secret.prove_server(&binding, &nonce, &h);
         assert!(secret.verify_server(&binding, &nonce, &h, &server));
-        assert!(!secret.verify_server(&binding, &nonce, &h, &h.auth), "a reflected proof");
+        assert!(
+            !secret.verify_server(&binding, &nonce, &h, &h.auth),
+            "a reflected proof"
+        );
         assert!(!secret.verify_server(&[6u8; 32], &nonce, &h, &server));
-        assert!(!Secret::new("other").unwrap().verify_server(&binding, &nonce, &h, &server));
+        assert!(
+            !Secret::new("other")
+                .unwrap()
+                .verify_server(&binding, &nonce, &h, &server)
+        );
         assert!(Secret::new("").is_none());
         assert_eq!(format!("{secret:?}"), "Secret(..)");
     }
@@ -528,9 +532,14 @@ mod tests {
             rustls::Error::AlertReceived(rustls::AlertDescription::BadRecordMac),
         );
         assert!(matches!(FrameError::from(alert), FrameError::TamperedSeen));
-        let timeout = FrameError::from(io::Error::from(io::ErrorKind::WouldBlock))
-            .timed_out_as("idle timeout: no request came", std::time::Duration::from_secs(2));
-        assert_eq!(timeout.to_string(), "idle timeout: no request came within 2s");
+        let timeout = FrameError::from(io::Error::from(io::ErrorKind::WouldBlock)).timed_out_as(
+            "idle timeout: no request came",
+            std::time::Duration::from_secs(2),
+        );
+        assert_eq!(
+            timeout.to_string(),
+            "idle timeout: no request came within 2s"
+        );
         assert!(matches!(
             FrameError::from(io::Error::from(io::ErrorKind::UnexpectedEof))
                 .timed_out_as("x", std::time::Duration::from_secs(1)),

@@ -125,9 +125,7 @@ pub fn serve(
             );
             refuse(
                 stream,
-                &format!(
-                    "this GPU host is serving its maximum of {max_concurrent} remote slices"
-                ),
+                &format!("this GPU host is serving its maximum of {max_concurrent} remote slices"),
                 &refusing,
             );
             continue;
@@ -227,9 +225,9 @@ fn refuse(stream: TcpStream, why: &str, refusing: &Arc<AtomicUsize>) {
             let _ = s.shutdown(Shutdown::Write);
             let mut sink = [0u8; 4096];
             let start = Instant::now();
-            while start.elapsed() < Duration::from_secs(2) && matches!(s.read(&mut sink), Ok(n) if n > 0)
-            {
-            }
+            while start.elapsed() < Duration::from_secs(2)
+                && matches!(s.read(&mut sink), Ok(n) if n > 0)
+            {}
             refusing2.fetch_sub(1, Ordering::SeqCst);
         });
     if spawned.is_err() {
@@ -249,7 +247,8 @@ pub fn serve_connection(
     let deadline = Instant::now() + hs;
     let mut sock = Sock::new(tcp);
     sock.deadline = Some(deadline);
-    let mut stream = tls_accept(sock).map_err(|e| e.timed_out_as("handshake timeout: TLS did not complete", hs))?;
+    let mut stream = tls_accept(sock)
+        .map_err(|e| e.timed_out_as("handshake timeout: TLS did not complete", hs))?;
     let binding = tls::binding(&stream.conn)?;
     let result = session(&mut stream, &binding, open, opts, deadline);
     // Say goodbye properly when the peer is still there (a second at most), and let it read
@@ -317,13 +316,16 @@ pub fn session<T: Transport>(
             return Err(FrameError::Refused(why));
         }
     };
-    let proof = opts
-        .secret
-        .as_ref()
-        .map_or([0; 32], |s| s.prove_server(binding, &challenge.nonce, &hello));
+    let proof = opts.secret.as_ref().map_or([0; 32], |s| {
+        s.prove_server(binding, &challenge.nonce, &hello)
+    });
     t.set_deadline(Some(Instant::now() + opts.timeouts.progress));
-    write_all(t, &[SessionReply::accept(proof).as_bytes()])
-        .map_err(|e| e.timed_out_as("progress timeout: the session reply was not taken", opts.timeouts.progress))?;
+    write_all(t, &[SessionReply::accept(proof).as_bytes()]).map_err(|e| {
+        e.timed_out_as(
+            "progress timeout: the session reply was not taken",
+            opts.timeouts.progress,
+        )
+    })?;
     info!(
         "remote slice: gpu {}, memory limit {}, SMs {} (process {}, ready {} ms after accept)",
         params.gpu,
@@ -356,9 +358,13 @@ fn run_requests<T: Transport>(
 ) -> Result<(), FrameError> {
     let Timeouts { idle, progress, .. } = opts.timeouts;
     let arrive = |e: FrameError| {
-        e.timed_out_as("progress timeout: the request did not arrive in full", progress)
+        e.timed_out_as(
+            "progress timeout: the request did not arrive in full",
+            progress,
+        )
     };
-    let taken = |e: FrameError| e.timed_out_as("progress timeout: the reply was not taken", progress);
+    let taken =
+        |e: FrameError| e.timed_out_as("progress timeout: the reply was not taken", progress);
     let (mut msg, mut data_in, mut data_out, mut reply) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     loop {
@@ -371,8 +377,9 @@ fn run_requests<T: Transport>(
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if is_end(&e) => break 0,
                 Err(e) => {
-                    return Err(FrameError::from(e)
-                        .timed_out_as("idle timeout: no request came", idle));
+                    return Err(
+                        FrameError::from(e).timed_out_as("idle timeout: no request came", idle)
+                    );
                 }
             }
         };

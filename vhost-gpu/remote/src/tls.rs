@@ -244,5 +244,7 @@ pub fn check_plain_refusal(sock: &mut Sock) -> Result<(), FrameError> {
     let len = usize::from(u16::from_le_bytes([head[4], head[5]])).min(REFUSAL_LEN);
     let mut text = vec![0u8; len];
     sock.read_exact(&mut text)?;
-    Err(FrameError::Refused(String::from_utf8_lossy(&text).into_owned()))
+    Err(FrameError::Refused(
+        String::from_utf8_lossy(&text).into_owned(),
+    ))
 }

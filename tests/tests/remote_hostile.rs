@@ -437,3 +437,23 @@ fn a_man_in_the_middle_cannot_relay_the_proofs() {
     // Without the interceptor the same secret is served.
     session(port, Some(&secret)).expect("a direct session");
 }
+
+#[test]
+fn a_request_over_the_sessions_bytes_in_flight_is_refused_before_its_data() {
+    let dir = scratch("hostile-in-flight");
+    let (host, port) = Daemon::start_remote_host(&dir, &["--remote-max-in-flight", "1M"]);
+    let mut s = session(port, None).expect("a session");
+    // 512 KiB in, room for 1 MiB out: each within the frame limits, together over the cap.
+    let mut frame = request(16, 512 << 10, 1 << 20);
+    frame.extend_from_slice(&[0u8; 16]);
+    s.write_all(&frame).expect("send");
+    s.flush().expect("send");
+    let log = host.wait_for_log("over the limit", Duration::from_secs(10));
+    assert!(
+        log.contains("bulk data of one request of 1572864 bytes is over the limit of 1048576"),
+        "{log}"
+    );
+    let mut rest = Vec::new();
+    let _ = s.read_to_end(&mut rest);
+    assert!(rest.is_empty(), "an over-the-cap request got an answer");
+}

@@ -512,6 +512,23 @@ mod tests {
     }
 
     #[test]
+    fn a_gpu_host_without_tls_is_named_as_such() {
+        // What a GPU host of the plaintext protocol (frame version 1) says first.
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        std::thread::spawn(move || {
+            if let Ok((mut c, _)) = l.accept() {
+                let mut challenge = b"VGTC".to_vec();
+                challenge.resize(40, 0);
+                let _ = c.write_all(&challenge);
+                std::thread::sleep(Duration::from_secs(2));
+            }
+        });
+        let r = connect(&addr, &SessionParams::default(), None, HANDSHAKE_TIMEOUT);
+        assert!(matches!(r, Err(FrameError::ServerNotTls)), "{:?}", r.err());
+    }
+
+    #[test]
     fn a_session_whose_gpu_host_closes_it_fails_with_device_unavailable() {
         let addr = gpu_host(SessionOptions {
             timeouts: Timeouts {

@@ -39,6 +39,8 @@ pub enum FrameError {
     Tls(#[source] rustls::Error),
     #[error("not a TLS peer: the remote-slice port speaks TLS only")]
     NotTls,
+    #[error("the GPU host does not speak TLS (an older vhost-gpu?)")]
+    ServerNotTls,
     #[error("could not make the TLS certificate")]
     Certificate(#[source] rcgen::Error),
     #[error("{what} within {after:?}")]

@@ -232,6 +232,10 @@ pub fn check_plain_refusal(sock: &mut Sock) -> Result<(), FrameError> {
                 "the GPU host closed the connection before TLS",
             )));
         }
+        // A GPU host of the plaintext protocol speaks first, with its challenge.
+        if n >= 4 && head[..4] == b"VGTC"[..] {
+            return Err(FrameError::ServerNotTls);
+        }
         if head[..n.min(4)] != PLAIN_REFUSAL_MAGIC[..n.min(4)] {
             return Ok(()); // TLS (or garbage that rustls will name)
         }

@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use vgpu_remote::{FrameError, Secret, SessionParams, client::Channel};
+use vgpu_remote::{FrameError, Secret, SessionParams, client::Channel, tls::Transport};
 use vgpu_tests::{Daemon, compile_c, fixture, guest_command, scratch};
 
 fn session(port: u16, secret: Option<&Secret>) -> Result<Channel, FrameError> {
@@ -177,6 +177,11 @@ fn silent_and_idle_connections_are_closed_by_their_timeouts() {
         idle.idle_timeout == Duration::from_secs(1),
         "the server announces its idle timeout"
     );
+    // Bounded waits on this side: a server that never closes fails the test, not hangs it.
+    silent
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    idle.set_deadline(Some(Instant::now() + Duration::from_secs(10)));
     let mut rest = Vec::new();
     let _ = silent.read_to_end(&mut rest);
     let _ = idle.read_to_end(&mut rest);

@@ -146,36 +146,48 @@ fn garbage_on_the_gpu_host_port_ends_only_that_connection() {
     let dir = scratch("remote-garbage");
     let program = compile_c("driver_api_e2e.c", &dir);
     let (mut gpu_host, port) = Daemon::start_remote_host(&dir, &[]);
-    for junk in [&b"GET / HTTP/1.1\r\n\r\n"[..], &[0xffu8; 4096][..], &[][..]] {
+    // Not TLS (an HTTP request, junk, and the old plaintext session header): told so in plain
+    // text, then closed.
+    let mut old_hello = Vec::new();
+    old_hello.extend_from_slice(b"VGT1");
+    old_hello.extend_from_slice(&1u16.to_le_bytes());
+    old_hello.extend_from_slice(&[0; 18 + 32]);
+    for junk in [
+        &b"GET / HTTP/1.1\r\n\r\n"[..],
+        &[0xffu8; 4096][..],
+        &old_hello[..],
+    ] {
         let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
         let _ = s.write_all(junk);
-        let _ = s.shutdown(std::net::Shutdown::Write);
         let mut rest = Vec::new();
         let _ = s.read_to_end(&mut rest);
+        assert!(
+            rest.starts_with(b"VGTX") && String::from_utf8_lossy(&rest).contains("TLS only"),
+            "{rest:?}"
+        );
     }
+    // Nothing at all: closed.
+    let s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    drop(s);
     // A session that promises a huge message is refused before anything is allocated.
-    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    let mut challenge = [0u8; 40];
-    s.read_exact(&mut challenge).expect("challenge");
-    assert_eq!(&challenge[..4], b"VGTC");
-    let mut hello = Vec::new();
-    hello.extend_from_slice(b"VGT1");
-    hello.extend_from_slice(&1u16.to_le_bytes());
-    hello.extend_from_slice(&[0; 18 + 32]);
-    s.write_all(&hello).expect("session");
-    let mut reply = [0u8; 208];
-    s.read_exact(&mut reply).expect("session reply");
-    assert_eq!(&reply[4..8], &[0, 0, 0, 0], "session accepted");
+    let mut s = vgpu_remote::client::connect(
+        &format!("127.0.0.1:{port}"),
+        &vgpu_remote::SessionParams::default(),
+        None,
+        Duration::from_secs(10),
+    )
+    .expect("a session");
     let mut req = Vec::new();
     req.extend_from_slice(b"VGTQ");
     req.extend_from_slice(&u32::MAX.to_le_bytes());
     req.extend_from_slice(&[0; 16]);
     let _ = s.write_all(&req);
+    let _ = s.flush();
     let mut rest = Vec::new();
     let _ = s.read_to_end(&mut rest);
     assert!(rest.is_empty(), "an oversized request got an answer");
     let log = gpu_host.wait_for_log("over the limit", Duration::from_secs(10));
-    assert!(log.contains("not a vGPU frame"), "{log}");
+    assert!(log.contains("not a TLS peer"), "{log}");
     assert!(gpu_host.is_running(), "the GPU host died of garbage");
 
     let local = Daemon::start_sim(&dir, &["--remote", &format!("127.0.0.1:{port}")]);

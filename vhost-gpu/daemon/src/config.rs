@@ -1,6 +1,6 @@
 //! Command-line configuration, validated into a [`Config`].
 
-use std::path::PathBuf;
+use std::{path::PathBuf, time::Duration};
 
 use clap::Parser;
 use thiserror::Error;
@@ -35,6 +35,12 @@ pub enum ConfigError {
     BadAddress(String),
     #[error("cannot read the remote-slice secret from {0}: {1}")]
     TokenFile(String, String),
+    #[error("'{0}' is not a duration (examples: 300, 30s, 500ms, 5m)")]
+    BadDuration(String),
+    #[error("{0} must be more than zero")]
+    Zero(&'static str),
+    #[error("--serve-remote-connection is for the remote-slice listener's session processes")]
+    ConnectionWithoutListen,
 }
 
 /// Which device executes the calls.
@@ -125,6 +131,31 @@ pub struct Args {
     /// and fails it, 'off' installs no filter.
     #[arg(long, default_value = "kill")]
     pub seccomp: SeccompMode,
+    /// With --listen: the most remote slices served at once (each is a process of its own); a
+    /// connection over it is refused at once.
+    #[arg(long, default_value_t = 64)]
+    pub max_remote_sessions: usize,
+    /// With --listen: close a remote session that sends no request for this long (its VM host
+    /// sends keepalives while idle), e.g. 300s.
+    #[arg(long, default_value = "300s")]
+    pub remote_idle_timeout: String,
+    /// With --listen: a request whose first byte has arrived must arrive in full, and a reply
+    /// must be taken, within this, e.g. 30s.
+    #[arg(long, default_value = "30s")]
+    pub remote_progress_timeout: String,
+    /// With --listen: TLS and the session handshake must complete within this, e.g. 10s.
+    #[arg(long, default_value = "10s")]
+    pub remote_handshake_timeout: String,
+    /// With --listen: the most bulk data one request of a remote session may carry, both ways
+    /// together, e.g. 2G.
+    #[arg(long, default_value = "2G")]
+    pub remote_max_in_flight: String,
+    /// (Internal) serve the remote-slice connection on this inherited descriptor, then exit.
+    #[arg(long, hide = true)]
+    pub serve_remote_connection: Option<i32>,
+    /// (Internal) when the listener accepted that connection, in microseconds since 1970.
+    #[arg(long, hide = true)]
+    pub accepted_at_us: Option<u64>,
 }
 
 /// Validated configuration.
@@ -153,6 +184,27 @@ pub struct Config {
     pub prestart_workers: bool,
     /// How this process is confined.
     pub seccomp: SeccompMode,
+    /// Remote slices served at once (`--listen`).
+    pub max_remote_sessions: usize,
+    /// What a remote session process needs (`--listen`): secret, timeouts, limits.
+    pub remote_session: vgpu_remote::SessionOptions,
+    /// This process serves one remote-slice connection on this descriptor.
+    pub serve_remote_connection: Option<i32>,
+}
+
+/// Parses "300" (seconds), "30s", "500ms", "5m".
+pub fn parse_duration(s: &str) -> Result<Duration, ConfigError> {
+    let bad = || ConfigError::BadDuration(s.to_string());
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num.parse().map_err(|_| bad())?;
+    Ok(match unit.trim() {
+        "" | "s" => Duration::from_secs(n),
+        "ms" => Duration::from_millis(n),
+        "m" | "min" => Duration::from_secs(n.checked_mul(60).ok_or_else(bad)?),
+        _ => return Err(bad()),
+    })
 }
 
 /// Parses "1048576", "512M", "8G", "2GiB", "64KiB".
@@ -231,6 +283,41 @@ impl TryFrom<Args> for Config {
                 .ok()
                 .and_then(|t| vgpu_remote::Secret::new(t.trim().as_bytes())),
         };
+        let positive = |what: &'static str, d: Duration| {
+            if d.is_zero() {
+                Err(ConfigError::Zero(what))
+            } else {
+                Ok(d)
+            }
+        };
+        let timeouts = vgpu_remote::Timeouts {
+            handshake: positive(
+                "--remote-handshake-timeout",
+                parse_duration(&a.remote_handshake_timeout)?,
+            )?,
+            idle: positive(
+                "--remote-idle-timeout",
+                parse_duration(&a.remote_idle_timeout)?,
+            )?,
+            progress: positive(
+                "--remote-progress-timeout",
+                parse_duration(&a.remote_progress_timeout)?,
+            )?,
+        };
+        if a.max_remote_sessions == 0 {
+            return Err(ConfigError::Zero("--max-remote-sessions"));
+        }
+        if a.serve_remote_connection.is_some() && listen.is_none() {
+            return Err(ConfigError::ConnectionWithoutListen);
+        }
+        let remote_session = vgpu_remote::SessionOptions {
+            secret: remote_secret.clone(),
+            timeouts,
+            max_in_flight: parse_size(&a.remote_max_in_flight)?,
+            accepted_at: a
+                .accepted_at_us
+                .map(|us| std::time::UNIX_EPOCH + Duration::from_micros(us)),
+        };
         Ok(Config {
             socket,
             listen,
@@ -253,6 +340,9 @@ impl TryFrom<Args> for Config {
             allow_unsealed_memory: a.allow_unsealed_memory,
             prestart_workers: a.prestart_workers,
             seccomp: a.seccomp,
+            max_remote_sessions: a.max_remote_sessions,
+            remote_session,
+            serve_remote_connection: a.serve_remote_connection,
         })
     }
 }
@@ -346,5 +436,49 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("'kill', 'log', 'trap' or 'off'"), "{e}");
+    }
+
+    #[test]
+    fn remote_slice_limits_parse_and_default() {
+        assert_eq!(parse_duration("300"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert!(parse_duration("soon").is_err());
+        let listen = |extra: &[&str]| {
+            let mut v = vec!["vhost-gpu", "--listen", "127.0.0.1:7470"];
+            v.extend_from_slice(extra);
+            Config::try_from(Args::parse_from(v))
+        };
+        let c = listen(&[]).unwrap();
+        assert_eq!(c.max_remote_sessions, 64);
+        assert_eq!(c.remote_session.timeouts, vgpu_remote::Timeouts::default());
+        assert_eq!(c.remote_session.max_in_flight, 2 << 30);
+        let c = listen(&[
+            "--remote-idle-timeout",
+            "2s",
+            "--remote-progress-timeout",
+            "1500ms",
+            "--remote-handshake-timeout",
+            "1",
+            "--max-remote-sessions",
+            "3",
+        ])
+        .unwrap();
+        assert_eq!(c.remote_session.timeouts.idle, Duration::from_secs(2));
+        assert_eq!(
+            c.remote_session.timeouts.progress,
+            Duration::from_millis(1500)
+        );
+        assert_eq!(c.remote_session.timeouts.handshake, Duration::from_secs(1));
+        assert_eq!(c.max_remote_sessions, 3);
+        assert_eq!(
+            listen(&["--remote-idle-timeout", "0s"]).unwrap_err(),
+            ConfigError::Zero("--remote-idle-timeout")
+        );
+        assert_eq!(
+            Config::try_from(args(&["--serve-remote-connection", "3"])).unwrap_err(),
+            ConfigError::ConnectionWithoutListen
+        );
     }
 }

@@ -10,7 +10,8 @@ pub mod isolation;
 
 use std::sync::{Arc, Mutex};
 
-use log::{error, info};
+use log::{error, info, warn};
+use std::os::fd::FromRawFd;
 use thiserror::Error;
 use vgpu_executor::{
     Executor,
@@ -53,6 +54,8 @@ pub enum Error {
     Seccomp(#[source] vgpu_seccomp::Error),
     #[error("Could not start the worker spawner")]
     Spawner(#[source] vgpu_seccomp::spawner::SpawnError),
+    #[error("The remote-slice connection handed to this process is unusable")]
+    Connection(#[source] std::io::Error),
 }
 
 /// Opens the device the configuration names.
@@ -291,17 +294,64 @@ fn remote_params(config: &Config) -> SessionParams {
     }
 }
 
-/// `--listen`: each TCP connection is one remote slice with its own executor, on this host's
-/// GPU (the session's ordinal) or on the simulator when started with `--gpu sim`.
+/// `--listen`: each TCP connection is one remote slice, served by a process of its own (this
+/// program again, with `--serve-remote-connection FD`), so two slices never share a GPU
+/// address space. This process only accepts and starts them: it never opens a GPU.
 fn serve_remote_slices(config: &Config, addr: &str, max: Option<usize>) -> Result<(), Error> {
+    if let Some(fd) = config.serve_remote_connection {
+        return serve_remote_connection(config, fd);
+    }
     let listener = std::net::TcpListener::bind(addr).map_err(Error::Bind)?;
     let local = listener.local_addr().map_err(Error::Bind)?;
     info!(
-        "vhost-gpu: serving remote slices on {local} ({})",
+        "vhost-gpu: serving remote slices on {local} ({}; TLS; one process per slice, at most {} at once)",
         match config.gpu {
             GpuSelection::Sim => "simulated GPU: nothing runs on a GPU".to_string(),
             GpuSelection::Cuda(_) => "this host's GPUs".to_string(),
-        }
+        },
+        config.max_remote_sessions
+    );
+    if config.remote_secret.is_none() {
+        warn!(
+            "remote slices: no shared secret configured; any peer that reaches this port can open a slice"
+        );
+    }
+    // The session process gets our own command line (so the same configuration), plus the
+    // connection. /proc/self/exe is the program this process runs, even if it was replaced
+    // on disk since.
+    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    let command = |fd: i32| {
+        let mut c = std::process::Command::new("/proc/self/exe");
+        let accepted_us = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as u64);
+        c.args(&args)
+            .arg("--serve-remote-connection")
+            .arg(fd.to_string())
+            .arg("--accepted-at-us")
+            .arg(accepted_us.to_string())
+            .stdin(std::process::Stdio::null());
+        c
+    };
+    vgpu_remote::serve(listener, &command, config.max_remote_sessions, max).map_err(Error::Serve)
+}
+
+/// A session process: serves the remote-slice connection the listener handed over as `fd`,
+/// with an executor of its own on this host's GPU (the session's ordinal) or on the simulator
+/// when started with `--gpu sim`, and returns when the connection ends.
+fn serve_remote_connection(config: &Config, fd: i32) -> Result<(), Error> {
+    // SAFETY: `fd` is the connection our parent listener accepted and left open across exec
+    // for us alone (`--serve-remote-connection` is set by it only); nothing else here owns it.
+    let owned = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+    let tcp = std::net::TcpStream::from(owned);
+    let peer = tcp.peer_addr().map_err(Error::Connection)?;
+    let opts = &config.remote_session;
+    info!(
+        "remote session from {peer}: process {} started {} ms after accept",
+        std::process::id(),
+        opts.accepted_at
+            .and_then(|t| t.elapsed().ok())
+            .map_or("?".into(), |d| format!("{:.1}", d.as_secs_f64() * 1e3))
     );
     let base = config.clone();
     let open = move |p: &SessionParams| -> Result<Executor, String> {
@@ -321,10 +371,13 @@ fn serve_remote_slices(config: &Config, addr: &str, max: Option<usize>) -> Resul
         c.limits.mem_limit = p.mem_limit;
         c.limits.sm_count = p.sm_count;
         let gpu = open_gpu(&c).map_err(|e| error_chain(&e))?;
+        // The GPU is open: this session's process runs guest code from here on.
+        vgpu_seccomp::confine_worker(c.seccomp).map_err(|e| error_chain(&e))?;
         Ok(Executor::new(gpu, c.limits))
     };
-    vgpu_remote::serve(listener, Arc::new(open), config.remote_secret.clone(), max)
-        .map_err(Error::Serve)
+    let result = vgpu_remote::serve_connection(tcp, &open, opts);
+    vgpu_remote::server::log_end(&result);
+    Ok(())
 }
 
 /// Keeps `path` holding the slice's state as JSON (written to a temporary file and renamed, so

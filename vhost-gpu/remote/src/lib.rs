@@ -5,10 +5,16 @@
 //! back into guest memory. The GPU host's `vhost-gpu --listen ADDR:PORT` runs each connection as
 //! one slice: its own executor, with the limits the session asked for.
 //!
-//! Wire format (little-endian), after the TCP connection opens:
-//! - [`frame::Challenge`] (a fresh nonce) from the server; [`frame::SessionHeader`] (the slice
-//!   asked for, and an HMAC-SHA256 over nonce and header with the pool's shared secret) from
-//!   the client; [`frame::SessionReply`] from the server.
+//! The listener starts one process per connection ([`server::serve`]), so remote slices never
+//! share a GPU address space.
+//!
+//! Wire format (little-endian), after the TCP connection opens: TLS 1.3 ([`tls`]), then inside
+//! it:
+//! - [`frame::Challenge`] (a fresh nonce, the idle timeout) from the server;
+//!   [`frame::SessionHeader`] (the slice asked for, and an HMAC-SHA256 with the pool's shared
+//!   secret over the TLS session's binding, the nonce and the header) from the client;
+//!   [`frame::SessionReply`] (accepted with the server's own proof, or why not) from the
+//!   server.
 //! - Then, per message: [`frame::RequestHeader`], the message, the data-in bytes; the server
 //!   answers every request with [`frame::ReplyHeader`], the reply (empty when none was wanted)
 //!   and the data-out bytes.
@@ -16,7 +22,8 @@
 pub mod client;
 pub mod frame;
 pub mod server;
+pub mod tls;
 
 pub use client::RemoteSession;
 pub use frame::{FrameError, Secret, SessionParams};
-pub use server::{ServeError, serve};
+pub use server::{ServeError, SessionOptions, Timeouts, serve, serve_connection};

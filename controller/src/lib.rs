@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod etcd_store;
 pub mod metrics;
 pub mod model;
 pub mod openapi;

@@ -18,7 +18,7 @@ use crate::model::{
     parse_profile, profile_label,
 };
 use crate::scheduler::{GpuSpec, Index, PlaceError, PlaceRequest, Shape, Want};
-use crate::store::{Store, StoreError};
+use crate::store::{Change, Leadership, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PoolError {
@@ -104,6 +104,10 @@ struct Inner {
     counters: Counters,
     id_nonce: u32,
     id_seq: u64,
+    /// Lease time, for changes other replicas made (replicated stores).
+    lease_ttl: Duration,
+    /// Leadership epoch this pool last ran reclamation under (replicated stores).
+    leader_epoch: Option<u64>,
 }
 
 pub struct Pool {
@@ -159,8 +163,14 @@ pub struct MetricsSnapshot {
     pub projects: Vec<ProjectView>,
 }
 
+/// Lock the pool and bring its view up to what other replicas committed (replicated stores).
 fn lock(m: &Mutex<Inner>) -> MutexGuard<'_, Inner> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
+    let mut g = m.lock().unwrap_or_else(|p| p.into_inner());
+    let changes = g.store.poll_changes();
+    if !changes.is_empty() {
+        g.apply_changes(changes);
+    }
+    g
 }
 
 fn shape_of(a: &Allocation) -> Shape {
@@ -200,6 +210,8 @@ impl Pool {
             counters: Counters::default(),
             id_nonce: nonce,
             id_seq: 0,
+            lease_ttl: cfg.lease_ttl,
+            leader_epoch: None,
         };
         let mut gpus_by_host: HashMap<String, Vec<Gpu>> = HashMap::new();
         for g in snap.gpus {
@@ -398,6 +410,13 @@ impl Pool {
             }
         }
         let now = Instant::now();
+        let running: Vec<String> = req
+            .workers
+            .iter()
+            .filter(|w| w.state == WorkerState::Running)
+            .map(|w| w.allocation_id.clone())
+            .collect();
+        inner.store.record_heartbeat(host, &running)?;
         for w in req.workers {
             let Some(a) = inner.allocs.get(&w.allocation_id) else {
                 continue;
@@ -447,6 +466,18 @@ impl Pool {
     pub fn reclaim(&self, now: Instant) -> Result<usize, PoolError> {
         let mut inner = lock(&self.inner);
         let ttl = self.cfg.lease_ttl;
+        match inner.store.leadership() {
+            Leadership::Sole => {}
+            Leadership::Follower => return Ok(0),
+            Leadership::Leader { epoch } if inner.leader_epoch != Some(epoch) => {
+                // A new leader may not have heard the last heartbeats: one lease of grace.
+                log::info!("leader (epoch {epoch}): every host and allocation gets a fresh lease");
+                inner.leader_epoch = Some(epoch);
+                inner.refresh_leases(now + ttl);
+                return Ok(0);
+            }
+            Leadership::Leader { .. } => {}
+        }
         let mut lost = Vec::new();
         for (name, h) in inner.hosts.iter_mut() {
             if h.alive && h.last_seen + ttl < now {
@@ -530,6 +561,9 @@ impl Pool {
         };
         let started = Instant::now();
         let mut inner = lock(&self.inner);
+        let mut attempts = 0;
+        // Replicated stores: a commit another replica's change invalidated is decided again.
+        let (a, gpu) = loop {
         let quota = inner
             .projects
             .get(&project)
@@ -618,8 +652,8 @@ impl Pool {
         let a = Allocation {
             socket_path: format!("{}/{}.sock", vm_host.socket_dir.trim_end_matches('/'), id),
             id,
-            project,
-            vm: req.vm,
+            project: project.clone(),
+            vm: req.vm.clone(),
             vm_host: req.host.clone(),
             gpu_uuid,
             gpu_host: gpu_host_name.clone(),
@@ -636,12 +670,22 @@ impl Pool {
             state: "pending".into(),
             created_at: now_ms(),
         };
-        inner.store.insert_allocation(&a)?;
+        match inner.store.insert_allocation(&a) {
+            Ok(()) => break (a, d.gpu),
+            Err(StoreError::Conflict) if attempts < 20 => {
+                attempts += 1;
+                inner.store.catch_up()?;
+                let changes = inner.store.poll_changes();
+                inner.apply_changes(changes);
+            }
+            Err(e) => return Err(e.into()),
+        }
+        };
         inner.counters.allocations_ok += 1;
         if a.remote {
             inner.counters.allocations_remote += 1;
         }
-        inner.add_alloc(a.clone(), d.gpu, Instant::now() + self.cfg.lease_ttl);
+        inner.add_alloc(a.clone(), gpu, Instant::now() + self.cfg.lease_ttl);
         Ok(a)
     }
 
@@ -985,8 +1029,22 @@ impl Inner {
         }
         self.store.release_allocations(&ids, reason, now_ms())?;
         for id in &ids {
+            if self.forget(id) {
+                *self
+                    .counters
+                    .releases
+                    .entry(reason.to_string())
+                    .or_default() += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// Drop a released allocation from memory; false if it was not there.
+    fn forget(&mut self, id: &str) -> bool {
+        {
             let Some(rt) = self.allocs.remove(id) else {
-                continue;
+                return false;
             };
             self.index
                 .unapply(rt.gpu, shape_of(&rt.a), rt.a.sm_count, rt.a.memory_bytes);
@@ -998,13 +1056,148 @@ impl Inner {
             if let Some(s) = self.by_vm_host.get_mut(&rt.a.vm_host) {
                 s.remove(id);
             }
-            *self
-                .counters
-                .releases
-                .entry(reason.to_string())
-                .or_default() += 1;
         }
-        Ok(())
+        true
+    }
+
+    fn refresh_leases(&mut self, until: Instant) {
+        let seen = until - self.lease_ttl;
+        for h in self.hosts.values_mut() {
+            h.last_seen = h.last_seen.max(seen);
+        }
+        for a in self.allocs.values_mut() {
+            a.lease_expires = a.lease_expires.max(until);
+        }
+    }
+
+    /// Index a host again from the GPUs known for it (after another replica changed them).
+    fn reindex_host(&mut self, name: &str, extra: Option<&str>) {
+        let Some(info) = self.hosts.get(name).map(|h| h.info.clone()) else {
+            return;
+        };
+        let mut uuids: Vec<String> = match self.index.host_ix.get(name) {
+            Some(&h) => self.index.hosts[h as usize]
+                .gpus
+                .iter()
+                .map(|&g| self.index.gpus[g as usize].uuid.clone())
+                .collect(),
+            None => Vec::new(),
+        };
+        if let Some(u) = extra
+            && !uuids.iter().any(|x| x == u)
+        {
+            uuids.push(u.to_string());
+        }
+        let mut gs: Vec<Gpu> = uuids
+            .iter()
+            .filter_map(|u| self.gpus.get(u))
+            .filter(|g| g.host == name)
+            .cloned()
+            .collect();
+        gs.sort_by_key(|g| g.info.index);
+        self.index_host(&info, &gs);
+        let alive = self.hosts.get(name).is_some_and(|h| h.alive);
+        let h = self.index.host_ix[name];
+        self.index.hosts[h as usize].alive = alive;
+    }
+
+    /// Apply what other replicas committed (in commit order). The store filters out this
+    /// replica's own writes, so each change is news here; applying one twice is harmless anyway.
+    fn apply_changes(&mut self, changes: Vec<Change>) {
+        let now = Instant::now();
+        let ttl = self.lease_ttl;
+        for c in changes {
+            match c {
+                Change::Host(h) => {
+                    let name = h.name.clone();
+                    // Registered through another replica: its agent is alive now.
+                    match self.hosts.get_mut(&name) {
+                        Some(rt) => {
+                            rt.info = h;
+                            rt.last_seen = now;
+                            rt.alive = true;
+                        }
+                        None => {
+                            self.hosts.insert(
+                                name.clone(),
+                                HostRt {
+                                    info: h,
+                                    last_seen: now,
+                                    alive: true,
+                                },
+                            );
+                        }
+                    }
+                    self.reindex_host(&name, None);
+                }
+                Change::Gpu(g) => {
+                    let (uuid, host) = (g.info.uuid.clone(), g.host.clone());
+                    let old_host = self.gpus.insert(uuid.clone(), g).map(|o| o.host);
+                    self.reindex_host(&host, Some(&uuid));
+                    if let Some(o) = old_host.filter(|o| *o != host) {
+                        self.reindex_host(&o, None);
+                    }
+                }
+                Change::GpuGone(uuid) => {
+                    if let Some(g) = self.gpus.remove(&uuid) {
+                        self.reindex_host(&g.host, None);
+                    }
+                }
+                Change::Project(p) => {
+                    if let Some(old) = self.projects.get(&p.name)
+                        && let Some(t) = &old.token_sha256
+                    {
+                        self.project_by_token.remove(t);
+                    }
+                    if let Some(t) = &p.token_sha256 {
+                        self.project_by_token.insert(t.clone(), p.name.clone());
+                    }
+                    self.projects.insert(p.name.clone(), p);
+                }
+                Change::ProjectGone(name) => {
+                    if let Some(p) = self.projects.remove(&name)
+                        && let Some(t) = p.token_sha256
+                    {
+                        self.project_by_token.remove(&t);
+                    }
+                }
+                Change::Allocation(a) => {
+                    if let Some(rt) = self.allocs.get_mut(&a.id) {
+                        rt.a.state = a.state;
+                        continue;
+                    }
+                    match self.index.gpu_ix.get(&a.gpu_uuid) {
+                        Some(&g) => self.add_alloc(a, g, now + ttl),
+                        None => log::error!(
+                            "allocation {} from another controller names unknown GPU {}",
+                            a.id,
+                            a.gpu_uuid
+                        ),
+                    }
+                }
+                Change::Released(id) => {
+                    self.forget(&id);
+                }
+                Change::Heartbeat { host, running } => {
+                    if let Some(h) = self.hosts.get_mut(&host) {
+                        h.last_seen = now;
+                        if !h.alive {
+                            h.alive = true;
+                            if let Some(&ix) = self.index.host_ix.get(&host) {
+                                self.index.hosts[ix as usize].alive = true;
+                            }
+                        }
+                    }
+                    for id in running {
+                        if let Some(a) = self.allocs.get_mut(&id)
+                            && a.a.vm_host == host
+                        {
+                            a.lease_expires = now + ttl;
+                        }
+                    }
+                }
+            }
+        }
     }
 
     fn assignments(&self, host: &str) -> Vec<Assignment> {

@@ -48,6 +48,9 @@ const RETRY_FOR: Duration = Duration::from_secs(8);
 /// TTL (seconds) of the etcd lease behind a replica's leadership.
 pub const ELECTION_TTL_S: i64 = 2;
 const PAGE: i64 = 2000;
+/// A request that took longer than this (retries included) may have held up heartbeats: it is
+/// announced under `stalls/`, and every replica gives the leases a fresh period.
+const STALL: Duration = Duration::from_millis(300);
 
 /// Where the store lives: `etcd://host:port[,host:port...][/prefix]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -118,6 +121,14 @@ struct Shared {
 }
 
 impl Shared {
+    /// etcd failed a request, a renewal or the watch. Heartbeats may not have got through
+    /// either, so the leader must not count the time against leases: a new epoch makes the pool
+    /// give every lease a fresh period (as after a leader change).
+    fn disrupted(&self, why: &str) {
+        log::debug!("etcd disruption ({why}): leases get a fresh period");
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+    }
+
     fn watch(&self) -> MutexGuard<'_, WatchState> {
         self.watch.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -218,24 +229,46 @@ impl EtcdStore {
         Fut: Future<Output = std::result::Result<T, etcd_client::Error>> + Send + 'static,
         T: Send + 'static,
     {
-        let deadline = Instant::now() + RETRY_FOR;
-        loop {
+        let started = Instant::now();
+        let deadline = started + RETRY_FOR;
+        for attempt in 0u32.. {
             let fut = f(self.client.clone());
-            let r = block_on(self.rt(), async move { tokio::time::timeout(OP_TIMEOUT, fut).await });
+            let r = block_on(self.rt(), async move {
+                tokio::time::timeout(OP_TIMEOUT, fut).await
+            });
             let err = match r {
-                Some(Ok(Ok(v))) => return Ok(v),
+                Some(Ok(Ok(v))) => {
+                    if started.elapsed() > STALL {
+                        self.report_stall(what, started.elapsed());
+                    }
+                    return Ok(v);
+                }
                 Some(Ok(Err(e))) => Some(e),
                 Some(Err(_)) | None => None,
             };
             if Instant::now() >= deadline {
+                self.shared.disrupted(what);
                 return Err(match err {
                     Some(e) => etcd(e),
                     None => StoreError::Timeout(what),
                 });
             }
+            // A refused connection to a dead member is retried at once on another one.
             log::debug!("etcd {what}: {err:?}; retrying");
-            std::thread::sleep(Duration::from_millis(100));
+            std::thread::sleep(Duration::from_millis((5u64 << attempt.min(5)).min(100)));
         }
+        unreachable!("the retry loop returns")
+    }
+
+    /// Tell every replica (this one too, through the watch) that etcd stalled here.
+    fn report_stall(&self, what: &'static str, took: Duration) {
+        log::warn!("etcd {what} took {took:?}: leases get a fresh period on every controller");
+        let key = self.k("stalls", &self.node);
+        let mut c = self.client.clone();
+        let ms = took.as_millis().to_string();
+        self.rt().spawn(async move {
+            let _ = tokio::time::timeout(OP_TIMEOUT, c.put(key, ms, None)).await;
+        });
     }
 
     fn put(&mut self, key: String, value: Vec<u8>) -> Result<()> {
@@ -261,7 +294,9 @@ impl EtcdStore {
             let k = k.clone();
             async move { c.get(k, None).await }
         })?;
-        Ok(r.kvs().first().map(|kv| (kv.value().to_vec(), kv.mod_revision())))
+        Ok(r.kvs()
+            .first()
+            .map(|kv| (kv.value().to_vec(), kv.mod_revision())))
     }
 
     fn wrote(&mut self, key: &str, rev: i64) {
@@ -278,8 +313,12 @@ impl EtcdStore {
         let root = self.root();
         let shared = self.shared.clone();
         let client = self.client.clone();
-        self.rt()
-            .spawn(watch_loop(client.clone(), root.clone(), from_rev, shared.clone()));
+        self.rt().spawn(watch_loop(
+            client.clone(),
+            root.clone(),
+            from_rev,
+            shared.clone(),
+        ));
         self.rt().spawn(election_loop(
             client,
             format!("{root}election"),
@@ -334,6 +373,7 @@ impl EtcdStore {
                 .ok()
                 .map(Change::Allocation),
             ("allocs", None) => Some(Change::Released(name.to_string())),
+            ("stalls", Some(_)) => Some(Change::StoreStalled),
             ("heartbeats", Some(v)) => {
                 let hb: HeartbeatRec = serde_json::from_slice(&v).map_err(parse_err).ok()?;
                 Some(Change::Heartbeat {
@@ -425,9 +465,7 @@ impl Drop for EtcdStore {
 
 async fn watch_loop(mut client: Client, root: String, mut next: i64, shared: Arc<Shared>) {
     while !shared.stop.load(Ordering::Relaxed) {
-        let opts = WatchOptions::new()
-            .with_prefix()
-            .with_start_revision(next);
+        let opts = WatchOptions::new().with_prefix().with_start_revision(next);
         match client.watch(root.clone(), Some(opts)).await {
             Ok((_watcher, mut stream)) => loop {
                 match stream.message().await {
@@ -458,14 +496,21 @@ async fn watch_loop(mut client: Client, root: String, mut next: i64, shared: Arc
                         drop(st);
                         shared.cv.notify_all();
                     }
-                    Ok(None) => break,
+                    Ok(None) => {
+                        shared.disrupted("watch ended");
+                        break;
+                    }
                     Err(e) => {
+                        shared.disrupted("watch error");
                         log::warn!("etcd watch: {e}; watching again from revision {next}");
                         break;
                     }
                 }
             },
-            Err(e) => log::warn!("etcd watch: {e}; retrying"),
+            Err(e) => {
+                shared.disrupted("watch start");
+                log::warn!("etcd watch: {e}; retrying");
+            }
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -485,7 +530,7 @@ async fn election_loop(mut client: Client, name: String, node: String, shared: A
                 continue;
             }
         };
-        let mut ka = tokio::spawn(keep_alive(client.clone(), lease));
+        let mut ka = tokio::spawn(keep_alive(client.clone(), lease, shared.clone()));
         let elected = loop {
             tokio::select! {
                 _ = &mut ka => break false,
@@ -513,7 +558,7 @@ async fn election_loop(mut client: Client, name: String, node: String, shared: A
 
 /// Renew `lease` until a renewal cannot be confirmed within the lease's time (minus a margin, so
 /// that leadership ends here before etcd lets another replica take it).
-async fn keep_alive(mut client: Client, lease: i64) {
+async fn keep_alive(mut client: Client, lease: i64, shared: Arc<Shared>) {
     let ttl = Duration::from_secs(ELECTION_TTL_S as u64);
     let Ok((mut keeper, mut stream)) = client.lease_keep_alive(lease).await else {
         return;
@@ -529,7 +574,10 @@ async fn keep_alive(mut client: Client, lease: i64) {
             );
         if ok {
             confirmed = sent;
-        } else if confirmed.elapsed() > ttl * 3 / 4 {
+            continue;
+        }
+        shared.disrupted("keepalive");
+        if confirmed.elapsed() > ttl * 3 / 4 {
             return;
         } else if let Ok((k, s)) = client.lease_keep_alive(lease).await {
             // The stream's member may be gone: a new stream goes to another one.
@@ -579,7 +627,8 @@ impl Store for EtcdStore {
                 _ => {}
             }
         }
-        snap.gpus.sort_by(|a, b| (&a.host, a.info.index).cmp(&(&b.host, b.info.index)));
+        snap.gpus
+            .sort_by(|a, b| (&a.host, a.info.index).cmp(&(&b.host, b.info.index)));
         snap.allocations
             .sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
         self.shared.watch().rev = rev;
@@ -726,8 +775,8 @@ impl Store for EtcdStore {
             let Some((v, rev)) = self.get(&key)? else {
                 return Ok(()); // released meanwhile: nothing to bring back
             };
-            let mut a: Allocation =
-                serde_json::from_slice(&v).map_err(|e| StoreError::Corrupt(format!("{key}: {e}")))?;
+            let mut a: Allocation = serde_json::from_slice(&v)
+                .map_err(|e| StoreError::Corrupt(format!("{key}: {e}")))?;
             if a.state == state {
                 return Ok(());
             }
@@ -816,7 +865,9 @@ impl Store for EtcdStore {
         while st.rev < self.need {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return Err(StoreError::Timeout("catching up with the other controllers"));
+                return Err(StoreError::Timeout(
+                    "catching up with the other controllers",
+                ));
             }
             st = self
                 .shared
@@ -861,7 +912,10 @@ mod tests {
         );
         assert_eq!(c.prefix, "pool-a");
         assert_eq!(EtcdConfig::parse("etcd://h:1").unwrap().prefix, "vgpu-pool");
-        assert_eq!(EtcdConfig::parse("etcd://h:1/").unwrap().prefix, "vgpu-pool");
+        assert_eq!(
+            EtcdConfig::parse("etcd://h:1/").unwrap().prefix,
+            "vgpu-pool"
+        );
         assert!(EtcdConfig::parse("etcd://").is_none());
         assert!(EtcdConfig::parse("sqlite:///x").is_none());
     }

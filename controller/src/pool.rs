@@ -470,7 +470,8 @@ impl Pool {
             Leadership::Sole => {}
             Leadership::Follower => return Ok(0),
             Leadership::Leader { epoch } if inner.leader_epoch != Some(epoch) => {
-                // A new leader may not have heard the last heartbeats: one lease of grace.
+                // A new leader may not have heard the last heartbeats, and while etcd was
+                // unavailable none got through: one lease of grace.
                 log::info!("leader (epoch {epoch}): every host and allocation gets a fresh lease");
                 inner.leader_epoch = Some(epoch);
                 inner.refresh_leases(now + ttl);
@@ -564,122 +565,122 @@ impl Pool {
         let mut attempts = 0;
         // Replicated stores: a commit another replica's change invalidated is decided again.
         let (a, gpu) = loop {
-        let quota = inner
-            .projects
-            .get(&project)
-            .ok_or_else(|| PoolError::NotFound {
-                kind: "project",
-                id: project.clone(),
-            })?
-            .quota
-            .clone();
-        match inner.hosts.get(&req.host) {
-            None => {
-                return Err(PoolError::NotFound {
-                    kind: "host",
-                    id: req.host.clone(),
-                });
+            let quota = inner
+                .projects
+                .get(&project)
+                .ok_or_else(|| PoolError::NotFound {
+                    kind: "project",
+                    id: project.clone(),
+                })?
+                .quota
+                .clone();
+            match inner.hosts.get(&req.host) {
+                None => {
+                    return Err(PoolError::NotFound {
+                        kind: "host",
+                        id: req.host.clone(),
+                    });
+                }
+                // Its agent would never start the worker; the lease would only expire.
+                Some(h) if !h.alive => {
+                    return Err(PoolError::Conflict(format!(
+                        "host {:?} is lost (no heartbeat from its agent); cannot start a worker there",
+                        req.host
+                    )));
+                }
+                Some(_) => {}
             }
-            // Its agent would never start the worker; the lease would only expire.
-            Some(h) if !h.alive => {
-                return Err(PoolError::Conflict(format!(
-                    "host {:?} is lost (no heartbeat from its agent); cannot start a worker there",
-                    req.host
+            // The count quota is known before placement; memory and SMs depend on the GPU chosen.
+            let used = inner.usage.get(&project).copied().unwrap_or_default();
+            if let Some(lim) = quota.max_allocations
+                && used.allocations + 1 > lim
+            {
+                inner.counters.refused_quota += 1;
+                return Err(PoolError::QuotaExceeded(format!(
+                    "quota exceeded for project {project:?}: allocations would be {} (in use {}, limit {lim})",
+                    used.allocations + 1,
+                    used.allocations
                 )));
             }
-            Some(_) => {}
-        }
-        // The count quota is known before placement; memory and SMs depend on the GPU chosen.
-        let used = inner.usage.get(&project).copied().unwrap_or_default();
-        if let Some(lim) = quota.max_allocations
-            && used.allocations + 1 > lim
-        {
-            inner.counters.refused_quota += 1;
-            return Err(PoolError::QuotaExceeded(format!(
-                "quota exceeded for project {project:?}: allocations would be {} (in use {}, limit {lim})",
-                used.allocations + 1,
-                used.allocations
-            )));
-        }
-        let preq = PlaceRequest {
-            vm_host: &req.host,
-            want,
-            allow_remote: req.policy.allow_remote,
-            strategy: req.policy.strategy,
-            numa: req.policy.numa_node,
-            topology: &req.policy.topology_preference,
-        };
-        let decision = inner.index.place(&preq);
-        let secs = started.elapsed().as_secs_f64();
-        inner.counters.observe_decision(secs);
-        let d = match decision {
-            Ok(d) => d,
-            Err(PlaceError::UnknownHost(h)) => {
-                return Err(PoolError::NotFound {
-                    kind: "host",
-                    id: h,
-                });
-            }
-            Err(PlaceError::NoCapacity(m)) => {
-                inner.counters.refused_capacity += 1;
-                return Err(PoolError::NoCapacity(m));
-            }
-        };
-        let u = inner.usage.get(&project).copied().unwrap_or_default();
-        let over = |name: &str, used: u64, add: u64, lim: Option<u64>| -> Option<String> {
-            let lim = lim?;
-            (used + add > lim).then(|| {
+            let preq = PlaceRequest {
+                vm_host: &req.host,
+                want,
+                allow_remote: req.policy.allow_remote,
+                strategy: req.policy.strategy,
+                numa: req.policy.numa_node,
+                topology: &req.policy.topology_preference,
+            };
+            let decision = inner.index.place(&preq);
+            let secs = started.elapsed().as_secs_f64();
+            inner.counters.observe_decision(secs);
+            let d = match decision {
+                Ok(d) => d,
+                Err(PlaceError::UnknownHost(h)) => {
+                    return Err(PoolError::NotFound {
+                        kind: "host",
+                        id: h,
+                    });
+                }
+                Err(PlaceError::NoCapacity(m)) => {
+                    inner.counters.refused_capacity += 1;
+                    return Err(PoolError::NoCapacity(m));
+                }
+            };
+            let u = inner.usage.get(&project).copied().unwrap_or_default();
+            let over = |name: &str, used: u64, add: u64, lim: Option<u64>| -> Option<String> {
+                let lim = lim?;
+                (used + add > lim).then(|| {
                 format!("quota exceeded for project {project:?}: {name} would be {} (in use {used}, limit {lim})", used + add)
             })
-        };
-        if let Some(msg) = over(
-            "memory_bytes",
-            u.memory_bytes,
-            d.mem,
-            quota.max_memory_bytes,
-        )
-        .or_else(|| over("sm", u.sm, u64::from(d.sm), quota.max_sm))
-        {
-            inner.counters.refused_quota += 1;
-            return Err(PoolError::QuotaExceeded(msg));
-        }
-        inner.id_seq += 1;
-        let id = format!("a-{:08x}-{:06x}", inner.id_nonce, inner.id_seq);
-        let gpu_uuid = inner.index.gpus[d.gpu as usize].uuid.clone();
-        let gpu_host_name = inner.index.hosts[d.host as usize].name.clone();
-        let vm_host = &inner.hosts[&req.host].info;
-        let gpu_host = &inner.hosts[&gpu_host_name].info;
-        let a = Allocation {
-            socket_path: format!("{}/{}.sock", vm_host.socket_dir.trim_end_matches('/'), id),
-            id,
-            project: project.clone(),
-            vm: req.vm.clone(),
-            vm_host: req.host.clone(),
-            gpu_uuid,
-            gpu_host: gpu_host_name.clone(),
-            profile: match want {
-                Want::Profile(n) => Some(n),
-                Want::Custom { .. } => None,
-            },
-            sm_count: d.sm,
-            memory_bytes: d.mem,
-            remote: d.remote,
-            endpoint: d
-                .remote
-                .then(|| format!("{}:{}", gpu_host.address, gpu_host.serve_port)),
-            state: "pending".into(),
-            created_at: now_ms(),
-        };
-        match inner.store.insert_allocation(&a) {
-            Ok(()) => break (a, d.gpu),
-            Err(StoreError::Conflict) if attempts < 20 => {
-                attempts += 1;
-                inner.store.catch_up()?;
-                let changes = inner.store.poll_changes();
-                inner.apply_changes(changes);
+            };
+            if let Some(msg) = over(
+                "memory_bytes",
+                u.memory_bytes,
+                d.mem,
+                quota.max_memory_bytes,
+            )
+            .or_else(|| over("sm", u.sm, u64::from(d.sm), quota.max_sm))
+            {
+                inner.counters.refused_quota += 1;
+                return Err(PoolError::QuotaExceeded(msg));
             }
-            Err(e) => return Err(e.into()),
-        }
+            inner.id_seq += 1;
+            let id = format!("a-{:08x}-{:06x}", inner.id_nonce, inner.id_seq);
+            let gpu_uuid = inner.index.gpus[d.gpu as usize].uuid.clone();
+            let gpu_host_name = inner.index.hosts[d.host as usize].name.clone();
+            let vm_host = &inner.hosts[&req.host].info;
+            let gpu_host = &inner.hosts[&gpu_host_name].info;
+            let a = Allocation {
+                socket_path: format!("{}/{}.sock", vm_host.socket_dir.trim_end_matches('/'), id),
+                id,
+                project: project.clone(),
+                vm: req.vm.clone(),
+                vm_host: req.host.clone(),
+                gpu_uuid,
+                gpu_host: gpu_host_name.clone(),
+                profile: match want {
+                    Want::Profile(n) => Some(n),
+                    Want::Custom { .. } => None,
+                },
+                sm_count: d.sm,
+                memory_bytes: d.mem,
+                remote: d.remote,
+                endpoint: d
+                    .remote
+                    .then(|| format!("{}:{}", gpu_host.address, gpu_host.serve_port)),
+                state: "pending".into(),
+                created_at: now_ms(),
+            };
+            match inner.store.insert_allocation(&a) {
+                Ok(()) => break (a, d.gpu),
+                Err(StoreError::Conflict) if attempts < 20 => {
+                    attempts += 1;
+                    inner.store.catch_up()?;
+                    let changes = inner.store.poll_changes();
+                    inner.apply_changes(changes);
+                }
+                Err(e) => return Err(e.into()),
+            }
         };
         inner.counters.allocations_ok += 1;
         if a.remote {
@@ -1178,6 +1179,7 @@ impl Inner {
                 Change::Released(id) => {
                     self.forget(&id);
                 }
+                Change::StoreStalled => self.refresh_leases(now + ttl),
                 Change::Heartbeat { host, running } => {
                     if let Some(h) = self.hosts.get_mut(&host) {
                         h.last_seen = now;

@@ -10,8 +10,8 @@ use clap::Args;
 
 use crate::api::{AppState, router, serve, spawn_reclaimer};
 use crate::auth::{Auth, AuthFile};
-use crate::pool::{Pool, PoolConfig};
 use crate::etcd_store::{EtcdConfig, EtcdStore};
+use crate::pool::{Pool, PoolConfig};
 use crate::store::{SqliteStore, Store};
 
 #[derive(Args, Debug, Clone)]

@@ -38,7 +38,13 @@ pub enum Change {
     Allocation(Allocation),
     Released(String),
     /// A host's agent reported these workers running (to whichever replica it talks to).
-    Heartbeat { host: String, running: Vec<String> },
+    Heartbeat {
+        host: String,
+        running: Vec<String>,
+    },
+    /// A replica's store requests stalled (a raft election, a dead member): heartbeats may have
+    /// been held up, so leases get a fresh period.
+    StoreStalled,
 }
 
 /// Who may run the pool-wide duties (reclamation).
@@ -47,7 +53,9 @@ pub enum Leadership {
     /// The only writer (the embedded SQLite store).
     Sole,
     /// Elected; `epoch` changes every time this replica gains leadership anew.
-    Leader { epoch: u64 },
+    Leader {
+        epoch: u64,
+    },
     Follower,
 }
 

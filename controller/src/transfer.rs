@@ -61,7 +61,8 @@ fn dump_of(s: Snapshot) -> Dump {
     };
     d.hosts.sort_by(|a, b| a.name.cmp(&b.name));
     d.gpus.sort_by(|a, b| a.info.uuid.cmp(&b.info.uuid));
-    d.projects.sort_by(|a, b| a.project.name.cmp(&b.project.name));
+    d.projects
+        .sort_by(|a, b| a.project.name.cmp(&b.project.name));
     d.allocations.sort_by(|a, b| a.id.cmp(&b.id));
     d
 }
@@ -181,8 +182,19 @@ mod tests {
         assert_eq!(first.hosts.len(), 2);
         assert_eq!(first.gpus.len(), 4);
         assert_eq!(first.allocations.len(), 2);
-        assert!(!first.hosts.iter().find(|h| h.name == "h2").unwrap().schedulable);
-        let team = first.projects.iter().find(|p| p.project.name == "team-a").unwrap();
+        assert!(
+            !first
+                .hosts
+                .iter()
+                .find(|h| h.name == "h2")
+                .unwrap()
+                .schedulable
+        );
+        let team = first
+            .projects
+            .iter()
+            .find(|p| p.project.name == "team-a")
+            .unwrap();
         assert!(team.token_sha256.is_some(), "token hash travels");
         assert_eq!(team.project.quota.max_allocations, Some(5));
 

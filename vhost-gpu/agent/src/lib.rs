@@ -157,7 +157,10 @@ impl Client {
             match self.post_to(at, path, body) {
                 Err(ClientError::Transport(e)) => {
                     if n > 1 {
-                        log::warn!("controller {} unreachable ({e}); trying the next", self.bases[at]);
+                        log::warn!(
+                            "controller {} unreachable ({e}); trying the next",
+                            self.bases[at]
+                        );
                     }
                     last = ClientError::Transport(e);
                 }

@@ -676,3 +676,40 @@ fn export_import_through_etcd() {
     drop(on_etcd);
     member.kill9();
 }
+
+/// The agent and `vgpuctl` skip a controller URL that refuses connections (no etcd needed).
+#[test]
+fn clients_skip_an_unreachable_controller() {
+    let d = TempDir::new("failover");
+    let c = Controller::start(&d.0, 5_000, 200);
+    let dead = format!("http://127.0.0.1:{}", free_port());
+    let list = format!("{dead},{}", c.url);
+    let _agent = Agent::start(&d.0, &list, "h1", 1, &[], 0);
+    c.wait_hosts(1);
+    let vgpuctl = env!("CARGO_BIN_EXE_vgpuctl");
+    let out = Command::new(vgpuctl)
+        .args(["--url", &list, "--token", ADMIN, "--json"])
+        .args([
+            "allocate",
+            "--vm",
+            "vm1",
+            "--host",
+            "h1",
+            "--profile",
+            "1/2",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let a: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(a["gpu_host"], json!("h1"));
+    let out = Command::new(vgpuctl)
+        .args(["--url", &dead, "--token", ADMIN, "hosts"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "the dead URL alone must fail");
+}

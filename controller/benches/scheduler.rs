@@ -368,6 +368,7 @@ fn main() {
         listener,
         vgpu_controller::api::router(st),
         None,
+        vgpu_controller::limits::ConnLimits::default(),
         std::future::pending(),
     ));
     const HTTP_REQS: usize = 4_000;

@@ -14,9 +14,10 @@ use axum::{Extension, Json, Router};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::json;
-use vgpu_agent::wire::{HeartbeatRequest, RegisterRequest};
+use vgpu_agent::wire::{EnrollRequest, HeartbeatRequest, RegisterRequest};
 
 use crate::auth::{Auth, Role, bearer, sha256_hex};
+use crate::limits::{ConnGuard, ConnLimits};
 use crate::model::{AllocationRequest, Quota, SliceMode};
 use crate::pool::{Pool, PoolError};
 
@@ -113,7 +114,7 @@ async fn auth_layer(State(st): State<AppState>, mut req: Request, next: Next) ->
     let role = st
         .auth
         .static_role(&h)
-        .or_else(|| st.pool.project_for_token_hash(&h));
+        .or_else(|| st.pool.role_for_token_hash(&h));
     match role {
         Some(r) => {
             req.extensions_mut().insert(r);
@@ -136,20 +137,25 @@ fn need_admin(r: &Role) -> ApiResult<()> {
     }
 }
 
-fn need_agent(r: &Role) -> ApiResult<()> {
+/// Registering and heartbeating host `host` needs that host's own credential (or the admin).
+fn need_host(r: &Role, host: &str) -> ApiResult<()> {
+    let refuse = |m: String| Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", m));
     match r {
-        Role::Admin | Role::Agent => Ok(()),
-        _ => Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "this needs an agent or admin token",
+        Role::Admin => Ok(()),
+        Role::Host(h) if h == host => Ok(()),
+        Role::Host(h) => refuse(format!(
+            "this credential belongs to host {h:?}; it cannot act for host {host:?}"
         )),
+        Role::Agent => refuse(
+            "the pool's agent token only enrols hosts (POST /v1/agents/enroll); register and heartbeat with the host's own credential".into(),
+        ),
+        Role::Project(_) => refuse("this needs the host's agent credential".into()),
     }
 }
 
 fn not_agent(r: &Role) -> ApiResult<()> {
     match r {
-        Role::Agent => Err(ApiError::new(
+        Role::Agent | Role::Host(_) => Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "forbidden",
             "agent tokens may only register and heartbeat",
@@ -180,6 +186,7 @@ pub fn router(st: AppState) -> Router {
             "/projects/{name}",
             get(get_project).patch(patch_project).delete(delete_project),
         )
+        .route("/agents/enroll", post(agent_enroll))
         .route("/agents/register", post(agent_register))
         .route("/agents/{name}/heartbeat", post(agent_heartbeat))
         .route("/whoami", get(whoami))
@@ -250,6 +257,7 @@ async fn whoami(Extension(r): Extension<Role>) -> Json<serde_json::Value> {
     Json(match r {
         Role::Admin => json!({"role": "admin"}),
         Role::Agent => json!({"role": "agent"}),
+        Role::Host(h) => json!({"role": "host", "host": h}),
         Role::Project(p) => json!({"role": "project", "project": p}),
     })
 }
@@ -462,12 +470,20 @@ async fn delete_project(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
+async fn agent_enroll(
+    State(st): State<AppState>,
+    Extension(r): Extension<Role>,
+    ApiJson(req): ApiJson<EnrollRequest>,
+) -> ApiResult<Response> {
+    Ok((StatusCode::CREATED, Json(st.pool.enroll(&r, &req.host)?)).into_response())
+}
+
 async fn agent_register(
     State(st): State<AppState>,
     Extension(r): Extension<Role>,
     ApiJson(req): ApiJson<RegisterRequest>,
 ) -> ApiResult<Response> {
-    need_agent(&r)?;
+    need_host(&r, &req.name)?;
     Ok(Json(st.pool.register(req)?).into_response())
 }
 
@@ -477,7 +493,7 @@ async fn agent_heartbeat(
     Path(name): Path<String>,
     ApiJson(req): ApiJson<HeartbeatRequest>,
 ) -> ApiResult<Response> {
-    need_agent(&r)?;
+    need_host(&r, &name)?;
     Ok(Json(st.pool.heartbeat(&name, req)?).into_response())
 }
 
@@ -496,18 +512,51 @@ pub fn spawn_reclaimer(pool: Arc<Pool>) -> tokio::task::JoinHandle<()> {
     })
 }
 
-/// Serve `app` on `listener`, over TLS when a certificate and key are given, until `shutdown`.
+/// Serve `app` on `listener`, over TLS when a certificate and key are given, until `shutdown`,
+/// within `limits`: at most `max_connections` open connections (more are closed at once), and
+/// a connection idle for `idle_timeout` (no byte either way, no complete request headers, no
+/// first request, a TLS handshake not done, or a request not answered) is closed.
 pub async fn serve(
     listener: std::net::TcpListener,
     app: Router,
     tls: Option<(PathBuf, PathBuf)>,
+    limits: ConnLimits,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let bound = limits.idle_timeout;
+    let app = app.layer(middleware::from_fn(
+        move |req: Request, next: Next| async move {
+            match tokio::time::timeout(bound, next.run(req)).await {
+                Ok(r) => r,
+                Err(_) => ApiError::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "timeout",
+                    format!("the request was not done within {bound:?}"),
+                )
+                .into_response(),
+            }
+        },
+    ));
+    let handle = axum_server::Handle::<SocketAddr>::new();
+    let h2 = handle.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        h2.graceful_shutdown(Some(Duration::from_secs(2)));
+    });
+    let mut server = axum_server::from_tcp(listener)?
+        .handle(handle)
+        .first_request_timeout(bound);
+    server
+        .http_builder()
+        .http1()
+        .header_read_timeout(Some(bound));
+    let guard = ConnGuard::new(limits);
     match tls {
         None => {
-            listener.set_nonblocking(true)?;
-            let l = tokio::net::TcpListener::from_std(listener)?;
-            axum::serve(l, app).with_graceful_shutdown(shutdown).await?;
+            server
+                .acceptor(guard)
+                .serve(app.into_make_service())
+                .await?;
         }
         Some((cert, key)) => {
             let cfg = axum_server::tls_rustls::RustlsConfig::from_pem_file(&cert, &key)
@@ -519,14 +568,11 @@ pub async fn serve(
                         key.display()
                     )
                 })?;
-            let handle = axum_server::Handle::<SocketAddr>::new();
-            let h2 = handle.clone();
-            tokio::spawn(async move {
-                shutdown.await;
-                h2.graceful_shutdown(Some(Duration::from_secs(2)));
-            });
-            axum_server::tls_rustls::from_tcp_rustls(listener, cfg)?
-                .handle(handle)
+            let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(cfg)
+                .handshake_timeout(bound)
+                .acceptor(guard);
+            server
+                .acceptor(acceptor)
                 .serve(app.into_make_service())
                 .await?;
         }

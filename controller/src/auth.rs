@@ -11,8 +11,10 @@ use sha2::{Digest, Sha256};
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Role {
     Admin,
-    /// Host agents: register, heartbeat.
+    /// The pool's enrolment token (`--agent-token`): only enrols hosts that have no credential.
     Agent,
+    /// One host's own credential (from enrolment): registers and heartbeats that host only.
+    Host(String),
     Project(String),
 }
 

@@ -12,6 +12,7 @@
 //! | `allocs/<id>` | active allocation |
 //! | `released/<id>` | released allocation with reason and time (history) |
 //! | `seq/gpu/<uuid>`, `seq/project/<name>` | guards: rewritten by every allocation on that GPU / in that quota-limited project |
+//! | `hostcreds/<host>` | SHA-256 of the host's own agent credential |
 //! | `heartbeats/<host>` | workers the host's agent last reported running (leases) |
 //! | `election/...` | leader election (etcd's election API, one etcd lease per replica) |
 //!
@@ -90,6 +91,12 @@ struct ReleasedRec {
     allocation: Allocation,
     reason: String,
     released_at_ms: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct HostCredRec {
+    token_sha256: String,
+    created_at_ms: u64,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -374,6 +381,13 @@ impl EtcdStore {
                 .map(Change::Allocation),
             ("allocs", None) => Some(Change::Released(name.to_string())),
             ("stalls", Some(_)) => Some(Change::StoreStalled),
+            ("hostcreds", Some(v)) => {
+                let c: HostCredRec = serde_json::from_slice(&v).map_err(parse_err).ok()?;
+                Some(Change::HostCredential {
+                    host: name.to_string(),
+                    token_sha256: c.token_sha256,
+                })
+            }
             ("heartbeats", Some(v)) => {
                 let hb: HeartbeatRec = serde_json::from_slice(&v).map_err(parse_err).ok()?;
                 Some(Change::Heartbeat {
@@ -623,6 +637,11 @@ impl Store for EtcdStore {
                     .push(serde_json::from_slice(&v).map_err(bad)?),
                 "seq" => {
                     self.guards.insert(key.clone(), mrev);
+                }
+                "hostcreds" => {
+                    let c: HostCredRec = serde_json::from_slice(&v).map_err(bad)?;
+                    let host = key.rsplit('/').next().unwrap_or_default().to_string();
+                    snap.host_credentials.push((host, c.token_sha256));
                 }
                 _ => {}
             }
@@ -877,6 +896,16 @@ impl Store for EtcdStore {
                 .0;
         }
         Ok(())
+    }
+
+    fn put_host_credential(&mut self, host: &str, token_sha256: &str, at_ms: u64) -> Result<()> {
+        self.put(
+            self.k("hostcreds", host),
+            json(&HostCredRec {
+                token_sha256: token_sha256.to_string(),
+                created_at_ms: at_ms,
+            })?,
+        )
     }
 
     fn record_heartbeat(&mut self, host: &str, running: &[String]) -> Result<()> {

@@ -87,8 +87,9 @@ pub fn document() -> Value {
                 "patch": op("Set the quota (admin)", "projects", "200", ok("project", r("Project")), Some(json!({"type": "object", "required": ["quota"], "properties": {"quota": r("Quota")}})), &["name"]),
                 "delete": op("Delete a project without allocations (admin)", "projects", "204", json!({"description": "deleted"}), None, &["name"])
             },
-            "/v1/agents/register": {"post": op("Agent registers its host and GPUs (agent token)", "agents", "200", ok("lease settings", json!({"type": "object"})), Some(r("RegisterRequest")), &[])},
-            "/v1/agents/{name}/heartbeat": {"post": op("Agent heartbeat: reports workers, renews leases, gets the assignments to run (agent token). 404 = register again", "agents", "200", ok("assignments", json!({"type": "object"})), Some(json!({"type": "object", "properties": {"workers": {"type": "array", "items": {"type": "object", "properties": {"allocation_id": {"type": "string"}, "state": {"enum": ["running", "exited"]}, "pid": {"type": ["integer", "null"]}, "exit_code": {"type": ["integer", "null"]}}}}}})), &["name"])}
+            "/v1/agents/enroll": {"post": op("Issue a host its own agent credential, shown once. The pool's agent token may do so only for a host without one (409 otherwise); the admin token always, replacing the old one", "agents", "201", ok("the credential", json!({"type": "object", "properties": {"host": {"type": "string"}, "token": {"type": "string"}}})), Some(json!({"type": "object", "required": ["host"], "properties": {"host": {"type": "string"}}})), &[])},
+            "/v1/agents/register": {"post": op("Agent registers its host and GPUs (that host's credential; 403 for another host's)", "agents", "200", ok("lease settings", json!({"type": "object"})), Some(r("RegisterRequest")), &[])},
+            "/v1/agents/{name}/heartbeat": {"post": op("Agent heartbeat: reports workers, renews leases, gets the assignments to run (that host's credential). 404 = register again", "agents", "200", ok("assignments", json!({"type": "object"})), Some(json!({"type": "object", "properties": {"workers": {"type": "array", "items": {"type": "object", "properties": {"allocation_id": {"type": "string"}, "state": {"enum": ["running", "exited"]}, "pid": {"type": ["integer", "null"]}, "exit_code": {"type": ["integer", "null"]}}}}}})), &["name"])}
         },
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
@@ -98,7 +99,8 @@ pub fn document() -> Value {
                     "name": {"type": "string"}, "address": {"type": "string"}, "serve_port": {"type": "integer"},
                     "socket_dir": {"type": "string"}, "labels": {"type": "object", "additionalProperties": {"type": "string"}},
                     "schedulable": {"type": "boolean"}, "gpu_source": {"enum": ["cuda", "sim"]}, "alive": {"type": "boolean"},
-                    "last_seen_ms_ago": {"type": "integer"}, "gpus": {"type": "integer"}, "allocations": {"type": "integer"}}},
+                    "last_seen_ms_ago": {"type": "integer"}, "gpus": {"type": "integer"}, "allocations": {"type": "integer"},
+                    "enrolled": {"type": "boolean", "description": "the host has its own agent credential"}}},
                 "Gpu": {"type": "object", "properties": {
                     "uuid": {"type": "string"}, "index": {"type": "integer"}, "model": {"type": "string"}, "pci_bus_id": {"type": "string"},
                     "numa_node": {"type": ["integer", "null"]}, "sm_count": {"type": "integer"}, "memory_bytes": {"type": "integer"},

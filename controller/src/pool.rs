@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use vgpu_agent::wire::{
-    Assignment, HeartbeatRequest, HeartbeatResponse, RegisterRequest, RegisterResponse, WorkerState,
+    Assignment, EnrollResponse, HeartbeatRequest, HeartbeatResponse, RegisterRequest,
+    RegisterResponse, WorkerState,
 };
 
 use crate::auth::{Role, new_token, sha256_hex};
@@ -98,6 +99,9 @@ struct Inner {
     gpus: BTreeMap<String, Gpu>,
     projects: BTreeMap<String, Project>,
     project_by_token: HashMap<String, String>,
+    /// Host credential hash -> host, and host -> its credential hash.
+    host_by_token: HashMap<String, String>,
+    host_token: HashMap<String, String>,
     usage: HashMap<String, Usage>,
     allocs: BTreeMap<String, AllocRt>,
     by_vm_host: HashMap<String, BTreeSet<String>>,
@@ -124,6 +128,8 @@ pub struct HostView {
     pub last_seen_ms_ago: u64,
     pub gpus: usize,
     pub allocations: usize,
+    /// Whether the host has its own agent credential.
+    pub enrolled: bool,
 }
 
 /// GPU as listed by the API.
@@ -191,6 +197,22 @@ fn valid_name(kind: &str, s: &str) -> Result<(), PoolError> {
     }
 }
 
+/// The socket directory an agent reports: an absolute, plain path (it only shows in the
+/// allocations' `socket_path`; the agent never takes a path from the controller).
+fn valid_socket_dir(s: &str) -> Result<(), PoolError> {
+    let ok = s.starts_with('/')
+        && s.len() <= 1024
+        && !s.chars().any(char::is_control)
+        && s.split('/').all(|seg| seg != "." && seg != "..");
+    if ok {
+        Ok(())
+    } else {
+        Err(PoolError::BadRequest(format!(
+            "socket_dir {s:?} must be an absolute path without . or .. components"
+        )))
+    }
+}
+
 impl Pool {
     /// Build the pool from what the store holds. Every known host gets a fresh lease.
     pub fn open(mut store: Box<dyn Store>, cfg: PoolConfig) -> Result<Self, PoolError> {
@@ -204,6 +226,8 @@ impl Pool {
             gpus: BTreeMap::new(),
             projects: BTreeMap::new(),
             project_by_token: HashMap::new(),
+            host_by_token: HashMap::new(),
+            host_token: HashMap::new(),
             usage: HashMap::new(),
             allocs: BTreeMap::new(),
             by_vm_host: HashMap::new(),
@@ -231,6 +255,10 @@ impl Pool {
                     alive: true,
                 },
             );
+        }
+        for (host, hash) in snap.host_credentials {
+            inner.host_by_token.insert(hash.clone(), host.clone());
+            inner.host_token.insert(host, hash);
         }
         for p in snap.projects {
             if let Some(t) = &p.token_sha256 {
@@ -277,16 +305,59 @@ impl Pool {
         })
     }
 
-    /// Role of a token that is not a static (admin/agent) one.
-    pub fn project_for_token_hash(&self, hash: &str) -> Option<Role> {
-        lock(&self.inner)
-            .project_by_token
-            .get(hash)
-            .map(|p| Role::Project(p.clone()))
+    /// Role of a token that is not a static (admin/agent) one: a project's or a host's.
+    pub fn role_for_token_hash(&self, hash: &str) -> Option<Role> {
+        let inner = lock(&self.inner);
+        if let Some(p) = inner.project_by_token.get(hash) {
+            return Some(Role::Project(p.clone()));
+        }
+        inner.host_by_token.get(hash).map(|h| Role::Host(h.clone()))
+    }
+
+    /// Issue host `name` its own credential. The enrolment token may do so only for a host that
+    /// has none (first enrolment); the admin may always (a new credential replaces the old one,
+    /// which stops working at once).
+    pub fn enroll(&self, role: &Role, name: &str) -> Result<EnrollResponse, PoolError> {
+        valid_name("host name", name)?;
+        let mut inner = lock(&self.inner);
+        match role {
+            Role::Admin => {}
+            Role::Agent if inner.host_token.contains_key(name) => {
+                return Err(PoolError::Conflict(format!(
+                    "host {name:?} is already enrolled; an operator can issue it a new credential (vgpuctl host-token {name})"
+                )));
+            }
+            Role::Agent => {}
+            Role::Host(_) | Role::Project(_) => {
+                return Err(PoolError::Forbidden(
+                    "enrolment needs the pool's agent token or the admin token".into(),
+                ));
+            }
+        }
+        let token = new_token();
+        let hash = sha256_hex(&token);
+        inner.store.put_host_credential(name, &hash, now_ms())?;
+        if let Some(old) = inner.host_token.insert(name.to_string(), hash.clone()) {
+            inner.host_by_token.remove(&old);
+        }
+        inner.host_by_token.insert(hash, name.to_string());
+        log::info!(
+            "host {name}: credential issued ({})",
+            if *role == Role::Admin {
+                "by the admin"
+            } else {
+                "first enrolment"
+            }
+        );
+        Ok(EnrollResponse {
+            host: name.to_string(),
+            token,
+        })
     }
 
     pub fn register(&self, req: RegisterRequest) -> Result<RegisterResponse, PoolError> {
         valid_name("host name", &req.name)?;
+        valid_socket_dir(&req.socket_dir)?;
         let mut seen = BTreeSet::new();
         for g in &req.gpus {
             valid_name("gpu uuid", &g.uuid)?;
@@ -533,7 +604,9 @@ impl Pool {
                 p.clone()
             }
             Role::Admin => req.project.clone().unwrap_or_else(|| "default".to_string()),
-            Role::Agent => return Err(PoolError::Forbidden("agent tokens cannot allocate".into())),
+            Role::Agent | Role::Host(_) => {
+                return Err(PoolError::Forbidden("agent tokens cannot allocate".into()));
+            }
         };
         valid_name("vm", &req.vm)?;
         let want = match (
@@ -963,7 +1036,7 @@ fn visible(role: &Role, project: &str) -> bool {
     match role {
         Role::Admin => true,
         Role::Project(p) => p == project,
-        Role::Agent => false,
+        Role::Agent | Role::Host(_) => false,
     }
 }
 
@@ -1180,6 +1253,12 @@ impl Inner {
                     self.forget(&id);
                 }
                 Change::StoreStalled => self.refresh_leases(now + ttl),
+                Change::HostCredential { host, token_sha256 } => {
+                    if let Some(old) = self.host_token.insert(host.clone(), token_sha256.clone()) {
+                        self.host_by_token.remove(&old);
+                    }
+                    self.host_by_token.insert(token_sha256, host);
+                }
                 Change::Heartbeat { host, running } => {
                     if let Some(h) = self.hosts.get_mut(&host) {
                         h.last_seen = now;
@@ -1221,7 +1300,6 @@ impl Inner {
                         Some(g) => g.info.index.to_string(),
                         None => "sim".to_string(),
                     },
-                    socket_path: a.socket_path.clone(),
                     memory_bytes: a.memory_bytes,
                     sm_count: a.sm_count,
                     remote_endpoint: a.endpoint.clone(),
@@ -1239,6 +1317,7 @@ impl Inner {
                 alive: h.alive,
                 last_seen_ms_ago: now.saturating_duration_since(h.last_seen).as_millis() as u64,
                 gpus: self.gpus.values().filter(|g| g.host == h.info.name).count(),
+                enrolled: self.host_token.contains_key(&h.info.name),
                 allocations: self.by_vm_host.get(&h.info.name).map_or(0, |s| s.len()),
             })
             .collect()

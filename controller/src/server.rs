@@ -11,6 +11,7 @@ use clap::Args;
 use crate::api::{AppState, router, serve, spawn_reclaimer};
 use crate::auth::{Auth, AuthFile};
 use crate::etcd_store::{EtcdConfig, EtcdStore};
+use crate::limits::ConnLimits;
 use crate::pool::{Pool, PoolConfig};
 use crate::store::{SqliteStore, Store};
 
@@ -62,6 +63,13 @@ pub struct ControllerArgs {
     /// (docs/ha.md).
     #[arg(long, env = "VGPU_STORE", default_value = "sqlite")]
     pub store: String,
+    /// Close a REST connection on which nothing moved for this long (also the bound for
+    /// receiving a request's headers and for answering it).
+    #[arg(long, default_value_t = 30_000)]
+    pub idle_timeout_ms: u64,
+    /// Most REST connections open at once; more are closed when accepted.
+    #[arg(long, default_value_t = 1024)]
+    pub max_connections: usize,
     /// Write the bound address (host:port) to this file once listening.
     #[arg(long)]
     pub addr_file: Option<PathBuf>,
@@ -137,7 +145,11 @@ pub async fn start(
     };
     let is_tls = tls.is_some();
     spawn_reclaimer(pool.clone());
-    let task = tokio::spawn(serve(listener, app, tls, shutdown));
+    let limits = ConnLimits {
+        idle_timeout: Duration::from_millis(args.idle_timeout_ms.max(50)),
+        max_connections: args.max_connections.max(1),
+    };
+    let task = tokio::spawn(serve(listener, app, tls, limits, shutdown));
     log::info!(
         "controller listening on {}://{addr} (state {}, lease {:?}, heartbeat {:?})",
         if is_tls { "https" } else { "http" },

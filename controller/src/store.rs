@@ -17,6 +17,8 @@ pub enum StoreError {
     Sqlite(#[from] rusqlite::Error),
     #[error("corrupt row: {0}")]
     Corrupt(String),
+    #[error("database file {0}")]
+    File(String, #[source] std::io::Error),
     /// A conditional commit found that another replica changed what the decision read.
     #[error("another controller changed the state this decision read")]
     Conflict,
@@ -41,6 +43,11 @@ pub enum Change {
     Heartbeat {
         host: String,
         running: Vec<String>,
+    },
+    /// A host's own agent credential was issued or replaced.
+    HostCredential {
+        host: String,
+        token_sha256: String,
     },
     /// A replica's store requests stalled (a raft election, a dead member): heartbeats may have
     /// been held up, so leases get a fresh period.
@@ -69,6 +76,8 @@ pub struct Snapshot {
     pub projects: Vec<Project>,
     /// Active allocations only.
     pub allocations: Vec<Allocation>,
+    /// Host credentials: (host, SHA-256 of its token).
+    pub host_credentials: Vec<(String, String)>,
 }
 
 pub trait Store: Send {
@@ -83,6 +92,8 @@ pub trait Store: Send {
     fn set_allocation_state(&mut self, id: &str, state: &str) -> Result<()>;
     /// Mark allocations released (kept as history with the reason).
     fn release_allocations(&mut self, ids: &[String], reason: &str, at_ms: u64) -> Result<()>;
+    /// Set (or replace) the credential hash of a host.
+    fn put_host_credential(&mut self, host: &str, token_sha256: &str, at_ms: u64) -> Result<()>;
 
     // Replicated stores only; the defaults are right for a single writer.
 
@@ -159,15 +170,46 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX allocations_active ON allocations(released_at) WHERE released_at IS NULL;",
     // 2: GPUs are looked up by host on every registration
     "CREATE INDEX gpus_by_host ON gpus(host);",
+    // 3: per-host agent credentials (issued at enrolment)
+    "CREATE TABLE host_credentials (
+        host TEXT PRIMARY KEY,
+        token_sha256 TEXT NOT NULL UNIQUE,
+        created_at INTEGER NOT NULL
+    );",
 ];
+
+/// Files SQLite keeps next to the database (they get the database file's mode when created).
+const SIDE_FILES: [&str; 3] = ["-wal", "-shm", "-journal"];
 
 pub struct SqliteStore {
     conn: Connection,
 }
 
 impl SqliteStore {
-    /// Open (creating if needed) the database file; WAL mode; migrations applied.
+    /// Open (creating if needed) the database file; WAL mode; migrations applied. The file is
+    /// created with mode 0600 (SQLite gives its WAL and shared-memory files the same mode), and
+    /// an existing database and its side files are made 0600.
     pub fn open(path: &Path) -> Result<Self> {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(path)
+            .map_err(|e| StoreError::File(path.display().to_string(), e))?;
+        let private = std::fs::Permissions::from_mode(0o600);
+        std::fs::set_permissions(path, private.clone())
+            .map_err(|e| StoreError::File(path.display().to_string(), e))?;
+        for side in SIDE_FILES {
+            let mut p = path.as_os_str().to_owned();
+            p.push(side);
+            let p = std::path::PathBuf::from(p);
+            if p.exists() {
+                std::fs::set_permissions(&p, private.clone())
+                    .map_err(|e| StoreError::File(p.display().to_string(), e))?;
+            }
+        }
         let conn = Connection::open(path)?;
         Self::init(conn)
     }
@@ -340,6 +382,14 @@ impl Store for SqliteStore {
         for row in rows {
             snap.allocations.push(row?);
         }
+        drop(st);
+        let mut st = self
+            .conn
+            .prepare("SELECT host, token_sha256 FROM host_credentials")?;
+        let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        for row in rows {
+            snap.host_credentials.push(row?);
+        }
         Ok(snap)
     }
 
@@ -487,6 +537,15 @@ impl Store for SqliteStore {
             }
         }
         tx.commit()?;
+        Ok(())
+    }
+
+    fn put_host_credential(&mut self, host: &str, token_sha256: &str, at_ms: u64) -> Result<()> {
+        self.conn.execute(
+            "INSERT INTO host_credentials(host, token_sha256, created_at) VALUES (?1, ?2, ?3)
+             ON CONFLICT(host) DO UPDATE SET token_sha256=excluded.token_sha256, created_at=excluded.created_at",
+            params![host, token_sha256, at_ms as i64],
+        )?;
         Ok(())
     }
 }

@@ -26,6 +26,9 @@ pub struct Dump {
     pub gpus: Vec<Gpu>,
     pub projects: Vec<ProjectEntry>,
     pub allocations: Vec<Allocation>,
+    /// (host, SHA-256 of its own agent credential).
+    #[serde(default)]
+    pub host_credentials: Vec<(String, String)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -58,7 +61,9 @@ fn dump_of(s: Snapshot) -> Dump {
             })
             .collect(),
         allocations: s.allocations,
+        host_credentials: s.host_credentials,
     };
+    d.host_credentials.sort();
     d.hosts.sort_by(|a, b| a.name.cmp(&b.name));
     d.gpus.sort_by(|a, b| a.info.uuid.cmp(&b.info.uuid));
     d.projects
@@ -96,6 +101,9 @@ pub fn import(store: &mut dyn Store, dump: &Dump) -> Result<(), TransferError> {
         let mut project = p.project.clone();
         project.token_sha256 = p.token_sha256.clone();
         store.put_project(&project)?;
+    }
+    for (host, hash) in &dump.host_credentials {
+        store.put_host_credential(host, hash, crate::model::now_ms())?;
     }
     for a in &dump.allocations {
         store.insert_allocation(a)?;

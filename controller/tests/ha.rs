@@ -652,6 +652,11 @@ fn export_import_through_etcd() {
     let (da, db, dc) = (doc(&a), doc(&b), doc(&cc));
     assert_eq!(da["allocations"].as_array().unwrap().len(), 2);
     assert_eq!(da["gpus"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        da["host_credentials"].as_array().unwrap().len(),
+        1,
+        "the enrolled host's credential travels"
+    );
     assert_eq!(da, db, "etcd copy differs");
     assert_eq!(da, dc, "SQLite copy differs");
     // A second import into the same prefix is refused.

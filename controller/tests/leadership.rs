@@ -48,6 +48,9 @@ impl Store for Elected {
     fn release_allocations(&mut self, ids: &[String], reason: &str, at_ms: u64) -> Result<()> {
         self.inner.release_allocations(ids, reason, at_ms)
     }
+    fn put_host_credential(&mut self, host: &str, token_sha256: &str, at_ms: u64) -> Result<()> {
+        self.inner.put_host_credential(host, token_sha256, at_ms)
+    }
     fn leadership(&self) -> Leadership {
         match self.epoch.load(Ordering::SeqCst) {
             0 => Leadership::Follower,

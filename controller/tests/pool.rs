@@ -459,7 +459,7 @@ fn vm_stop_reported_by_agent_releases_the_slice_once() {
 }
 
 #[test]
-fn agent_restart_adopts_running_workers() {
+fn agent_restart_keeps_the_allocation_with_a_new_worker() {
     let d = TempDir::new("adopt");
     let c = Controller::start(&d.0, 3_000, 150);
     let mut h = Agent::start(&d.0, &c.url, "h1", 1, &[], 7001);
@@ -469,13 +469,16 @@ fn agent_restart_adopts_running_workers() {
     c.wait_state(&id, "running");
     let pid = h.worker_pid(&id).unwrap();
     h.kill9();
+    // The worker dies with its agent.
+    wait_until(Duration::from_secs(2), || !pid_alive(pid));
     h.spawn();
-    // Well past the lease: the allocation lives on, served by the same worker process.
+    // Well past the lease: the allocation lives on, served by a worker of the new agent.
     std::thread::sleep(Duration::from_millis(4_000));
     let (st, now) = c.admin("GET", &format!("/v1/allocations/{id}"), None);
     assert_eq!(st, 200, "{now}");
-    assert_eq!(h.worker_pid(&id), Some(pid));
-    assert!(pid_alive(pid));
+    let new = h.worker_pid(&id).expect("a new worker");
+    assert_ne!(new, pid);
+    assert!(pid_alive(new));
 }
 
 #[test]
@@ -719,11 +722,23 @@ fn bad_requests_get_4xx_json_errors() {
             &c.url,
             "POST",
             "/v1/agents/ghost/heartbeat",
-            Some(AGENT),
+            Some(ADMIN),
             Some("{}".into()),
         ),
         404,
         "not_found",
+    );
+    // The pool's agent token only enrols: it cannot heartbeat (or register) any host.
+    assert_error(
+        &http(
+            &c.url,
+            "POST",
+            "/v1/agents/ghost/heartbeat",
+            Some(AGENT),
+            Some("{}".into()),
+        ),
+        403,
+        "forbidden",
     );
     // Nothing was allocated by any of that.
     assert_eq!(c.admin("GET", "/v1/allocations", None).1, json!([]));
@@ -746,7 +761,7 @@ fn openapi_document_covers_routes_and_metrics_families() {
         .skip(1)
         .map(|rest| rest.split('"').nth(1).unwrap())
         .collect();
-    assert_eq!(paths.len(), 20, "routes found: {paths:?}");
+    assert_eq!(paths.len(), 21, "routes found: {paths:?}");
     // The web console's page and files are not part of the API.
     for path in paths
         .into_iter()

@@ -31,7 +31,26 @@ fuzz_target!(|data: &[u8]| {
     let ins = [HostSeg { ptr: data_in.as_mut_ptr(), len: data_in.len() }];
     let outs = [HostSeg { ptr: data_out.as_mut_ptr(), len: data_out.len() }];
     let mut reply = Vec::new();
-    let outcome = ex.execute(data, DataStream::new(&ins), DataStream::new(&outs), &mut reply);
+    // Half the inputs are raw bytes; the other half a well-formed message of one call whose
+    // opcode the second byte picks from every opcode there is, with the fuzzer's bytes as its
+    // body, so every message type gets past the header checks.
+    let mut framed = vec![0u8; 64 << 10];
+    let msg: &[u8] = match data {
+        [mode, pick, flags_byte, body @ ..] if mode & 1 == 1 => {
+            let opcode = Opcode::ALL[usize::from(*pick) % Opcode::ALL.len()] as u16;
+            let body = &body[..body.len().min(split)];
+            let mut e = Encoder::new(&mut framed).unwrap();
+            match e.push(opcode, u16::from(*flags_byte & 3), &(), body) {
+                Ok(_) => {
+                    let n = e.finish(flags::WANT_REPLY, 0, 1 << 16, 1);
+                    &framed[..n]
+                }
+                Err(_) => data,
+            }
+        }
+        _ => data,
+    };
+    let outcome = ex.execute(msg, DataStream::new(&ins), DataStream::new(&outs), &mut reply);
     assert!(outcome.reply_len <= reply.len());
     assert!(outcome.data_out_len <= data_out.len() as u64);
 });

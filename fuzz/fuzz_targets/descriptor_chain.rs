@@ -13,12 +13,20 @@ fuzz_target!(|data: &[u8]| {
     // The first 256 bytes become guest memory contents (a message header, perhaps).
     let (head, rest) = data.split_at(data.len().min(256));
     mem.write_slice(head, GuestAddress(0)).unwrap();
+    // Bit 1 of the flags byte keeps the address and length as given (the whole address space,
+    // up to u64::MAX, where sums overflow); otherwise they are folded near guest memory, where
+    // the interesting edges are.
     let descs: Vec<Desc> = rest
         .chunks_exact(13)
-        .map(|c| Desc {
-            addr: u64::from_le_bytes(c[0..8].try_into().unwrap()) % (4 * MEM),
-            len: u32::from_le_bytes(c[8..12].try_into().unwrap()) % (2 * MEM as u32),
-            writable: c[12] & 1 == 1,
+        .map(|c| {
+            let addr = u64::from_le_bytes(c[0..8].try_into().unwrap());
+            let len = u32::from_le_bytes(c[8..12].try_into().unwrap());
+            let raw = c[12] & 2 == 2;
+            Desc {
+                addr: if raw { addr } else { addr % (4 * MEM) },
+                len: if raw { len } else { len % (2 * MEM as u32) },
+                writable: c[12] & 1 == 1,
+            }
         })
         .collect();
     let mut parsed = ParsedChain::default();

@@ -2,11 +2,13 @@
 # The GPU suite, run on the H200 machine: builds the CUDA test programs with nvcc, runs each
 # natively and through our stack (libcuda.so.1 shim -> virtio-user -> vhost-gpu --gpu 0), the
 # vGPU side sealed like a guest (private mount namespace, NVIDIA's libraries and /dev/nvidia*
-# hidden), checks the results are identical, and prints a comparison table last.
+# hidden), checks the results are identical, and prints a comparison table and a verdict last.
 # Compared per program: its RESULT/copy/E2E/GRAPH/PASS lines in order, then its device-printf
 # lines (`DEVPRINTF ...`) sorted; RESULT keys matching *loss* numerically (|diff| <= 1e-5).
-# Every tests/runtime/rt_*.cu program runs (static and shared cudart), and the Python programs
-# torch_train.py, torch_compile.py and cupy_kernels.py when present.
+# The cases are a fixed list (EXPECTED below: every tests/runtime/rt_*.cu program with static
+# and shared cudart, the Python programs included); the last line is a verdict (tests/gpu/
+# verdict.py), `VERDICT: PASS` or `VERDICT: FAIL (...)` naming each case that differs, exits
+# non-zero, did not build or did not run, and the script's exit status follows it.
 #
 # usage: tests/gpu/run.sh [BIN_DIR]   (BIN_DIR holds vhost-gpu and libcuda.so; default
 #        target/release). Results and logs go to $OUT (or /tmp/vgpu-gpu-out).
@@ -17,7 +19,24 @@ bin=$(cd "${1:-$repo/target/release}" && pwd)
 out=${OUT:-/tmp/vgpu-gpu-out}
 work=/tmp/vgpu-gpu
 mkdir -p "$out" "$work/shim"
-rm -f "$work"/*.out
+rm -f "$work"/*.out "$work"/*.err "$work"/*.missing
+
+# The cases this suite must show, fixed here, not discovered from what happened to build.
+runtime_programs="rt_atomics rt_basic rt_callbacks rt_constant rt_cublas_gemmex rt_cublas_sgemm
+    rt_cufft rt_curand rt_device_props rt_dynsmem rt_events rt_graph rt_graph_update rt_meminfo
+    rt_mempool rt_multikernel rt_occupancy rt_pinned_pageable rt_printf rt_priorities rt_streams
+    rt_threads"
+EXPECTED="device_attrs e2e graph vecadd_cubin vecadd_ptx vecadd_fatbin pipeline reduction matmul
+    launch_latency bandwidth"
+for p in $runtime_programs; do EXPECTED+=" ${p}_static ${p}_shared"; done
+EXPECTED+=" cupy_smoke torch_train torch_compile cupy_kernels"
+# A case that cannot run says why (the verdict names it MISSING with this reason).
+missing() { echo "$2" >"$work/$1.missing"; }
+# Nothing can run: the verdict is FAIL at once.
+fail_now() {
+    echo "VERDICT: FAIL ($*)" | tee "$out/table.txt"
+    exit 1
+}
 cp "$bin/libcuda.so" "$work/shim/libcuda.so.1"
 ln -sf libcuda.so.1 "$work/shim/libcuda.so"   # the link-time name (Triton links with -lcuda)
 log() { echo "== $*" >&2; }
@@ -26,23 +45,26 @@ driver=$(nvidia-smi --query-gpu=driver_version,name --format=csv,noheader 2>/dev
 log "GPU: ${driver:-unknown}; $(date -u +%Y-%m-%dT%H:%MZ)"
 
 # --- build ---
-cd "$here"
-nvcc -cubin -arch=sm_90 kernels.cu -o "$work/kernels.cubin" || exit 1
-nvcc -ptx -arch=sm_90 kernels.cu -o "$work/kernels.ptx" || exit 1
-nvcc -fatbin -gencode arch=compute_90,code=sm_90 -gencode arch=compute_90,code=compute_90 kernels.cu -o "$work/kernels.fatbin" || exit 1
+cd "$here" || exit 1
+nvcc -cubin -arch=sm_90 kernels.cu -o "$work/kernels.cubin" || fail_now "kernels.cu did not build"
+nvcc -ptx -arch=sm_90 kernels.cu -o "$work/kernels.ptx" || fail_now "kernels.cu did not build as PTX"
+nvcc -fatbin -gencode arch=compute_90,code=sm_90 -gencode arch=compute_90,code=compute_90 kernels.cu -o "$work/kernels.fatbin" ||
+    fail_now "kernels.cu did not build as a fatbin"
 nvcc -fatbin -gencode arch=compute_90,code=sm_90 -Xfatbin -compress-all kernels.cu -o "$work/kernels_compressed.fatbin" 2>/dev/null || true
-progs="vecadd pipeline reduction matmul bandwidth launch_latency"
-for p in $progs; do nvcc -O2 -o "$work/$p" "$p.cpp" -lcuda || exit 1; done
+rm -f "$work"/{vecadd,pipeline,reduction,matmul,bandwidth,launch_latency,driver_api_e2e,device_attrs,graph_e2e}
+for p in vecadd pipeline reduction matmul bandwidth launch_latency; do
+    nvcc -O2 -o "$work/$p" "$p.cpp" -lcuda || echo "$p.cpp did not build" >&2
+done
 nvcc -O2 -o "$work/probe_driver" probe_driver.c -lcuda -ldl || true
 rm -rf "$work/runtime"   # no stale binaries from an earlier run
-NVCC=nvcc "$repo/tests/runtime/build.sh" "$work/runtime" || echo "some runtime programs did not build"
+NVCC=nvcc "$repo/tests/runtime/build.sh" "$work/runtime" || echo "some runtime programs did not build" >&2
 gcc -O1 -o "$work/driver_api_e2e" "$repo/tests/programs/driver_api_e2e.c" -I"$repo/tests/programs" \
-    -L/usr/local/cuda/lib64/stubs -lcuda || exit 1
+    -L/usr/local/cuda/lib64/stubs -lcuda || echo "driver_api_e2e.c did not build" >&2
 gcc -O1 -o "$work/device_attrs" "$here/device_attrs.c" -I/usr/local/cuda/include \
-    -L/usr/local/cuda/lib64/stubs -lcuda || exit 1
+    -L/usr/local/cuda/lib64/stubs -lcuda || echo "device_attrs.c did not build" >&2
 gcc -O1 -o "$work/graph_e2e" "$repo/tests/programs/graph_e2e.c" -I"$repo/tests/programs" \
-    -L/usr/local/cuda/lib64/stubs -lcuda || exit 1
-(cd "$work" && tar czf "$out/fixtures.tgz" kernels.cubin kernels.ptx kernels.fatbin $(ls kernels_compressed.fatbin 2>/dev/null))
+    -L/usr/local/cuda/lib64/stubs -lcuda || echo "graph_e2e.c did not build" >&2
+(cd "$work" && shopt -s nullglob && tar czf "$out/fixtures.tgz" kernels.cubin kernels.ptx kernels.fatbin kernels_compressed*.fatbin)
 
 source "$here/seal.sh"
 
@@ -56,6 +78,12 @@ sleep 1
 
 run_pair() { # name, program args...   (records rc= and wall_ms= at the end of each .out)
     local name=$1 t0 t1 rc; shift
+    # A program that did not build is a case that did not run (python3 is a command).
+    if [ "$1" != python3 ] && [ ! -x "$work/$1" ]; then
+        missing "$name" "not built: $1"
+        log "not built: $name ($1)"
+        return 0
+    fi
     log "native: $name"
     t0=$(date +%s.%N)
     (cd "$work" && timeout 300 "$@") >"$work/$name.native.out" 2>"$work/$name.native.err"
@@ -87,16 +115,15 @@ run_pair reduction ./reduction kernels.cubin
 run_pair matmul ./matmul kernels.cubin
 run_pair launch_latency ./launch_latency kernels.cubin
 run_pair bandwidth ./bandwidth
-# Every runtime program build.sh produced, static and shared cudart.
-for p in $(ls "$work"/runtime/rt_*_static "$work"/runtime/rt_*_shared 2>/dev/null \
-           | sed -E 's#.*/##; s/_(static|shared)$//' | sort -u); do
+# Every runtime program, static and shared cudart (build.sh skips one whose library it does
+# not find: that case is then MISSING, and the verdict fails).
+for p in $runtime_programs; do
     for k in static shared; do
-        [ -x "$work/runtime/${p}_$k" ] && run_pair "${p}_$k" "./runtime/${p}_$k"
+        run_pair "${p}_$k" "./runtime/${p}_$k"
     done
 done
-run_pair cupy_smoke python3 "$here/cupy_smoke.py"
-for s in torch_train torch_compile cupy_kernels; do
-    [ -f "$here/$s.py" ] && run_pair "$s" python3 "$here/$s.py"
+for s in cupy_smoke torch_train torch_compile cupy_kernels; do
+    run_pair "$s" python3 "$here/$s.py"
 done
 if [ -x "$work/probe_driver" ]; then
     cat "$repo"/guest-driver-shim/libcuda/symbols/*.txt \
@@ -104,118 +131,9 @@ if [ -x "$work/probe_driver" ]; then
     "$work/probe_driver" "$work/names.txt" >"$out/probe-driver-580.tsv" 2>/dev/null || true
 fi
 kill $daemon 2>/dev/null; wait $daemon 2>/dev/null
-(cd "$work" && tar czf "$out/logs.tgz" ./*.out ./*.err)
+(cd "$work" && shopt -s nullglob && tar czf "$out/logs.tgz" ./*.out ./*.err ./*.missing)
 
-# --- the table ---
-python3 - "$work" "${driver:-unknown}" <<'PY' | tee "$out/table.txt"
-import fnmatch, glob, os, re, sys
-work, driver = sys.argv[1], sys.argv[2]
-TOL = {"*loss*": 1e-5}  # RESULT keys compared numerically: |native - vgpu| <= tolerance
-# Programs in the order they ran (the .native.out files' modification times).
-names = [os.path.basename(p)[:-len(".native.out")]
-         for p in sorted(glob.glob(f"{work}/*.native.out"), key=lambda p: (os.path.getmtime(p), p))]
-
-def parse(path):
-    """Compared lines (RESULT/copy/E2E/GRAPH/PASS, then the DEVPRINTF lines sorted), TIME
-    metrics in order, rc, wall time (ms) measured by run_pair."""
-    res, dev, tim, rc, wall = [], [], {}, "missing", None
-    if not os.path.exists(path): return res, tim, rc, wall
-    rc = "?"
-    for line in open(path, errors="replace"):
-        line = line.strip()
-        if line.startswith(("RESULT ", "copy ", "E2E ", "GRAPH ", "PASS")):
-            res.append(re.sub(r"\([0-9.]+ ms\)", "", line).strip())
-        elif line.startswith("DEVPRINTF "):
-            dev.append(line)
-        elif line.startswith("TIME ") and "=" in line:
-            k, v = line[5:].split("=", 1)
-            try: tim[k.strip()] = float(v)
-            except ValueError: pass
-        elif line.startswith("rc="): rc = line[3:]
-        elif line.startswith("wall_ms="):
-            try: wall = float(line[8:])
-            except ValueError: pass
-    return res + sorted(dev), tim, rc, wall
-
-def tolerance(line):
-    if not line.startswith("RESULT ") or "=" not in line: return None
-    key = line[7:].split("=", 1)[0]
-    for pat, tol in TOL.items():
-        if fnmatch.fnmatch(key, pat): return tol
-    return None
-
-def compare(rn, rv):
-    """(same, max abs difference over tolerance-compared keys or None, first differing pair)"""
-    maxdiff, first = None, None
-    for i in range(max(len(rn), len(rv))):
-        a = rn[i] if i < len(rn) else "<none>"; b = rv[i] if i < len(rv) else "<none>"
-        if a == b:
-            tol = tolerance(a)
-            if tol is not None: maxdiff = max(maxdiff or 0.0, 0.0)
-            continue
-        tol = tolerance(a)
-        if tol is not None and a.split("=", 1)[0] == b.split("=", 1)[0]:
-            try:
-                d = abs(float(a.split("=", 1)[1]) - float(b.split("=", 1)[1]))
-                maxdiff = max(maxdiff or 0.0, d)
-                if d <= tol: continue
-            except ValueError: pass
-        if first is None: first = (i, a, b)
-    return first is None, maxdiff, first
-
-def base(n):
-    return re.sub(r"_(static|shared)$", "", n)
-
-def headline_time(n, tim, wall):
-    """The program's own `<prog>_ms`, else its first TIME metric, else run_pair's wall time."""
-    for k in (f"{n}_ms", f"{base(n)}_ms"):
-        if k in tim: return tim[k], ""
-    if tim: return next(iter(tim.values())), ""
-    return wall, "w"
-
-def short(rc, res):
-    nres = sum(1 for l in res if l.startswith("RESULT "))
-    if nres or not res: return f"rc={rc} {nres} results"
-    return f"rc={rc} {res[0]}"[:20]
-
-print(f"vGPU vs native on {driver}; vGPU side sealed (private mount ns, NVIDIA libs and /dev/nvidia* hidden)")
-print(f"compared: RESULT/copy/E2E/GRAPH/PASS lines in order, then DEVPRINTF lines sorted; "
-      f"RESULT keys matching {', '.join(f'{p} (|diff| <= {t:g})' for p, t in TOL.items())} numerically")
-rows, final, ndiff = [], [], 0
-for n in names:
-    rn, tn, cn, wn = parse(f"{work}/{n}.native.out"); rv, tv, cv, wv = parse(f"{work}/{n}.vgpu.out")
-    same, maxdiff, first = compare(rn, rv)
-    ok = same and bool(rn) and cn == "0" and cv == "0"
-    if not ok:
-        ndiff += 1
-        print(f"-- {n}: DIFFER (native rc={cn}, vgpu rc={cv}, {len(rn)} vs {len(rv)} compared lines)")
-        if first:
-            i, a, b = first
-            print(f"   first difference at line {i + 1}:\n   native: {a}\n   vgpu:   {b}")
-        for side in ("native", "vgpu"):
-            err = f"{work}/{n}.{side}.err"
-            if os.path.exists(err):
-                fails = [l.rstrip() for l in open(err, errors="replace") if l.startswith("FAIL")][:2]
-                for l in fails: print(f"   {side} stderr: {l[:200]}")
-    for k in tn:
-        if k in tv: rows.append((n, k, tn[k], tv[k]))
-    a, fa = headline_time(n, tn, wn); b, fb = headline_time(n, tv, wv)
-    note = f"loss max|diff| {maxdiff:.2e}" if maxdiff is not None else ""
-    final.append((n, short(cn, rn), short(cv, rv), "identical" if ok else "DIFFER", a, fa, b, fb, note))
-
-def fmt(t, flag):
-    return "-" if t is None else f"{t:.3f}{flag}"
-
-print()
-print(f"{'program':<26} {'metric':<34} {'native':>12} {'vgpu':>12} {'vgpu/native':>12}")
-for n, k, a, b in rows:
-    r = b / a if a else float('nan')
-    print(f"{n:<26} {k:<34} {a:>12.3f} {b:>12.3f} {r:>12.3f}")
-print()
-print(f"{len(final) - ndiff} of {len(final)} programs identical; time: the program's <prog>_ms or first TIME "
-      f"metric in ms ('w': wall time of the run, the program printed none)")
-print(f"{'program':<26} {'native':<20} {'vgpu':<20} {'results':<10} {'native ms':>12} {'vgpu ms':>12} {'ratio':>8}  note")
-for n, sn, sv, same, a, fa, b, fb, note in final:
-    r = f"{b / a:.3f}" if a and b is not None and fa == fb else "-"
-    print(f"{n:<26} {sn:<20} {sv:<20} {same:<10} {fmt(a, fa):>12} {fmt(b, fb):>12} {r:>8}  {note}".rstrip())
-PY
+# --- the table, then the verdict (its exit status is the script's) ---
+# shellcheck disable=SC2086 # the case list is split on whitespace on purpose
+python3 "$here/verdict.py" run "$work" "${driver:-unknown}" -- $EXPECTED | tee "$out/table.txt"
+exit "${PIPESTATUS[0]}"

@@ -84,6 +84,8 @@ int main(int argc, char **argv) {
     size_t free_b = 0, total_b = 0;
     CHECK(cuMemGetInfo_v2(&free_b, &total_b));
     EXPECT(free_b <= total_b && total_b > 0, "meminfo %zu/%zu", free_b, total_b);
+    /* What the device says is free (the tests compare it with what other processes hold). */
+    printf("meminfo: free %zu total %zu\n", free_b, total_b);
 
     /* 64 MiB there and back from ordinary memory, with a checksum. */
     const size_t big = 64u << 20;
@@ -209,6 +211,8 @@ int main(int argc, char **argv) {
     CHECK(cuEventDestroy_v2(e_done));
     CHECK(cuStreamDestroy_v2(s1));
     CHECK(cuStreamDestroy_v2(s2));
+    CHECK(cuMemGetInfo_v2(&free_b, &total_b));
+    printf("meminfo after freeing: free %zu total %zu\n", free_b, total_b);
     CHECK(cuDevicePrimaryCtxRelease_v2(dev));
     if (failures) { printf("E2E FAIL (%d)\n", failures); return 1; }
     printf("E2E PASS\n");

@@ -237,3 +237,92 @@ impl RawClient {
         unsafe { std::slice::from_raw_parts(self.reply.hva, used.min(self.reply.len)) }.to_vec()
     }
 }
+
+/// The `meminfo: free F total T` lines `driver_api_e2e.c` prints (at its start, and after
+/// freeing everything), in order: what `cuMemGetInfo` answered, which with no slice limit is
+/// the GPU's own (the simulator's) notion of free memory, not the executor's ledger.
+pub fn meminfo_lines(stdout: &str) -> Vec<(u64, u64)> {
+    stdout
+        .lines()
+        .filter(|l| l.starts_with("meminfo"))
+        .filter_map(|l| {
+            let num = |key: &str| -> Option<u64> {
+                l.split(key).nth(1)?.split_whitespace().next()?.parse().ok()
+            };
+            Some((num("free ")?, num("total ")?))
+        })
+        .collect()
+}
+
+/// The parent of process `pid`, from `/proc/PID/stat` (`None` if it is gone).
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // "pid (comm) state ppid ...": comm may hold spaces and parentheses.
+    let after = &stat[stat.rfind(')')? + 1..];
+    after.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Process `pid` and all its descendants (children, their children, ...), from `/proc`, so
+/// that a daemon which serves its clients in child processes is measured (or killed) whole.
+pub fn process_tree(pid: u32) -> Vec<u32> {
+    let all: Vec<(u32, u32)> = std::fs::read_dir("/proc")
+        .map(|d| {
+            d.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+                .filter_map(|p| Some((p, parent_of(p)?)))
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut tree = vec![pid];
+    let mut i = 0;
+    while i < tree.len() {
+        let parent = tree[i];
+        tree.extend(all.iter().filter(|&&(_, pp)| pp == parent).map(|&(p, _)| p));
+        i += 1;
+    }
+    tree
+}
+
+/// What a process tree holds: processes, open descriptors, threads, resident memory.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TreeUsage {
+    pub processes: usize,
+    pub fds: usize,
+    pub threads: usize,
+    pub rss_kib: u64,
+}
+
+/// `VmRSS` of process `pid` in KiB (`None` if it is gone).
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Descriptors, threads and RSS of `pid` and its descendants, summed.
+pub fn tree_usage(pid: u32) -> TreeUsage {
+    let count = |p: u32, what: &str| {
+        std::fs::read_dir(format!("/proc/{p}/{what}")).map_or(0, Iterator::count)
+    };
+    let mut u = TreeUsage::default();
+    for p in process_tree(pid) {
+        let Some(rss) = rss_kib(p) else { continue };
+        u.processes += 1;
+        u.rss_kib += rss;
+        u.fds += count(p, "fd");
+        u.threads += count(p, "task");
+    }
+    u
+}
+
+/// Sends `signal` to `pid` and every descendant (the tree as it is now, parents first).
+pub fn signal_tree(pid: u32, signal: i32) {
+    for p in process_tree(pid) {
+        // SAFETY: kill(2) on a pid of our own children's tree; failures (gone) are harmless.
+        unsafe { libc::kill(p as libc::pid_t, signal) };
+    }
+}

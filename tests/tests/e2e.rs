@@ -3,7 +3,7 @@
 
 use std::{io::BufRead, process::Stdio, time::Duration};
 
-use vgpu_tests::{Daemon, compile_c, fixture, guest_command, scratch};
+use vgpu_tests::{Daemon, compile_c, fixture, guest_command, meminfo_lines, scratch};
 
 fn run_e2e(module: &str) {
     let dir = scratch(&format!("e2e-{module}"));
@@ -31,6 +31,58 @@ fn run_e2e(module: &str) {
     let log = daemon.wait_for_log("frontend disconnected", Duration::from_secs(10));
     assert!(log.contains("1000 launches recorded by sim"), "{log}");
     assert!(log.contains("module loaded with 6 kernels"), "{log}");
+    // The simulator itself (asked through cuMemGetInfo, no slice limit in between) holds
+    // nothing once the created context is gone, and nothing after the program freed it all.
+    assert_free_is(&stdout, 0);
+}
+
+/// Asserts the program's `meminfo` lines (its start, after freeing) both say the device holds
+/// `held` bytes: what the simulator has allocated, from outside the executor's ledger.
+fn assert_free_is(stdout: &str, held: u64) {
+    let m = meminfo_lines(stdout);
+    assert_eq!(m.len(), 2, "{stdout}");
+    for (free, total) in m {
+        assert_eq!(
+            total - free,
+            held,
+            "the device holds other memory:\n{stdout}"
+        );
+    }
+}
+
+/// Asserts the simulator that served `client` (in the default `--isolation process`, the
+/// client's own worker's) held nothing once the client's last context was destroyed: the
+/// simulator's own count, which it logs at each context's end, not the executor's ledger.
+fn assert_sim_freed_all_of(log: &str, client: &str) {
+    let freed = log
+        .find(&format!("client {client} freed:"))
+        .unwrap_or_else(|| panic!("client {client} was never freed:\n{log}"));
+    let last = log[..freed]
+        .lines()
+        .rev()
+        .find(|l| l.contains("sim: context destroyed;"))
+        .unwrap_or_else(|| panic!("no context of client {client} was destroyed:\n{log}"));
+    assert!(
+        last.ends_with("the device holds 0 bytes in 0 allocations"),
+        "the simulator still holds memory of client {client}: {last}\n{log}"
+    );
+}
+
+/// Runs the driver-API program to the end and returns its stdout.
+fn run_to_the_end(program: &std::path::Path, daemon: &Daemon) -> String {
+    let out = guest_command(program, &daemon.socket)
+        .arg(fixture("kernels.cubin"))
+        .arg("--no-kernel-check")
+        .output()
+        .expect("run the program");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success() && stdout.contains("E2E PASS"),
+        "the program failed:\n{stdout}\n{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        daemon.log_text()
+    );
+    stdout
 }
 
 /// Starts the driver-API program holding two 64 MiB buffers (E2E_HOLD) and returns it once it
@@ -82,16 +134,9 @@ fn a_killed_client_is_freed_and_the_next_one_is_served() {
     );
     assert!(daemon.is_running(), "daemon died with its client");
 
-    let out = guest_command(&program, &daemon.socket)
-        .arg(fixture("kernels.cubin"))
-        .arg("--no-kernel-check")
-        .output()
-        .expect("run the next client");
-    assert!(
-        String::from_utf8_lossy(&out.stdout).contains("E2E PASS"),
-        "next client failed: {}",
-        daemon.log_text()
-    );
+    // The simulator really freed the dead one's memory, and the next client is served.
+    assert_sim_freed_all_of(&log, "1:0");
+    assert_free_is(&run_to_the_end(&program, &daemon), 0);
 }
 
 #[test]
@@ -126,17 +171,7 @@ fn two_processes_are_served_at_once() {
     let daemon = Daemon::start_sim(&dir, &[]);
     let mut holder = start_holder(&program, &daemon);
     // While the first holds its memory and connection, a second runs to the end.
-    let out = guest_command(&program, &daemon.socket)
-        .arg(fixture("kernels.cubin"))
-        .arg("--no-kernel-check")
-        .output()
-        .expect("run the second process");
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && text.contains("E2E PASS"),
-        "second process failed while the first was connected:\n{text}\n{}",
-        daemon.log_text()
-    );
+    run_to_the_end(&program, &daemon);
     let log = daemon.wait_for_log(
         "frontend disconnected (frontend 2)",
         Duration::from_secs(10),
@@ -152,6 +187,8 @@ fn two_processes_are_served_at_once() {
         log.contains("frontend disconnected (frontend 1), freed 2 allocations (134217728 bytes)"),
         "{log}"
     );
+    // Freed on the device too, not only in the executor's count.
+    assert_sim_freed_all_of(&log, "1:0");
 }
 
 /// The slice's state file (`--status-file`, read by the host agent for its metrics) follows
@@ -192,4 +229,7 @@ fn the_status_file_reports_the_memory_the_slice_holds() {
     let _ = holder.kill();
     let _ = holder.wait();
     wait_for(0);
+    // The status file agrees with the simulator's own count.
+    let log = daemon.wait_for_log("client 1:0 freed:", Duration::from_secs(10));
+    assert_sim_freed_all_of(&log, "1:0");
 }

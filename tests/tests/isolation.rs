@@ -12,8 +12,28 @@ use std::{
 
 use vgpu_tests::{Daemon, RawClient, compile_c, fixture, guest_command, scratch};
 
-/// Pids of the live (not zombie) children of `pid`.
+/// Pids of the live worker processes under `pid` (its descendants with a worker socket in
+/// their environment: the front's own children, or the spawner's).
 fn children(pid: u32) -> Vec<u32> {
+    let mut found = Vec::new();
+    let mut todo = vec![pid];
+    while let Some(p) = todo.pop() {
+        for c in direct_children(p) {
+            todo.push(c);
+            let environ = std::fs::read(format!("/proc/{c}/environ")).unwrap_or_default();
+            if environ
+                .split(|&b| b == 0)
+                .any(|v| v.starts_with(b"VGPU_WORKER_FD="))
+            {
+                found.push(c);
+            }
+        }
+    }
+    found
+}
+
+/// Pids of the live (not zombie) children of `pid`.
+fn direct_children(pid: u32) -> Vec<u32> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
         let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
@@ -92,6 +112,18 @@ fn each_client_is_served_by_a_process_of_its_own() {
     wait_until("two workers run", &daemon, || children(pid).len() == 2);
     let workers = children(pid);
     assert_ne!(workers[0], workers[1]);
+    // A worker holds no other frontend's guest memory or eventfds: only its stdio and its
+    // socket (the memory it serves is mapped, not held open).
+    for w in &workers {
+        let held: Vec<String> = std::fs::read_dir(format!("/proc/{w}/fd"))
+            .expect("worker fds")
+            .flatten()
+            .filter_map(|e| std::fs::read_link(e.path()).ok())
+            .map(|l| l.display().to_string())
+            .filter(|l| l.contains("memfd") || l.contains("eventfd"))
+            .collect();
+        assert!(held.is_empty(), "worker {w} holds {held:?}");
+    }
     let _ = first.kill();
     let _ = first.wait();
     wait_until("the first client's worker is gone", &daemon, || {

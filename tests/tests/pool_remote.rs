@@ -12,7 +12,7 @@ use std::{
 use vgpu_tests::{bin_dir, built, compile_c, fixture, guest_command, repo, scratch};
 
 /// Children killed when the test ends, however it ends, and the workers the agents started
-/// (they outlive their agent by design: a restarted agent adopts them).
+/// (they die with their agent; stopping them here too means a failed run leaves none).
 struct Procs(Vec<Child>, Vec<std::path::PathBuf>);
 
 impl Drop for Procs {
@@ -196,7 +196,16 @@ fn a_vm_on_a_host_without_gpus_runs_on_a_slice_of_another_host() {
         "{stdout}\n{}\nslice server:\n{server_log}",
         String::from_utf8_lossy(&out.stderr)
     );
-    // Half of the simulated H200's 132 SMs, placed by the controller, enforced by h2.
+    // Half of the simulated H200's 132 SMs, placed by the controller and asked of h2 ...
     assert!(server_log.contains("remote slice: gpu -1"), "{server_log}");
     assert!(server_log.contains("SMs 66"), "{server_log}");
+    // ... is what the guest sees: cuDeviceGetAttribute(MULTIPROCESSOR_COUNT), answered by h2.
+    // (The simulator cannot run kernels, so how many SMs they occupy is a GPU-run question:
+    // tests/gpu/slices.sh.)
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("device: ") && l.contains(", 66 SMs, ")),
+        "{stdout}\nslice server:\n{server_log}"
+    );
 }

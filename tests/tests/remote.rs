@@ -78,12 +78,49 @@ fn a_slice_limit_is_enforced_by_the_gpu_host() {
     );
     let out = run_e2e(&program, &local);
     let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let logs = || {
+        format!(
+            "{stdout}\n{stderr}\nVM host:\n{}\nGPU host:\n{}",
+            local.log_text(),
+            gpu_host.log_text()
+        )
+    };
     assert!(
         !out.status.success(),
-        "a 100 MiB slice held 128 MiB:\n{stdout}"
+        "a 100 MiB slice held 128 MiB:\n{}",
+        logs()
     );
+    // The program was served up to the limit: the device it saw is the 100 MiB slice, all of
+    // it free, and the first 64 MiB buffer was allocated ...
+    assert_eq!(
+        vgpu_tests::meminfo_lines(&stdout),
+        [(100 << 20, 100 << 20)],
+        "{}",
+        logs()
+    );
+    // ... and the second one, which would cross the limit, was refused as out of memory: the
+    // one failed call (the program's CHECK lines; its EXPECT that a device has over 1 GiB
+    // fails too, on a 100 MiB slice).
+    let failed: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("FAIL") && l.contains(" -> "))
+        .collect();
+    assert_eq!(failed.len(), 1, "{}", logs());
+    assert!(
+        failed[0].contains("cuMemAlloc_v2(&d_big2, big) -> 2 CUDA_ERROR_OUT_OF_MEMORY"),
+        "{}",
+        logs()
+    );
+    // The GPU host held that slice and served the allocations: the session's limit, and the
+    // 64 MiB buffer it freed when the program died.
     let log = gpu_host.wait_for_log("remote slice closed", Duration::from_secs(10));
-    assert!(log.contains("memory limit 104857600 bytes"), "{log}");
+    assert!(log.contains("memory limit 104857600 bytes"), "{}", logs());
+    assert!(
+        log.contains("remote slice closed: freed 1 allocations (67108864 bytes)"),
+        "{}",
+        logs()
+    );
 }
 
 #[test]

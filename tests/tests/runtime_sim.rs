@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use vgpu_tests::{Daemon, fixture, guest_command, scratch};
 
-fn run(program: &str, launches: usize, env: &[(&str, &str)]) {
+fn run(program: &str, launches: usize, env: &[(&str, &str)]) -> String {
     let dir = scratch(&format!("runtime-{program}"));
     let daemon = Daemon::start_sim(&dir, &[]);
     let path = fixture(&format!("runtime/{program}"));
@@ -46,6 +46,58 @@ fn run(program: &str, launches: usize, env: &[(&str, &str)]) {
         log.contains(&format!(", {launches} launches recorded by sim")),
         "{program}: expected {launches} launches:\n{log}"
     );
+    stdout.into_owned()
+}
+
+/// Device printf through the whole path: the simulator "prints" a line for each launch of a
+/// printing kernel, carrying its first argument (rt_printf launches `one_thread_prints(100)`,
+/// `per_block_prints(d)` and `one_thread_prints(7)`, each followed by a synchronising call),
+/// on the daemon's stdout where NVIDIA's driver prints; the daemon's console hands it to the
+/// shim, which writes it on the program's stdout before the synchronising call returns: so
+/// the lines arrive in launch order, before the program's own lines printed after them.
+#[test]
+fn device_printf_reaches_the_program_in_order() {
+    let stdout = run("rt_printf_shared", 3, &[]);
+    let lines: Vec<&str> = stdout.lines().collect();
+    let at = |what: &dyn Fn(&str) -> bool, name: &str| {
+        lines
+            .iter()
+            .position(|l| what(l))
+            .unwrap_or_else(|| panic!("no {name} line:\n{stdout}"))
+    };
+    let printed: Vec<&str> = lines
+        .iter()
+        .copied()
+        .filter(|l| l.starts_with("SIMPRINTF "))
+        .collect();
+    assert_eq!(printed.len(), 3, "{stdout}");
+    assert!(
+        printed[0].contains("one_thread_prints") && printed[0].ends_with(" arg0=100"),
+        "{stdout}"
+    );
+    assert!(
+        printed[1].contains("per_block_prints") && printed[1].contains(" arg0=0x7f"),
+        "{stdout}"
+    );
+    assert!(
+        printed[2].contains("one_thread_prints") && printed[2].ends_with(" arg0=7"),
+        "{stdout}"
+    );
+    let first = at(&|l| l.starts_with("SIMPRINTF "), "SIMPRINTF");
+    let fifo = at(
+        &|l| l.starts_with("RESULT printf_fifo_ge_4MiB="),
+        "fifo RESULT",
+    );
+    let kernels = at(
+        &|l| l.starts_with("RESULT printf_kernels="),
+        "kernels RESULT",
+    );
+    assert!(fifo < first, "{stdout}");
+    let last = lines
+        .iter()
+        .rposition(|l| l.starts_with("SIMPRINTF "))
+        .unwrap_or_default();
+    assert!(last < kernels, "{stdout}");
 }
 
 #[test]

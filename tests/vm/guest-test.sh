@@ -80,9 +80,13 @@ main)
     [ $urc != 0 ] && [ ! -e /dev/vgpu0 ] || { echo "VGPU-STEP-FAIL unbind"; fail=1; }
     echo virtio0 > /sys/bus/virtio/drivers/vgpu/bind
     t vgpu_test hello
-    rmmod vgpu && insmod /lib/modules/vgpu.ko poll=1 && echo "VGPU-STEP module reloaded with poll=1"
+    if rmmod vgpu && insmod /lib/modules/vgpu.ko poll=1; then
+        echo "VGPU-STEP module reloaded with poll=1"
+    else
+        echo "VGPU-STEP-FAIL module reload (rmmod vgpu; insmod vgpu.ko poll=1)"; fail=1
+    fi
     t vgpu_test bench /dev/vgpu0 500 4194304
-    rmmod vgpu && echo "VGPU-STEP rmmod ok"
+    if rmmod vgpu; then echo "VGPU-STEP rmmod ok"; else echo "VGPU-STEP-FAIL rmmod vgpu"; fail=1; fi
   fi
   ;;
 kill)

@@ -220,7 +220,7 @@ boot again "vgpu_mode=hello"; rc=$?
 v=$(verdict "$LOG/again.serial")
 [ "$v" = "VGPU-VERDICT PASS" ] && ok "boot 3: a new guest after the kill works (${BOOT_SECS}s)" \
   || bad "boot 3: ${v:-no verdict} (qemu rc $rc; see $LOG/again.serial)"
-wait_disconnects $((n0+1)) || true
+wait_disconnects $((n0+1)) || bad "boot 3: the daemon did not log the guest's disconnect within 10 s"
 
 # 4. optional: a QEMU whose generic vhost-user-device-pci is user-creatable (guest/build-qemu-generic.sh)
 if [ -n "${VGPU_QEMU_GENERIC:-}" ]; then
@@ -235,7 +235,7 @@ if [ -n "${VGPU_QEMU_GENERIC:-}" ]; then
   else
     bad "boot 4 (generic device): ${v:-no verdict} (qemu rc $rc; see $LOG/generic.serial, $LOG/generic.qemu)"
   fi
-  wait_disconnects $((n0+1)) || true
+  wait_disconnects $((n0+1)) || bad "boot 4: the daemon did not log the guest's disconnect within 10 s"
   QEMU_BIN=qemu-system-x86_64; QEMU_DEV=vhost-user-gpio-pci,chardev=vgpu0c,id=vgpu0
 fi
 
@@ -268,7 +268,7 @@ if [ "${VGPU_VM_LIBVIRT:-1}" = 1 ]; then
     cat "$LOG/libvirt.log"; bad "libvirt define/start"
   fi
   $V destroy $DOM >/dev/null 2>&1; $V undefine $DOM >/dev/null 2>&1
-  wait_disconnects $((n0+1)) || true
+  wait_disconnects $((n0+1)) || bad "libvirt domain: the daemon did not log the guest's disconnect within 10 s"
 fi
 
 kill -0 "$DPID" 2>/dev/null && ok "daemon alive at the end" || bad "daemon died"

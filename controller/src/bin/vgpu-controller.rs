@@ -178,22 +178,21 @@ fn import(a: ImportArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Read a token from `path`, or make one and write it there (mode 0600).
+/// Read a token from `path` (making the file 0600 if it was not), or make one and write it
+/// there (created 0600).
 fn token_file(path: &Path) -> anyhow::Result<String> {
     if let Ok(t) = std::fs::read_to_string(path) {
         let t = t.trim().to_string();
         if !t.is_empty() {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+                .with_context(|| format!("making {} private", path.display()))?;
             return Ok(t);
         }
     }
     let t = new_token();
-    std::fs::write(path, format!("{t}\n"))
+    vgpu_agent::write_private(path, &format!("{t}\n"))
         .with_context(|| format!("writing {}", path.display()))?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    }
     Ok(t)
 }
 
@@ -212,12 +211,8 @@ async fn up(mut a: UpArgs) -> anyhow::Result<()> {
     if a.controller.admin_tokens.is_empty() {
         a.controller.admin_tokens.push(token_file(&admin_file)?);
     } else {
-        std::fs::write(&admin_file, format!("{}\n", a.controller.admin_tokens[0]))?;
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&admin_file, std::fs::Permissions::from_mode(0o600))?;
-        }
+        vgpu_agent::write_private(&admin_file, &format!("{}\n", a.controller.admin_tokens[0]))
+            .with_context(|| format!("writing {}", admin_file.display()))?;
     }
     let agent_token = token_file(&dir.join("agent.token"))?;
     a.controller.agent_tokens.push(agent_token.clone());
@@ -240,7 +235,8 @@ async fn up(mut a: UpArgs) -> anyhow::Result<()> {
         .unwrap_or_else(|_| "localhost".into());
     let agent_args = vgpu_agent::AgentArgs {
         controller: url.clone(),
-        token: agent_token,
+        token: Some(agent_token),
+        host_token_file: None,
         name: Some(host.clone()),
         advertise_addr: "127.0.0.1".into(),
         serve_port: 7470,

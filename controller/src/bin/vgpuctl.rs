@@ -81,6 +81,9 @@ enum Cmd {
     Drain { host: String },
     /// Undo a drain.
     Undrain { host: String },
+    /// Issue a host's agent credential (a new one replaces the old, which stops working).
+    /// Write it to the agent's `<state-dir>/host.token` (mode 0600).
+    HostToken { host: String },
     /// List projects.
     Projects,
     /// Create a project (prints its token once).
@@ -495,6 +498,10 @@ fn run(cli: Cli) -> Result<(), String> {
         Cmd::Undrain { host } => (
             api.call("POST", &format!("/v1/hosts/{host}/undrain"), None)?,
             |v| println!("host {} schedulable again", s(&v["name"])),
+        ),
+        Cmd::HostToken { host } => (
+            api.call("POST", "/v1/agents/enroll", Some(json!({ "host": host })))?,
+            |v| println!("{}", s(&v["token"])),
         ),
         Cmd::Projects => (api.call("GET", "/v1/projects", None)?, |v| {
             let rows = v

@@ -61,6 +61,11 @@ impl Controller {
     }
 
     pub fn start_on(dir: &Path, listen: &str, lease_ms: u64, hb_ms: u64) -> Self {
+        Self::start_with(dir, listen, lease_ms, hb_ms, &[])
+    }
+
+    /// Like `start_on`, with extra `serve` arguments.
+    pub fn start_with(dir: &Path, listen: &str, lease_ms: u64, hb_ms: u64, extra: &[&str]) -> Self {
         let state = dir.join("controller");
         let addr_file = dir.join("controller.addr");
         let _ = std::fs::remove_file(&addr_file);
@@ -84,6 +89,7 @@ impl Controller {
                 "--heartbeat-ms",
                 &hb_ms.to_string(),
             ])
+            .args(extra)
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stderr(Stdio::from(
@@ -246,6 +252,45 @@ impl Agent {
         a
     }
 
+    /// An agent whose workers are the real `vhost-gpu` daemon on a simulated GPU (no slice
+    /// server: `--serve-port 0`).
+    pub fn start_daemon(dir: &Path, url: &str, name: &str, gpus: u32) -> Self {
+        let state = dir.join(format!("agent-{name}"));
+        let args: Vec<String> = vec![
+            "agent".into(),
+            "--controller".into(),
+            url.into(),
+            "--token".into(),
+            AGENT.into(),
+            "--name".into(),
+            name.into(),
+            "--sim-gpus".into(),
+            gpus.to_string(),
+            "--serve-port".into(),
+            "0".into(),
+            "--state-dir".into(),
+            state.display().to_string(),
+            "--metrics-addr".into(),
+            "127.0.0.1:0".into(),
+            "--worker-bin".into(),
+            daemon_bin().display().to_string(),
+        ];
+        let mut a = Agent {
+            child: None,
+            name: name.into(),
+            state,
+            args,
+            log: dir.join(format!("agent-{name}.log")),
+        };
+        a.spawn();
+        a
+    }
+
+    /// This host's agent credential (written at enrolment).
+    pub fn credential(&self) -> String {
+        wait_file(&self.state.join("host.token"), Duration::from_secs(20))
+    }
+
     pub fn spawn(&mut self) {
         let child = Command::new(BIN)
             .args(&self.args)
@@ -305,6 +350,35 @@ impl Drop for Agent {
         self.kill9();
         self.kill_workers();
     }
+}
+
+/// The `vhost-gpu` daemon next to the controller binary (built first if it is not there).
+pub fn daemon_bin() -> PathBuf {
+    static BUILT: std::sync::Once = std::sync::Once::new();
+    let bin = Path::new(BIN).parent().unwrap().join("vhost-gpu");
+    BUILT.call_once(|| {
+        if !bin.is_file() {
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let mut cmd = Command::new(cargo);
+            cmd.args(["build", "-q", "-p", "vhost-gpu"])
+                .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
+            if Path::new(BIN).parent().unwrap().ends_with("release") {
+                cmd.arg("--release");
+            }
+            assert!(cmd.status().unwrap().success(), "building vhost-gpu failed");
+        }
+    });
+    bin
+}
+
+/// Permission bits of a file.
+pub fn mode(p: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p)
+        .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+        .permissions()
+        .mode()
+        & 0o777
 }
 
 pub fn pid_alive(pid: u32) -> bool {

@@ -1,14 +1,29 @@
 //! The shim's connection to the vGPU: batching of fire-and-forget calls, synchronous calls,
 //! and bulk data placement (in place for shared memory, staged for ordinary memory).
 //!
+//! # Waits
+//!
+//! No wait outlives the vGPU, and liveness is not elapsed time. Over virtio-user a wait for a
+//! reply, or for the daemon's answer to a control request (the handshake, shared-memory
+//! acknowledgements), has no time limit while the daemon lives (a kernel may run for hours,
+//! and other clients' work may delay the daemon's answers) but ends within milliseconds when
+//! the daemon's socket closes. The connection attempt itself retries for the liveness bound,
+//! `VGPU_LIVENESS_SECS` (default 5), while the socket does not accept. A dead daemon makes the
+//! connection dead: that call and every later one returns `CUDA_ERROR_DEVICE_UNAVAILABLE` at
+//! once, without touching the transport again, so teardown (destructors, `atexit`) cannot hang
+//! either. Through `/dev/vgpuN` the waits are the kernel driver's.
+//!
 //! Every call goes through one mutex per connection. A lock-free per-thread batch would be
 //! faster under contention but would break CUDA's stream ordering across threads (a thread
 //! may launch on a stream after another thread's launch on it), so the order of submission
 //! is the order of the lock.
 
 use std::{
-    sync::{Mutex, MutexGuard},
-    time::Duration,
+    sync::{
+        Mutex, MutexGuard,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
 };
 
 use vgpu_protocol::{
@@ -32,8 +47,54 @@ const BATCH_CALLS: u32 = 128;
 const KMOD_BATCH_CALLS: u32 = 16;
 /// Data segments in one chain.
 const MAX_DATA_SEGS: usize = 48;
-/// How long a synchronous call waits before the device is declared dead.
-const SYNC_TIMEOUT: Duration = Duration::from_secs(3600);
+/// Longest a batch of fire-and-forget calls is kept back while the device is busy: after that
+/// the flusher thread sends it, so work the program queued reaches the GPU even if the program
+/// makes no further call (it may be waiting for the GPU through mapped memory, or just
+/// computing on the CPU meanwhile).
+const HOLD: Duration = Duration::from_micros(500);
+
+/// `CUDA_ERROR_DEVICE_UNAVAILABLE`: what every call returns once the vGPU is gone.
+pub const DEVICE_UNAVAILABLE: CuResult = CuResult(46);
+/// Set when the (process's only) connection dies; read without its lock by every entry point.
+static DEAD: AtomicBool = AtomicBool::new(false);
+
+/// Default of `VGPU_LIVENESS_SECS`.
+const DEFAULT_LIVENESS: Duration = Duration::from_secs(5);
+
+/// The liveness bound: how long `cuInit` retries a daemon socket that does not accept yet
+/// (`VGPU_LIVENESS_SECS`, seconds, fractions allowed; default 5). A daemon that accepted is
+/// waited for as long as its socket is open.
+pub fn liveness() -> Duration {
+    parse_liveness(std::env::var("VGPU_LIVENESS_SECS").ok().as_deref())
+}
+
+fn parse_liveness(v: Option<&str>) -> Duration {
+    let Some(v) = v else {
+        return DEFAULT_LIVENESS;
+    };
+    match v.trim().parse::<f64>() {
+        Ok(s) if s.is_finite() && s > 0.0 && s < 1e9 => Duration::from_secs_f64(s),
+        _ => {
+            crate::log_error(&format!(
+                "VGPU_LIVENESS_SECS={v:?} is not a positive number of seconds; using {}",
+                DEFAULT_LIVENESS.as_secs()
+            ));
+            DEFAULT_LIVENESS
+        }
+    }
+}
+
+/// An error with its sources, for the log.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
 
 /// Where the bulk bytes of a call are, in guest addresses.
 #[derive(Clone, Copy, Debug)]
@@ -113,6 +174,10 @@ pub struct Inner {
     batch: Batch,
     seq: u64,
     dead: bool,
+    /// Since when the batch has been kept back while the device was busy.
+    held_since: Option<Instant>,
+    /// The thread that sends batches kept back for longer than [`HOLD`].
+    flusher: Option<std::thread::Thread>,
 }
 
 pub struct Connection {
@@ -126,8 +191,8 @@ fn transport_error(e: impl std::fmt::Display) -> CuResult {
 
 impl Connection {
     pub fn open_virtio_user(path: &std::path::Path) -> Result<Self, String> {
-        let vu = VirtioUser::connect(path, Options::default(), Duration::from_secs(10))
-            .map_err(|e| e.to_string())?;
+        let vu =
+            VirtioUser::connect(path, Options::default(), liveness()).map_err(|e| chain(&e))?;
         Self::open(Link::VirtioUser(Box::new(vu)))
     }
 
@@ -173,6 +238,8 @@ impl Connection {
                 },
                 seq: 0,
                 dead: false,
+                held_since: None,
+                flusher: None,
             }),
         })
     }
@@ -221,7 +288,20 @@ impl Connection {
     /// Allocates memory the device can reach directly (shared with the daemon over
     /// virtio-user; ordinary memory that the kernel driver pins per request in a VM).
     pub fn alloc_shared(&self, len: usize) -> Result<SharedBuf, CuResult> {
-        alloc_buf(&mut self.lock().link, len).map_err(|_| CuResult::OUT_OF_MEMORY)
+        let mut g = self.lock();
+        if g.dead {
+            return Err(DEVICE_UNAVAILABLE);
+        }
+        match alloc_buf(&mut g.link, len) {
+            Ok(b) => Ok(b),
+            Err(e) if g.link_gone() => Err(g.die(e)),
+            Err(_) => Err(CuResult::OUT_OF_MEMORY),
+        }
+    }
+
+    /// Whether the vGPU is gone (every call fails with `CUDA_ERROR_DEVICE_UNAVAILABLE`).
+    pub fn is_dead(&self) -> bool {
+        DEAD.load(Ordering::Acquire)
     }
 
     pub fn free_shared(&self, buf: SharedBuf) {
@@ -238,7 +318,7 @@ impl Connection {
 fn alloc_buf(link: &mut Link, len: usize) -> Result<SharedBuf, String> {
     match link {
         // `alloc` waits for the daemon to map a new region before it returns.
-        Link::VirtioUser(vu) => vu.alloc(len, 4096).map_err(|e| e.to_string()),
+        Link::VirtioUser(vu) => vu.alloc(len, 4096).map_err(|e| chain(&e)),
         Link::Kmod { .. } => {
             // SAFETY: a fresh anonymous mapping, checked for failure.
             let p = unsafe {
@@ -272,6 +352,11 @@ impl Inner {
             Link::VirtioUser(vu) => vu.translate(p, len),
             Link::Kmod { .. } => Some(p as u64),
         }
+    }
+
+    /// Whether the transport knows the device is gone.
+    fn link_gone(&self) -> bool {
+        matches!(&self.link, Link::VirtioUser(vu) if vu.is_disconnected())
     }
 
     /// Whether a copy's guest buffer must be finished with before its request completes:
@@ -363,7 +448,7 @@ impl Inner {
         data_out: Option<Bulk>,
     ) -> Result<(), CuResult> {
         if self.dead {
-            return Err(CuResult::UNKNOWN);
+            return Err(DEVICE_UNAVAILABLE);
         }
         if crate::tracing() {
             crate::log_error(&format!(
@@ -425,6 +510,12 @@ impl Inner {
         self.seq += 1;
         let resp_cap = if want_reply { reply_len as u32 } else { 0 };
         let reply_gpa = reply.map_or(0, |r| r.gpa);
+        if let Some(r) = reply {
+            // A reply the device never writes must not be read as the previous one: clear the
+            // magic so that `last_reply` refuses it (an error at once, not a stale answer).
+            // SAFETY: the reply buffer is ours and not in flight (its last chain completed).
+            unsafe { std::ptr::write_bytes(r.hva, 0, r.len.min(16)) };
+        }
         let f = if want_reply { flags::WANT_REPLY } else { 0 };
         let len = enc.finish(f, 0, resp_cap, self.seq);
         let mut segs: [Seg; MAX_DATA_SEGS + 2] = [Seg {
@@ -466,12 +557,15 @@ impl Inner {
             // SAFETY: every segment names memory the application (or we) own for the duration
             // of this request, as the driver API requires of copy buffers.
             let result = unsafe { kmod_submit(transport, &segs[..n], len, resp_cap as usize) };
-            match result {
-                Ok(resp_len) => self.done[usize::from(head)] = Some(resp_len),
-                Err(e) => return Err(self.die(e)),
-            }
+            let result = match result {
+                Ok(resp_len) => {
+                    self.done[usize::from(head)] = Some(resp_len);
+                    Ok(head)
+                }
+                Err(e) => Err(self.kmod_error(e)),
+            };
             self.reset_batch(used_buf);
-            return Ok(head);
+            return result;
         }
         // Wait for room on the ring and for a free message buffer for the next batch.
         let head = loop {
@@ -485,7 +579,7 @@ impl Inner {
                     Err(e) => return Err(self.die(e)),
                 }
             }
-            if let Err(e) = vu.wait_for_used(SYNC_TIMEOUT) {
+            if let Err(e) = vu.wait_for_used(Duration::MAX) {
                 return Err(self.die(e));
             }
         };
@@ -498,6 +592,7 @@ impl Inner {
 
     /// Starts a new, empty batch (in a free message buffer).
     fn reset_batch(&mut self, used_buf: usize) {
+        self.held_since = None;
         let b = &mut self.batch;
         b.buf = if matches!(self.link, Link::Kmod { .. }) {
             used_buf
@@ -525,13 +620,52 @@ impl Inner {
             || self.batch.ncalls >= limit
         {
             self.flush(false)?;
+        } else if self.batch.ncalls > 0 && self.held_since.is_none() {
+            self.held_since = Some(Instant::now());
+            self.wake_flusher();
         }
         Ok(())
     }
 
+    /// Tells the flusher that a batch is being kept back (starting it the first time).
+    fn wake_flusher(&mut self) {
+        if let Some(t) = &self.flusher {
+            t.unpark();
+            return;
+        }
+        match std::thread::Builder::new()
+            .name("vgpu-flush".into())
+            .spawn(flusher)
+        {
+            Ok(handle) => self.flusher = Some(handle.thread().clone()),
+            Err(e) => crate::log_error(&format!("cannot start the batch flusher: {e}")),
+        }
+    }
+
+    /// A failed request through the kernel driver: the device is gone (`ENODEV`), broken
+    /// (`EIO`, `EBADMSG`) or timed out (`ETIMEDOUT`, the module's `timeout_ms`), or the request
+    /// alone was refused (the batch is dropped, the connection lives).
+    fn kmod_error(&mut self, e: std::io::Error) -> CuResult {
+        match e.raw_os_error() {
+            Some(libc::EINVAL | libc::E2BIG | libc::EFAULT) => {
+                crate::log_error(&format!("the vGPU driver refused a request: {e}"));
+                CuResult::INVALID_VALUE
+            }
+            _ => self.die(e),
+        }
+    }
+
+    /// Marks the connection dead: this and every later call fail with
+    /// `CUDA_ERROR_DEVICE_UNAVAILABLE` (the first failure is logged).
     fn die(&mut self, e: impl std::fmt::Display) -> CuResult {
+        if !self.dead {
+            crate::log_error(&format!(
+                "the vGPU is unavailable ({e}); every CUDA call fails from now on"
+            ));
+        }
         self.dead = true;
-        transport_error(e)
+        DEAD.store(true, Ordering::Release);
+        DEVICE_UNAVAILABLE
     }
 
     pub fn reap(&mut self) {
@@ -555,6 +689,9 @@ impl Inner {
 
     /// Waits until chain `head` completes.
     pub fn wait(&mut self, head: u16) -> Result<u32, CuResult> {
+        if self.dead {
+            return Err(DEVICE_UNAVAILABLE);
+        }
         loop {
             self.reap();
             if self.inflight[usize::from(head)].is_none()
@@ -565,7 +702,7 @@ impl Inner {
             let Link::VirtioUser(vu) = &mut self.link else {
                 return Err(transport_error("completion of an unknown request"));
             };
-            if let Err(e) = vu.wait_for_used(SYNC_TIMEOUT) {
+            if let Err(e) = vu.wait_for_used(Duration::MAX) {
                 return Err(self.die(e));
             }
         }
@@ -636,6 +773,42 @@ impl Inner {
             if last.flags & reply_flags::CONSOLE_PENDING == 0 {
                 return;
             }
+        }
+    }
+}
+
+/// The flusher thread: sends a batch that has been kept back for [`HOLD`]; sleeps while none
+/// is. Ends when the connection dies.
+fn flusher() {
+    let d = loop {
+        match crate::driver::driver() {
+            Ok(d) => break d,
+            // Started while `cuInit` is still connecting: the driver is about to exist.
+            Err(CuResult::NOT_INITIALIZED) => std::thread::sleep(Duration::from_millis(1)),
+            Err(_) => return,
+        }
+    };
+    loop {
+        let wait = {
+            let mut g = d.conn.lock();
+            if g.dead {
+                return;
+            }
+            match g.held_since.map(|t| t.elapsed()) {
+                Some(age) if age < HOLD => Some(HOLD - age),
+                Some(_) => {
+                    // Errors of fire-and-forget calls surface at the next synchronising call;
+                    // a dead connection fails every later call.
+                    let _ = g.flush_pending();
+                    g.held_since = None;
+                    None
+                }
+                None => None,
+            }
+        };
+        match wait {
+            Some(w) => std::thread::park_timeout(w),
+            None => std::thread::park(),
         }
     }
 }
@@ -720,4 +893,19 @@ unsafe fn kmod_submit(
         return Ok(0);
     }
     Ok(t.submit(req, resp, &ins, &mut outs)?.resp_len as u32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_liveness_bound_comes_from_the_environment_or_defaults_to_five_seconds() {
+        assert_eq!(parse_liveness(None), Duration::from_secs(5));
+        assert_eq!(parse_liveness(Some("2")), Duration::from_secs(2));
+        assert_eq!(parse_liveness(Some(" 0.5 ")), Duration::from_millis(500));
+        for bad in ["0", "-1", "soon", "inf", "NaN", ""] {
+            assert_eq!(parse_liveness(Some(bad)), Duration::from_secs(5), "{bad}");
+        }
+    }
 }

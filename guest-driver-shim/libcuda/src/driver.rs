@@ -56,14 +56,68 @@ pub struct Driver {
 
 static DRIVER: OnceLock<Result<Driver, CuResult>> = OnceLock::new();
 
-thread_local! {
-    /// This thread's context stack; the last entry is current.
-    pub static CTX_STACK: RefCell<Vec<&'static Ctx>> = const { RefCell::new(Vec::new()) };
+/// Deepest context stack a thread may have (`cuCtxPushCurrent` beyond it fails).
+pub const MAX_CTX_DEPTH: usize = 64;
+
+/// A thread's context stack; the last entry is current. Fixed-size and without a destructor:
+/// calls from `atexit` handlers (a runtime's teardown) run after the thread's thread-local
+/// destructors, and must still find the current context instead of aborting the process.
+pub struct CtxStack {
+    len: usize,
+    items: [Option<&'static Ctx>; MAX_CTX_DEPTH],
 }
 
-/// The driver if `cuInit` succeeded.
+impl CtxStack {
+    const EMPTY: Self = Self {
+        len: 0,
+        items: [None; MAX_CTX_DEPTH],
+    };
+
+    pub fn last(&self) -> Option<&'static Ctx> {
+        self.len.checked_sub(1).and_then(|i| self.items[i])
+    }
+
+    /// Pushes `c`; `INVALID_VALUE` when the stack is full.
+    pub fn push(&mut self, c: &'static Ctx) -> Result<(), CuResult> {
+        let slot = self
+            .items
+            .get_mut(self.len)
+            .ok_or(CuResult::INVALID_VALUE)?;
+        *slot = Some(c);
+        self.len += 1;
+        Ok(())
+    }
+
+    pub fn pop(&mut self) -> Option<&'static Ctx> {
+        self.len = self.len.checked_sub(1)?;
+        self.items[self.len].take()
+    }
+
+    /// Drops every entry that is `c`.
+    pub fn remove(&mut self, c: &Ctx) {
+        let mut kept = 0;
+        for i in 0..self.len {
+            if let Some(x) = self.items[i].take()
+                && !std::ptr::eq(x, c)
+            {
+                self.items[kept] = Some(x);
+                kept += 1;
+            }
+        }
+        self.len = kept;
+    }
+}
+
+thread_local! {
+    /// This thread's context stack.
+    pub static CTX_STACK: RefCell<CtxStack> = const { RefCell::new(CtxStack::EMPTY) };
+}
+
+/// The driver if `cuInit` succeeded and the vGPU is still there
+/// (`CUDA_ERROR_DEVICE_UNAVAILABLE` for every call once it is gone).
 pub fn driver() -> Result<&'static Driver, CuResult> {
     match DRIVER.get() {
+        Some(Ok(d)) if d.conn.is_dead() => Err(crate::conn::DEVICE_UNAVAILABLE),
         Some(Ok(d)) => Ok(d),
         Some(Err(e)) => Err(*e),
         None => Err(CuResult::NOT_INITIALIZED),
@@ -72,7 +126,8 @@ pub fn driver() -> Result<&'static Driver, CuResult> {
 
 /// Connects and fetches the device's facts (once per process).
 pub fn init() -> Result<&'static Driver, CuResult> {
-    DRIVER.get_or_init(connect).as_ref().map_err(|e| *e)
+    DRIVER.get_or_init(connect).as_ref().map_err(|e| *e)?;
+    driver()
 }
 
 fn connect() -> Result<Driver, CuResult> {
@@ -157,7 +212,7 @@ fn connect() -> Result<Driver, CuResult> {
 
 /// The calling thread's current context.
 pub fn current() -> Option<&'static Ctx> {
-    CTX_STACK.with(|s| s.borrow().last().copied())
+    CTX_STACK.with(|s| s.borrow().last())
 }
 
 /// The current context's host handle, or `INVALID_CONTEXT`.

@@ -7,13 +7,27 @@
 //!
 //! Memory handed out by [`VirtioUser::alloc`] is shared with the device, so data placed there
 //! is used in place (and, on a real GPU, DMA'd straight from it).
+//!
+//! # Waiting
+//!
+//! No wait here outlives the device, and none has a time limit while the device lives (a
+//! kernel may run for hours, and the device may answer a control request only after it).
+//! Liveness is the vhost-user socket: a device that dies closes it. A wait for a completion
+//! polls the socket alongside the interrupt eventfd and returns [`Error::Disconnected`] at
+//! once; a control request (the handshake, a memory-region acknowledgement) blocked reading
+//! its reply fails as the socket closes. After that every request fails at once with the same
+//! error. Only [`VirtioUser::connect`]'s retries while the socket does not accept yet are
+//! bounded in time.
 
 mod alloc;
 mod ring;
 mod shm;
 
 use std::{
-    os::fd::{AsFd, AsRawFd},
+    os::{
+        fd::{AsFd, AsRawFd, RawFd},
+        unix::net::UnixStream,
+    },
     path::Path,
     time::{Duration, Instant},
 };
@@ -34,11 +48,16 @@ use crate::{alloc::Arena, ring::SplitRing, shm::Region};
 
 #[derive(Debug, Error)]
 pub enum Error {
-    #[error("Could not connect to the vGPU device at {path}: {source}")]
-    Connect { path: String, source: vhost::Error },
-    #[error("vhost-user negotiation failed at {step}: {source}")]
+    #[error("Could not connect to the vGPU device at {path}")]
+    Connect {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("vhost-user negotiation failed at {step}")]
     Negotiate {
         step: &'static str,
+        #[source]
         source: vhost::Error,
     },
     #[error("Shared memory: {0}")]
@@ -49,8 +68,10 @@ pub enum Error {
     OutOfSharedMemory(usize),
     #[error("Descriptor chain of {0} segments does not fit the ring")]
     ChainTooLong(usize),
-    #[error("The device stopped answering (no completion within {0:?})")]
+    #[error("The device did not answer within {0:?}")]
     Timeout(Duration),
+    #[error("The device is gone (its vhost-user connection closed)")]
+    Disconnected,
 }
 
 const VIRTIO_F_VERSION_1: u64 = 1 << 32;
@@ -107,6 +128,10 @@ pub struct VirtioUser {
     reply_ack: bool,
     options: Options,
     config: Vec<u8>,
+    /// The vhost-user socket (owned by `frontend`), watched for the device's death.
+    sock: RawFd,
+    /// The device is gone: every request fails with [`Error::Disconnected`].
+    disconnected: bool,
 }
 
 // SAFETY: raw pointers inside point into mappings owned by this struct; it is used behind a
@@ -124,12 +149,13 @@ fn region_info(r: &Region) -> VhostUserMemoryRegionInfo {
 }
 
 impl VirtioUser {
-    /// Connects to the device at `path` (retrying for up to `wait` while it comes up).
+    /// Connects to the device at `path` (retrying for up to `wait` while it comes up). The
+    /// handshake then waits for the device's answers as long as its socket is open.
     pub fn connect(path: &Path, options: Options, wait: Duration) -> Result<Self, Error> {
         let deadline = Instant::now() + wait;
-        let mut frontend = loop {
-            match Frontend::connect(path, 1) {
-                Ok(f) => break f,
+        let stream = loop {
+            match UnixStream::connect(path) {
+                Ok(s) => break s,
                 Err(e) if Instant::now() < deadline => {
                     debug!(
                         "virtio-user: connect to {} failed ({e}); retrying",
@@ -145,6 +171,12 @@ impl VirtioUser {
                 }
             }
         };
+        let sock = stream.as_raw_fd();
+        Self::handshake(Frontend::from_stream(stream, 1), sock, options)
+    }
+
+    /// The vhost-user handshake on a fresh connection.
+    fn handshake(mut frontend: Frontend, sock: RawFd, options: Options) -> Result<Self, Error> {
         let neg = |step| move |source| Error::Negotiate { step, source };
         frontend.set_owner().map_err(neg("SET_OWNER"))?;
         let offered = frontend.get_features().map_err(neg("GET_FEATURES"))?;
@@ -241,7 +273,68 @@ impl VirtioUser {
             reply_ack,
             options,
             config,
+            sock,
+            disconnected: false,
         })
+    }
+
+    /// Whether the device is known to be gone.
+    pub fn is_disconnected(&self) -> bool {
+        self.disconnected
+    }
+
+    /// Checks the socket without waiting; marks the connection dead if the device hung up.
+    pub fn check_alive(&mut self) -> Result<(), Error> {
+        if self.disconnected {
+            return Err(Error::Disconnected);
+        }
+        let mut pfd = libc::pollfd {
+            fd: self.sock,
+            events: libc::POLLRDHUP,
+            revents: 0,
+        };
+        // SAFETY: `pfd` is a valid pollfd for the duration of the call.
+        unsafe { libc::poll(&raw mut pfd, 1, 0) };
+        if Self::hung_up(pfd.revents) {
+            self.disconnected = true;
+            return Err(Error::Disconnected);
+        }
+        Ok(())
+    }
+
+    fn hung_up(revents: libc::c_short) -> bool {
+        revents & (libc::POLLHUP | libc::POLLERR | libc::POLLRDHUP | libc::POLLNVAL) != 0
+    }
+
+    /// Runs a control request (`request(frontend, reply_ack)`); a failure that shows the
+    /// device gone marks the connection dead.
+    fn control(
+        &mut self,
+        request: impl FnOnce(&mut Frontend, bool) -> Result<(), (&'static str, vhost::Error)>,
+    ) -> Result<(), Error> {
+        if self.disconnected {
+            return Err(Error::Disconnected);
+        }
+        request(&mut self.frontend, self.reply_ack)
+            .map_err(|(step, source)| self.control_error(step, source))
+    }
+
+    /// A failed control request: the device is gone if its socket broke; otherwise the
+    /// request's own error.
+    fn control_error(&mut self, step: &'static str, source: vhost::Error) -> Error {
+        use vhost::vhost_user::Error as E;
+        let gone = match &source {
+            vhost::Error::VhostUserProtocol(e) => matches!(
+                e,
+                E::SocketBroken(_) | E::SocketRetry(_) | E::Disconnected | E::PartialMessage
+            ),
+            _ => false,
+        };
+        if gone || self.check_alive().is_err() {
+            self.disconnected = true;
+            return Error::Disconnected;
+        }
+        Error::Negotiate { step, source }
     }
 
     /// The device's config space as read at connect time.
@@ -263,26 +356,25 @@ impl VirtioUser {
                 len,
             });
         }
+        if self.disconnected {
+            return Err(Error::Disconnected);
+        }
         let size = len.next_multiple_of(2 << 20);
         let region = Region::new(self.next_gpa, size)?;
         // The device must have mapped the region before any descriptor names it: ask for an
         // acknowledgement (without NEED_REPLY the request is fire-and-forget).
-        self.frontend.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
-        let added = self.frontend.add_mem_region(&region_info(&region));
-        self.frontend.set_hdr_flags(VhostUserHeaderFlag::empty());
-        added.map_err(|source| Error::Negotiate {
-            step: "ADD_MEM_REG",
-            source,
-        })?;
-        if !self.reply_ack {
-            // No acknowledgements: a request with a reply orders us behind the device.
-            self.frontend
-                .get_features()
-                .map_err(|source| Error::Negotiate {
-                    step: "GET_FEATURES",
-                    source,
-                })?;
-        }
+        let added = self.control(|f, reply_ack| {
+            f.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
+            let added = f.add_mem_region(&region_info(&region));
+            f.set_hdr_flags(VhostUserHeaderFlag::empty());
+            added.map_err(|e| ("ADD_MEM_REG", e))?;
+            if !reply_ack {
+                // No acknowledgements: a request with a reply orders us behind the device.
+                f.get_features().map_err(|e| ("GET_FEATURES", e))?;
+            }
+            Ok(())
+        });
+        added?;
         self.next_gpa += size as u64 + (2 << 20);
         let buf = SharedBuf {
             hva: region.hva,
@@ -297,14 +389,23 @@ impl VirtioUser {
     pub fn free(&mut self, buf: SharedBuf) {
         if let Some(i) = self.dedicated.iter().position(|r| r.hva == buf.hva) {
             let region = self.dedicated.swap_remove(i);
-            // The device must have unmapped the region before we unmap it here.
-            self.frontend.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
-            if let Err(e) = self.frontend.remove_mem_region(&region_info(&region)) {
-                debug!("virtio-user: REM_MEM_REG failed: {e}");
+            if self.disconnected {
+                // Nobody maps it any more; dropping the region unmaps it here.
+                return;
             }
-            self.frontend.set_hdr_flags(VhostUserHeaderFlag::empty());
-            if !self.reply_ack {
-                let _ = self.frontend.get_features();
+            // The device must have unmapped the region before we unmap it here.
+            let removed = self.control(|f, reply_ack| {
+                f.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
+                let removed = f.remove_mem_region(&region_info(&region));
+                f.set_hdr_flags(VhostUserHeaderFlag::empty());
+                removed.map_err(|e| ("REM_MEM_REG", e))?;
+                if !reply_ack {
+                    f.get_features().map_err(|e| ("GET_FEATURES", e))?;
+                }
+                Ok(())
+            });
+            if let Err(e) = removed {
+                debug!("virtio-user: freeing a shared region: {e}");
             }
             return;
         }
@@ -361,6 +462,9 @@ impl VirtioUser {
     /// Makes a chain available to the device and kicks it if it is waiting for a kick.
     /// Returns the head index, which identifies the completion.
     pub fn submit(&mut self, segs: &[Seg]) -> Result<u16, Error> {
+        if self.disconnected {
+            return Err(Error::Disconnected);
+        }
         if segs.is_empty() || segs.len() > usize::from(self.options.queue_size) {
             return Err(Error::ChainTooLong(segs.len()));
         }
@@ -380,8 +484,16 @@ impl VirtioUser {
         self.ring.reap(done)
     }
 
-    /// Spins, then sleeps, until at least one completion is pending or `timeout` passes.
+    /// Spins, then sleeps, until at least one completion is pending, the device is gone
+    /// ([`Error::Disconnected`], within milliseconds of its death), or `timeout` passes
+    /// (`Duration::MAX`: no limit while the device lives).
     pub fn wait_for_used(&mut self, timeout: Duration) -> Result<(), Error> {
+        if self.ring.has_used() {
+            return Ok(());
+        }
+        if self.disconnected {
+            return Err(Error::Disconnected);
+        }
         let start = Instant::now();
         while start.elapsed() < self.options.spin {
             if self.ring.has_used() {
@@ -394,16 +506,28 @@ impl VirtioUser {
             if self.ring.has_used() {
                 return Ok(());
             }
-            let mut pfd = libc::pollfd {
-                fd: self.call.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            };
-            // SAFETY: `pfd` is a valid pollfd for the duration of the call.
-            unsafe { libc::poll(&raw mut pfd, 1, 20) };
+            // The interrupt eventfd and the socket: a dead device closes the socket.
+            let mut pfds = [
+                libc::pollfd {
+                    fd: self.call.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+                libc::pollfd {
+                    fd: self.sock,
+                    events: libc::POLLRDHUP,
+                    revents: 0,
+                },
+            ];
+            // SAFETY: `pfds` is a valid array of two pollfds for the duration of the call.
+            unsafe { libc::poll(pfds.as_mut_ptr(), 2, 20) };
             let _ = self.call.read();
             if self.ring.has_used() {
                 return Ok(());
+            }
+            if Self::hung_up(pfds[1].revents) {
+                self.disconnected = true;
+                return Err(Error::Disconnected);
             }
             if start.elapsed() > timeout {
                 return Err(Error::Timeout(timeout));

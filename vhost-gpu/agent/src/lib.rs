@@ -7,8 +7,15 @@
 //! what should run (the controller's view of allocations wins; workers it no longer wants are
 //! stopped, and workers that exit are reported and not restarted).
 //!
-//! Workers are recorded in `<state-dir>/workers/<allocation>.pid`, so an agent that restarts
-//! adopts the workers that still run instead of starting second copies.
+//! Identity: the agent enrols once with the pool's enrolment (agent) token and gets a credential
+//! of its own, bound to its host name, which it keeps in `<state-dir>/host.token` (mode 0600).
+//! It registers and heartbeats with that credential only; the controller refuses it for any
+//! other host.
+//!
+//! Workers die with the agent (`PR_SET_PDEATHSIG`). They are recorded in
+//! `<state-dir>/workers/<allocation>.pid`; a returning agent adopts leftovers that still run
+//! (checked by the allocation id in their environment) until the controller's first answer, which
+//! stops those whose allocation is gone. Every path comes from the agent's own flags.
 
 pub mod discovery;
 mod metrics;
@@ -16,7 +23,9 @@ pub mod wire;
 mod workers;
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::io::Write as _;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -24,7 +33,10 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::Args;
 
-use crate::wire::{HeartbeatRequest, HeartbeatResponse, RegisterRequest, RegisterResponse};
+use crate::wire::{
+    EnrollRequest, EnrollResponse, HeartbeatRequest, HeartbeatResponse, RegisterRequest,
+    RegisterResponse,
+};
 use crate::workers::Workers;
 
 pub use metrics::AgentMetrics;
@@ -40,9 +52,14 @@ pub struct AgentArgs {
         default_value = "http://127.0.0.1:8470"
     )]
     pub controller: String,
-    /// Bearer token for the agent endpoints (the controller's --agent-token or admin token).
+    /// The pool's enrolment token (the controller's --agent-token): used to obtain this host's
+    /// own credential when it has none, and as the pool secret of remote slices.
     #[arg(long, env = "VGPU_AGENT_TOKEN", hide_env_values = true)]
-    pub token: String,
+    pub token: Option<String>,
+    /// This host's credential (default `<state-dir>/host.token`): written 0600 at enrolment, or
+    /// made by an operator with `vgpuctl host-token NAME`.
+    #[arg(long)]
+    pub host_token_file: Option<PathBuf>,
     /// Host name to register (default: the kernel host name).
     #[arg(long)]
     pub name: Option<String>,
@@ -58,7 +75,7 @@ pub struct AgentArgs {
     /// Report N simulated H200-like GPUs instead of real ones (CI/testing only).
     #[arg(long)]
     pub sim_gpus: Option<u32>,
-    /// Directory for worker sockets and pid files.
+    /// Directory for the credential, worker sockets (`sockets/`), pid files and logs (`workers/`).
     #[arg(long, default_value = "./.vgpu-agent")]
     pub state_dir: PathBuf,
     /// Worker program (default: `vhost-gpu` next to this executable, else from PATH).
@@ -109,11 +126,53 @@ pub fn http_client(
     Ok(b.build().new_agent())
 }
 
+/// Creates (or truncates) `path` for writing with mode 0600, whatever the umask.
+pub fn create_private(path: &Path) -> std::io::Result<std::fs::File> {
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    // An existing file keeps its mode through open(2); make it private too.
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    Ok(f)
+}
+
+/// Writes `contents` to `path` with mode 0600 (through a temporary file and a rename, so a
+/// reader never sees a partial secret and the file never exists with a wider mode).
+pub fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(contents.as_bytes())?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::rename(&tmp, path)
+}
+
+/// Creates directory `path` (and its parents) with mode 0700 for its last component.
+pub fn create_private_dir(path: &Path) -> std::io::Result<()> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))
+}
+
 /// Errors talking to the controller.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error("controller does not know this host (it was dropped or the controller lost it)")]
     UnknownHost,
+    #[error("controller refused the credential: {0}")]
+    Unauthorized(String),
     #[error("controller answered HTTP {status}: {body}")]
     Status { status: u16, body: String },
     #[error("cannot reach controller: {0}")]
@@ -148,13 +207,21 @@ impl Client {
         path: &str,
         body: &T,
     ) -> Result<R, ClientError> {
-        use std::sync::atomic::Ordering;
+        self.post_as(&self.token, path, body)
+    }
+
+    fn post_as<T: serde::Serialize, R: serde::de::DeserializeOwned>(
+        &self,
+        token: &str,
+        path: &str,
+        body: &T,
+    ) -> Result<R, ClientError> {
         let n = self.bases.len().max(1);
         let start = self.cur.load(Ordering::Relaxed);
         let mut last = ClientError::Transport("no controller URL".into());
         for i in 0..n {
             let at = (start + i) % n;
-            match self.post_to(at, path, body) {
+            match self.post_to(at, token, path, body) {
                 Err(ClientError::Transport(e)) => {
                     if n > 1 {
                         log::warn!(
@@ -176,6 +243,7 @@ impl Client {
     fn post_to<T: serde::Serialize, R: serde::de::DeserializeOwned>(
         &self,
         at: usize,
+        token: &str,
         path: &str,
         body: &T,
     ) -> Result<R, ClientError> {
@@ -185,7 +253,7 @@ impl Client {
         let mut resp = self
             .agent
             .post(&format!("{base}{path}"))
-            .header("authorization", &format!("Bearer {}", self.token))
+            .header("authorization", &format!("Bearer {token}"))
             .send_json(body)
             .map_err(|e| ClientError::Transport(e.to_string()))?;
         let status = resp.status().as_u16();
@@ -196,12 +264,93 @@ impl Client {
         if status == 404 || status == 410 {
             return Err(ClientError::UnknownHost);
         }
+        if status == 401 {
+            return Err(ClientError::Unauthorized(error_message(&text)));
+        }
         if status >= 300 {
-            return Err(ClientError::Status { status, body: text });
+            return Err(ClientError::Status {
+                status,
+                body: error_message(&text),
+            });
         }
         serde_json::from_str(&text)
             .map_err(|e| ClientError::Transport(format!("bad JSON from controller: {e}")))
     }
+}
+
+/// The message of a controller error answer (`{"error": {"message": ...}}`), else the body.
+fn error_message(body: &str) -> String {
+    serde_json::from_str::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
+        .unwrap_or_else(|| body.to_string())
+}
+
+/// The host credential stored at `path`, if any (the file is made 0600 if it was wider).
+fn read_credential(path: &Path) -> Option<String> {
+    let t = std::fs::read_to_string(path).ok()?;
+    if let Ok(m) = std::fs::metadata(path)
+        && m.permissions().mode() & 0o077 != 0
+    {
+        log::warn!("{} was readable by others; making it 0600", path.display());
+        let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
+    }
+    let t = t.trim();
+    (!t.is_empty()).then(|| t.to_string())
+}
+
+/// This host's credential: the stored one, else a new one from enrolling with the pool's
+/// enrolment token (then stored 0600 at `path`). Retries until it has one or `stop`; fails when
+/// there is neither a stored credential nor an enrolment token.
+fn obtain_credential(
+    client: &Client,
+    name: &str,
+    path: &Path,
+    enrol: Option<&str>,
+    stop: &AtomicBool,
+) -> anyhow::Result<Option<String>> {
+    while !stop.load(Ordering::Relaxed) {
+        if let Some(t) = read_credential(path) {
+            return Ok(Some(t));
+        }
+        let Some(enrol) = enrol else {
+            bail!(
+                "host {name} has no credential in {} and no enrolment token (--token): pass the pool's agent token, or write there the credential `vgpuctl host-token {name}` prints",
+                path.display()
+            );
+        };
+        match enroll(client, enrol, name) {
+            Ok(t) => {
+                write_private(path, &format!("{t}\n")).with_context(|| {
+                    format!("storing the host credential in {}", path.display())
+                })?;
+                log::info!(
+                    "agent {name}: enrolled; this host's credential is in {} (mode 0600)",
+                    path.display()
+                );
+                return Ok(Some(t));
+            }
+            Err(e) => {
+                log::error!(
+                    "agent {name}: enrolment failed: {e}; an operator can write this host's credential to {}",
+                    path.display()
+                );
+                sleep_unless(stop, Duration::from_secs(2));
+            }
+        }
+    }
+    Ok(None)
+}
+
+fn enroll(client: &Client, enrol_token: &str, name: &str) -> Result<String, ClientError> {
+    let r: EnrollResponse = client.post_as(
+        enrol_token,
+        "/v1/agents/enroll",
+        &EnrollRequest {
+            host: name.to_string(),
+        },
+    )?;
+    Ok(r.token)
 }
 
 fn kernel_hostname() -> String {
@@ -258,9 +407,17 @@ pub fn run_until(args: AgentArgs, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
             (g, "cuda")
         }
     };
-    std::fs::create_dir_all(args.state_dir.join("workers"))
+    std::fs::create_dir_all(&args.state_dir)
         .with_context(|| format!("creating state dir {}", args.state_dir.display()))?;
     let state_dir = std::fs::canonicalize(&args.state_dir)?;
+    // Pid files and worker logs: the agent's only. Sockets: reachable by the VMM.
+    create_private_dir(&state_dir.join("workers"))
+        .with_context(|| format!("creating {}", state_dir.join("workers").display()))?;
+    std::fs::create_dir_all(state_dir.join("sockets"))?;
+    let cred_path = args
+        .host_token_file
+        .clone()
+        .unwrap_or_else(|| state_dir.join("host.token"));
     let worker_bin = args.worker_bin.clone().unwrap_or_else(default_worker_bin);
     let metrics = Arc::new(Mutex::new(AgentMetrics::new(&name, &gpus)));
     let bound = metrics::serve(&args.metrics_addr, metrics.clone(), stop.clone())
@@ -271,27 +428,29 @@ pub fn run_until(args: AgentArgs, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
     }
     let mut workers = Workers::new(
         state_dir.join("workers"),
+        state_dir.join("sockets"),
         worker_bin,
         args.worker_args.clone(),
     );
     workers.adopt();
-    // The agents' shared token doubles as the pool's secret between slice servers and workers.
-    workers.set_remote_token(&args.token);
-    // Other hosts' VMs reach this host's GPUs here (the controller hands out this endpoint).
-    let _slice_server = if args.serve_port == 0 {
-        None
-    } else {
-        workers.start_slice_server(
-            &format!("{}:{}", args.advertise_addr, args.serve_port),
-            args.sim_gpus.is_some(),
-        )
-    };
+    // The pool's enrolment token doubles as the secret between slice servers and workers.
+    if let Some(t) = &args.token {
+        workers.set_remote_token(t);
+    }
+    // Other hosts' VMs reach this host's GPUs here (the controller hands out this endpoint);
+    // started once the controller's first answer has settled the leftover workers.
+    let mut slice_server = None;
+    let mut settled = false;
 
-    let client = Client::new(
+    let mut client = Client::new(
         &args.controller,
-        &args.token,
+        "",
         http_client(args.ca_cert.as_deref(), Duration::from_secs(10))?,
     );
+    match obtain_credential(&client, &name, &cred_path, args.token.as_deref(), &stop)? {
+        Some(t) => client.token = t,
+        None => return Ok(()),
+    }
     let reg = RegisterRequest {
         name: name.clone(),
         address: args.advertise_addr.clone(),
@@ -302,7 +461,6 @@ pub fn run_until(args: AgentArgs, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
         agent_version: env!("CARGO_PKG_VERSION").to_string(),
         gpu_source: source.to_string(),
     };
-    std::fs::create_dir_all(state_dir.join("sockets"))?;
     let mut registered = false;
     let mut interval = Duration::from_millis(1000);
     while !stop.load(Ordering::Relaxed) {
@@ -316,6 +474,16 @@ pub fn run_until(args: AgentArgs, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
                         args.controller,
                         reg.gpus.len()
                     );
+                }
+                Err(ClientError::Unauthorized(e)) => {
+                    log::error!("agent {name}: registration refused: {e}");
+                    refresh_credential(&mut client, &name, &cred_path, args.token.as_deref());
+                    metrics
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .heartbeat_failures += 1;
+                    sleep_unless(&stop, Duration::from_secs(1));
+                    continue;
                 }
                 Err(e) => {
                     log::warn!("agent {name}: registration failed: {e}");
@@ -336,9 +504,23 @@ pub fn run_until(args: AgentArgs, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
             Ok(r) => {
                 interval = Duration::from_millis(r.heartbeat_interval_ms.max(50));
                 workers.reconcile(&r.assignments);
+                if !settled {
+                    settled = true;
+                    if args.serve_port != 0 {
+                        slice_server = workers.start_slice_server(
+                            &format!("{}:{}", args.advertise_addr, args.serve_port),
+                            args.sim_gpus.is_some(),
+                        );
+                    }
+                }
                 let mut m = metrics.lock().unwrap_or_else(|p| p.into_inner());
                 m.heartbeats += 1;
                 m.update_workers(&workers);
+            }
+            Err(ClientError::Unauthorized(e)) => {
+                log::error!("agent {name}: heartbeat refused: {e}");
+                refresh_credential(&mut client, &name, &cred_path, args.token.as_deref());
+                registered = false;
             }
             Err(ClientError::UnknownHost) => {
                 log::warn!("agent {name}: controller does not know this host; registering again");
@@ -356,7 +538,43 @@ pub fn run_until(args: AgentArgs, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
         sleep_unless(&stop, interval);
     }
     workers.stop_all();
+    drop(slice_server);
     Ok(())
+}
+
+/// After the controller refused the credential: take a new one an operator wrote to `path`,
+/// else enrol again (which the controller allows only when it has no credential for this host).
+fn refresh_credential(client: &mut Client, name: &str, path: &Path, enrol: Option<&str>) {
+    if let Some(t) = read_credential(path)
+        && t != client.token
+    {
+        log::info!(
+            "agent {name}: using the new credential in {}",
+            path.display()
+        );
+        client.token = t;
+        return;
+    }
+    let Some(enrol) = enrol else { return };
+    match enroll(client, enrol, name) {
+        Ok(t) => match write_private(path, &format!("{t}\n")) {
+            Ok(()) => {
+                log::info!(
+                    "agent {name}: enrolled again; credential in {}",
+                    path.display()
+                );
+                client.token = t;
+            }
+            Err(e) => log::error!(
+                "agent {name}: cannot store the credential in {}: {e}",
+                path.display()
+            ),
+        },
+        Err(e) => log::error!(
+            "agent {name}: enrolling again failed: {e}; an operator can write this host's credential to {}",
+            path.display()
+        ),
+    }
 }
 
 fn sleep_unless(stop: &AtomicBool, d: Duration) {

@@ -60,7 +60,7 @@ impl AgentMetrics {
                     .find(|r| &r.allocation_id == id)
                     .and_then(|r| r.rss_bytes);
                 wk.assignment.clone().map(|a| {
-                    let used = crate::workers::slice_memory_used(&a);
+                    let used = crate::workers::slice_memory_used(&w.status_path(id));
                     (a, rss, used)
                 })
             })
@@ -175,6 +175,9 @@ impl AgentMetrics {
     }
 }
 
+/// How long the metrics endpoint waits for a client's request, or for it to take the answer.
+pub const IO_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// Serve GET /metrics on `addr` from a background thread; returns the bound address.
 pub fn serve(
     addr: &str,
@@ -186,7 +189,10 @@ pub fn serve(
     std::thread::Builder::new().name("agent-metrics".into()).spawn(move || {
         for conn in l.incoming() {
             let Ok(mut c) = conn else { continue };
-            let _ = c.set_read_timeout(Some(Duration::from_secs(2)));
+            // One connection at a time, each bounded: a client that sends nothing or reads
+            // nothing is dropped after the timeout.
+            let _ = c.set_read_timeout(Some(IO_TIMEOUT));
+            let _ = c.set_write_timeout(Some(IO_TIMEOUT));
             let mut buf = [0u8; 2048];
             let n = c.read(&mut buf).unwrap_or(0);
             let req = String::from_utf8_lossy(&buf[..n]);
@@ -215,25 +221,28 @@ mod tests {
     fn a_slice_reports_the_memory_its_worker_says_it_holds() {
         let dir = std::env::temp_dir().join(format!("vgpu-agent-metrics-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let socket = dir.join("a1.sock").display().to_string();
+        let status = dir.join("a1.sock.status");
         let a = Assignment {
             allocation_id: "a1".into(),
             vm: "vm1".into(),
             project: "p".into(),
             gpu_uuid: "GPU-1".into(),
             gpu_arg: "0".into(),
-            socket_path: socket.clone(),
             memory_bytes: 8 << 30,
             sm_count: 66,
             remote_endpoint: None,
         };
-        assert_eq!(crate::workers::slice_memory_used(&a), None, "no report yet");
+        assert_eq!(
+            crate::workers::slice_memory_used(&status),
+            None,
+            "no report yet"
+        );
         std::fs::write(
-            format!("{socket}.status"),
+            &status,
             "{\"memory_used_bytes\": 134217728, \"clients\": 1}\n",
         )
         .unwrap();
-        let used = crate::workers::slice_memory_used(&a);
+        let used = crate::workers::slice_memory_used(&status);
         assert_eq!(used, Some(128 << 20));
         let mut m = AgentMetrics::new("h1", &[]);
         m.running = vec![(a, None, used)];

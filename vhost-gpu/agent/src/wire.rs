@@ -31,7 +31,8 @@ pub struct RegisterRequest {
     pub address: String,
     /// Port of this host's `vhost-gpu serve` (network fallback endpoint).
     pub serve_port: u16,
-    /// Directory where this host's worker sockets live.
+    /// Directory where this host's agent puts worker sockets (its own `<state-dir>/sockets`).
+    /// The controller only reports socket paths under it to users; it never sends a path back.
     pub socket_dir: String,
     /// Topology labels such as `rack` and `zone`.
     #[serde(default)]
@@ -42,6 +43,20 @@ pub struct RegisterRequest {
     /// `"cuda"` or `"sim"`.
     #[serde(default)]
     pub gpu_source: String,
+}
+
+/// `POST /v1/agents/enroll`: asks for this host's own credential.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnrollRequest {
+    pub host: String,
+}
+
+/// Answer to an enrolment: the host's credential, shown once (the controller keeps its hash).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct EnrollResponse {
+    pub host: String,
+    pub token: String,
 }
 
 /// Answer to a registration.
@@ -79,7 +94,9 @@ pub struct HeartbeatRequest {
     pub workers: Vec<WorkerReport>,
 }
 
-/// Something the controller wants this host to run: one per-VM worker.
+/// Something the controller wants this host to run: one per-VM worker. It carries no
+/// filesystem path: the agent derives the socket, pid and log paths from its own state
+/// directory and the allocation id (which it checks is a plain name).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Assignment {
     pub allocation_id: String,
@@ -88,7 +105,6 @@ pub struct Assignment {
     pub gpu_uuid: String,
     /// Value for the worker's `--gpu`: `sim` or the CUDA ordinal on the GPU's host.
     pub gpu_arg: String,
-    pub socket_path: String,
     pub memory_bytes: u64,
     pub sm_count: u32,
     /// `host:port` of the GPU host's `vhost-gpu serve` when the slice is remote.

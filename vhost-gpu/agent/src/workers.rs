@@ -1,7 +1,15 @@
-//! Per-VM worker processes: start, watch, stop, adopt after an agent restart.
+//! Per-VM worker processes: start, watch, stop, adopt leftovers after an agent restart.
+//!
+//! Every path comes from the agent's own state directory: `sockets/<allocation>.sock` (and the
+//! worker's `<socket>.status`), `workers/<allocation>.pid` and `workers/<allocation>.log`. The
+//! allocation id from the controller is checked to be a plain name before it names a file.
+//! Workers die with the agent (`PR_SET_PDEATHSIG`), carry their allocation id in their
+//! environment (`VGPU_AGENT_ALLOCATION`) so that a pid file is only trusted for the process it
+//! was written for, and their files are removed when they stop.
 
-use std::collections::HashMap;
-use std::path::PathBuf;
+use std::collections::{HashMap, HashSet};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -19,25 +27,99 @@ pub(crate) struct Worker {
     pub(crate) assignment: Option<Assignment>,
 }
 
-/// Sends a child's stdout and stderr to `path` (nowhere if it cannot be created).
-fn log_to(cmd: &mut Command, path: &std::path::Path) {
-    match std::fs::File::create(path).and_then(|f| Ok((f.try_clone()?, f))) {
+/// Environment variable naming the allocation a worker serves (checked before adopting it).
+const ALLOCATION_ENV: &str = "VGPU_AGENT_ALLOCATION";
+
+/// Logs of workers that exited on their own are kept for diagnosis, at most this many.
+pub(crate) const KEEP_EXITED_LOGS: usize = 16;
+
+/// Sends a child's stdout and stderr to `path`, created 0600 (nowhere if it cannot be created).
+fn log_to(cmd: &mut Command, path: &Path) {
+    match crate::create_private(path).and_then(|f| Ok((f.try_clone()?, f))) {
         Ok((o, e)) => cmd.stdout(o).stderr(e),
         Err(_) => cmd.stdout(Stdio::null()).stderr(Stdio::null()),
     };
 }
 
-/// Where a slice's worker reports its state (next to its socket).
-fn status_file(a: &Assignment) -> String {
-    format!("{}.status", a.socket_path)
-}
-
-/// Device memory the slice holds, as its worker last reported it (`None`: not reported, e.g. a
-/// remote slice or a worker without `--status-file`).
-pub(crate) fn slice_memory_used(a: &Assignment) -> Option<u64> {
-    let text = std::fs::read_to_string(status_file(a)).ok()?;
+/// Device memory the slice holds, as its worker last reported it in its status file (`None`:
+/// not reported, e.g. a remote slice or a worker without `--status-file`).
+pub(crate) fn slice_memory_used(status_file: &Path) -> Option<u64> {
+    let text = std::fs::read_to_string(status_file).ok()?;
     let v: serde_json::Value = serde_json::from_str(&text).ok()?;
     v.get("memory_used_bytes")?.as_u64()
+}
+
+/// An allocation id names files in the state directory: 1-128 characters of
+/// `[A-Za-z0-9._-]`, starting with a letter or digit (so never `..`, a path or a flag).
+pub(crate) fn valid_allocation_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 128
+        && id.as_bytes()[0].is_ascii_alphanumeric()
+        && id
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'))
+}
+
+/// What the agent accepts from the controller before it starts a process for it.
+pub(crate) fn check_assignment(a: &Assignment) -> Result<(), String> {
+    if !valid_allocation_id(&a.allocation_id) {
+        return Err(format!(
+            "allocation id {:?} is not a plain name",
+            a.allocation_id
+        ));
+    }
+    if a.gpu_arg != "sim" && a.gpu_arg.parse::<u32>().is_err() {
+        return Err(format!(
+            "GPU {:?} is neither `sim` nor a CUDA ordinal",
+            a.gpu_arg
+        ));
+    }
+    if a.memory_bytes == 0 {
+        return Err("the slice has no memory".into());
+    }
+    if let Some(ep) = &a.remote_endpoint {
+        let ok = ep.rsplit_once(':').is_some_and(|(host, port)| {
+            !host.is_empty()
+                && !host.starts_with('-')
+                && host.bytes().all(|c| {
+                    c.is_ascii_alphanumeric() || matches!(c, b'.' | b'-' | b':' | b'[' | b']')
+                })
+                && port.parse::<u16>().is_ok_and(|p| p != 0)
+        });
+        if !ok {
+            return Err(format!("remote endpoint {ep:?} is not host:port"));
+        }
+    }
+    Ok(())
+}
+
+/// Makes a child die when the agent (the thread that spawns it) dies, and refuses to start it
+/// when the agent is already gone (the child would have been reparented before `prctl`).
+fn die_with_agent(cmd: &mut Command) {
+    let agent = std::process::id() as libc::pid_t;
+    // SAFETY: the closure runs in the child between fork and exec; it only calls prctl(2) and
+    // getppid(2), which are async-signal-safe, and allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::getppid() != agent {
+                return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            Ok(())
+        });
+    }
+}
+
+/// True when process `pid` was started for allocation `id` (its environment says so), so a pid
+/// file left behind is never taken for an unrelated process that got the same pid.
+fn runs_for(pid: u32, id: &str) -> bool {
+    let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else {
+        return false;
+    };
+    let want = format!("{ALLOCATION_ENV}={id}");
+    env.split(|b| *b == 0).any(|kv| kv == want.as_bytes())
 }
 
 /// This host's remote-slice server; stopped on drop.
@@ -51,7 +133,10 @@ impl Drop for SliceServer {
 }
 
 pub(crate) struct Workers {
+    /// `<state-dir>/workers`: pid files and logs (mode 0700).
     dir: PathBuf,
+    /// `<state-dir>/sockets`: the workers' vhost-user sockets and status files.
+    sockets: PathBuf,
     bin: PathBuf,
     prefix_args: Vec<String>,
     /// The worker's `--help` text, to pass only flags it knows (None: not probed).
@@ -65,6 +150,8 @@ pub(crate) struct Workers {
     /// The pool's shared secret for remote slices, given to the slice server and the workers
     /// (as `VGPU_REMOTE_TOKEN`, never on a command line).
     remote_token: Option<String>,
+    /// Assignments refused by `check_assignment` (logged once each).
+    refused: HashSet<String>,
 }
 
 fn pid_alive(pid: u32) -> bool {
@@ -138,17 +225,7 @@ impl Workers {
             c.env("VGPU_REMOTE_TOKEN", t);
         }
         // The server belongs to this agent: it must not outlive it (a new agent starts its own).
-        // SAFETY: the closure runs in the child between fork and exec and only calls prctl,
-        // which is async-signal-safe.
-        unsafe {
-            std::os::unix::process::CommandExt::pre_exec(&mut c, || {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) == 0 {
-                    Ok(())
-                } else {
-                    Err(std::io::Error::last_os_error())
-                }
-            });
-        }
+        die_with_agent(&mut c);
         log_to(&mut c, &self.dir.join("slice-server.log"));
         match c.spawn() {
             Ok(child) => {
@@ -162,10 +239,16 @@ impl Workers {
         }
     }
 
-    pub(crate) fn new(dir: PathBuf, bin: PathBuf, prefix_args: Vec<String>) -> Self {
+    pub(crate) fn new(
+        dir: PathBuf,
+        sockets: PathBuf,
+        bin: PathBuf,
+        prefix_args: Vec<String>,
+    ) -> Self {
         let help = probe_help(&bin, &prefix_args);
         Workers {
             dir,
+            sockets,
             bin,
             prefix_args,
             help,
@@ -175,6 +258,7 @@ impl Workers {
             exits: 0,
             start_failures: 0,
             remote_token: None,
+            refused: HashSet::new(),
         }
     }
 
@@ -182,8 +266,88 @@ impl Workers {
         self.dir.join(format!("{id}.pid"))
     }
 
-    /// Adopt workers recorded in pid files that still run.
+    fn log_file(&self, id: &str) -> PathBuf {
+        self.dir.join(format!("{id}.log"))
+    }
+
+    /// The worker's vhost-user socket: always under this agent's own socket directory.
+    pub(crate) fn socket_path(&self, id: &str) -> PathBuf {
+        self.sockets.join(format!("{id}.sock"))
+    }
+
+    /// Where the worker reports its state (`vhost-gpu --status-file`), next to its socket.
+    pub(crate) fn status_path(&self, id: &str) -> PathBuf {
+        self.sockets.join(format!("{id}.sock.status"))
+    }
+
+    /// Removes what a stopped worker leaves behind: its socket, status file and pid file, and
+    /// its log unless `keep_log` (a worker that failed keeps it; see `prune_logs`).
+    fn remove_files(&self, id: &str, keep_log: bool) {
+        let _ = std::fs::remove_file(self.socket_path(id));
+        let _ = std::fs::remove_file(self.status_path(id));
+        let _ = std::fs::remove_file(self.pid_file(id));
+        if !keep_log {
+            let _ = std::fs::remove_file(self.log_file(id));
+        }
+    }
+
+    /// Keeps the logs of at most `KEEP_EXITED_LOGS` workers that are not running (newest first).
+    pub(crate) fn prune_logs(&self) {
+        let Ok(rd) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
+        let mut logs: Vec<(std::time::SystemTime, PathBuf)> = rd
+            .flatten()
+            .filter_map(|e| {
+                let p = e.path();
+                let id = p.file_stem()?.to_str()?;
+                let keep = p.extension()? != "log"
+                    || id == "slice-server"
+                    || self.running.contains_key(id);
+                if keep {
+                    return None;
+                }
+                Some((e.metadata().ok()?.modified().ok()?, p))
+            })
+            .collect();
+        logs.sort_by_key(|l| std::cmp::Reverse(l.0));
+        for (_, p) in logs.into_iter().skip(KEEP_EXITED_LOGS) {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+
+    /// Removes sockets and status files of workers that do not run (left by a killed agent or a
+    /// killed worker).
+    fn remove_stale_sockets(&self) {
+        let Ok(rd) = std::fs::read_dir(&self.sockets) else {
+            return;
+        };
+        for e in rd.flatten() {
+            let name = e.file_name();
+            let Some(name) = name.to_str() else { continue };
+            let id = name
+                .strip_suffix(".sock.status")
+                .or_else(|| name.strip_suffix(".sock"));
+            if let Some(id) = id
+                && !self.running.contains_key(id)
+            {
+                log::info!("removing stale {name}");
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+
+    /// Adopt the workers recorded in pid files that still run and were started for that
+    /// allocation (a previous agent's leftovers, when they did not die with it). They are kept
+    /// only if the controller's first answer still assigns them (`reconcile`). Stale sockets,
+    /// status files and old logs are removed.
     pub(crate) fn adopt(&mut self) {
+        self.adopt_pid_files();
+        self.remove_stale_sockets();
+        self.prune_logs();
+    }
+
+    fn adopt_pid_files(&mut self) {
         let Ok(rd) = std::fs::read_dir(&self.dir) else {
             return;
         };
@@ -199,8 +363,8 @@ impl Workers {
                 .ok()
                 .and_then(|s| s.trim().parse::<u32>().ok());
             match pid {
-                Some(pid) if pid_alive(pid) => {
-                    log::info!("adopting running worker for {id} (pid {pid})");
+                Some(pid) if pid_alive(pid) && valid_allocation_id(&id) && runs_for(pid, &id) => {
+                    log::info!("found leftover worker for {id} (pid {pid})");
                     self.running.insert(
                         id,
                         Worker {
@@ -208,6 +372,13 @@ impl Workers {
                             assignment: None,
                         },
                     );
+                }
+                Some(pid) if pid_alive(pid) => {
+                    log::warn!(
+                        "pid {pid} in {} is not a worker for {id}; leaving that process alone",
+                        p.display()
+                    );
+                    let _ = std::fs::remove_file(&p);
                 }
                 _ => {
                     let _ = std::fs::remove_file(&p);
@@ -233,12 +404,16 @@ impl Workers {
                 }
             }
         }
+        let any = !gone.is_empty();
         for (id, code) in gone {
             log::warn!("worker for {id} exited (code {code:?})");
             self.running.remove(&id);
-            let _ = std::fs::remove_file(self.pid_file(&id));
+            self.remove_files(&id, code != Some(0));
             self.exited.insert(id, code);
             self.exits += 1;
+        }
+        if any {
+            self.prune_logs();
         }
     }
 
@@ -272,8 +447,24 @@ impl Workers {
 
     /// Make what runs match what the controller wants.
     pub(crate) fn reconcile(&mut self, want: &[Assignment]) {
-        let wanted: HashMap<&str, &Assignment> =
-            want.iter().map(|a| (a.allocation_id.as_str(), a)).collect();
+        let mut ok = Vec::with_capacity(want.len());
+        for a in want {
+            match check_assignment(a) {
+                Ok(()) => ok.push(a),
+                Err(e) => {
+                    if self.refused.insert(a.allocation_id.clone()) {
+                        log::error!("refusing an assignment from the controller: {e}");
+                    }
+                }
+            }
+        }
+        let want = ok;
+        self.refused
+            .retain(|id| want.iter().all(|a| &a.allocation_id != id));
+        let wanted: HashMap<&str, &Assignment> = want
+            .iter()
+            .map(|a| (a.allocation_id.as_str(), *a))
+            .collect();
         // Exited workers are forgotten once the controller no longer assigns them.
         self.exited.retain(|id, _| wanted.contains_key(id.as_str()));
         let stale: Vec<String> = self
@@ -304,14 +495,16 @@ impl Workers {
         if let Some(t) = &self.remote_token {
             c.env("VGPU_REMOTE_TOKEN", t);
         }
-        c.arg("--socket").arg(&a.socket_path);
+        c.env(ALLOCATION_ENV, &a.allocation_id);
+        c.arg("--socket").arg(self.socket_path(&a.allocation_id));
         if let Some(ep) = &a.remote_endpoint {
             c.arg("--remote").arg(ep);
         }
         c.arg("--gpu").arg(&a.gpu_arg);
         c.arg("--mem-limit").arg(a.memory_bytes.to_string());
         if self.supports("--status-file") {
-            c.arg("--status-file").arg(status_file(a));
+            c.arg("--status-file")
+                .arg(self.status_path(&a.allocation_id));
         }
         if self.supports("--sm-count") {
             c.arg("--sm-count").arg(a.sm_count.to_string());
@@ -346,13 +539,13 @@ impl Workers {
             self.exited.insert(a.allocation_id.clone(), Some(2));
             return;
         }
-        let log_path = self.dir.join(format!("{}.log", a.allocation_id));
         let mut cmd = self.command(a);
         cmd.stdin(Stdio::null());
-        log_to(&mut cmd, &log_path);
-        if let Some(parent) = std::path::Path::new(&a.socket_path).parent() {
-            let _ = std::fs::create_dir_all(parent);
-        }
+        log_to(&mut cmd, &self.log_file(&a.allocation_id));
+        die_with_agent(&mut cmd);
+        // A socket left by an earlier worker for this allocation would make the new one fail.
+        let _ = std::fs::remove_file(self.socket_path(&a.allocation_id));
+        let _ = std::fs::remove_file(self.status_path(&a.allocation_id));
         match cmd.spawn() {
             Ok(child) => {
                 let pid = child.id();
@@ -368,7 +561,7 @@ impl Workers {
                         .map(|e| format!(", remote {e}"))
                         .unwrap_or_default()
                 );
-                let _ = std::fs::write(self.pid_file(&a.allocation_id), pid.to_string());
+                let _ = crate::write_private(&self.pid_file(&a.allocation_id), &pid.to_string());
                 self.running.insert(
                     a.allocation_id.clone(),
                     Worker {
@@ -422,7 +615,7 @@ impl Workers {
                 }
             }
         }
-        let _ = std::fs::remove_file(self.pid_file(id));
+        self.remove_files(id, false);
     }
 
     pub(crate) fn stop_all(&mut self) {
@@ -430,5 +623,119 @@ impl Workers {
         for id in ids {
             self.stop(&id);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assignment(id: &str) -> Assignment {
+        Assignment {
+            allocation_id: id.into(),
+            vm: "vm".into(),
+            project: "p".into(),
+            gpu_uuid: "GPU-1".into(),
+            gpu_arg: "0".into(),
+            memory_bytes: 1 << 30,
+            sm_count: 8,
+            remote_endpoint: None,
+        }
+    }
+
+    #[test]
+    fn assignments_from_the_controller_are_checked_before_they_name_files() {
+        assert!(check_assignment(&assignment("a-0123abcd-000001")).is_ok());
+        for bad in [
+            "",
+            "../../etc/x",
+            "/abs",
+            "a/b",
+            "-flag",
+            ".hidden",
+            "a b",
+            "a\0b",
+        ] {
+            assert!(
+                check_assignment(&assignment(bad)).is_err(),
+                "{bad:?} accepted"
+            );
+        }
+        let mut a = assignment("a1");
+        a.gpu_arg = "--listen=0.0.0.0:1".into();
+        assert!(check_assignment(&a).is_err());
+        a.gpu_arg = "sim".into();
+        assert!(check_assignment(&a).is_ok());
+        for ep in ["-oProxy:1", "host", "host:0", "ho st:1", "host:99999"] {
+            a.remote_endpoint = Some(ep.into());
+            assert!(check_assignment(&a).is_err(), "{ep:?} accepted");
+        }
+        a.remote_endpoint = Some("10.0.0.5:7470".into());
+        assert!(check_assignment(&a).is_ok());
+    }
+
+    #[test]
+    fn a_worker_gets_its_socket_and_status_file_under_the_agents_own_directory() {
+        let w = Workers::new(
+            PathBuf::from("/state/workers"),
+            PathBuf::from("/state/sockets"),
+            PathBuf::from("/nonexistent/vhost-gpu"),
+            Vec::new(),
+        );
+        let c = w.command(&assignment("a-1"));
+        let args: Vec<String> = c
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        let after = |flag: &str| {
+            let i = args.iter().position(|a| a == flag).expect(flag);
+            args[i + 1].clone()
+        };
+        assert_eq!(after("--socket"), "/state/sockets/a-1.sock");
+        assert_eq!(after("--status-file"), "/state/sockets/a-1.sock.status");
+        let env: Vec<_> = c.get_envs().collect();
+        assert!(
+            env.iter()
+                .any(|(k, v)| *k == ALLOCATION_ENV && v.is_some_and(|v| v == "a-1")),
+            "{env:?}"
+        );
+    }
+}
+
+#[cfg(test)]
+mod log_tests {
+    use super::*;
+
+    #[test]
+    fn only_the_newest_logs_of_stopped_workers_are_kept() {
+        let dir = std::env::temp_dir().join(format!("vgpu-agent-logs-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let t0 = std::time::SystemTime::now() - Duration::from_secs(1000);
+        let n = KEEP_EXITED_LOGS + 5;
+        for i in 0..n {
+            let f = std::fs::File::create(dir.join(format!("a-{i:03}.log"))).unwrap();
+            f.set_modified(t0 + Duration::from_secs(i as u64)).unwrap();
+        }
+        std::fs::write(dir.join("slice-server.log"), "").unwrap();
+        let w = Workers::new(
+            dir.clone(),
+            dir.join("sockets"),
+            PathBuf::from("/nonexistent"),
+            Vec::new(),
+        );
+        w.prune_logs();
+        let mut left: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        let mut want: Vec<String> = (n - KEEP_EXITED_LOGS..n)
+            .map(|i| format!("a-{i:03}.log"))
+            .collect();
+        want.push("slice-server.log".into());
+        assert_eq!(left, want);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

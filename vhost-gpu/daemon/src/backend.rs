@@ -80,6 +80,8 @@ pub struct VgpuBackend {
     reply: Vec<u8>,
     /// Accept guest memory files that cannot be sealed against shrinking.
     allow_unsealed: bool,
+    /// Exit-event descriptors handed to vhost-user-backend, which does not close them.
+    exit_fds: Mutex<Vec<std::os::fd::RawFd>>,
 }
 
 impl VgpuBackend {
@@ -96,6 +98,7 @@ impl VgpuBackend {
             descs: Vec::with_capacity(64),
             reply: Vec::with_capacity(64 << 10),
             allow_unsealed: config.allow_unsealed_memory,
+            exit_fds: Mutex::new(Vec::new()),
         }
     }
 
@@ -113,6 +116,23 @@ impl VgpuBackend {
         }
         self.mem = None;
         freed
+    }
+
+    /// Closes the exit-event descriptors vhost-user-backend left open. Call only after the
+    /// frontend's `VhostUserDaemon` is dropped: dropping it joins the epoll threads, the only
+    /// users of those descriptors (they never read them: the event only wakes epoll).
+    pub fn close_exit_events(&mut self) {
+        let fds = std::mem::take(
+            self.exit_fds
+                .get_mut()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
+        for fd in fds {
+            // SAFETY: `fd` was the consumer of an eventfd we created in `exit_event`; the
+            // library converted it to a raw descriptor it never closes, and its only user, the
+            // epoll thread, has been joined, so nothing else owns or uses it.
+            drop(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) });
+        }
     }
 
     /// Pops and runs every available chain; returns how many ran.
@@ -354,6 +374,14 @@ impl VhostUserBackendMut for VgpuBackend {
     }
 
     fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
-        new_event_consumer_and_notifier(EventFlag::NONBLOCK).ok()
+        let (consumer, notifier) = new_event_consumer_and_notifier(EventFlag::NONBLOCK).ok()?;
+        // vhost-user-backend 0.24 registers the consumer in its epoll through `into_raw_fd`
+        // and never closes it: one descriptor per frontend. Remember it to close it once the
+        // frontend's threads are gone (see `close_exit_events`).
+        self.exit_fds
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(std::os::fd::AsRawFd::as_raw_fd(&consumer));
+        Some((consumer, notifier))
     }
 }

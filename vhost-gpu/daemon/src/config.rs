@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use clap::Parser;
 use thiserror::Error;
 use vgpu_executor::{SliceLimits, cuda::ComputeMode};
+use vgpu_seccomp::SeccompMode;
 
 pub use crate::isolation::Isolation;
 
@@ -112,9 +113,18 @@ pub struct Args {
     /// frontend cannot cut it short under a mapping.
     #[arg(long)]
     pub allow_unsealed_memory: bool,
+    /// Start each frontend's next worker before its client's first call (its CUDA start-up
+    /// then runs while the guest gets ready): 'true' or 'false'.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub prestart_workers: bool,
     /// Guest clients (processes) one frontend may have at once.
     #[arg(long, default_value_t = 64)]
     pub max_clients: usize,
+    /// seccomp confinement (docs/threat-model.md): 'kill' enforces, 'log' allows and has the
+    /// kernel log what would be refused, 'trap' prints each refused call's number on stderr
+    /// and fails it, 'off' installs no filter.
+    #[arg(long, default_value = "kill")]
+    pub seccomp: SeccompMode,
 }
 
 /// Validated configuration.
@@ -140,6 +150,9 @@ pub struct Config {
     pub isolation: Isolation,
     pub max_clients: usize,
     pub allow_unsealed_memory: bool,
+    pub prestart_workers: bool,
+    /// How this process is confined.
+    pub seccomp: SeccompMode,
 }
 
 /// Parses "1048576", "512M", "8G", "2GiB", "64KiB".
@@ -238,6 +251,8 @@ impl TryFrom<Args> for Config {
             isolation: a.isolation,
             max_clients: a.max_clients.max(1),
             allow_unsealed_memory: a.allow_unsealed_memory,
+            prestart_workers: a.prestart_workers,
+            seccomp: a.seccomp,
         })
     }
 }
@@ -311,5 +326,25 @@ mod tests {
             Config::try_from(Args::parse_from(["vhost-gpu", "--gpu", "sim"])).unwrap_err(),
             ConfigError::SocketOrListen
         );
+    }
+
+    #[test]
+    fn seccomp_defaults_to_kill_and_parses_its_modes() {
+        assert_eq!(
+            Config::try_from(args(&[])).unwrap().seccomp,
+            SeccompMode::Kill
+        );
+        for (flag, mode) in [
+            ("log", SeccompMode::Log),
+            ("trap", SeccompMode::Trap),
+            ("off", SeccompMode::Off),
+        ] {
+            let c = Config::try_from(args(&["--seccomp", flag])).unwrap();
+            assert_eq!(c.seccomp, mode);
+        }
+        let e = Args::try_parse_from(["vhost-gpu", "--socket", "/tmp/s", "--seccomp", "strict"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("'kill', 'log', 'trap' or 'off'"), "{e}");
     }
 }

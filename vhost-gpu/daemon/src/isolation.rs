@@ -208,9 +208,55 @@ struct Region {
 }
 
 struct Worker {
-    child: Child,
+    proc: WorkerProc,
     sock: UnixStream,
     account: Arc<Account>,
+}
+
+/// A worker process: our child, or the spawner's (a confined front cannot fork).
+enum WorkerProc {
+    Child(Child),
+    /// Started and reaped by the spawner; it exits when its socket closes, and dies with the
+    /// spawner, which dies with the front.
+    Spawned(u32),
+}
+
+impl WorkerProc {
+    fn id(&self) -> u32 {
+        match self {
+            WorkerProc::Child(c) => c.id(),
+            WorkerProc::Spawned(pid) => *pid,
+        }
+    }
+
+    /// Ends the process (its socket is already shut down, which ends a spawned worker).
+    fn end(&mut self) {
+        if let WorkerProc::Child(c) = self {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn exited(&mut self, account: &Account) -> bool {
+        match self {
+            WorkerProc::Child(c) => matches!(c.try_wait(), Ok(Some(_))),
+            WorkerProc::Spawned(_) => account.state().gone,
+        }
+    }
+}
+
+/// A worker started ahead of its client, still opening the GPU.
+struct Pending {
+    proc: WorkerProc,
+    sock: UnixStream,
+    started: Instant,
+}
+
+impl Pending {
+    fn discard(mut self) {
+        let _ = self.sock.shutdown(std::net::Shutdown::Both);
+        self.proc.end();
+    }
 }
 
 /// What a worker holds of the slice. A worker that dies gives it back at once (its watcher
@@ -290,6 +336,12 @@ pub struct Workers {
     max_clients: usize,
     ledger: Arc<SliceLedger>,
     workers: HashMap<u32, Worker>,
+    /// Starts workers for a confined front (None: this process forks them itself).
+    spawner: Option<Arc<vgpu_seccomp::spawner::Spawner>>,
+    /// A worker started before its client arrives (see [`Workers::spawn`]).
+    spare: Option<Pending>,
+    prestart: bool,
+    clients_seen: usize,
     regions: Vec<Region>,
     frame: Vec<u8>,
     segs: Vec<u8>,
@@ -317,9 +369,15 @@ impl Workers {
         command: WorkerCommand,
         namespace: u32,
         max_clients: usize,
+        prestart: bool,
         ledger: Arc<SliceLedger>,
+        spawner: Option<Arc<vgpu_seccomp::spawner::Spawner>>,
     ) -> Self {
         Self {
+            spawner,
+            spare: None,
+            prestart,
+            clients_seen: 0,
             exe: command.exe,
             args: command.args,
             namespace,
@@ -349,6 +407,10 @@ impl Workers {
             });
         }
         self.regions = checked;
+        // Every frontend has a first client: start its worker as soon as the memory is known.
+        if self.prestart && self.clients_seen == 0 {
+            self.prestart_spare();
+        }
         let ids: Vec<u32> = self.workers.keys().copied().collect();
         for id in ids {
             let sent = match self.workers.get_mut(&id) {
@@ -475,9 +537,58 @@ impl Workers {
         }
     }
 
+    /// A worker for a new client: the one started ahead if there is one, else a new one. The
+    /// guest memory table goes to it now.
     fn spawn(&mut self, client: u32) -> Result<Worker, WorkerError> {
+        let pending = match self.spare.take() {
+            Some(p) => p,
+            None => self.start()?,
+        };
+        let w = self.finish(pending, client)?;
+        self.clients_seen += 1;
+        // A frontend with several clients (a VM's processes) gets its next worker started
+        // ahead, so CUDA's start-up is off the next client's first call.
+        if self.prestart && self.clients_seen >= 2 {
+            self.prestart_spare();
+        }
+        Ok(w)
+    }
+
+    /// Starts a spare worker if none waits (the frontend's memory is known: a client follows).
+    fn prestart_spare(&mut self) {
+        if self.spare.is_none() && !self.regions.is_empty() {
+            match self.start() {
+                Ok(p) => self.spare = Some(p),
+                Err(e) => warn!(
+                    "frontend {}: no spare worker: {}",
+                    self.namespace,
+                    crate::error_chain(&e)
+                ),
+            }
+        }
+    }
+
+    /// Forks and executes a worker; it opens the GPU on its own while we go on.
+    fn start(&mut self) -> Result<Pending, WorkerError> {
         let started = Instant::now();
         let (ours, theirs) = UnixStream::pair().map_err(WorkerError::Spawn)?;
+        if let Some(spawner) = &self.spawner {
+            let env = [
+                (WORKER_FD_ENV.into(), WORKER_FD.to_string().into()),
+                (
+                    WORKER_NAMESPACE_ENV.into(),
+                    self.namespace.to_string().into(),
+                ),
+            ];
+            let pid = spawner
+                .spawn(&[], &env, &[std::os::fd::AsFd::as_fd(&theirs)])
+                .map_err(|e| WorkerError::Spawn(io::Error::other(e)))?;
+            return Ok(Pending {
+                proc: WorkerProc::Spawned(pid),
+                sock: ours,
+                started,
+            });
+        }
         let child_fd = theirs.as_raw_fd();
         let mut cmd = Command::new(&self.exe);
         cmd.args(&self.args)
@@ -485,10 +596,16 @@ impl Workers {
             .env(WORKER_NAMESPACE_ENV, self.namespace.to_string())
             .stdin(Stdio::null());
         // SAFETY: between fork and exec the closure calls only async-signal-safe functions
-        // (dup2, prctl, getppid) on values computed before the fork.
+        // (dup2, close_range, prctl) on values computed before the fork.
         unsafe {
             cmd.pre_exec(move || {
                 if libc::dup2(child_fd, WORKER_FD) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                // Descriptors the VMM sent other frontends (their guest memory, their
+                // eventfds) arrive without close-on-exec: a worker keeps only its stdio and
+                // its socket.
+                if libc::syscall(libc::SYS_close_range, WORKER_FD + 1, u32::MAX, 0) < 0 {
                     return Err(io::Error::last_os_error());
                 }
                 // The worker dies with the front: it must never serve on alone.
@@ -500,9 +617,24 @@ impl Workers {
         }
         let child = spawn_from_daemon_thread(cmd).map_err(WorkerError::Spawn)?;
         drop(theirs);
-        let mut w = Worker {
-            child,
+        Ok(Pending {
+            proc: WorkerProc::Child(child),
             sock: ours,
+            started,
+        })
+    }
+
+    /// Waits until a started worker has opened the GPU, then gives it the memory table.
+    fn finish(&mut self, pending: Pending, client: u32) -> Result<Worker, WorkerError> {
+        let waited = Instant::now();
+        let Pending {
+            proc,
+            sock,
+            started,
+        } = pending;
+        let mut w = Worker {
+            proc,
+            sock,
             account: Arc::new(Account {
                 ledger: self.ledger.clone(),
                 state: Mutex::default(),
@@ -522,16 +654,17 @@ impl Workers {
             watch(&w.sock, w.account.clone()).map_err(WorkerError::Spawn)
         })();
         if let Err(e) = ready {
-            let _ = w.child.kill();
-            let _ = w.child.wait();
+            let _ = w.sock.shutdown(std::net::Shutdown::Both);
+            w.proc.end();
             w.account.retire();
             return Err(e);
         }
         info!(
-            "client {}:{client}: worker process {} started in {} ms",
+            "client {}:{client}: worker process {} ready {} ms after its start, {} ms after the client's first call",
             self.namespace,
-            w.child.id(),
-            started.elapsed().as_millis()
+            w.proc.id(),
+            started.elapsed().as_millis(),
+            waited.elapsed().as_millis()
         );
         Ok(w)
     }
@@ -539,8 +672,8 @@ impl Workers {
     /// The worker of `client` is gone or useless: stop it and give its memory back.
     fn drop_worker(&mut self, client: u32) {
         if let Some(mut w) = self.workers.remove(&client) {
-            let _ = w.child.kill();
-            let _ = w.child.wait();
+            let _ = w.sock.shutdown(std::net::Shutdown::Both);
+            w.proc.end();
             w.account.retire();
         }
     }
@@ -576,7 +709,7 @@ impl Workers {
             // Reaped below; a worker that did not exit by now is killed.
             let deadline = Instant::now() + Duration::from_secs(5);
             while Instant::now() < deadline {
-                if matches!(w.child.try_wait(), Ok(Some(_))) {
+                if w.proc.exited(&w.account) {
                     break;
                 }
                 std::thread::sleep(Duration::from_millis(5));
@@ -599,14 +732,20 @@ impl Workers {
         total
     }
 
-    /// Forgets the frontend's memory (it disconnected).
+    /// Forgets the frontend's memory (it disconnected), and any spare worker.
     pub fn forget_memory(&mut self) {
         self.regions.clear();
+        if let Some(p) = self.spare.take() {
+            p.discard();
+        }
     }
 }
 
 impl Drop for Workers {
     fn drop(&mut self) {
+        if let Some(p) = self.spare.take() {
+            p.discard();
+        }
         let ids: Vec<u32> = self.workers.keys().copied().collect();
         for id in ids {
             self.drop_worker(id);
@@ -801,6 +940,9 @@ pub fn worker_main(config: &Config) -> Result<(), crate::Error> {
     // else in this process owns it.
     let mut sock = unsafe { UnixStream::from_raw_fd(fd) };
     let mut executor = crate::local_executor(config)?;
+    // The GPU is open (opening it may restart this program for an MPS share): from here on
+    // the worker filter applies.
+    vgpu_seccomp::confine_worker(config.seccomp).map_err(crate::Error::Seccomp)?;
     let ledger_sock = sock
         .try_clone()
         .map_err(|e| crate::Error::Worker(WorkerError::Io(e)))?;

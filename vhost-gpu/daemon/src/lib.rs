@@ -49,6 +49,10 @@ pub enum Error {
     Worker(#[source] isolation::WorkerError),
     #[error("Could not find this program to start workers")]
     WorkerCommand(#[source] std::io::Error),
+    #[error("Could not confine this process")]
+    Seccomp(#[source] vgpu_seccomp::Error),
+    #[error("Could not start the worker spawner")]
+    Spawner(#[source] vgpu_seccomp::spawner::SpawnError),
 }
 
 /// Opens the device the configuration names.
@@ -121,9 +125,21 @@ pub fn run(config: &Config, max_connections: Option<usize>) -> Result<(), Error>
                 .mem_limit
                 .map_or("none (whole device)".into(), |l| format!("{l} bytes"))
         );
+        let command = isolation::WorkerCommand::current().map_err(Error::WorkerCommand)?;
+        // A confined front cannot fork: a spawner started now starts its workers.
+        let spawner = if config.seccomp == vgpu_seccomp::SeccompMode::Off {
+            None
+        } else {
+            let mut program = std::process::Command::new(&command.exe);
+            program.args(&command.args);
+            Some(Arc::new(
+                vgpu_seccomp::spawner::Spawner::start(program).map_err(Error::Spawner)?,
+            ))
+        };
         Some((
-            isolation::WorkerCommand::current().map_err(Error::WorkerCommand)?,
+            command,
             isolation::SliceLedger::new(config.limits.mem_limit),
+            spawner,
         ))
     } else {
         None
@@ -137,12 +153,13 @@ pub fn run(config: &Config, max_connections: Option<usize>) -> Result<(), Error>
                     .unwrap_or_else(std::sync::PoisonError::into_inner);
                 (ex.mem_used(), ex.client_count())
             });
-        } else if let Some((_, ledger)) = &workers {
+        } else if let Some((_, ledger, _)) = &workers {
             let ledger = ledger.clone();
             report_status(path.clone(), move || (ledger.used(), ledger.clients()));
         }
     }
     let mut listener = Listener::new(&config.socket, true).map_err(Error::Listen)?;
+    confine(config)?;
     let mut connections: Vec<std::thread::JoinHandle<()>> = Vec::new();
     let mut namespace = 0u32;
     loop {
@@ -153,12 +170,14 @@ pub fn run(config: &Config, max_connections: Option<usize>) -> Result<(), Error>
                 namespace,
             },
             (None, None) if workers.is_some() => {
-                let (command, ledger) = workers.clone().expect("checked above");
+                let (command, ledger, spawner) = workers.clone().expect("checked above");
                 Runner::Isolated(Box::new(isolation::Workers::new(
                     command,
                     namespace,
                     config.max_clients,
+                    config.prestart_workers,
                     ledger,
+                    spawner,
                 )))
             }
             (None, Some(addr)) => Runner::Remote(Box::new(RemoteSession::new(
@@ -183,10 +202,12 @@ pub fn run(config: &Config, max_connections: Option<usize>) -> Result<(), Error>
             .spawn(move || {
                 let result = daemon.wait();
                 drop(daemon);
-                let freed = backend
+                let mut served = backend
                     .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .disconnected();
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                served.close_exit_events();
+                let freed = served.disconnected();
+                drop(served);
                 info!(
                     "frontend disconnected (frontend {namespace}), freed {} allocations ({} bytes) and {} objects",
                     freed.allocations, freed.bytes, freed.objects
@@ -215,17 +236,36 @@ pub fn run(config: &Config, max_connections: Option<usize>) -> Result<(), Error>
     }
 }
 
+/// Confines this process once its setup is done (`--seccomp`; docs/threat-model.md).
+///
+/// - A front with workers gets the front filter (an allowlist: no process creation, no
+///   files beyond its status file, unix sockets only): it parses what guests send and never
+///   opens the GPU. Its workers are started by the spawner and confine themselves with the
+///   worker filter once they have opened the GPU.
+/// - A daemon that runs calls itself (`--isolation shared`, `--remote`) gets the worker filter
+///   (a denylist) where no CUDA driver runs in it (the simulator, or `--remote`); with a local
+///   GPU it stays unconfined, because opening the GPU may restart it for an MPS share.
+fn confine(config: &Config) -> Result<(), Error> {
+    if isolation::uses_workers(config) {
+        vgpu_seccomp::confine_front(config.seccomp).map_err(Error::Seccomp)
+    } else if config.gpu == GpuSelection::Sim || config.remote.is_some() {
+        vgpu_seccomp::confine_worker(config.seccomp).map_err(Error::Seccomp)
+    } else {
+        info!("seccomp: not confined with a local GPU in one process (docs/threat-model.md)");
+        Ok(())
+    }
+}
+
 /// This host's GPU (or the simulator), with the daemon's stdout captured for device `printf`.
 pub(crate) fn local_executor(config: &Config) -> Result<Executor, Error> {
     let gpu = open_gpu(config)?;
     let kind = gpu.kind();
     let mut executor = Executor::new(gpu, config.limits);
-    if matches!(config.gpu, GpuSelection::Cuda(_)) {
-        // The driver prints kernels' printf output on our stdout: it belongs to the guest.
-        match console::StdoutCapture::install() {
-            Ok(capture) => executor.set_console(Box::new(capture)),
-            Err(e) => log::warn!("device printf output stays on the daemon's stdout: {e}"),
-        }
+    // The driver prints kernels' printf output on our stdout: it belongs to the guest. The
+    // simulator prints there too (a line for each printing kernel), so CI exercises this path.
+    match console::StdoutCapture::install() {
+        Ok(capture) => executor.set_console(Box::new(capture)),
+        Err(e) => log::warn!("device printf output stays on the daemon's stdout: {e}"),
     }
     info!(
         "vhost-gpu: serving {} with executor {kind}, {} queues, memory limit {}",

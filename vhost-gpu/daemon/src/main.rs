@@ -2,6 +2,9 @@ use clap::Parser;
 use vhost_gpu::{Config, config::Args};
 
 fn main() {
+    // A copy of this program started as a front's spawner (vgpu_seccomp::spawner) serves
+    // there and never returns.
+    vgpu_seccomp::spawner::serve_if_spawner();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let args = Args::parse();
     let max = args.max_connections;
@@ -13,13 +16,15 @@ fn main() {
         }
     };
     if std::env::var_os(vhost_gpu::isolation::WORKER_FD_ENV).is_some() {
-        // Started by a front as the worker of one guest client.
+        // Started for a front as the worker of one guest client; it confines itself once
+        // it has opened the GPU.
         if let Err(e) = vhost_gpu::isolation::worker_main(&config) {
             eprintln!("vhost-gpu worker: {}", vhost_gpu::error_chain(&e));
             std::process::exit(1);
         }
         return;
     }
+    // `run` confines the process (--seccomp; docs/threat-model.md).
     if let Err(e) = vhost_gpu::run(&config, max) {
         eprintln!("vhost-gpu: {}", vhost_gpu::error_chain(&e));
         std::process::exit(1);

@@ -194,8 +194,8 @@ struct Client {
     greeted: bool,
     objects: Slab<Object>,
     allocations: BTreeMap<u64, Allocation>,
-    /// Module globals the client may copy to and from: base -> size.
-    globals: BTreeMap<u64, u64>,
+    /// Module globals the client may copy to and from: base -> (size, module handle).
+    globals: BTreeMap<u64, (u64, u64)>,
     primary: Option<u64>,
     primary_refs: u32,
     primary_flags: u32,
@@ -217,7 +217,7 @@ impl Client {
                 .globals
                 .range(..=dptr)
                 .next_back()
-                .is_some_and(|(&b, &s)| within(b, s))
+                .is_some_and(|(&b, &(s, _))| within(b, s))
     }
 }
 
@@ -1122,7 +1122,9 @@ impl Executor {
                 };
                 self.make_current(client, ctx)?;
                 let (dptr, size) = self.gpu.module_get_global(raw, name)?;
-                self.client(client)?.globals.insert(dptr, size);
+                self.client(client)?
+                    .globals
+                    .insert(dptr, (size, a.module.get()));
                 w.push(
                     code,
                     0,
@@ -1362,6 +1364,8 @@ impl Executor {
             for f in funcs {
                 c.objects.remove(f);
             }
+            // The module's globals went with it: no copies to where they were.
+            c.globals.retain(|_, &mut (_, m)| m != module);
             self.uncharge(client, charged);
         }
         Ok(())
@@ -1410,11 +1414,20 @@ impl Executor {
             .collect();
         for d in dptrs {
             if let Some(a) = c.allocations.remove(&d) {
-                let _ = self.gpu.mem_free(d);
                 c.mem_used -= a.size;
                 self.mem_used -= a.size;
-                freed.allocations += 1;
-                freed.bytes += a.size;
+                // What was freed is what the GPU freed: a refusal is reported, not counted.
+                match self.gpu.mem_free(d) {
+                    Ok(()) => {
+                        freed.allocations += 1;
+                        freed.bytes += a.size;
+                    }
+                    Err(e) => warn!(
+                        "client {}: the GPU did not free {} bytes at {d:#x}: {e:?}",
+                        show(client),
+                        a.size
+                    ),
+                }
             }
         }
         let owned = c.objects.handles_where(|o| o.ctx() == Some(ctx));
@@ -1430,6 +1443,7 @@ impl Executor {
                     let _ = self.gpu.module_unload(raw);
                     c.mem_used -= charged;
                     self.mem_used -= charged;
+                    c.globals.retain(|_, &mut (_, m)| m != h);
                 }
                 Some(Object::GraphExec { raw, .. }) => {
                     let _ = self.gpu.graph_exec_destroy(raw);

@@ -4,7 +4,9 @@
 //! Device memory lives in host RAM and copies really move bytes, so checksums through the
 //! whole stack are meaningful. A module's global variables (`__device__`, `__constant__`) are
 //! device memory too, allocated at load with the image's initial data. Kernels are validated
-//! (handle, parameter buffer size) and recorded, never executed.
+//! (handle, parameter buffer size) and recorded, never executed; a kernel whose name holds
+//! `print` makes the simulator write a line built from its first argument to stdout, the
+//! path NVIDIA's driver prints device `printf` output on (see `device_printf`).
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -193,6 +195,29 @@ impl SimGpu {
     }
 }
 
+/// What the simulator "prints" for a kernel whose name holds `print`: it cannot run the
+/// kernel, so it writes one line derived from the launch's first argument to stdout, where
+/// NVIDIA's driver writes device `printf` output (the daemon's console hands it to the guest):
+/// `SIMPRINTF kernel=NAME arg0=V` (a 4-byte argument as a signed integer, an 8-byte one in
+/// hex, none as `-`).
+fn device_printf(name: &str, params: &[u8], layout: &[(u32, u32)]) {
+    use std::io::Write;
+    let arg0 = layout
+        .iter()
+        .min_by_key(|&&(off, _)| off)
+        .and_then(|&(off, size)| params.get(off as usize..(off + size) as usize))
+        .map_or("-".to_string(), |b| match <[u8; 4]>::try_from(b) {
+            Ok(b4) => i32::from_le_bytes(b4).to_string(),
+            Err(_) => match <[u8; 8]>::try_from(b) {
+                Ok(b8) => format!("{:#x}", u64::from_le_bytes(b8)),
+                Err(_) => format!("{} bytes", b.len()),
+            },
+        });
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "SIMPRINTF kernel={name} arg0={arg0}");
+    let _ = out.flush();
+}
+
 impl Gpu for SimGpu {
     fn kind(&self) -> GpuKind {
         GpuKind::Sim
@@ -234,8 +259,15 @@ impl Gpu for SimGpu {
     fn ctx_destroy(&mut self, ctx: u64) -> GpuResult<()> {
         self.contexts
             .remove(&ctx)
-            .map(|_| ())
-            .ok_or(CuResult::INVALID_CONTEXT)
+            .ok_or(CuResult::INVALID_CONTEXT)?;
+        // The simulator's own count (not the executor's ledger), for tests to read from
+        // outside: what is still allocated on the device once a context is gone.
+        info!(
+            "sim: context destroyed; the device holds {} bytes in {} allocations",
+            self.used_mem,
+            self.allocations.len()
+        );
+        Ok(())
     }
 
     fn set_current(&mut self, ctx: u64) -> GpuResult<()> {
@@ -543,7 +575,7 @@ impl Gpu for SimGpu {
         config: &LaunchConfig,
         stream: u64,
         params: &[u8],
-        _layout: &[(u32, u32)],
+        layout: &[(u32, u32)],
     ) -> GpuResult<()> {
         self.check_stream(stream)?;
         let f = self.functions.get(&func).ok_or(CuResult::INVALID_HANDLE)?;
@@ -562,7 +594,12 @@ impl Gpu for SimGpu {
         }
         match self.capturing.get_mut(&stream) {
             Some(captured) => *captured += 1,
-            None => self.launches += 1,
+            None => {
+                self.launches += 1;
+                if f.name.contains("print") {
+                    device_printf(&f.name, params, layout);
+                }
+            }
         }
         Ok(())
     }

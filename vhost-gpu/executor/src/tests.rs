@@ -151,34 +151,50 @@ fn contexts_are_charged_their_overhead_and_destroying_one_frees_its_memory() {
     );
 }
 
+/// 24 clients on one shared slice (the executor behind one mutex, as the daemon's frontend
+/// threads share it), released together by a barrier, each asking once for a 9 MiB buffer
+/// of a 100 MiB slice: exactly 11 win, the rest are refused with OUT_OF_MEMORY, and the
+/// ledger and the GPU's own free memory both say 11 buffers are held.
 #[test]
 fn many_threads_racing_at_the_limit_never_overcommit() {
-    let size = 3 * MIB;
+    const THREADS: usize = 24;
+    let size = 9 * MIB;
     let limit = 100 * MIB;
     let ex = Arc::new(Mutex::new(executor(Some(limit), 0)));
-    let ctxs: Vec<u64> = (1..=8)
+    let ctxs: Vec<u64> = (1..=THREADS as u32)
         .map(|c| client_with_ctx(&mut ex.lock().unwrap(), c))
         .collect();
+    let barrier = Arc::new(std::sync::Barrier::new(THREADS));
     let threads: Vec<_> = ctxs
         .into_iter()
         .enumerate()
         .map(|(i, ctx)| {
             let ex = Arc::clone(&ex);
+            let barrier = Arc::clone(&barrier);
             std::thread::spawn(move || {
-                let client = i as u32 + 1;
-                (0..20)
-                    .filter(|_| alloc(&mut ex.lock().unwrap(), client, ctx, size).is_ok())
-                    .count()
+                barrier.wait();
+                alloc(&mut ex.lock().unwrap(), i as u32 + 1, ctx, size)
             })
         })
         .collect();
-    let won: usize = threads.into_iter().map(|t| t.join().unwrap()).sum();
+    let results: Vec<Result<u64, u32>> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    let won = results.iter().filter(|r| r.is_ok()).count();
     assert_eq!(
         won as u64,
         limit / size,
         "exactly as many allocations as fit"
     );
-    assert_eq!(ex.lock().unwrap().mem_used(), won as u64 * size);
+    assert!(
+        results
+            .iter()
+            .all(|r| r.is_ok() || *r == Err(CuResult::OUT_OF_MEMORY.0)),
+        "{results:?}"
+    );
+    let mut ex = ex.lock().unwrap();
+    assert_eq!(ex.mem_used(), won as u64 * size);
+    // The simulator (not the ledger) holds exactly the winners' buffers.
+    let (free, total) = ex.gpu.mem_info().unwrap();
+    assert_eq!(total - free, won as u64 * size);
 }
 
 #[test]
@@ -323,4 +339,94 @@ fn device_printf_output_comes_back_with_the_synchronising_call() {
         &calls::ConsoleRead::default(),
     );
     assert_ne!(r, 0, "a client that never said hello is refused");
+}
+
+/// A module's globals may be copied to while it is loaded and not after: the client's table of
+/// them went on growing with every load (a leak per round of load/unload) and kept pointing at
+/// memory that was freed. Breaks if unloading keeps the module's globals.
+#[test]
+fn a_modules_globals_go_with_it() {
+    let mut ex = executor(None, 0);
+    let ctx = client_with_ctx(&mut ex, 1);
+    let mut image =
+        b".version 8.0\n.target sm_90\n.address_size 64\n.global .align 4 .b8 counter[64];\n\0"
+            .to_vec();
+    let mut buf = vec![0u8; 512];
+    let mut e = Encoder::new(&mut buf).unwrap();
+    let body = calls::ModuleLoad {
+        ctx: ctx.into(),
+        image: vgpu_protocol::DataRef::new(0, image.len() as u64),
+    };
+    e.push(Opcode::ModuleLoad as u16, 0, &body, &[]).unwrap();
+    let len = e.finish(flags::WANT_REPLY, 1, 1 << 16, 1);
+    let segs = [HostSeg {
+        ptr: image.as_mut_ptr(),
+        len: image.len(),
+    }];
+    let mut reply = Vec::new();
+    let out = ex.execute(
+        &buf[..len],
+        DataStream::new(&segs),
+        DataStream::EMPTY,
+        &mut reply,
+    );
+    let (_, mut records) = parse_response(&reply[..out.reply_len]).unwrap();
+    let r = records.next().unwrap().unwrap();
+    assert_eq!(r.result, 0);
+    let module = calls::ModuleLoadReply::read_from_prefix(r.body)
+        .unwrap()
+        .0
+        .module
+        .get();
+    // cuModuleGetGlobal("counter"): the name follows the fixed part.
+    let mut buf = vec![0u8; 512];
+    let mut e = Encoder::new(&mut buf).unwrap();
+    let body = calls::ModuleGetGlobal {
+        module: module.into(),
+        name_len: 7.into(),
+        ..Default::default()
+    };
+    e.push(Opcode::ModuleGetGlobal as u16, 0, &body, b"counter")
+        .unwrap();
+    let len = e.finish(flags::WANT_REPLY, 1, 1 << 16, 2);
+    let out = ex.execute(
+        &buf[..len],
+        DataStream::EMPTY,
+        DataStream::EMPTY,
+        &mut reply,
+    );
+    let (_, mut records) = parse_response(&reply[..out.reply_len]).unwrap();
+    let r = records.next().unwrap().unwrap();
+    assert_eq!(r.result, 0);
+    let global = calls::GlobalReply::read_from_prefix(r.body).unwrap().0;
+    assert_eq!(global.size.get(), 64);
+    let memset = |ex: &mut Executor| {
+        call(
+            ex,
+            1,
+            Opcode::Memset,
+            &calls::Memset {
+                ctx: ctx.into(),
+                stream: 0.into(),
+                dptr: global.dptr,
+                count: 16.into(),
+                value: 7.into(),
+                elem_size: 4.into(),
+            },
+        )
+        .0
+    };
+    assert_eq!(memset(&mut ex), 0);
+    let (r, _) = call(
+        &mut ex,
+        1,
+        Opcode::ModuleUnload,
+        &calls::HandleArg {
+            handle: module.into(),
+        },
+    );
+    assert_eq!(r, 0);
+    assert_eq!(memset(&mut ex), CuResult::INVALID_VALUE.0);
+    // Refused by the executor's own table, not only by the device: nothing is left in it.
+    assert!(ex.clients[&client_key(0, 1)].globals.is_empty());
 }

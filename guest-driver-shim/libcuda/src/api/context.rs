@@ -30,7 +30,8 @@ fn set_current(c: Option<&'static Ctx>) {
         let mut s = s.borrow_mut();
         s.pop();
         if let Some(c) = c {
-            s.push(c);
+            // Cannot fail: one entry was just popped, or the stack was empty.
+            let _ = s.push(c);
         }
     });
 }
@@ -181,6 +182,11 @@ pub unsafe extern "C" fn cuDevicePrimaryCtxGetState(
     }))
 }
 
+/// Records of destroyed contexts, reused by the next `cuCtxCreate` (as the real driver reuses
+/// the memory of a destroyed context), so creating and destroying contexts for ever stays
+/// flat. A record is never freed: a stale `CUcontext` stays safe to pass.
+static DESTROYED: std::sync::Mutex<Vec<&'static Ctx>> = std::sync::Mutex::new(Vec::new());
+
 fn ctx_create(pctx: *mut CUcontext, flags: c_uint, dev: CUdevice) -> Result<(), CuResult> {
     let d = driver::driver()?;
     if dev != 0 {
@@ -197,13 +203,24 @@ fn ctx_create(pctx: *mut CUcontext, flags: c_uint, dev: CUdevice) -> Result<(), 
         .conn
         .call(Opcode::CtxCreate, &body, &[], None, None)?
         .parse()?;
-    let ctx: &'static Ctx = Box::leak(Box::new(Ctx {
-        handle: AtomicU64::new(h.handle.get()),
-        flags: AtomicU32::new(flags),
-        primary: false,
-    }));
+    let reused = DESTROYED
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .pop();
+    let ctx: &'static Ctx = match reused {
+        Some(c) => {
+            c.flags.store(flags, Ordering::Relaxed);
+            c.handle.store(h.handle.get(), Ordering::Release);
+            c
+        }
+        None => Box::leak(Box::new(Ctx {
+            handle: AtomicU64::new(h.handle.get()),
+            flags: AtomicU32::new(flags),
+            primary: false,
+        })),
+    };
     // A new context is pushed onto the calling thread's stack.
-    CTX_STACK.with(|s| s.borrow_mut().push(ctx));
+    CTX_STACK.with(|s| s.borrow_mut().push(ctx))?;
     // SAFETY: checked non-NULL above.
     unsafe { put(pctx, as_handle(ctx)) }
 }
@@ -266,11 +283,18 @@ pub unsafe extern "C" fn cuCtxDestroy_v2(ctx: CUcontext) -> CUresult {
                 None,
             )?
             .ok()?;
-        c.handle.store(0, Ordering::Release);
+        let was_live = c.handle.swap(0, Ordering::AcqRel) != 0;
         super::exports::context_gone(std::ptr::from_ref(c) as usize);
         // Drop it from this thread's stack; other threads' stacks keep a dead context, as
-        // with the real driver, and their calls fail with INVALID_CONTEXT.
-        CTX_STACK.with(|s| s.borrow_mut().retain(|x| !std::ptr::eq(*x, c)));
+        // with the real driver, and their calls fail with INVALID_CONTEXT (until the record
+        // is reused, as the real driver's memory would be).
+        CTX_STACK.with(|s| s.borrow_mut().remove(c));
+        if was_live {
+            DESTROYED
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push(c);
+        }
         Ok(())
     }))
 }
@@ -299,8 +323,7 @@ pub unsafe extern "C" fn cuCtxGetCurrent(pctx: *mut CUcontext) -> CUresult {
 pub unsafe extern "C" fn cuCtxPushCurrent_v2(ctx: CUcontext) -> CUresult {
     ret(driver::driver().and_then(|_| {
         let c = as_ctx(ctx).ok_or(CuResult::INVALID_VALUE)?;
-        CTX_STACK.with(|s| s.borrow_mut().push(c));
-        Ok(())
+        CTX_STACK.with(|s| s.borrow_mut().push(c))
     }))
 }
 

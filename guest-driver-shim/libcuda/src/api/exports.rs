@@ -162,7 +162,7 @@ fn register_fatbin(
     }
     let m = super::module::load(image, module_ctx()?)?;
     // SAFETY: out-pointer from the runtime.
-    unsafe { put(out, m as *const super::module::Module as *mut c_void) }
+    unsafe { put(out, m as *mut c_void) }
 }
 
 /// [1] `(CUmodule *out, const __fatBinC_Wrapper_t *wrapper)`.
@@ -844,8 +844,11 @@ mod tests {
         assert_eq!(h.last, 0x74);
     }
 
+    /// The answer is computed from every input. (For versions ending in 0 or 1 `check`
+    /// returns two constants, recorded from NVIDIA's driver; nothing here can verify them,
+    /// and a test that compared them with themselves would prove nothing, so none does.)
     #[test]
-    fn integrity_check_constants_and_sensitivity() {
+    fn integrity_check_is_sensitive_to_its_inputs() {
         let mut input = Input {
             driver_version: 13000,
             version: 13000,
@@ -862,15 +865,20 @@ mod tests {
             pci_bus: 0x19,
             pci_device: 0,
         };
-        assert_eq!(
-            check(&input, &[dev]),
-            [0x3341_181C_03CB_675C, 0x8ED3_83AA_1F4C_D1E8]
-        );
-        input.version = 13001;
-        assert_eq!(check(&input, &[dev])[0], 0x1841_181C_03CB_675C);
         input.version = 13002;
         let a = check(&input, &[dev]);
         assert_eq!(a, check(&input, &[dev]), "deterministic");
+        let mut changed = input;
+        changed.pid += 1;
+        assert_ne!(a, check(&changed, &[dev]), "the process id is hashed");
+        changed = input;
+        changed.cudart_table += 8;
+        assert_ne!(
+            a,
+            check(&changed, &[dev]),
+            "the runtime's table address is hashed"
+        );
+        assert_ne!(a, check(&input, &[]), "the devices are hashed");
         let mut other = dev;
         other.pci_bus = 0x1a;
         assert_ne!(a, check(&input, &[other]), "the device's PCI bus is hashed");

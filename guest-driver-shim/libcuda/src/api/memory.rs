@@ -403,7 +403,7 @@ fn htod(dst: CUdeviceptr, src: *const u8, n: usize, stream: Option<u64>) -> Resu
         // SAFETY: `src` is readable for `n` bytes (caller's contract); the staging buffer is
         // ours and no chain in flight uses it.
         unsafe { std::ptr::copy_nonoverlapping(src.add(off), buf.hva, piece) };
-        append_copy(
+        let sent = append_copy(
             &mut g,
             Dir::HtoD,
             flags,
@@ -412,8 +412,17 @@ fn htod(dst: CUdeviceptr, src: *const u8, n: usize, stream: Option<u64>) -> Resu
             dst + off as u64,
             buf.gpa,
             piece,
-        )?;
-        pending[slot] = Some(g.flush_staged(slot)?);
+        )
+        .and_then(|()| g.flush_staged(slot));
+        match sent {
+            Ok(h) => pending[slot] = Some(h),
+            Err(e) => {
+                // The pieces in flight still read the staging buffers: wait for them below
+                // before they can be reused.
+                result = result.and(Err(e));
+                break;
+            }
+        }
     }
     for (slot, h) in pending.iter().enumerate() {
         if let Some(h) = h {
@@ -424,6 +433,24 @@ fn htod(dst: CUdeviceptr, src: *const u8, n: usize, stream: Option<u64>) -> Resu
 }
 
 fn dtoh(dst: *mut u8, src: CUdeviceptr, n: usize, stream: Option<u64>) -> Result<(), CuResult> {
+    let r = dtoh_copy(dst, src, n, stream);
+    // A deliberately broken build (`--features corrupt-copy-for-test`), so the GPU suite can
+    // be shown failing: every synchronous device-to-host copy of 1 MiB or more comes back
+    // with its middle byte flipped.
+    #[cfg(feature = "corrupt-copy-for-test")]
+    if r.is_ok() && stream.is_none() && n >= 1 << 20 {
+        // SAFETY: `dst` is writable for `n` bytes (the copy just wrote them).
+        unsafe { *dst.add(n / 2) ^= 0x01 };
+    }
+    r
+}
+
+fn dtoh_copy(
+    dst: *mut u8,
+    src: CUdeviceptr,
+    n: usize,
+    stream: Option<u64>,
+) -> Result<(), CuResult> {
     let (d, ctx) = ctx()?;
     if n == 0 {
         return Ok(());
@@ -457,7 +484,7 @@ fn dtoh(dst: *mut u8, src: CUdeviceptr, n: usize, stream: Option<u64>) -> Result
         result = result.and(drain(&mut g, slot, &mut pending));
         let piece = (n - off).min(STAGING_BYTES);
         let buf = g.staging[slot];
-        append_copy(
+        let sent = append_copy(
             &mut g,
             Dir::DtoH,
             flags,
@@ -466,8 +493,16 @@ fn dtoh(dst: *mut u8, src: CUdeviceptr, n: usize, stream: Option<u64>) -> Result
             src + off as u64,
             buf.gpa,
             piece,
-        )?;
-        pending[slot] = Some((g.flush_staged(slot)?, off));
+        )
+        .and_then(|()| g.flush_staged(slot));
+        match sent {
+            Ok(h) => pending[slot] = Some((h, off)),
+            Err(e) => {
+                // The pieces in flight still write the staging buffers: wait for them below.
+                result = result.and(Err(e));
+                break;
+            }
+        }
     }
     let first = chunks.len() % 2;
     result = result.and(drain(&mut g, first, &mut pending));

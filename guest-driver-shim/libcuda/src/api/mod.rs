@@ -5,6 +5,7 @@ mod context;
 mod device;
 mod exports;
 mod graph;
+mod handles;
 mod launch;
 mod memory;
 mod misc;

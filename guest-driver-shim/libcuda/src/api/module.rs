@@ -1,10 +1,15 @@
 //! Modules and libraries. Images (cubin, fatbin, PTX) are shipped whole to the host, which
 //! loads them with the real driver and answers with every kernel's handle and parameter
 //! layout, so later lookups and launches never ask the host again.
+//!
+//! `CUmodule`/`CUlibrary` and `CUfunction`/`CUkernel` values are tokens of the handle tables
+//! below ([`super::handles`]); unloading a module frees it, its functions, the answers cached
+//! for them and the globals it registered, and its tokens die.
 
 use std::{
     collections::HashMap,
     ffi::{CString, c_char, c_int, c_uint, c_void},
+    sync::{Arc, Mutex, PoisonError, RwLock},
 };
 
 use vgpu_protocol::{CuResult, DataRef, Opcode, calls};
@@ -19,7 +24,8 @@ pub struct Func {
     pub name: CString,
     pub params: Vec<(u32, u32)>,
     pub params_len: u32,
-    pub module: *const Module,
+    /// The module's token.
+    pub module: u64,
     /// `CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES` once known (`u32::MAX`: not asked
     /// yet), so a launch asking for more fails at the call, as with NVIDIA's driver, instead
     /// of at the next synchronisation.
@@ -52,11 +58,45 @@ impl Func {
     }
 }
 
-/// A loaded module (`CUmodule` and `CUlibrary` point at one).
+/// A loaded module (`CUmodule` and `CUlibrary` are its token).
 pub struct Module {
     pub handle: u64,
-    pub funcs: Vec<Box<Func>>,
-    by_name: HashMap<Vec<u8>, usize>,
+    /// Tokens of its functions, in the host's order.
+    pub funcs: Vec<u64>,
+    by_name: HashMap<Vec<u8>, u64>,
+    /// Device addresses of its globals that were looked up (entered in the allocation map,
+    /// which must forget them when the module goes).
+    globals: Mutex<Vec<u64>>,
+}
+
+/// Every module and function the application holds.
+struct Registry {
+    modules: super::handles::Handles<Module>,
+    funcs: super::handles::Handles<Func>,
+}
+
+static REGISTRY: RwLock<Registry> = RwLock::new(Registry {
+    modules: super::handles::Handles::new(b'M'),
+    funcs: super::handles::Handles::new(b'F'),
+});
+
+fn registry() -> std::sync::RwLockReadGuard<'static, Registry> {
+    REGISTRY.read().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn registry_mut() -> std::sync::RwLockWriteGuard<'static, Registry> {
+    REGISTRY.write().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Live modules and functions, and the slots the tables have ever used.
+pub fn registry_sizes() -> [usize; 4] {
+    let r = registry();
+    [
+        r.modules.len(),
+        r.funcs.len(),
+        r.modules.capacity(),
+        r.funcs.capacity(),
+    ]
 }
 
 const FATBIN_WRAPPER_MAGIC: u32 = 0x4662_43B1;
@@ -119,8 +159,8 @@ unsafe fn image_bytes<'a>(image: *const c_void) -> Result<&'a [u8], CuResult> {
     Ok(unsafe { std::slice::from_raw_parts(p, len) })
 }
 
-/// Ships an image to the host and builds the module from the reply.
-pub(crate) fn load(image: &[u8], ctx: u64) -> Result<&'static Module, CuResult> {
+/// Ships an image to the host and builds the module from the reply; returns its token.
+pub(crate) fn load(image: &[u8], ctx: u64) -> Result<u64, CuResult> {
     let d = driver::driver()?;
     let staging = d.conn.alloc_shared(image.len())?;
     // SAFETY: the shared buffer has room for the image and is ours until freed below.
@@ -145,11 +185,13 @@ pub(crate) fn load(image: &[u8], ctx: u64) -> Result<&'static Module, CuResult> 
     reply.ok()?;
     let (fixed, mut rest) =
         calls::ModuleLoadReply::read_from_prefix(&reply.body).map_err(|_| CuResult::UNKNOWN)?;
-    let mut module = Box::new(Module {
+    let mut module = Module {
         handle: fixed.module.get(),
         funcs: Vec::new(),
         by_name: HashMap::new(),
-    });
+        globals: Mutex::new(Vec::new()),
+    };
+    let mut funcs = Vec::new();
     for _ in 0..fixed.nfuncs.get() {
         let (info, after) =
             calls::FuncInfo::read_from_prefix(rest).map_err(|_| CuResult::UNKNOWN)?;
@@ -171,22 +213,29 @@ pub(crate) fn load(image: &[u8], ctx: u64) -> Result<&'static Module, CuResult> 
             (size_of::<calls::FuncInfo>() + rec).next_multiple_of(8) - size_of::<calls::FuncInfo>();
         rest = after.get(padded..).unwrap_or(&[]);
         let params_len = params.iter().map(|(o, s)| o + s).max().unwrap_or(0);
-        module.by_name.insert(name.clone(), module.funcs.len());
-        module.funcs.push(Box::new(Func {
-            handle: info.handle.get(),
-            name: CString::new(name).unwrap_or_default(),
-            params,
-            params_len,
-            module: std::ptr::null(),
-            max_dynamic_smem: std::sync::atomic::AtomicU32::new(u32::MAX),
-        }));
+        funcs.push((
+            name.clone(),
+            Func {
+                handle: info.handle.get(),
+                name: CString::new(name).unwrap_or_default(),
+                params,
+                params_len,
+                module: 0,
+                max_dynamic_smem: std::sync::atomic::AtomicU32::new(u32::MAX),
+            },
+        ));
     }
-    let module: &'static mut Module = Box::leak(module);
-    let mp: *const Module = module;
-    for f in &mut module.funcs {
-        f.module = mp;
+    let mut r = registry_mut();
+    let token = r.modules.next_token();
+    for (name, mut f) in funcs {
+        f.module = token;
+        let ft = r.funcs.insert(Arc::new(f));
+        module.by_name.insert(name, ft);
+        module.funcs.push(ft);
     }
-    Ok(module)
+    let inserted = r.modules.insert(Arc::new(module));
+    debug_assert_eq!(inserted, token);
+    Ok(token)
 }
 
 fn module_load(pmod: *mut *mut c_void, image: *const c_void) -> Result<(), CuResult> {
@@ -195,7 +244,7 @@ fn module_load(pmod: *mut *mut c_void, image: *const c_void) -> Result<(), CuRes
     let bytes = unsafe { image_bytes(image)? };
     let m = load(bytes, ctx)?;
     // SAFETY: out-pointer from the caller.
-    unsafe { put(pmod, m as *const Module as *mut c_void) }
+    unsafe { put(pmod, m as *mut c_void) }
 }
 
 #[unsafe(no_mangle)]
@@ -242,21 +291,45 @@ pub unsafe extern "C" fn cuModuleLoad(pmod: *mut *mut c_void, path: *const c_cha
     })())
 }
 
-fn as_module<'a>(m: *mut c_void) -> Result<&'a Module, CuResult> {
-    // SAFETY: every CUmodule we hand out points at a leaked Module.
-    if m.is_null() {
-        Err(CuResult::INVALID_HANDLE)
-    } else {
-        // SAFETY: every CUmodule we hand out points at a leaked, never freed Module.
-        Ok(unsafe { &*(m as *const Module) })
+fn as_module(m: *mut c_void) -> Result<Arc<Module>, CuResult> {
+    registry()
+        .modules
+        .get(m as u64)
+        .cloned()
+        .ok_or(CuResult::INVALID_HANDLE)
+}
+
+/// Forgets module `token` and everything kept for it; returns it.
+fn forget_module(d: &driver::Driver, token: u64) -> Result<Arc<Module>, CuResult> {
+    let module = {
+        let mut r = registry_mut();
+        let module = r.modules.remove(token).ok_or(CuResult::INVALID_HANDLE)?;
+        for &f in &module.funcs {
+            r.funcs.remove(f);
+        }
+        module
+    };
+    // Launches racing with the unload hold their own reference to a function; its host
+    // handle is dead and fails cleanly there.
+    super::launch::forget_occupancy();
+    let globals = std::mem::take(
+        &mut *module
+            .globals
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner),
+    );
+    let mut allocs = d.allocations.lock().unwrap_or_else(PoisonError::into_inner);
+    for g in globals {
+        allocs.remove(&g);
     }
+    Ok(module)
 }
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuModuleUnload(m: *mut c_void) -> CUresult {
     ret((|| {
         let d = driver::driver()?;
-        let module = as_module(m)?;
+        let module = forget_module(d, m as u64)?;
         d.conn.flush()?;
         d.conn
             .call(
@@ -269,8 +342,6 @@ pub unsafe extern "C" fn cuModuleUnload(m: *mut c_void) -> CUresult {
                 None,
             )?
             .ok()
-        // The Module itself stays allocated: launches racing with the unload must not touch
-        // freed memory; its host handles are dead and fail cleanly.
     })())
 }
 
@@ -282,13 +353,12 @@ fn get_function(
     let module = as_module(m)?;
     // SAFETY: NUL-terminated name from the caller.
     let name = unsafe { crate::cstr(name) }.ok_or(CuResult::INVALID_VALUE)?;
-    let i = *module
+    let f = *module
         .by_name
         .get(name.to_bytes())
         .ok_or(CuResult::NOT_FOUND)?;
-    let f: &Func = &module.funcs[i];
     // SAFETY: out-pointer from the caller.
-    unsafe { put(out, f as *const Func as *mut c_void) }
+    unsafe { put(out, f as *mut c_void) }
 }
 
 #[unsafe(no_mangle)]
@@ -316,9 +386,9 @@ pub unsafe extern "C" fn cuModuleEnumerateFunctions(
         if out.is_null() {
             return Err(CuResult::INVALID_VALUE);
         }
-        for (i, f) in module.funcs.iter().take(n as usize).enumerate() {
+        for (i, &f) in module.funcs.iter().take(n as usize).enumerate() {
             // SAFETY: `out` has room for `n` entries (caller's contract).
-            unsafe { *out.add(i) = &raw const **f as *mut c_void };
+            unsafe { *out.add(i) = f as *mut c_void };
         }
         Ok(())
     }))
@@ -345,10 +415,18 @@ fn get_global(
         .conn
         .call(Opcode::ModuleGetGlobal, &body, name, None, None)?
         .parse()?;
+    let mut globals = module
+        .globals
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    if !globals.contains(&r.dptr.get()) {
+        globals.push(r.dptr.get());
+    }
     d.allocations
         .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .unwrap_or_else(PoisonError::into_inner)
         .insert(r.dptr.get(), r.size.get());
+    drop(globals);
     if !dptr.is_null() {
         // SAFETY: non-NULL out-pointer.
         unsafe { put(dptr, r.dptr.get())? };
@@ -370,14 +448,12 @@ pub unsafe extern "C" fn cuModuleGetGlobal_v2(
     ret(get_global(dptr, bytes, m, name))
 }
 
-pub(crate) fn as_func<'a>(f: *mut c_void) -> Result<&'a Func, CuResult> {
-    // SAFETY: every CUfunction/CUkernel we hand out points at a Func owned by a leaked Module.
-    if f.is_null() {
-        Err(CuResult::INVALID_HANDLE)
-    } else {
-        // SAFETY: every CUfunction/CUkernel points at a Func of a leaked Module.
-        Ok(unsafe { &*(f as *const Func) })
-    }
+pub(crate) fn as_func(f: *mut c_void) -> Result<Arc<Func>, CuResult> {
+    registry()
+        .funcs
+        .get(f as u64)
+        .cloned()
+        .ok_or(CuResult::INVALID_HANDLE)
 }
 
 #[unsafe(no_mangle)]
@@ -420,7 +496,7 @@ fn func_attribute(
     value: c_int,
 ) -> Result<i32, CuResult> {
     let f = as_func(f)?;
-    let r = func_attribute_of(f, op, attribute, value)?;
+    let r = func_attribute_of(&f, op, attribute, value)?;
     if op == Opcode::FuncSetAttribute {
         super::launch::forget_occupancy();
     }
@@ -494,7 +570,7 @@ fn library_load(plib: *mut *mut c_void, image: *const c_void) -> Result<(), CuRe
     let bytes = unsafe { image_bytes(image)? };
     let m = load(bytes, ctx)?;
     // SAFETY: out-pointer from the caller.
-    unsafe { put(plib, m as *const Module as *mut c_void) }
+    unsafe { put(plib, m as *mut c_void) }
 }
 
 #[unsafe(no_mangle)]

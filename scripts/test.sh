@@ -9,6 +9,12 @@ step() { echo; echo "=== $* ($(date -u +%H:%M:%S))"; }
 
 step "toolchain checks"
 command -v cc >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gcc; }
+# protoc builds etcd-client's gRPC code; etcd runs the controller's HA tests (controller/tests/ha.rs).
+if ! command -v protoc >/dev/null || ! command -v etcd >/dev/null; then
+    apt-get update -qq
+    command -v protoc >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq protobuf-compiler
+    command -v etcd >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-server etcd-client
+fi
 cargo fmt --all -- --check
 
 step "build"

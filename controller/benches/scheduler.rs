@@ -6,6 +6,9 @@
 //!   - the placement decision alone (`scheduler::Index::place`) in three situations: local fit,
 //!     remote fallback within the rack, and the worst case (the whole pool scanned);
 //!   - process RSS after loading the inventory and after the allocations.
+//!
+//! On etcd instead of SQLite: `VGPU_BENCH_STORE=etcd://127.0.0.1:2379/bench` (an empty prefix);
+//! `VGPU_BENCH_ALLOCS=N` changes the number of end-to-end allocations (default 50,000).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -15,11 +18,10 @@ use vgpu_controller::auth::Role;
 use vgpu_controller::model::{AllocationRequest, Policy, SliceSpec, Strategy};
 use vgpu_controller::pool::{Pool, PoolConfig};
 use vgpu_controller::scheduler::{GpuSpec, PlaceRequest, Want};
-use vgpu_controller::store::SqliteStore;
 
 const HOSTS: usize = 10_000;
 const GPUS: u32 = 8;
-const ALLOCS: usize = 50_000;
+const ALLOCS_DEFAULT: usize = 50_000;
 
 struct Rng(u64);
 impl Rng {
@@ -59,10 +61,17 @@ fn main() {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let rss0 = rss_mib();
-    let store = SqliteStore::open(&dir.join("pool.db")).unwrap();
+    let spec = std::env::var("VGPU_BENCH_STORE").unwrap_or_else(|_| "sqlite".into());
+    let store_name = if spec == "sqlite" { "SQLite" } else { "etcd" };
+    #[allow(non_snake_case)]
+    let ALLOCS: usize = std::env::var("VGPU_BENCH_ALLOCS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(ALLOCS_DEFAULT);
+    let store = vgpu_controller::server::open_store(&spec, &dir.join("pool.db")).unwrap();
     let pool = std::sync::Arc::new(
         Pool::open(
-            Box::new(store),
+            store,
             PoolConfig {
                 lease_ttl: Duration::from_secs(3600),
                 ..Default::default()
@@ -169,9 +178,10 @@ fn main() {
     let ok = ids.len();
 
     // Churn: release one, allocate one.
-    let mut churn = Vec::with_capacity(10_000);
+    let churn_rounds = ALLOCS / 5;
+    let mut churn = Vec::with_capacity(churn_rounds);
     let t2 = Instant::now();
-    for i in 0..10_000 {
+    for i in 0..churn_rounds {
         let id = ids.swap_remove(rng.below(ids.len() as u64) as usize);
         pool.release(&Role::Admin, &id).unwrap();
         let req = AllocationRequest {
@@ -295,11 +305,11 @@ fn main() {
         HOSTS * GPUS as usize
     );
     println!(
-        "inventory load (register {HOSTS} hosts through Pool::register, SQLite): {:.2} s",
+        "inventory load (register {HOSTS} hosts through Pool::register, {store_name}): {:.2} s",
         reg.as_secs_f64()
     );
     println!(
-        "allocate end to end (lock + quota + decision + SQLite insert + index), {ALLOCS} requests, {ok} placed ({remote} remote):"
+        "allocate end to end (lock + quota + decision + {store_name} insert + index), {ALLOCS} requests, {ok} placed ({remote} remote):"
     );
     println!(
         "  throughput {:.0} allocations/s",
@@ -312,8 +322,8 @@ fn main() {
         pct(&mut lat, 1.0)
     );
     println!(
-        "churn (release + allocate 1/4), 10000 rounds: {:.0} rounds/s; allocate p50 {:.1} us, p99 {:.1} us",
-        10_000.0 / churn_wall.as_secs_f64(),
+        "churn (release + allocate 1/4), {churn_rounds} rounds: {:.0} rounds/s; allocate p50 {:.1} us, p99 {:.1} us",
+        churn_rounds as f64 / churn_wall.as_secs_f64(),
         pct(&mut churn, 0.5),
         pct(&mut churn, 0.99)
     );

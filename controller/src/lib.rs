@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod etcd_store;
 pub mod limits;
 pub mod metrics;
 pub mod model;
@@ -12,3 +13,4 @@ pub mod pool;
 pub mod scheduler;
 pub mod server;
 pub mod store;
+pub mod transfer;

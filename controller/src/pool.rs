@@ -19,7 +19,7 @@ use crate::model::{
     parse_profile, profile_label,
 };
 use crate::scheduler::{GpuSpec, Index, PlaceError, PlaceRequest, Shape, Want};
-use crate::store::{Store, StoreError};
+use crate::store::{Change, Leadership, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PoolError {
@@ -108,6 +108,10 @@ struct Inner {
     counters: Counters,
     id_nonce: u32,
     id_seq: u64,
+    /// Lease time, for changes other replicas made (replicated stores).
+    lease_ttl: Duration,
+    /// Leadership epoch this pool last ran reclamation under (replicated stores).
+    leader_epoch: Option<u64>,
 }
 
 pub struct Pool {
@@ -165,8 +169,14 @@ pub struct MetricsSnapshot {
     pub projects: Vec<ProjectView>,
 }
 
+/// Lock the pool and bring its view up to what other replicas committed (replicated stores).
 fn lock(m: &Mutex<Inner>) -> MutexGuard<'_, Inner> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
+    let mut g = m.lock().unwrap_or_else(|p| p.into_inner());
+    let changes = g.store.poll_changes();
+    if !changes.is_empty() {
+        g.apply_changes(changes);
+    }
+    g
 }
 
 fn shape_of(a: &Allocation) -> Shape {
@@ -224,6 +234,8 @@ impl Pool {
             counters: Counters::default(),
             id_nonce: nonce,
             id_seq: 0,
+            lease_ttl: cfg.lease_ttl,
+            leader_epoch: None,
         };
         let mut gpus_by_host: HashMap<String, Vec<Gpu>> = HashMap::new();
         for g in snap.gpus {
@@ -469,6 +481,13 @@ impl Pool {
             }
         }
         let now = Instant::now();
+        let running: Vec<String> = req
+            .workers
+            .iter()
+            .filter(|w| w.state == WorkerState::Running)
+            .map(|w| w.allocation_id.clone())
+            .collect();
+        inner.store.record_heartbeat(host, &running)?;
         for w in req.workers {
             let Some(a) = inner.allocs.get(&w.allocation_id) else {
                 continue;
@@ -518,6 +537,19 @@ impl Pool {
     pub fn reclaim(&self, now: Instant) -> Result<usize, PoolError> {
         let mut inner = lock(&self.inner);
         let ttl = self.cfg.lease_ttl;
+        match inner.store.leadership() {
+            Leadership::Sole => {}
+            Leadership::Follower => return Ok(0),
+            Leadership::Leader { epoch } if inner.leader_epoch != Some(epoch) => {
+                // A new leader may not have heard the last heartbeats, and while etcd was
+                // unavailable none got through: one lease of grace.
+                log::info!("leader (epoch {epoch}): every host and allocation gets a fresh lease");
+                inner.leader_epoch = Some(epoch);
+                inner.refresh_leases(now + ttl);
+                return Ok(0);
+            }
+            Leadership::Leader { .. } => {}
+        }
         let mut lost = Vec::new();
         for (name, h) in inner.hosts.iter_mut() {
             if h.alive && h.last_seen + ttl < now {
@@ -603,118 +635,131 @@ impl Pool {
         };
         let started = Instant::now();
         let mut inner = lock(&self.inner);
-        let quota = inner
-            .projects
-            .get(&project)
-            .ok_or_else(|| PoolError::NotFound {
-                kind: "project",
-                id: project.clone(),
-            })?
-            .quota
-            .clone();
-        match inner.hosts.get(&req.host) {
-            None => {
-                return Err(PoolError::NotFound {
-                    kind: "host",
-                    id: req.host.clone(),
-                });
+        let mut attempts = 0;
+        // Replicated stores: a commit another replica's change invalidated is decided again.
+        let (a, gpu) = loop {
+            let quota = inner
+                .projects
+                .get(&project)
+                .ok_or_else(|| PoolError::NotFound {
+                    kind: "project",
+                    id: project.clone(),
+                })?
+                .quota
+                .clone();
+            match inner.hosts.get(&req.host) {
+                None => {
+                    return Err(PoolError::NotFound {
+                        kind: "host",
+                        id: req.host.clone(),
+                    });
+                }
+                // Its agent would never start the worker; the lease would only expire.
+                Some(h) if !h.alive => {
+                    return Err(PoolError::Conflict(format!(
+                        "host {:?} is lost (no heartbeat from its agent); cannot start a worker there",
+                        req.host
+                    )));
+                }
+                Some(_) => {}
             }
-            // Its agent would never start the worker; the lease would only expire.
-            Some(h) if !h.alive => {
-                return Err(PoolError::Conflict(format!(
-                    "host {:?} is lost (no heartbeat from its agent); cannot start a worker there",
-                    req.host
+            // The count quota is known before placement; memory and SMs depend on the GPU chosen.
+            let used = inner.usage.get(&project).copied().unwrap_or_default();
+            if let Some(lim) = quota.max_allocations
+                && used.allocations + 1 > lim
+            {
+                inner.counters.refused_quota += 1;
+                return Err(PoolError::QuotaExceeded(format!(
+                    "quota exceeded for project {project:?}: allocations would be {} (in use {}, limit {lim})",
+                    used.allocations + 1,
+                    used.allocations
                 )));
             }
-            Some(_) => {}
-        }
-        // The count quota is known before placement; memory and SMs depend on the GPU chosen.
-        let used = inner.usage.get(&project).copied().unwrap_or_default();
-        if let Some(lim) = quota.max_allocations
-            && used.allocations + 1 > lim
-        {
-            inner.counters.refused_quota += 1;
-            return Err(PoolError::QuotaExceeded(format!(
-                "quota exceeded for project {project:?}: allocations would be {} (in use {}, limit {lim})",
-                used.allocations + 1,
-                used.allocations
-            )));
-        }
-        let preq = PlaceRequest {
-            vm_host: &req.host,
-            want,
-            allow_remote: req.policy.allow_remote,
-            strategy: req.policy.strategy,
-            numa: req.policy.numa_node,
-            topology: &req.policy.topology_preference,
-        };
-        let decision = inner.index.place(&preq);
-        let secs = started.elapsed().as_secs_f64();
-        inner.counters.observe_decision(secs);
-        let d = match decision {
-            Ok(d) => d,
-            Err(PlaceError::UnknownHost(h)) => {
-                return Err(PoolError::NotFound {
-                    kind: "host",
-                    id: h,
-                });
-            }
-            Err(PlaceError::NoCapacity(m)) => {
-                inner.counters.refused_capacity += 1;
-                return Err(PoolError::NoCapacity(m));
-            }
-        };
-        let u = inner.usage.get(&project).copied().unwrap_or_default();
-        let over = |name: &str, used: u64, add: u64, lim: Option<u64>| -> Option<String> {
-            let lim = lim?;
-            (used + add > lim).then(|| {
+            let preq = PlaceRequest {
+                vm_host: &req.host,
+                want,
+                allow_remote: req.policy.allow_remote,
+                strategy: req.policy.strategy,
+                numa: req.policy.numa_node,
+                topology: &req.policy.topology_preference,
+            };
+            let decision = inner.index.place(&preq);
+            let secs = started.elapsed().as_secs_f64();
+            inner.counters.observe_decision(secs);
+            let d = match decision {
+                Ok(d) => d,
+                Err(PlaceError::UnknownHost(h)) => {
+                    return Err(PoolError::NotFound {
+                        kind: "host",
+                        id: h,
+                    });
+                }
+                Err(PlaceError::NoCapacity(m)) => {
+                    inner.counters.refused_capacity += 1;
+                    return Err(PoolError::NoCapacity(m));
+                }
+            };
+            let u = inner.usage.get(&project).copied().unwrap_or_default();
+            let over = |name: &str, used: u64, add: u64, lim: Option<u64>| -> Option<String> {
+                let lim = lim?;
+                (used + add > lim).then(|| {
                 format!("quota exceeded for project {project:?}: {name} would be {} (in use {used}, limit {lim})", used + add)
             })
+            };
+            if let Some(msg) = over(
+                "memory_bytes",
+                u.memory_bytes,
+                d.mem,
+                quota.max_memory_bytes,
+            )
+            .or_else(|| over("sm", u.sm, u64::from(d.sm), quota.max_sm))
+            {
+                inner.counters.refused_quota += 1;
+                return Err(PoolError::QuotaExceeded(msg));
+            }
+            inner.id_seq += 1;
+            let id = format!("a-{:08x}-{:06x}", inner.id_nonce, inner.id_seq);
+            let gpu_uuid = inner.index.gpus[d.gpu as usize].uuid.clone();
+            let gpu_host_name = inner.index.hosts[d.host as usize].name.clone();
+            let vm_host = &inner.hosts[&req.host].info;
+            let gpu_host = &inner.hosts[&gpu_host_name].info;
+            let a = Allocation {
+                socket_path: format!("{}/{}.sock", vm_host.socket_dir.trim_end_matches('/'), id),
+                id,
+                project: project.clone(),
+                vm: req.vm.clone(),
+                vm_host: req.host.clone(),
+                gpu_uuid,
+                gpu_host: gpu_host_name.clone(),
+                profile: match want {
+                    Want::Profile(n) => Some(n),
+                    Want::Custom { .. } => None,
+                },
+                sm_count: d.sm,
+                memory_bytes: d.mem,
+                remote: d.remote,
+                endpoint: d
+                    .remote
+                    .then(|| format!("{}:{}", gpu_host.address, gpu_host.serve_port)),
+                state: "pending".into(),
+                created_at: now_ms(),
+            };
+            match inner.store.insert_allocation(&a) {
+                Ok(()) => break (a, d.gpu),
+                Err(StoreError::Conflict) if attempts < 20 => {
+                    attempts += 1;
+                    inner.store.catch_up()?;
+                    let changes = inner.store.poll_changes();
+                    inner.apply_changes(changes);
+                }
+                Err(e) => return Err(e.into()),
+            }
         };
-        if let Some(msg) = over(
-            "memory_bytes",
-            u.memory_bytes,
-            d.mem,
-            quota.max_memory_bytes,
-        )
-        .or_else(|| over("sm", u.sm, u64::from(d.sm), quota.max_sm))
-        {
-            inner.counters.refused_quota += 1;
-            return Err(PoolError::QuotaExceeded(msg));
-        }
-        inner.id_seq += 1;
-        let id = format!("a-{:08x}-{:06x}", inner.id_nonce, inner.id_seq);
-        let gpu_uuid = inner.index.gpus[d.gpu as usize].uuid.clone();
-        let gpu_host_name = inner.index.hosts[d.host as usize].name.clone();
-        let vm_host = &inner.hosts[&req.host].info;
-        let gpu_host = &inner.hosts[&gpu_host_name].info;
-        let a = Allocation {
-            socket_path: format!("{}/{}.sock", vm_host.socket_dir.trim_end_matches('/'), id),
-            id,
-            project,
-            vm: req.vm,
-            vm_host: req.host.clone(),
-            gpu_uuid,
-            gpu_host: gpu_host_name.clone(),
-            profile: match want {
-                Want::Profile(n) => Some(n),
-                Want::Custom { .. } => None,
-            },
-            sm_count: d.sm,
-            memory_bytes: d.mem,
-            remote: d.remote,
-            endpoint: d
-                .remote
-                .then(|| format!("{}:{}", gpu_host.address, gpu_host.serve_port)),
-            state: "pending".into(),
-            created_at: now_ms(),
-        };
-        inner.store.insert_allocation(&a)?;
         inner.counters.allocations_ok += 1;
         if a.remote {
             inner.counters.allocations_remote += 1;
         }
-        inner.add_alloc(a.clone(), d.gpu, Instant::now() + self.cfg.lease_ttl);
+        inner.add_alloc(a.clone(), gpu, Instant::now() + self.cfg.lease_ttl);
         Ok(a)
     }
 
@@ -1058,8 +1103,22 @@ impl Inner {
         }
         self.store.release_allocations(&ids, reason, now_ms())?;
         for id in &ids {
+            if self.forget(id) {
+                *self
+                    .counters
+                    .releases
+                    .entry(reason.to_string())
+                    .or_default() += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// Drop a released allocation from memory; false if it was not there.
+    fn forget(&mut self, id: &str) -> bool {
+        {
             let Some(rt) = self.allocs.remove(id) else {
-                continue;
+                return false;
             };
             self.index
                 .unapply(rt.gpu, shape_of(&rt.a), rt.a.sm_count, rt.a.memory_bytes);
@@ -1071,13 +1130,155 @@ impl Inner {
             if let Some(s) = self.by_vm_host.get_mut(&rt.a.vm_host) {
                 s.remove(id);
             }
-            *self
-                .counters
-                .releases
-                .entry(reason.to_string())
-                .or_default() += 1;
         }
-        Ok(())
+        true
+    }
+
+    fn refresh_leases(&mut self, until: Instant) {
+        let seen = until - self.lease_ttl;
+        for h in self.hosts.values_mut() {
+            h.last_seen = h.last_seen.max(seen);
+        }
+        for a in self.allocs.values_mut() {
+            a.lease_expires = a.lease_expires.max(until);
+        }
+    }
+
+    /// Index a host again from the GPUs known for it (after another replica changed them).
+    fn reindex_host(&mut self, name: &str, extra: Option<&str>) {
+        let Some(info) = self.hosts.get(name).map(|h| h.info.clone()) else {
+            return;
+        };
+        let mut uuids: Vec<String> = match self.index.host_ix.get(name) {
+            Some(&h) => self.index.hosts[h as usize]
+                .gpus
+                .iter()
+                .map(|&g| self.index.gpus[g as usize].uuid.clone())
+                .collect(),
+            None => Vec::new(),
+        };
+        if let Some(u) = extra
+            && !uuids.iter().any(|x| x == u)
+        {
+            uuids.push(u.to_string());
+        }
+        let mut gs: Vec<Gpu> = uuids
+            .iter()
+            .filter_map(|u| self.gpus.get(u))
+            .filter(|g| g.host == name)
+            .cloned()
+            .collect();
+        gs.sort_by_key(|g| g.info.index);
+        self.index_host(&info, &gs);
+        let alive = self.hosts.get(name).is_some_and(|h| h.alive);
+        let h = self.index.host_ix[name];
+        self.index.hosts[h as usize].alive = alive;
+    }
+
+    /// Apply what other replicas committed (in commit order). The store filters out this
+    /// replica's own writes, so each change is news here; applying one twice is harmless anyway.
+    fn apply_changes(&mut self, changes: Vec<Change>) {
+        let now = Instant::now();
+        let ttl = self.lease_ttl;
+        for c in changes {
+            match c {
+                Change::Host(h) => {
+                    let name = h.name.clone();
+                    // Registered through another replica: its agent is alive now.
+                    match self.hosts.get_mut(&name) {
+                        Some(rt) => {
+                            rt.info = h;
+                            rt.last_seen = now;
+                            rt.alive = true;
+                        }
+                        None => {
+                            self.hosts.insert(
+                                name.clone(),
+                                HostRt {
+                                    info: h,
+                                    last_seen: now,
+                                    alive: true,
+                                },
+                            );
+                        }
+                    }
+                    self.reindex_host(&name, None);
+                }
+                Change::Gpu(g) => {
+                    let (uuid, host) = (g.info.uuid.clone(), g.host.clone());
+                    let old_host = self.gpus.insert(uuid.clone(), g).map(|o| o.host);
+                    self.reindex_host(&host, Some(&uuid));
+                    if let Some(o) = old_host.filter(|o| *o != host) {
+                        self.reindex_host(&o, None);
+                    }
+                }
+                Change::GpuGone(uuid) => {
+                    if let Some(g) = self.gpus.remove(&uuid) {
+                        self.reindex_host(&g.host, None);
+                    }
+                }
+                Change::Project(p) => {
+                    if let Some(old) = self.projects.get(&p.name)
+                        && let Some(t) = &old.token_sha256
+                    {
+                        self.project_by_token.remove(t);
+                    }
+                    if let Some(t) = &p.token_sha256 {
+                        self.project_by_token.insert(t.clone(), p.name.clone());
+                    }
+                    self.projects.insert(p.name.clone(), p);
+                }
+                Change::ProjectGone(name) => {
+                    if let Some(p) = self.projects.remove(&name)
+                        && let Some(t) = p.token_sha256
+                    {
+                        self.project_by_token.remove(&t);
+                    }
+                }
+                Change::Allocation(a) => {
+                    if let Some(rt) = self.allocs.get_mut(&a.id) {
+                        rt.a.state = a.state;
+                        continue;
+                    }
+                    match self.index.gpu_ix.get(&a.gpu_uuid) {
+                        Some(&g) => self.add_alloc(a, g, now + ttl),
+                        None => log::error!(
+                            "allocation {} from another controller names unknown GPU {}",
+                            a.id,
+                            a.gpu_uuid
+                        ),
+                    }
+                }
+                Change::Released(id) => {
+                    self.forget(&id);
+                }
+                Change::StoreStalled => self.refresh_leases(now + ttl),
+                Change::HostCredential { host, token_sha256 } => {
+                    if let Some(old) = self.host_token.insert(host.clone(), token_sha256.clone()) {
+                        self.host_by_token.remove(&old);
+                    }
+                    self.host_by_token.insert(token_sha256, host);
+                }
+                Change::Heartbeat { host, running } => {
+                    if let Some(h) = self.hosts.get_mut(&host) {
+                        h.last_seen = now;
+                        if !h.alive {
+                            h.alive = true;
+                            if let Some(&ix) = self.index.host_ix.get(&host) {
+                                self.index.hosts[ix as usize].alive = true;
+                            }
+                        }
+                    }
+                    for id in running {
+                        if let Some(a) = self.allocs.get_mut(&id)
+                            && a.a.vm_host == host
+                        {
+                            a.lease_expires = now + ttl;
+                        }
+                    }
+                }
+            }
+        }
     }
 
     fn assignments(&self, host: &str) -> Vec<Assignment> {

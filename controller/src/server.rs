@@ -10,9 +10,10 @@ use clap::Args;
 
 use crate::api::{AppState, router, serve, spawn_reclaimer};
 use crate::auth::{Auth, AuthFile};
+use crate::etcd_store::{EtcdConfig, EtcdStore};
 use crate::limits::ConnLimits;
 use crate::pool::{Pool, PoolConfig};
-use crate::store::SqliteStore;
+use crate::store::{SqliteStore, Store};
 
 #[derive(Args, Debug, Clone)]
 pub struct ControllerArgs {
@@ -57,6 +58,11 @@ pub struct ControllerArgs {
     /// Also export HAMi's pre-2.9 metric names (for HAMi-WebUI and old dashboards).
     #[arg(long)]
     pub legacy_metrics: bool,
+    /// Where the pool's state lives: `sqlite` (`pool.db` in the state directory), or
+    /// `etcd://host:port[,host:port...][/prefix]`, shared by several controller replicas
+    /// (docs/ha.md).
+    #[arg(long, env = "VGPU_STORE", default_value = "sqlite")]
+    pub store: String,
     /// Close a REST connection on which nothing moved for this long (also the bound for
     /// receiving a request's headers and for answering it).
     #[arg(long, default_value_t = 30_000)]
@@ -98,7 +104,7 @@ pub async fn start(
     std::fs::create_dir_all(&dir)
         .with_context(|| format!("creating state dir {}", dir.display()))?;
     let db = dir.join("pool.db");
-    let store = SqliteStore::open(&db).with_context(|| format!("opening {}", db.display()))?;
+    let store = open_store(&args.store, &db)?;
     let cfg = PoolConfig {
         lease_ttl: Duration::from_millis(args.lease_ttl_ms.max(100)),
         heartbeat_interval: Duration::from_millis(args.heartbeat_ms.max(20)),
@@ -110,7 +116,7 @@ pub async fn start(
             cfg.lease_ttl
         );
     }
-    let pool = Arc::new(Pool::open(Box::new(store), cfg)?);
+    let pool = Arc::new(Pool::open(store, cfg)?);
     let file = match &args.auth_config {
         Some(p) => Some(
             serde_json::from_str::<AuthFile>(
@@ -147,7 +153,11 @@ pub async fn start(
     log::info!(
         "controller listening on {}://{addr} (state {}, lease {:?}, heartbeat {:?})",
         if is_tls { "https" } else { "http" },
-        db.display(),
+        if args.store == "sqlite" {
+            db.display().to_string()
+        } else {
+            args.store.clone()
+        },
         cfg.lease_ttl,
         cfg.heartbeat_interval
     );
@@ -160,4 +170,22 @@ pub async fn start(
         pool,
         task,
     })
+}
+
+/// The store named by `--store`: `sqlite` (the file `db`) or `etcd://...`.
+pub fn open_store(spec: &str, db: &std::path::Path) -> anyhow::Result<Box<dyn Store>> {
+    if spec == "sqlite" {
+        let s = SqliteStore::open(db).with_context(|| format!("opening {}", db.display()))?;
+        return Ok(Box::new(s));
+    }
+    let cfg = EtcdConfig::parse(spec).with_context(|| {
+        format!("--store {spec:?}: expected `sqlite` or `etcd://host:port[,host:port...][/prefix]`")
+    })?;
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "controller".into());
+    let node = format!("{host}:{}", std::process::id());
+    let s = EtcdStore::connect(cfg.clone(), &node)
+        .with_context(|| format!("connecting to etcd at {}", cfg.endpoints.join(",")))?;
+    Ok(Box::new(s))
 }

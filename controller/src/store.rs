@@ -19,6 +19,51 @@ pub enum StoreError {
     Corrupt(String),
     #[error("database file {0}")]
     File(String, #[source] std::io::Error),
+    /// A conditional commit found that another replica changed what the decision read.
+    #[error("another controller changed the state this decision read")]
+    Conflict,
+    #[error("etcd")]
+    Etcd(#[source] etcd_client::Error),
+    #[error("etcd did not answer in time ({0})")]
+    Timeout(&'static str),
+}
+
+/// A change committed by another writer (a controller replica), as the store's watch saw it.
+#[derive(Debug, Clone)]
+pub enum Change {
+    Host(Host),
+    Gpu(Gpu),
+    GpuGone(String),
+    Project(Project),
+    ProjectGone(String),
+    /// A new allocation, or a change of its state.
+    Allocation(Allocation),
+    Released(String),
+    /// A host's agent reported these workers running (to whichever replica it talks to).
+    Heartbeat {
+        host: String,
+        running: Vec<String>,
+    },
+    /// A host's own agent credential was issued or replaced.
+    HostCredential {
+        host: String,
+        token_sha256: String,
+    },
+    /// A replica's store requests stalled (a raft election, a dead member): heartbeats may have
+    /// been held up, so leases get a fresh period.
+    StoreStalled,
+}
+
+/// Who may run the pool-wide duties (reclamation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Leadership {
+    /// The only writer (the embedded SQLite store).
+    Sole,
+    /// Elected; `epoch` changes every time this replica gains leadership anew.
+    Leader {
+        epoch: u64,
+    },
+    Follower,
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;
@@ -49,6 +94,25 @@ pub trait Store: Send {
     fn release_allocations(&mut self, ids: &[String], reason: &str, at_ms: u64) -> Result<()>;
     /// Set (or replace) the credential hash of a host.
     fn put_host_credential(&mut self, host: &str, token_sha256: &str, at_ms: u64) -> Result<()>;
+
+    // Replicated stores only; the defaults are right for a single writer.
+
+    /// Changes committed by other writers since the last call, in commit order.
+    fn poll_changes(&mut self) -> Vec<Change> {
+        Vec::new()
+    }
+    /// After [`StoreError::Conflict`]: wait until `poll_changes` can return what the failed
+    /// commit was compared against.
+    fn catch_up(&mut self) -> Result<()> {
+        Ok(())
+    }
+    /// Record which workers a host's agent reported running, so every replica renews them.
+    fn record_heartbeat(&mut self, _host: &str, _running: &[String]) -> Result<()> {
+        Ok(())
+    }
+    fn leadership(&self) -> Leadership {
+        Leadership::Sole
+    }
 }
 
 const MIGRATIONS: &[&str] = &[

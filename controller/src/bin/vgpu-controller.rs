@@ -25,6 +25,38 @@ enum Cmd {
     Up(UpArgs),
     /// Run the host agent (same as the `vgpu-agent` binary).
     Agent(vgpu_agent::AgentArgs),
+    /// Write the pool's state (hosts, GPUs, projects with token hashes, active allocations) as
+    /// JSON, e.g. to move from SQLite to etcd or back (docs/ha.md).
+    Export(ExportArgs),
+    /// Load a document written by `export` into an empty store.
+    Import(ImportArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct StoreArgs {
+    /// `sqlite` (pool.db in --state-dir) or `etcd://host:port[,host:port...][/prefix]`.
+    #[arg(long, env = "VGPU_STORE", default_value = "sqlite")]
+    store: String,
+    /// State directory of the SQLite store.
+    #[arg(long, default_value = "./.vgpu-pool")]
+    state_dir: PathBuf,
+}
+
+#[derive(clap::Args, Debug)]
+struct ExportArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    /// Output file (default: standard output).
+    #[arg(long, short)]
+    out: Option<PathBuf>,
+}
+
+#[derive(clap::Args, Debug)]
+struct ImportArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    /// A file written by `export`.
+    file: PathBuf,
 }
 
 #[derive(clap::Args, Debug)]
@@ -63,6 +95,8 @@ fn main() {
             Cmd::Serve(a) => serve(a).await,
             Cmd::Up(a) => up(a).await,
             Cmd::Agent(a) => tokio::task::spawn_blocking(move || vgpu_agent::run(a)).await?,
+            Cmd::Export(a) => tokio::task::spawn_blocking(move || export(a)).await?,
+            Cmd::Import(a) => tokio::task::spawn_blocking(move || import(a)).await?,
         }
     });
     if let Err(e) = res {
@@ -98,6 +132,49 @@ async fn serve(args: ControllerArgs) -> anyhow::Result<()> {
     let running = start(&args, shutdown_signal()).await?;
     running.task.await??;
     log::info!("controller stopped");
+    Ok(())
+}
+
+fn open_store(a: &StoreArgs) -> anyhow::Result<Box<dyn vgpu_controller::store::Store>> {
+    if a.store == "sqlite" {
+        std::fs::create_dir_all(&a.state_dir)
+            .with_context(|| format!("creating state dir {}", a.state_dir.display()))?;
+    }
+    vgpu_controller::server::open_store(&a.store, &a.state_dir.join("pool.db"))
+}
+
+fn export(a: ExportArgs) -> anyhow::Result<()> {
+    let mut store = open_store(&a.store)?;
+    let dump = vgpu_controller::transfer::export(store.as_mut())?;
+    let text = serde_json::to_string_pretty(&dump)? + "\n";
+    match &a.out {
+        Some(p) => std::fs::write(p, text).with_context(|| format!("writing {}", p.display()))?,
+        None => print!("{text}"),
+    }
+    eprintln!(
+        "exported {} hosts, {} GPUs, {} projects, {} allocations",
+        dump.hosts.len(),
+        dump.gpus.len(),
+        dump.projects.len(),
+        dump.allocations.len()
+    );
+    Ok(())
+}
+
+fn import(a: ImportArgs) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(&a.file)
+        .with_context(|| format!("reading {}", a.file.display()))?;
+    let dump: vgpu_controller::transfer::Dump =
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", a.file.display()))?;
+    let mut store = open_store(&a.store)?;
+    vgpu_controller::transfer::import(store.as_mut(), &dump)?;
+    eprintln!(
+        "imported {} hosts, {} GPUs, {} projects, {} allocations",
+        dump.hosts.len(),
+        dump.gpus.len(),
+        dump.projects.len(),
+        dump.allocations.len()
+    );
     Ok(())
 }
 

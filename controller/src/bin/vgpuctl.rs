@@ -12,7 +12,8 @@ use serde_json::{Value, json};
     about = "Command-line client of the vGPU pool controller"
 )]
 struct Cli {
-    /// Controller URL.
+    /// Controller URL; for several controller replicas a comma-separated list (the next one is
+    /// tried when one cannot be connected to).
     #[arg(
         long,
         env = "VGPU_URL",
@@ -148,9 +149,46 @@ struct Api {
     agent: ureq::Agent,
 }
 
+/// A request failed before reaching the controller (safe to send to another replica).
+fn unreachable(e: &ureq::Error) -> bool {
+    match e {
+        ureq::Error::ConnectionFailed | ureq::Error::HostNotFound => true,
+        ureq::Error::Io(io) => matches!(
+            io.kind(),
+            std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::AddrNotAvailable
+        ),
+        _ => false,
+    }
+}
+
 impl Api {
     fn call(&self, method: &str, path: &str, body: Option<Value>) -> Result<Value, String> {
-        let url = format!("{}{}", self.url.trim_end_matches('/'), path);
+        let urls: Vec<&str> = self
+            .url
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .collect();
+        let mut last = format!("no controller URL in {:?}", self.url);
+        for base in urls {
+            match self.call_one(base, method, path, body.clone()) {
+                Err((true, e)) => last = e,
+                Err((false, e)) => return Err(e),
+                Ok(v) => return Ok(v),
+            }
+        }
+        Err(last)
+    }
+
+    /// Err((unreachable, message)).
+    fn call_one(
+        &self,
+        base: &str,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Value, (bool, String)> {
+        let url = format!("{}{}", base.trim_end_matches('/'), path);
         let auth = self.token.as_ref().map(|t| format!("Bearer {t}"));
         let resp = match (method, body) {
             ("GET", _) => {
@@ -179,12 +217,12 @@ impl Api {
                 r.send_json(body.unwrap_or(json!({})))
             }
         };
-        let mut resp = resp.map_err(|e| format!("cannot reach {}: {e}", self.url))?;
+        let mut resp = resp.map_err(|e| (unreachable(&e), format!("cannot reach {base}: {e}")))?;
         let status = resp.status().as_u16();
         let text = resp
             .body_mut()
             .read_to_string()
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| (false, e.to_string()))?;
         let v: Value = if text.is_empty() {
             Value::Null
         } else {
@@ -196,7 +234,7 @@ impl Api {
                 .map(str::to_string)
                 .unwrap_or_else(|| v.to_string());
             let code = v["error"]["code"].as_str().unwrap_or("error");
-            return Err(format!("HTTP {status} {code}: {msg}"));
+            return Err((false, format!("HTTP {status} {code}: {msg}")));
         }
         Ok(v)
     }

@@ -44,7 +44,8 @@ pub use metrics::AgentMetrics;
 /// Command-line arguments of the agent (usable as `vhost-gpu agent` through `#[command(flatten)]`).
 #[derive(Args, Debug, Clone)]
 pub struct AgentArgs {
-    /// Controller base URL, e.g. http://10.0.0.1:8470
+    /// Controller base URL, e.g. http://10.0.0.1:8470; for several controller replicas a
+    /// comma-separated list (the agent moves to the next when one cannot be reached).
     #[arg(
         long,
         env = "VGPU_CONTROLLER_URL",
@@ -179,7 +180,10 @@ pub enum ClientError {
 }
 
 struct Client {
-    base: String,
+    /// Controller replicas (`--controller a,b,c`); requests go to `bases[cur]` and move on to
+    /// the next when it cannot be reached.
+    bases: Vec<String>,
+    cur: std::sync::atomic::AtomicUsize,
     token: String,
     agent: ureq::Agent,
 }
@@ -187,7 +191,12 @@ struct Client {
 impl Client {
     fn new(base: &str, token: &str, agent: ureq::Agent) -> Self {
         Client {
-            base: base.trim_end_matches('/').to_string(),
+            bases: base
+                .split(',')
+                .map(|b| b.trim().trim_end_matches('/').to_string())
+                .filter(|b| !b.is_empty())
+                .collect(),
+            cur: Default::default(),
             token: token.to_string(),
             agent,
         }
@@ -207,9 +216,43 @@ impl Client {
         path: &str,
         body: &T,
     ) -> Result<R, ClientError> {
+        let n = self.bases.len().max(1);
+        let start = self.cur.load(Ordering::Relaxed);
+        let mut last = ClientError::Transport("no controller URL".into());
+        for i in 0..n {
+            let at = (start + i) % n;
+            match self.post_to(at, token, path, body) {
+                Err(ClientError::Transport(e)) => {
+                    if n > 1 {
+                        log::warn!(
+                            "controller {} unreachable ({e}); trying the next",
+                            self.bases[at]
+                        );
+                    }
+                    last = ClientError::Transport(e);
+                }
+                r => {
+                    self.cur.store(at, Ordering::Relaxed);
+                    return r;
+                }
+            }
+        }
+        Err(last)
+    }
+
+    fn post_to<T: serde::Serialize, R: serde::de::DeserializeOwned>(
+        &self,
+        at: usize,
+        token: &str,
+        path: &str,
+        body: &T,
+    ) -> Result<R, ClientError> {
+        let Some(base) = self.bases.get(at) else {
+            return Err(ClientError::Transport("no controller URL".into()));
+        };
         let mut resp = self
             .agent
-            .post(&format!("{}{}", self.base, path))
+            .post(&format!("{base}{path}"))
             .header("authorization", &format!("Bearer {token}"))
             .send_json(body)
             .map_err(|e| ClientError::Transport(e.to_string()))?;

@@ -26,13 +26,14 @@ cp "$bin/libcuda.so" "$work/shim/libcuda.so.1"
 log() { echo "== $*" >&2; }
 source "$here/seal.sh"
 
-nvcc -cubin -arch=sm_90 "$here/isolation/tenant_kernels.cu" -o "$work/tenant.cubin" || exit 1
+build_failed() { echo "VERDICT: FAIL build of $1"; exit 1; }
+nvcc -cubin -arch=sm_90 "$here/isolation/tenant_kernels.cu" -o "$work/tenant.cubin" || build_failed tenant.cubin
 gcc -O1 -o "$work/cross_tenant" "$here/isolation/cross_tenant.c" -I/usr/local/cuda/include \
-    -L/usr/local/cuda/lib64/stubs -lcuda || exit 1
+    -L/usr/local/cuda/lib64/stubs -lcuda || build_failed cross_tenant
 gcc -O1 -o "$work/churn" "$here/isolation/churn.c" -I/usr/local/cuda/include \
-    -L/usr/local/cuda/lib64/stubs -lcuda || exit 1
+    -L/usr/local/cuda/lib64/stubs -lcuda || build_failed churn
 gcc -O2 -o "$work/sync_latency" "$repo/tests/programs/sync_latency.c" -I"$repo/tests/programs" \
-    -L/usr/local/cuda/lib64/stubs -lcuda || exit 1
+    -L/usr/local/cuda/lib64/stubs -lcuda || build_failed sync_latency
 
 # Sum of RSS (KiB), open descriptors and threads of PID and all its descendants.
 tree_stats() {

@@ -51,6 +51,8 @@ pub enum Error {
     ChainTooLong(usize),
     #[error("The device stopped answering (no completion within {0:?})")]
     Timeout(Duration),
+    #[error("The device hung up (its vhost-user connection closed)")]
+    Disconnected,
 }
 
 const VIRTIO_F_VERSION_1: u64 = 1 << 32;
@@ -380,7 +382,8 @@ impl VirtioUser {
         self.ring.reap(done)
     }
 
-    /// Spins, then sleeps, until at least one completion is pending or `timeout` passes.
+    /// Spins, then sleeps, until at least one completion is pending, `timeout` passes, or the
+    /// device hangs up (its process died: nothing will complete, so waiting is pointless).
     pub fn wait_for_used(&mut self, timeout: Duration) -> Result<(), Error> {
         let start = Instant::now();
         while start.elapsed() < self.options.spin {
@@ -394,16 +397,30 @@ impl VirtioUser {
             if self.ring.has_used() {
                 return Ok(());
             }
-            let mut pfd = libc::pollfd {
-                fd: self.call.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            };
-            // SAFETY: `pfd` is a valid pollfd for the duration of the call.
-            unsafe { libc::poll(&raw mut pfd, 1, 20) };
+            let mut pfd = [
+                libc::pollfd {
+                    fd: self.call.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+                // The vhost-user socket says nothing while the device works; it reports a
+                // hang-up when the device's process is gone.
+                libc::pollfd {
+                    fd: self.frontend.as_raw_fd(),
+                    events: libc::POLLRDHUP,
+                    revents: 0,
+                },
+            ];
+            // SAFETY: `pfd` is a valid array of two pollfds for the duration of the call.
+            unsafe { libc::poll(pfd.as_mut_ptr(), 2, 20) };
             let _ = self.call.read();
             if self.ring.has_used() {
                 return Ok(());
+            }
+            if pfd[1].revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR | libc::POLLNVAL)
+                != 0
+            {
+                return Err(Error::Disconnected);
             }
             if start.elapsed() > timeout {
                 return Err(Error::Timeout(timeout));

@@ -21,5 +21,9 @@ fn waiting_for_a_completion_ends_when_the_device_process_dies() {
         "{r:?} after {:?}",
         start.elapsed()
     );
-    assert!(start.elapsed() < Duration::from_secs(5), "{:?}", start.elapsed());
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        start.elapsed()
+    );
 }

@@ -28,6 +28,8 @@ const HEARTBEAT_MS: u64 = 200;
 const LEASE_MS: u64 = 2000;
 /// A program still running after this long has hung.
 const PROGRAM_BOUND: Duration = Duration::from_secs(60);
+/// A fault this long before a run still explains its failure (the pool is recovering).
+const RECOVERY: Duration = Duration::from_secs(10);
 /// Between checkpoints.
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(30);
 /// How long the pool may take to agree after faults stop.
@@ -771,7 +773,9 @@ fn client(sh: Arc<Shared>, n: usize, seed: u64) {
             allocate(&sh, &mut rng, &hosts, &vm, &mut held, &mut uncertain);
         } else if r < 80 {
             let i = rng.below(held.len() as u64) as usize;
-            run_program(&sh, &held[i], n);
+            if !run_program(&sh, &held[i], n) {
+                held.swap_remove(i);
+            }
         } else {
             let i = rng.below(held.len() as u64) as usize;
             let h = held.swap_remove(i);
@@ -804,7 +808,10 @@ fn client(sh: Arc<Shared>, n: usize, seed: u64) {
                             && let Some(id) = a["id"].as_str()
                         {
                             sh.ops.add("release of an allocation whose answer was lost");
-                            let _ = sh.pool.api.call("DELETE", &format!("/v1/allocations/{id}"), None);
+                            let _ =
+                                sh.pool
+                                    .api
+                                    .call("DELETE", &format!("/v1/allocations/{id}"), None);
                         }
                     }
                     true
@@ -828,7 +835,7 @@ fn allocate(
 ) {
     let host = hosts[rng.below(hosts.len() as u64) as usize];
     let slice = if rng.chance(0.2) {
-        json!({"sm_count": 8 + rng.below(25), "memory_bytes": (1u64 + rng.below(8)) << 30})
+        json!({"sm_count": 8 + rng.below(25), "memory_bytes": (2u64 + rng.below(8)) << 30})
     } else {
         json!({"profile": PROFILES[rng.below(PROFILES.len() as u64) as usize]})
     };
@@ -861,7 +868,9 @@ fn allocate(
         Answer::Unreachable(_) => {
             sh.ops.add("allocate: controller unreachable");
             if !sh.faults.controller_since(since - Duration::from_secs(30)) {
-                lock(&sh.unexplained).push(format!("allocate on {host}: controller unreachable with no fault"));
+                lock(&sh.unexplained).push(format!(
+                    "allocate on {host}: controller unreachable with no fault"
+                ));
             }
             uncertain.push(vm.to_string());
         }
@@ -870,13 +879,18 @@ fn allocate(
 
 /// Releases; false when it should be retried (controller unreachable).
 fn release(sh: &Shared, h: &Held) -> bool {
-    match sh.pool.api.call("DELETE", &format!("/v1/allocations/{}", h.id), None) {
+    match sh
+        .pool
+        .api
+        .call("DELETE", &format!("/v1/allocations/{}", h.id), None)
+    {
         Answer::Ok(_) => {
             sh.ops.add("release: ok");
             true
         }
         Answer::Status(404, _) => {
-            if sh.faults.hit(&[&h.vm_host, &h.gpu_host], h.since) {
+            let since = h.since.checked_sub(RECOVERY).unwrap_or(h.since);
+            if sh.faults.hit(&[&h.vm_host, &h.gpu_host], since) {
                 sh.ops.add("release: already reclaimed after a fault");
             } else {
                 sh.ops.add("release: reclaimed with no fault");
@@ -899,24 +913,60 @@ fn release(sh: &Shared, h: &Held) -> bool {
     }
 }
 
-fn run_program(sh: &Shared, h: &Held, n: usize) {
+/// Whether the controller no longer has allocation `h` (reclaimed); counts it.
+fn reclaimed(sh: &Shared, h: &Held) -> bool {
+    let gone = matches!(
+        sh.pool
+            .api
+            .call("GET", &format!("/v1/allocations/{}", h.id), None),
+        Answer::Status(404, _)
+    );
+    if gone {
+        // (A fault just before the allocation counts: a host that had just died.)
+        let since = h.since.checked_sub(RECOVERY).unwrap_or(h.since);
+        if sh.faults.hit(&[&h.vm_host, &h.gpu_host], since) {
+            sh.ops.add("held allocation reclaimed after a fault");
+        } else {
+            sh.ops.add("held allocation reclaimed with no fault");
+            lock(&sh.unexplained).push(format!(
+                "{} (vm on {}, gpu on {}) was reclaimed although no fault hit its hosts",
+                h.id, h.vm_host, h.gpu_host
+            ));
+        }
+    }
+    gone
+}
+
+/// Runs the driver-API program on a held slice; false when the slice is gone (reclaimed).
+fn run_program(sh: &Shared, h: &Held, n: usize) -> bool {
     let hosts = [h.vm_host.as_str(), h.gpu_host.as_str()];
-    let fault_hit = |sh: &Shared| sh.faults.hit(&hosts, h.since);
+    // A fault explains a failure when it hit the slice's hosts during the run or shortly
+    // before (while the pool recovers: an agent back, a worker or slice server restarted).
+    let since = Instant::now().checked_sub(RECOVERY).unwrap_or(h.since);
+    let fault_hit = |sh: &Shared| sh.faults.hit(&hosts, since);
+    if reclaimed(sh, h) {
+        return false;
+    }
     // The worker starts at the agent's next heartbeat.
     if !wait_until(Duration::from_secs(20), || h.socket.exists()) {
+        if reclaimed(sh, h) {
+            return false;
+        }
         if fault_hit(sh) {
             sh.runs.add("no socket (fault hit the slice)");
         } else {
             sh.runs.add("no socket (no fault)");
             lock(&sh.unexplained).push(format!("{}: worker socket never appeared", h.id));
         }
-        return;
+        return true;
     }
     let out_path = sh.pool.dir.join(format!("client{n}.out"));
     let Ok(out) = std::fs::File::create(&out_path) else {
-        return;
+        return true;
     };
-    let Ok(err) = out.try_clone() else { return };
+    let Ok(err) = out.try_clone() else {
+        return true;
+    };
     let mut cmd = Command::new(&sh.program);
     cmd.arg(vgpu_tests::fixture("kernels.cubin"))
         .arg("--no-kernel-check")
@@ -928,7 +978,7 @@ fn run_program(sh: &Shared, h: &Held, n: usize) {
     die_with_us(&mut cmd);
     let Ok(mut child) = cmd.spawn() else {
         sh.runs.add("could not start");
-        return;
+        return true;
     };
     lock(&sh.pool.live).insert(child.id());
     let st = wait_bounded(&mut child, PROGRAM_BOUND);
@@ -944,6 +994,11 @@ fn run_program(sh: &Shared, h: &Held, n: usize) {
             let _ = std::fs::copy(&out_path, sh.pool.dir.join(format!("hung-{}.out", h.id)));
         }
         Some(s) if s.success() && text.contains("E2E PASS") => sh.runs.add("passed"),
+        Some(_) if reclaimed(sh, h) => {
+            sh.runs
+                .add("failed (the slice was reclaimed after a fault)");
+            return false;
+        }
         Some(_) if fault_hit(sh) => sh.runs.add("failed (fault hit the slice)"),
         Some(s) => {
             sh.runs.add("failed (no fault)");
@@ -955,6 +1010,7 @@ fn run_program(sh: &Shared, h: &Held, n: usize) {
             let _ = std::fs::copy(&out_path, sh.pool.dir.join(format!("failed-{}.out", h.id)));
         }
     }
+    true
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1050,11 +1106,17 @@ fn disagreements(pool: &Pool) -> Vec<String> {
                 .map(|p| format!("{p} {:?}", cmdline(*p)))
                 .collect();
             if !extra.is_empty() {
-                bad.push(format!("{}: processes no allocation explains: {extra:?}", h.name));
+                bad.push(format!(
+                    "{}: processes no allocation explains: {extra:?}",
+                    h.name
+                ));
             }
             let strays: Vec<&u32> = expect.difference(&found).collect();
             if !strays.is_empty() {
-                bad.push(format!("{}: workers {strays:?} are not the agent's", h.name));
+                bad.push(format!(
+                    "{}: workers {strays:?} are not the agent's",
+                    h.name
+                ));
             }
         }
         // Files: a socket and a status file per running worker, a pid file per worker, logs.
@@ -1155,9 +1217,10 @@ fn main() {
     let args = parse_args();
     let started = Instant::now();
     let bins = binaries();
-    let dir = args.dir.clone().unwrap_or_else(|| {
-        std::env::temp_dir().join(format!("vgpu-soak-{}", std::process::id()))
-    });
+    let dir = args
+        .dir
+        .clone()
+        .unwrap_or_else(|| std::env::temp_dir().join(format!("vgpu-soak-{}", std::process::id())));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("soak dir");
     let dir = std::fs::canonicalize(&dir).expect("soak dir");
@@ -1219,7 +1282,10 @@ fn main() {
                 && (0..pool.hosts.len())
                     .all(|i| pool.hosts[i].serve_port == 0 || pool.slice_server(i).is_some())
         });
-    checks.add(ready, "the pool started (controller, 3 agents, 2 slice servers)".into());
+    checks.add(
+        ready,
+        "the pool started (controller, 3 agents, 2 slice servers)".into(),
+    );
     if !ready {
         finish(&pool, checks, &dir);
     }
@@ -1253,8 +1319,12 @@ fn main() {
     let mut next_checkpoint = t0 + CHECKPOINT_EVERY;
     let mut fds: Vec<(u32, i64)> = Vec::new(); // (controller pid, descriptors)
     let mut checkpoint = 0;
+    let mut bag: Vec<Fault> = Vec::new();
     while Instant::now() < end {
-        std::thread::sleep(rng.ms(1500, 4500).min(end.saturating_duration_since(Instant::now())));
+        std::thread::sleep(
+            rng.ms(1500, 4500)
+                .min(end.saturating_duration_since(Instant::now())),
+        );
         let now = Instant::now();
         if now >= end {
             break;
@@ -1262,7 +1332,9 @@ fn main() {
         if now >= next_checkpoint {
             checkpoint += 1;
             let at = (now - t0).as_secs();
-            let paused = shared.gate.pause(3, PROGRAM_BOUND + Duration::from_secs(30));
+            let paused = shared
+                .gate
+                .pause(3, PROGRAM_BOUND + Duration::from_secs(30));
             let bad = if paused {
                 settle(&pool)
             } else {
@@ -1287,21 +1359,30 @@ fn main() {
         // The controller is only killed in the first 60% of the run, so the last controller's
         // descriptors are measured over at least the rest.
         let late = now - t0 > args.duration.mul_f64(0.6);
-        let kind = loop {
-            let k = match rng.below(100) {
-                0..25 => Fault::Agent,
-                25..50 => Fault::Worker,
-                50..65 => Fault::Controller,
-                65..83 => Fault::SliceServer,
-                _ => Fault::RemoteWorker,
-            };
-            if !(late && k == Fault::Controller) {
-                break k;
+        if bag.is_empty() {
+            // Every kind once per round, in a random order (workers twice: the commonest).
+            bag = vec![
+                Fault::Agent,
+                Fault::Worker,
+                Fault::Worker,
+                Fault::Controller,
+                Fault::SliceServer,
+                Fault::RemoteWorker,
+            ];
+            if late {
+                bag.retain(|k| *k != Fault::Controller);
             }
-        };
-        if let Some(what) = inject(&pool, &shared.faults, &mut rng, kind) {
-            println!("soak: {:>5} s fault: {what}", (Instant::now() - t0).as_secs());
         }
+        let kind = bag.swap_remove(rng.below(bag.len() as u64) as usize);
+        if late && kind == Fault::Controller {
+            continue;
+        }
+        let what = inject(&pool, &shared.faults, &mut rng, kind)
+            .unwrap_or_else(|| format!("{}: nothing to hit", kind.name()));
+        println!(
+            "soak: {:>5} s fault: {what}",
+            (Instant::now() - t0).as_secs()
+        );
     }
 
     // The end: no more faults; clients release what they hold.
@@ -1344,9 +1425,7 @@ fn main() {
     let last = fds.last().copied();
     let first = last.and_then(|(pid, _)| fds.iter().find(|(p, _)| *p == pid).copied());
     let grown = match (first, last) {
-        (Some(f), Some(l)) if fds.iter().filter(|(p, _)| *p == l.0).count() >= 2 => {
-            Some(l.1 - f.1)
-        }
+        (Some(f), Some(l)) if fds.iter().filter(|(p, _)| *p == l.0).count() >= 2 => Some(l.1 - f.1),
         _ => None,
     };
     checks.add(
@@ -1400,7 +1479,11 @@ fn main() {
     for (k, v) in shared.runs.snapshot() {
         println!("soak:   {k:<48} {v:>6}");
     }
-    println!("soak: {} s of load, {} s in all", args.duration.as_secs(), started.elapsed().as_secs());
+    println!(
+        "soak: {} s of load, {} s in all",
+        args.duration.as_secs(),
+        started.elapsed().as_secs()
+    );
     finish(&pool, checks, &dir);
 }
 
@@ -1418,9 +1501,7 @@ fn finish(pool: &Pool, mut checks: Checks, dir: &Path) -> ! {
         left = pids()
             .into_iter()
             .filter(|&p| p != me && alive(p))
-            .filter(|&p| {
-                cmdline(p).iter().any(|a| a.contains(&needle)) || environ_has(p, &token)
-            })
+            .filter(|&p| cmdline(p).iter().any(|a| a.contains(&needle)) || environ_has(p, &token))
             .map(|p| format!("{p} {:?}", cmdline(p)))
             .collect();
         left.is_empty()

@@ -408,6 +408,8 @@ struct Pool {
     agents: Vec<Mutex<Option<Child>>>,
     /// Every pid the soak started that is still running, for the watchdog.
     live: Mutex<BTreeSet<u32>>,
+    /// Processes of a killed agent still running after it (they should die with it).
+    outlived: Mutex<Vec<String>>,
 }
 
 impl Pool {
@@ -631,11 +633,34 @@ fn inject(pool: &Pool, faults: &FaultLog, rng: &mut Rng, kind: Fault) -> Option<
             let i = rng.below(pool.hosts.len() as u64) as usize;
             let name = pool.hosts[i].name;
             faults.record(kind, Some(name));
+            let before: Vec<u32> = pool
+                .agent_pid(i)
+                .map(|a| descendants(&process_table(), a))
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(p, _)| p)
+                .collect();
             pool.stop(&pool.agents[i]);
             let down = rng.ms(200, 3000);
             std::thread::sleep(down);
+            // Its workers and slice server die with it (they could not serve without it).
+            let mut left = Vec::new();
+            wait_until(Duration::from_secs(2), || {
+                left = before.iter().copied().filter(|p| alive(*p)).collect();
+                left.is_empty()
+            });
+            for p in &left {
+                lock(&pool.outlived).push(format!(
+                    "{p} {:?} outlived its agent on {name}",
+                    cmdline(*p)
+                ));
+            }
             pool.start_agent(i);
-            Some(format!("agent {name} down {} ms", down.as_millis()))
+            Some(format!(
+                "agent {name} down {} ms ({} processes went with it)",
+                down.as_millis(),
+                before.len() - left.len()
+            ))
         }
         Fault::Controller => {
             faults.record(kind, None);
@@ -1259,6 +1284,7 @@ fn main() {
         hosts,
         controller: Mutex::new(None),
         live: Mutex::new(BTreeSet::new()),
+        outlived: Mutex::new(Vec::new()),
     });
     {
         let pool = pool.clone();
@@ -1447,6 +1473,18 @@ fn main() {
                 String::new()
             } else {
                 format!(": {}", unexplained.join("; "))
+            }
+        ),
+    );
+    let outlived = lock(&pool.outlived).clone();
+    checks.add(
+        outlived.is_empty(),
+        format!(
+            "a killed agent's workers and slice server died with it{}",
+            if outlived.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", outlived.join("; "))
             }
         ),
     );

@@ -2,6 +2,7 @@
 # Every test that needs no GPU, as CI runs it (.ci/run calls this). Installs what it needs.
 #   VGPU_SKIP_VM=1     skip the QEMU/libvirt guest tests (they need root, apt and ~5 minutes)
 #   VGPU_FUZZ_SECS=N   seconds per fuzz target (default 30; 0 skips fuzzing)
+#   VGPU_SOAK_SECS=N   seconds of the pool soak, vgpu-soak (default 180; 0 skips it)
 set -euo pipefail
 export CARGO_TERM_COLOR=never
 cd "$(dirname "$0")/.."
@@ -28,6 +29,16 @@ log=$(mktemp)
 cargo test --workspace 2>&1 | tee "$log"
 passed=$(awk '/^test result: ok\./ {n += $4} END {print n+0}' "$log")
 rm -f "$log"
+
+soak_secs=${VGPU_SOAK_SECS:-180}
+if [ "$soak_secs" -gt 0 ]; then
+    step "soak, ${soak_secs} s"
+    slog=$(mktemp)
+    cargo run -q -p vgpu-tests --bin vgpu-soak -- --duration "$soak_secs" 2>&1 | tee "$slog"
+    soak_passed=$(sed -n 's/^soak: \([0-9]*\) passed, 0 failed$/\1/p' "$slog" | tail -1)
+    rm -f "$slog"
+    passed=$((passed + ${soak_passed:-0}))
+fi
 
 fuzz_secs=${VGPU_FUZZ_SECS:-30}
 if [ "$fuzz_secs" -gt 0 ]; then

@@ -92,9 +92,18 @@ fn wait_until(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
     }
 }
 
-#[test]
-fn a_vm_on_a_host_without_gpus_runs_on_a_slice_of_another_host() {
-    let dir = scratch("pool-remote");
+/// A controller, h1 (a VM host with no GPU) and h2 (one GPU and a slice server), registered.
+struct Pool {
+    dir: std::path::PathBuf,
+    bins: std::path::PathBuf,
+    url: String,
+    serve_port: u16,
+    program: std::path::PathBuf,
+    procs: Procs,
+}
+
+fn start_pool(name: &str) -> Pool {
+    let dir = scratch(name);
     let bins = controller_bins();
     let program = compile_c("driver_api_e2e.c", &dir);
     let ctl_port = free_port();
@@ -157,13 +166,26 @@ fn a_vm_on_a_host_without_gpus_runs_on_a_slice_of_another_host() {
             .and_then(|v| v.as_array().map(Vec::len))
             == Some(2)
     });
+    Pool {
+        dir,
+        bins,
+        url,
+        serve_port,
+        program,
+        procs,
+    }
+}
+
+/// Allocates a slice for a VM on h1, which lands on h2; returns h1's worker socket.
+fn allocate_remote(p: &Pool, vm: &str) -> std::path::PathBuf {
+    let (bins, url, serve_port) = (&p.bins, &p.url, p.serve_port);
     let a = vgpuctl(
-        &bins,
-        &url,
+        bins,
+        url,
         &[
             "allocate",
             "--vm",
-            "vm1",
+            vm,
             "--host",
             "h1",
             "--profile",
@@ -182,8 +204,14 @@ fn a_vm_on_a_host_without_gpus_runs_on_a_slice_of_another_host() {
     wait_until("h1's worker socket", Duration::from_secs(30), || {
         socket.exists()
     });
+    socket
+}
 
-    let out = guest_command(&program, &socket)
+/// Runs the driver-API program on `socket`; panics with the slice server's log unless it
+/// passes; returns the program's output and the slice server's log.
+fn run_program(p: &Pool, socket: &Path) -> (String, String) {
+    let dir = &p.dir;
+    let out = guest_command(&p.program, socket)
         .arg(fixture("kernels.cubin"))
         .arg("--no-kernel-check")
         .output()
@@ -196,6 +224,14 @@ fn a_vm_on_a_host_without_gpus_runs_on_a_slice_of_another_host() {
         "{stdout}\n{}\nslice server:\n{server_log}",
         String::from_utf8_lossy(&out.stderr)
     );
+    (stdout.into_owned(), server_log)
+}
+
+#[test]
+fn a_vm_on_a_host_without_gpus_runs_on_a_slice_of_another_host() {
+    let pool = start_pool("pool-remote");
+    let socket = allocate_remote(&pool, "vm1");
+    let (stdout, server_log) = run_program(&pool, &socket);
     // Half of the simulated H200's 132 SMs, placed by the controller and asked of h2 ...
     assert!(server_log.contains("remote slice: gpu -1"), "{server_log}");
     assert!(server_log.contains("SMs 66"), "{server_log}");
@@ -208,4 +244,42 @@ fn a_vm_on_a_host_without_gpus_runs_on_a_slice_of_another_host() {
             .any(|l| l.starts_with("device: ") && l.contains(", 66 SMs, ")),
         "{stdout}\nslice server:\n{server_log}"
     );
+}
+
+/// The child of process `parent` started with `--listen` (an agent's slice server).
+fn slice_server_of(parent: u32) -> Option<u32> {
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let (_, rest) = stat.rsplit_once(')')?;
+        let mut f = rest.split_whitespace();
+        let state = f.next()?;
+        let ppid: u32 = f.next()?.parse().ok()?;
+        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+        let listens = cmd.split(|b| *b == 0).any(|a| a == b"--listen");
+        (ppid == parent && state != "Z" && listens).then_some(pid)
+    })
+}
+
+/// A slice server killed with `kill -9` (a link drop, as the soak injects it) is started again
+/// by its agent, and a remote slice works again for the VM's next program. Found by the soak:
+/// before, the GPU host served no remote slice until its agent was restarted.
+#[test]
+fn a_killed_slice_server_is_started_again_and_remote_slices_work_again() {
+    let pool = start_pool("pool-remote-server-restart");
+    let socket = allocate_remote(&pool, "vm1");
+    run_program(&pool, &socket);
+    let h2 = pool.procs.0[2].id();
+    let first = slice_server_of(h2).expect("h2's slice server");
+    // SAFETY: kill(2) on the slice server h2's agent started for this test.
+    unsafe { libc::kill(first as libc::pid_t, libc::SIGKILL) };
+    let mut second = None;
+    wait_until("a new slice server", Duration::from_secs(15), || {
+        second = slice_server_of(h2).filter(|p| *p != first);
+        second.is_some()
+    });
+    wait_until("the slice server's port", Duration::from_secs(15), || {
+        std::net::TcpStream::connect(("127.0.0.1", pool.serve_port)).is_ok()
+    });
+    run_program(&pool, &socket);
 }

@@ -28,7 +28,7 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::Args;
@@ -439,8 +439,12 @@ pub fn run_until(args: AgentArgs, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
     }
     // Other hosts' VMs reach this host's GPUs here (the controller hands out this endpoint);
     // started once the controller's first answer has settled the leftover workers.
-    let mut slice_server = None;
+    let mut slice_server: Option<workers::SliceServer> = None;
     let mut settled = false;
+    // When the slice server was last started: one that dies is started again, once a second
+    // at most (remote slices on this host's GPUs would otherwise be lost until a restart).
+    let mut server_started: Option<Instant> = None;
+    let serve_addr = format!("{}:{}", args.advertise_addr, args.serve_port);
 
     let mut client = Client::new(
         &args.controller,
@@ -507,10 +511,9 @@ pub fn run_until(args: AgentArgs, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
                 if !settled {
                     settled = true;
                     if args.serve_port != 0 {
-                        slice_server = workers.start_slice_server(
-                            &format!("{}:{}", args.advertise_addr, args.serve_port),
-                            args.sim_gpus.is_some(),
-                        );
+                        slice_server =
+                            workers.start_slice_server(&serve_addr, args.sim_gpus.is_some());
+                        server_started = slice_server.as_ref().map(|_| Instant::now());
                     }
                 }
                 let mut m = metrics.lock().unwrap_or_else(|p| p.into_inner());
@@ -534,6 +537,18 @@ pub fn run_until(args: AgentArgs, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
                     .unwrap_or_else(|p| p.into_inner())
                     .heartbeat_failures += 1;
             }
+        }
+        if let Some(t) = server_started
+            && t.elapsed() >= Duration::from_secs(1)
+            && slice_server
+                .as_mut()
+                .is_none_or(workers::SliceServer::exited)
+        {
+            log::warn!(
+                "agent {name}: the remote-slice server on {serve_addr} is gone; starting it again"
+            );
+            slice_server = workers.start_slice_server(&serve_addr, args.sim_gpus.is_some());
+            server_started = Some(Instant::now());
         }
         sleep_unless(&stop, interval);
     }

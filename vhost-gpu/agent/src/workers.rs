@@ -125,6 +125,13 @@ fn runs_for(pid: u32, id: &str) -> bool {
 /// This host's remote-slice server; stopped on drop.
 pub(crate) struct SliceServer(std::process::Child);
 
+impl SliceServer {
+    /// True once the server process has ended (killed, crashed).
+    pub(crate) fn exited(&mut self) -> bool {
+        !matches!(self.0.try_wait(), Ok(None))
+    }
+}
+
 impl Drop for SliceServer {
     fn drop(&mut self) {
         let _ = self.0.kill();

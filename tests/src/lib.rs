@@ -3,7 +3,7 @@
 //! send anything (including garbage) to the daemon over virtio-user.
 
 use std::{
-    io::Read,
+    io::{BufRead, Read},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::OnceLock,
@@ -325,4 +325,25 @@ pub fn signal_tree(pid: u32, signal: i32) {
         // SAFETY: kill(2) on a pid of our own children's tree; failures (gone) are harmless.
         unsafe { libc::kill(p as libc::pid_t, signal) };
     }
+}
+
+/// Starts the driver-API program holding two 64 MiB buffers (E2E_HOLD) and returns it once it
+/// says it holds them.
+pub fn start_holder(program: &Path, daemon: &Daemon) -> Child {
+    let mut holder = guest_command(program, &daemon.socket)
+        .arg(fixture("kernels.cubin"))
+        .arg("--no-kernel-check")
+        .env("E2E_HOLD", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the holding program");
+    let stdout = holder.stdout.take().expect("stdout");
+    let mut lines = std::io::BufReader::new(stdout).lines();
+    assert!(
+        lines.any(|l| l.is_ok_and(|l| l.contains("HOLDING"))),
+        "the program never reached its hold point:\n{}",
+        daemon.log_text()
+    );
+    holder
 }

@@ -1,9 +1,9 @@
 //! The driver-API end-to-end program, compiled here with the system C compiler and linked
 //! against our libcuda.so.1, run through the daemon's socket on the sim GPU.
 
-use std::{io::BufRead, process::Stdio, time::Duration};
+use std::time::Duration;
 
-use vgpu_tests::{Daemon, compile_c, fixture, guest_command, meminfo_lines, scratch};
+use vgpu_tests::{Daemon, compile_c, fixture, guest_command, meminfo_lines, scratch, start_holder};
 
 fn run_e2e(module: &str) {
     let dir = scratch(&format!("e2e-{module}"));
@@ -83,27 +83,6 @@ fn run_to_the_end(program: &std::path::Path, daemon: &Daemon) -> String {
         daemon.log_text()
     );
     stdout
-}
-
-/// Starts the driver-API program holding two 64 MiB buffers (E2E_HOLD) and returns it once it
-/// says it holds them.
-fn start_holder(program: &std::path::Path, daemon: &Daemon) -> std::process::Child {
-    let mut holder = guest_command(program, &daemon.socket)
-        .arg(fixture("kernels.cubin"))
-        .arg("--no-kernel-check")
-        .env("E2E_HOLD", "1")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start the holding program");
-    let stdout = holder.stdout.take().expect("stdout");
-    let mut lines = std::io::BufReader::new(stdout).lines();
-    assert!(
-        lines.any(|l| l.is_ok_and(|l| l.contains("HOLDING"))),
-        "the program never reached its hold point:\n{}",
-        daemon.log_text()
-    );
-    holder
 }
 
 #[test]

@@ -3,14 +3,12 @@
 //! client, and guest memory tables that could fault refused.
 
 use std::{
-    io::BufRead,
     os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd},
     path::Path,
-    process::{Child, Stdio},
     time::{Duration, Instant},
 };
 
-use vgpu_tests::{Daemon, RawClient, compile_c, fixture, guest_command, scratch};
+use vgpu_tests::{Daemon, RawClient, compile_c, fixture, guest_command, scratch, start_holder};
 
 /// Pids of the live worker processes under `pid` (its descendants with a worker socket in
 /// their environment: the front's own children, or the spawner's).
@@ -66,26 +64,6 @@ fn wait_until(what: &str, daemon: &Daemon, mut done: impl FnMut() -> bool) {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-}
-
-/// The driver-API program holding two 64 MiB buffers (E2E_HOLD), once it says so.
-fn start_holder(program: &Path, daemon: &Daemon) -> Child {
-    let mut holder = guest_command(program, &daemon.socket)
-        .arg(fixture("kernels.cubin"))
-        .arg("--no-kernel-check")
-        .env("E2E_HOLD", "1")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start the holding program");
-    let stdout = holder.stdout.take().expect("stdout");
-    let mut lines = std::io::BufReader::new(stdout).lines();
-    assert!(
-        lines.any(|l| l.is_ok_and(|l| l.contains("HOLDING"))),
-        "the program never reached its hold point:\n{}",
-        daemon.log_text()
-    );
-    holder
 }
 
 fn status_used(path: &Path) -> Option<u64> {

@@ -410,14 +410,6 @@ fn report_status(path: std::path::PathBuf, state: impl Fn() -> (u64, usize) + Se
     }
 }
 
-/// An error and its sources, as one line: "what failed: why: and why".
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut msg = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        msg.push_str(": ");
-        msg.push_str(&s.to_string());
-        source = s.source();
-    }
-    msg
-}
+/// An error and its sources, as one line: "what failed: why: and why" (the one printer the
+/// daemon's binaries and crates share).
+pub use vgpu_remote::frame::chain as error_chain;

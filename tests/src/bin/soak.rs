@@ -1122,8 +1122,11 @@ fn disagreements(pool: &Pool) -> Vec<String> {
                 None if h.serve_port != 0 => bad.push(format!("{}: no slice server", h.name)),
                 None => {}
             }
+            // The agent's own children (depth 1): a worker's spawner and per-client worker
+            // processes, and the slice server's session processes, are theirs.
             let found: BTreeSet<u32> = descendants(&table, agent)
                 .into_iter()
+                .filter(|&(_, depth)| depth == 1)
                 .map(|(p, _)| p)
                 .collect();
             let extra: Vec<String> = found

@@ -42,6 +42,19 @@ pub const BUILD_ID: &str = concat!("vgpu-protocol ", env!("CARGO_PKG_VERSION"));
 /// Bytes of device config space served to the guest (`VHOST_USER_GET_CONFIG`).
 pub const CONFIG_SPACE_LEN: usize = 8;
 
+/// An error and its sources, as one line: "what failed: why: and why". The one printer every
+/// binary of the project uses at its edge (the shim, the daemon, the remote-slice sessions).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        source = s.source();
+    }
+    msg
+}
+
 /// The config space a guest driver reads to recognise our device: `"VGPU"`, the protocol
 /// major version and the number of queues.
 pub fn config_space(num_queues: u16) -> [u8; CONFIG_SPACE_LEN] {

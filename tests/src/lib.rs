@@ -44,12 +44,7 @@ pub fn built() -> &'static Path {
         }
         let status = cmd.status().expect("run cargo build");
         assert!(status.success(), "building vhost-gpu and libcuda failed");
-        // The shim is loaded by its soname.
-        let shim = dir.join("shim");
-        std::fs::create_dir_all(&shim).expect("shim dir");
-        let link = shim.join("libcuda.so.1");
-        let _ = std::fs::remove_file(&link);
-        std::os::unix::fs::symlink(dir.join("libcuda.so"), &link).expect("libcuda.so.1 link");
+        link_shim(&dir);
         dir
     })
 }
@@ -169,6 +164,15 @@ pub fn guest_command(program: &Path, socket: &Path) -> Command {
     cmd.env("LD_LIBRARY_PATH", built().join("shim"))
         .env("VGPU_DEVICE", format!("vhost-user:{}", socket.display()));
     cmd
+}
+
+/// Makes `DIR/shim/libcuda.so.1` point at `DIR/libcuda.so`: the shim is loaded by its soname.
+pub fn link_shim(dir: &Path) {
+    let shim = dir.join("shim");
+    std::fs::create_dir_all(&shim).expect("shim dir");
+    let link = shim.join("libcuda.so.1");
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(dir.join("libcuda.so"), &link).expect("libcuda.so.1 link");
 }
 
 /// A test fixture of `tests/fixtures`.

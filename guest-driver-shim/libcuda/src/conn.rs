@@ -84,18 +84,6 @@ fn parse_liveness(v: Option<&str>) -> Duration {
     }
 }
 
-/// An error with its sources, for the log.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
-
 /// Where the bulk bytes of a call are, in guest addresses.
 #[derive(Clone, Copy, Debug)]
 pub struct Bulk {
@@ -191,8 +179,8 @@ fn transport_error(e: impl std::fmt::Display) -> CuResult {
 
 impl Connection {
     pub fn open_virtio_user(path: &std::path::Path) -> Result<Self, String> {
-        let vu =
-            VirtioUser::connect(path, Options::default(), liveness()).map_err(|e| chain(&e))?;
+        let vu = VirtioUser::connect(path, Options::default(), liveness())
+            .map_err(|e| vgpu_protocol::error_chain(&e))?;
         Self::open(Link::VirtioUser(Box::new(vu)))
     }
 
@@ -318,7 +306,9 @@ impl Connection {
 fn alloc_buf(link: &mut Link, len: usize) -> Result<SharedBuf, String> {
     match link {
         // `alloc` waits for the daemon to map a new region before it returns.
-        Link::VirtioUser(vu) => vu.alloc(len, 4096).map_err(|e| chain(&e)),
+        Link::VirtioUser(vu) => vu
+            .alloc(len, 4096)
+            .map_err(|e| vgpu_protocol::error_chain(&e)),
         Link::Kmod { .. } => {
             // SAFETY: a fresh anonymous mapping, checked for failure.
             let p = unsafe {

@@ -290,11 +290,7 @@ fn binaries() -> PathBuf {
             dir.join(b).display()
         );
     }
-    let shim = dir.join("shim");
-    std::fs::create_dir_all(&shim).expect("shim dir");
-    let link = shim.join("libcuda.so.1");
-    let _ = std::fs::remove_file(&link);
-    std::os::unix::fs::symlink(dir.join("libcuda.so"), &link).expect("libcuda.so.1 link");
+    vgpu_tests::link_shim(&dir);
     dir
 }
 

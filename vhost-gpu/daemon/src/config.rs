@@ -158,6 +158,16 @@ pub struct Args {
     pub accepted_at_us: Option<u64>,
 }
 
+impl GpuSelection {
+    /// The device, as logs name it.
+    pub fn describe(&self) -> String {
+        match self {
+            GpuSelection::Sim => "the simulated GPU".into(),
+            GpuSelection::Cuda(n) => format!("GPU {n}"),
+        }
+    }
+}
+
 /// Validated configuration.
 #[derive(Clone, Debug)]
 pub struct Config {

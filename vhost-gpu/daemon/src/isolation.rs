@@ -36,7 +36,7 @@ use vgpu_protocol::{CuResult, MsgHeader, ReplyWriter, flags};
 use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 use zerocopy::FromBytes;
 
-use crate::config::{Config, GpuSelection};
+use crate::config::Config;
 
 /// The environment variable that makes `vhost-gpu` a worker; its value is the socket's fd.
 pub const WORKER_FD_ENV: &str = "VGPU_WORKER_FD";
@@ -724,10 +724,7 @@ impl Workers {
         let ids: Vec<u32> = self.workers.keys().copied().collect();
         let mut total = Freed::default();
         for id in ids {
-            let f = self.close(id);
-            total.allocations += f.allocations;
-            total.bytes += f.bytes;
-            total.objects += f.objects;
+            total += self.close(id);
         }
         total
     }
@@ -903,10 +900,10 @@ struct FrontLedger {
 }
 
 impl FrontLedger {
-    fn ask(&mut self, kind_out: u32, body: &[u8], kind_in: u32) -> Option<Vec<u8>> {
+    fn ask(&mut self, kind_out: u32, body: &[u8], kind_in: u32) -> Option<&[u8]> {
         write_frame(&mut self.sock, kind_out, &[body]).ok()?;
         match read_frame(&mut self.sock, &mut self.frame) {
-            Ok(k) if k == kind_in => Some(self.frame.clone()),
+            Ok(k) if k == kind_in => Some(&self.frame),
             _ => None,
         }
     }
@@ -920,7 +917,7 @@ impl SharedLedger for FrontLedger {
 
     fn slice_used(&mut self) -> u64 {
         self.ask(kind::USED, &[], kind::USED_ANSWER)
-            .and_then(|b| u64_at(&b, 0).ok())
+            .and_then(|b| u64_at(b, 0).ok())
             .unwrap_or(0)
     }
 }
@@ -1095,13 +1092,4 @@ pub enum Isolation {
     /// Every client in the daemon's process (one GPU address space): a kernel of one client
     /// can read another's memory. For measuring what isolation costs, not for tenants.
     Shared,
-}
-
-impl GpuSelection {
-    pub fn describe(&self) -> String {
-        match self {
-            GpuSelection::Sim => "the simulated GPU".into(),
-            GpuSelection::Cuda(n) => format!("GPU {n}"),
-        }
-    }
 }

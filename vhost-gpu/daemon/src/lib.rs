@@ -123,10 +123,7 @@ pub fn run(config: &Config, max_connections: Option<usize>) -> Result<(), Error>
             config.socket.display(),
             config.gpu.describe(),
             config.queues,
-            config
-                .limits
-                .mem_limit
-                .map_or("none (whole device)".into(), |l| format!("{l} bytes"))
+            memory_limit(config)
         );
         let command = isolation::WorkerCommand::current().map_err(Error::WorkerCommand)?;
         // A confined front cannot fork: a spawner started now starts its workers.
@@ -259,6 +256,14 @@ fn confine(config: &Config) -> Result<(), Error> {
     }
 }
 
+/// The slice's memory limit, as the start-up log names it.
+fn memory_limit(config: &Config) -> String {
+    config
+        .limits
+        .mem_limit
+        .map_or("none (whole device)".into(), |l| format!("{l} bytes"))
+}
+
 /// This host's GPU (or the simulator), with the daemon's stdout captured for device `printf`.
 pub(crate) fn local_executor(config: &Config) -> Result<Executor, Error> {
     let gpu = open_gpu(config)?;
@@ -274,10 +279,7 @@ pub(crate) fn local_executor(config: &Config) -> Result<Executor, Error> {
         "vhost-gpu: serving {} with executor {kind}, {} queues, memory limit {}",
         config.socket.display(),
         config.queues,
-        config
-            .limits
-            .mem_limit
-            .map_or("none (whole device)".into(), |l| format!("{l} bytes"))
+        memory_limit(config)
     );
     Ok(executor)
 }
@@ -412,4 +414,4 @@ fn report_status(path: std::path::PathBuf, state: impl Fn() -> (u64, usize) + Se
 
 /// An error and its sources, as one line: "what failed: why: and why" (the one printer the
 /// daemon's binaries and crates share).
-pub use vgpu_remote::frame::chain as error_chain;
+pub use vgpu_protocol::error_chain;

@@ -229,6 +229,14 @@ pub struct Freed {
     pub objects: usize,
 }
 
+impl std::ops::AddAssign for Freed {
+    fn add_assign(&mut self, f: Freed) {
+        self.allocations += f.allocations;
+        self.bytes += f.bytes;
+        self.objects += f.objects;
+    }
+}
+
 /// A client as the executor knows it: the frontend's namespace in the high half (one per
 /// vhost-user connection, so two connections' clients never meet) and the guest's id in the low.
 pub type ClientKey = u64;
@@ -1513,10 +1521,7 @@ impl Executor {
         let ids: Vec<ClientKey> = self.clients.keys().copied().filter(|k| which(*k)).collect();
         let mut total = Freed::default();
         for id in ids {
-            let f = self.close_client(id);
-            total.allocations += f.allocations;
-            total.bytes += f.bytes;
-            total.objects += f.objects;
+            total += self.close_client(id);
         }
         total
     }

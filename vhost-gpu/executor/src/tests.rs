@@ -65,6 +65,32 @@ fn alloc(ex: &mut Executor, client: u32, ctx: u64, size: u64) -> Result<u64, u32
     if r == 0 { Ok(handle(&b)) } else { Err(r) }
 }
 
+/// Loads `image` into `ctx` of client 1; returns (result, reply body).
+fn load_module(ex: &mut Executor, ctx: u64, image: &mut [u8]) -> (u32, Vec<u8>) {
+    let mut buf = vec![0u8; 512];
+    let mut e = Encoder::new(&mut buf).unwrap();
+    let body = calls::ModuleLoad {
+        ctx: ctx.into(),
+        image: vgpu_protocol::DataRef::new(0, image.len() as u64),
+    };
+    e.push(Opcode::ModuleLoad as u16, 0, &body, &[]).unwrap();
+    let len = e.finish(flags::WANT_REPLY, 1, 1 << 16, 1);
+    let segs = [HostSeg {
+        ptr: image.as_mut_ptr(),
+        len: image.len(),
+    }];
+    let mut reply = Vec::new();
+    let out = ex.execute(
+        &buf[..len],
+        DataStream::new(&segs),
+        DataStream::EMPTY,
+        &mut reply,
+    );
+    let (_, mut records) = parse_response(&reply[..out.reply_len]).unwrap();
+    let r = records.next().unwrap().unwrap();
+    (r.result, r.body.to_vec())
+}
+
 fn mem_info(ex: &mut Executor, client: u32, ctx: u64) -> (u64, u64) {
     let (r, b) = call(
         ex,
@@ -214,30 +240,7 @@ fn module_images_are_charged_until_unloaded() {
     let n = image.len() as u64;
     let mut ex = executor(Some(n + n / 2), 0);
     let ctx = client_with_ctx(&mut ex, 1);
-    let load = |ex: &mut Executor, image: &mut Vec<u8>| {
-        let mut buf = vec![0u8; 512];
-        let mut e = Encoder::new(&mut buf).unwrap();
-        let body = calls::ModuleLoad {
-            ctx: ctx.into(),
-            image: vgpu_protocol::DataRef::new(0, image.len() as u64),
-        };
-        e.push(Opcode::ModuleLoad as u16, 0, &body, &[]).unwrap();
-        let len = e.finish(flags::WANT_REPLY, 1, 1 << 16, 1);
-        let segs = [HostSeg {
-            ptr: image.as_mut_ptr(),
-            len: image.len(),
-        }];
-        let mut reply = Vec::new();
-        let out = ex.execute(
-            &buf[..len],
-            DataStream::new(&segs),
-            DataStream::EMPTY,
-            &mut reply,
-        );
-        let (_, mut records) = parse_response(&reply[..out.reply_len]).unwrap();
-        let r = records.next().unwrap().unwrap();
-        (r.result, r.body.to_vec())
-    };
+    let load = |ex: &mut Executor, image: &mut Vec<u8>| load_module(ex, ctx, image);
     let mut img = image.clone();
     let (r, body) = load(&mut ex, &mut img);
     assert_eq!(r, 0);
@@ -351,29 +354,9 @@ fn a_modules_globals_go_with_it() {
     let mut image =
         b".version 8.0\n.target sm_90\n.address_size 64\n.global .align 4 .b8 counter[64];\n\0"
             .to_vec();
-    let mut buf = vec![0u8; 512];
-    let mut e = Encoder::new(&mut buf).unwrap();
-    let body = calls::ModuleLoad {
-        ctx: ctx.into(),
-        image: vgpu_protocol::DataRef::new(0, image.len() as u64),
-    };
-    e.push(Opcode::ModuleLoad as u16, 0, &body, &[]).unwrap();
-    let len = e.finish(flags::WANT_REPLY, 1, 1 << 16, 1);
-    let segs = [HostSeg {
-        ptr: image.as_mut_ptr(),
-        len: image.len(),
-    }];
-    let mut reply = Vec::new();
-    let out = ex.execute(
-        &buf[..len],
-        DataStream::new(&segs),
-        DataStream::EMPTY,
-        &mut reply,
-    );
-    let (_, mut records) = parse_response(&reply[..out.reply_len]).unwrap();
-    let r = records.next().unwrap().unwrap();
-    assert_eq!(r.result, 0);
-    let module = calls::ModuleLoadReply::read_from_prefix(r.body)
+    let (result, body) = load_module(&mut ex, ctx, &mut image);
+    assert_eq!(result, 0);
+    let module = calls::ModuleLoadReply::read_from_prefix(&body)
         .unwrap()
         .0
         .module
@@ -389,6 +372,7 @@ fn a_modules_globals_go_with_it() {
     e.push(Opcode::ModuleGetGlobal as u16, 0, &body, b"counter")
         .unwrap();
     let len = e.finish(flags::WANT_REPLY, 1, 1 << 16, 2);
+    let mut reply = Vec::new();
     let out = ex.execute(
         &buf[..len],
         DataStream::EMPTY,

@@ -11,14 +11,15 @@ use std::{
 use log::{error, info, warn};
 use rustls::{ClientConnection, StreamOwned};
 use vgpu_executor::{DataStream, Outcome};
+use vgpu_protocol::error_chain;
 use vgpu_protocol::{CuResult, MsgHeader, ReplyWriter, flags};
 use zerocopy::{FromBytes, IntoBytes};
 
 use crate::{
     frame::{
         CHALLENGE_MAGIC, Challenge, FrameError, MAX_DATA, MAX_REPLY, REPLY_MAGIC, REQUEST_MAGIC,
-        ReplyHeader, RequestHeader, Secret, SessionHeader, SessionParams, SessionReply, chain,
-        check, read_header, read_into, write_all,
+        ReplyHeader, RequestHeader, Secret, SessionHeader, SessionParams, SessionReply, check,
+        read_header, read_into, write_all,
     },
     tls::{self, Sock, Transport},
 };
@@ -266,7 +267,7 @@ impl RemoteSession {
                     error!(
                         "remote slice on {}: {}; the vGPU is unavailable from now on",
                         self.addr,
-                        chain(&e)
+                        error_chain(&e)
                     );
                     s.failed = true;
                     s.conn = None;
@@ -412,7 +413,7 @@ fn keepalive(shared: &Weak<Mutex<Shared>>, generation: u64, every: Duration, add
         if let Err(e) = c.keepalive() {
             error!(
                 "remote slice on {addr}: keepalive failed: {}; the vGPU is unavailable from now on",
-                chain(&e)
+                error_chain(&e)
             );
             s.conn = None;
             s.failed = true;

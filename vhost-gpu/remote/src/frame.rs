@@ -108,18 +108,6 @@ impl FrameError {
     }
 }
 
-/// An error and its sources, as one line ("what failed: why: and why").
-pub fn chain(e: &dyn std::error::Error) -> String {
-    let mut msg = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        msg.push_str(": ");
-        msg.push_str(&s.to_string());
-        source = s.source();
-    }
-    msg
-}
-
 /// What a session asks of the GPU host: which GPU and the slice's limits.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SessionParams {

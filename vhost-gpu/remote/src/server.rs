@@ -28,10 +28,11 @@ use crate::{
     frame::{
         Binding, CHALLENGE_MAGIC, Challenge, FrameError, MAX_DATA, MAX_MESSAGE, REPLY_MAGIC,
         REQUEST_MAGIC, ReplyHeader, RequestHeader, Secret, SessionHeader, SessionParams,
-        SessionReply, chain, check, nonce, plain_refusal, read_header, read_into, write_all,
+        SessionReply, check, nonce, plain_refusal, read_header, read_into, write_all,
     },
     tls::{self, Sock, Transport},
 };
+use vgpu_protocol::error_chain;
 
 /// Makes the executor of a new session, or says why not.
 pub type OpenSlice = dyn Fn(&SessionParams) -> Result<Executor, String> + Send + Sync;
@@ -477,7 +478,7 @@ pub fn log_end(result: &Result<(), FrameError>) {
         Err(e) => warn!(
             "remote session ended (process {}): {}",
             std::process::id(),
-            chain(e)
+            error_chain(e)
         ),
     }
 }

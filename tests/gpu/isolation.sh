@@ -58,7 +58,7 @@ tree_stats() {
 run_as() {
     local how=$1 sock=$2; shift 2
     if [ "$how" = native ]; then timeout 120 "$@"
-    else LD_LIBRARY_PATH="$work/shim" VGPU_DEVICE="vhost-user:$sock" sealed "$@"; fi
+    else sealed "$bin/vgpu-run" --socket "$sock" --lib-dir "$work/shim" -- "$@"; fi
 }
 
 # cross CASE OWNER_HOW OWNER_SOCK THIEF_HOW THIEF_SOCK

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# One device call's worth of GPU evidence: the suite (run.sh), isolation and churn
+# (isolation.sh), and, when a corrupting shim is given, the deliberately broken run of
+# docs/test-mutations.md on a few cases. Each part is bounded in time so the whole fits one
+# 10-minute call; every log is packed into $OUT/logs-all.tgz and each table is copied to $OUT
+# (the device returns at most 8 files).
+#
+# usage: tests/gpu/session.sh BIN_DIR [CORRUPT_BIN_DIR]
+set -uo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+bin=$1
+corrupt=${2:-}
+out=${OUT:?OUT must name the folder results go to}
+res=/tmp/vgpu-session
+rm -rf "$res"; mkdir -p "$res"/{suite,iso,broken}
+headers=/usr/local/cuda/include
+(cd "$headers" && tar cJf "$out/cuda-13-headers.tar.xz" cuda.h cudaTypedefs.h \
+    $(ls cudaProfilerTypedefs.h cudaGL*.h cudaEGL*.h cudaVDPAU*.h 2>/dev/null)) || true
+
+status=0
+OUT=$res/suite timeout "${SUITE_SECS:-360}" bash "$here/run.sh" "$bin" >"$res/suite/stdout.txt" 2>&1
+rc=$?; echo "suite exit $rc" | tee -a "$res/summary.txt"; [ $rc = 0 ] || status=1
+OUT=$res/iso CHURN_ROUNDS=${CHURN_ROUNDS:-400} timeout "${ISO_SECS:-150}" \
+    bash "$here/isolation.sh" "$bin" >"$res/iso/stdout.txt" 2>&1
+rc=$?; echo "isolation exit $rc" | tee -a "$res/summary.txt"; [ $rc = 0 ] || status=1
+if [ -n "$corrupt" ]; then
+    # The same programs, reused from the suite's build, through a shim that corrupts copies:
+    # the verdict must be FAIL and name them.
+    OUT=$res/broken GPU_REUSE_BUILD=1 GPU_CASES="e2e bandwidth vecadd_cubin rt_pinned_pageable_static" \
+        timeout 90 bash "$here/run.sh" "$corrupt" >"$res/broken/stdout.txt" 2>&1
+    rc=$?; echo "broken run exit $rc (must be non-zero)" | tee -a "$res/summary.txt"
+fi
+cp "$res/suite/table.txt" "$out/suite-table.txt" 2>/dev/null
+cp "$res/iso/isolation-table.txt" "$out/isolation-table.txt" 2>/dev/null
+cp "$res/broken/table.txt" "$out/broken-table.txt" 2>/dev/null
+cp "$res/summary.txt" "$out/summary.txt"
+tar czf "$out/logs-all.tgz" -C "$res" .
+exit $status

@@ -21,7 +21,7 @@ int main(int argc, char **argv) {
     if (argc < 3) { fprintf(stderr, "usage: %s CUBIN ROUNDS\n", argv[0]); return 2; }
     int rounds = atoi(argv[2]);
     CUdevice dev; CUcontext ctx;
-    CK(cuInit(0)); CK(cuDeviceGet(&dev, 0)); CK(cuCtxCreate(&ctx, 0, dev));
+    CK(cuInit(0)); CK(cuDeviceGet(&dev, 0)); CK(cuCtxCreate(&ctx, NULL, 0, dev));  // CUDA 13: cuCtxCreate_v4
     long early = 0;
     unsigned n = 1024, seed = 1;
     for (int r = 0; r < rounds; r++) {

@@ -15,7 +15,8 @@ use thiserror::Error;
 use vgpu_protocol::CuResult;
 
 use crate::gpu::{
-    ATTRIBUTE_SLOTS, DeviceProps, Gpu, GpuKind, GpuResult, HostSeg, KernelDesc, LaunchConfig,
+    ATTRIBUTE_SLOTS, DeviceProps, ForwardCall, Gpu, GpuKind, GpuResult, HostSeg, KernelDesc,
+    LaunchConfig,
 };
 
 #[derive(Debug, Error)]
@@ -418,6 +419,12 @@ impl Gpu for CudaGpu {
 
     fn slice_sm_count(&self) -> Option<u32> {
         self.granted_sms
+    }
+
+    fn forward(&mut self, call: &ForwardCall) -> GpuResult<Vec<u8>> {
+        crate::ops::forward::call_driver(call, self.ordinal, |name| {
+            raw_symbol::<*mut c_void>(name).ok()
+        })
     }
 
     fn set_current(&mut self, ctx: u64) -> GpuResult<()> {

@@ -4,6 +4,8 @@
 
 use vgpu_protocol::CuResult;
 
+pub use crate::ops::forward::ForwardCall;
+
 /// Result of a device operation: the error is the `CUresult` the guest will see.
 pub type GpuResult<T> = Result<T, CuResult>;
 
@@ -213,5 +215,13 @@ pub trait Gpu: Send + Sync {
     /// Launches recorded so far (the simulator counts them; CUDA returns `None`).
     fn launches_recorded(&self) -> Option<u64> {
         None
+    }
+
+    /// Runs a plain forward (`vgpu_protocol::for_each_forward!`) and returns its reply body.
+    /// The driver's implementation is generated from the table; a backend that does not run a
+    /// forward says so.
+    fn forward(&mut self, call: &ForwardCall) -> GpuResult<Vec<u8>> {
+        let _ = call;
+        Err(CuResult::NOT_SUPPORTED)
     }
 }

@@ -18,7 +18,8 @@ use vgpu_protocol::CuResult;
 
 use crate::{
     gpu::{
-        ATTRIBUTE_SLOTS, DeviceProps, Gpu, GpuKind, GpuResult, HostSeg, KernelDesc, LaunchConfig,
+        ATTRIBUTE_SLOTS, DeviceProps, ForwardCall, Gpu, GpuKind, GpuResult, HostSeg, KernelDesc,
+        LaunchConfig,
     },
     image,
 };
@@ -44,6 +45,8 @@ pub struct SimGpu {
     capturing: HashMap<u64, u64>,
     /// Graphs and executable graphs -> how many launches they hold.
     graphs: HashMap<u64, u64>,
+    /// Stream attributes set (`cuStreamSetAttribute`): (stream, attribute) -> value.
+    stream_attrs: HashMap<(u64, u32), [u8; 64]>,
 }
 
 struct SimModule {
@@ -81,6 +84,7 @@ impl SimGpu {
             launches: 0,
             capturing: HashMap::new(),
             graphs: HashMap::new(),
+            stream_attrs: HashMap::new(),
         }
     }
 
@@ -673,7 +677,95 @@ impl Gpu for SimGpu {
     fn launches_recorded(&self) -> Option<u64> {
         Some(self.launches)
     }
+
+    fn forward(&mut self, call: &ForwardCall) -> GpuResult<Vec<u8>> {
+        use vgpu_protocol::ops::forward as fwd;
+        use zerocopy::IntoBytes;
+        let stream_ok = |s: u64, streams: &HashMap<u64, ()>| s <= 2 || streams.contains_key(&s);
+        match call {
+            ForwardCall::StreamGetAttribute(c) => {
+                let (s, attr) = (c.stream.get(), c.attr.get());
+                if !stream_ok(s, &self.streams) {
+                    return Err(CuResult::INVALID_HANDLE);
+                }
+                if !STREAM_ATTRIBUTES.contains(&attr) {
+                    return Err(CuResult::INVALID_VALUE);
+                }
+                let reply = fwd::StreamGetAttribute::Reply {
+                    value: self
+                        .stream_attrs
+                        .get(&(s, attr))
+                        .copied()
+                        .unwrap_or([0; 64]),
+                    ..Default::default()
+                };
+                Ok(reply.as_bytes().to_vec())
+            }
+            ForwardCall::StreamSetAttribute(c) => {
+                let (s, attr) = (c.stream.get(), c.attr.get());
+                if !stream_ok(s, &self.streams) {
+                    return Err(CuResult::INVALID_HANDLE);
+                }
+                if !STREAM_ATTRIBUTES.contains(&attr) {
+                    return Err(CuResult::INVALID_VALUE);
+                }
+                self.stream_attrs.insert((s, attr), c.value);
+                Ok(Vec::new())
+            }
+            ForwardCall::StreamCopyAttributes(c) => {
+                let (dst, src) = (c.dst.get(), c.src.get());
+                if !stream_ok(dst, &self.streams) || !stream_ok(src, &self.streams) {
+                    return Err(CuResult::INVALID_HANDLE);
+                }
+                let copied: Vec<_> = self
+                    .stream_attrs
+                    .iter()
+                    .filter(|((s, _), _)| *s == src)
+                    .map(|((_, a), v)| (*a, *v))
+                    .collect();
+                self.stream_attrs.retain(|(s, _), _| *s != dst);
+                for (a, v) in copied {
+                    self.stream_attrs.insert((dst, a), v);
+                }
+                Ok(Vec::new())
+            }
+            // One device: peer-to-peer needs two.
+            ForwardCall::DeviceGetP2PAttribute(_) => Err(CuResult::INVALID_DEVICE),
+            ForwardCall::DeviceGetTexture1DLinearMaxWidth(c) => {
+                if ![1, 2, 4].contains(&c.channels.get()) {
+                    return Err(CuResult::INVALID_VALUE);
+                }
+                // Not a property of any real GPU: a fixed answer, so a test can see it pass.
+                let reply = fwd::DeviceGetTexture1DLinearMaxWidth::Reply {
+                    width: (1u64 << 27).into(),
+                    ..Default::default()
+                };
+                Ok(reply.as_bytes().to_vec())
+            }
+            ForwardCall::DeviceGetExecAffinitySupport(c) => {
+                if c.kind.get() != 0 {
+                    return Err(CuResult::INVALID_VALUE);
+                }
+                let reply = fwd::DeviceGetExecAffinitySupport::Reply {
+                    supported: 0.into(),
+                    ..Default::default()
+                };
+                Ok(reply.as_bytes().to_vec())
+            }
+            ForwardCall::CtxResetPersistingL2Cache(_) => Ok(Vec::new()),
+            ForwardCall::FlushGpuDirectRdmaWrites(c) => {
+                if c.target.get() != 0 || ![100, 200].contains(&c.scope.get()) {
+                    return Err(CuResult::INVALID_VALUE);
+                }
+                Ok(Vec::new())
+            }
+        }
+    }
 }
+
+/// `CUstreamAttrID` values a stream accepts (access policy window, synchronisation policy,
+/// priority, memory synchronisation domain map and domain).
+const STREAM_ATTRIBUTES: [u32; 5] = [1, 3, 8, 9, 10];
 
 #[cfg(test)]
 mod tests {

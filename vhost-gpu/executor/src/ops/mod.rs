@@ -1,0 +1,80 @@
+//! The operations, one module per family. The dispatch is generated from the protocol's
+//! operation table ([`vgpu_protocol::for_each_op!`]): each line names its request body, which
+//! is decoded here, and the handler of its family that runs it. Plain forwards
+//! ([`vgpu_protocol::for_each_forward!`]) are generated whole, in [`forward`].
+
+mod context;
+mod device;
+mod event;
+pub(crate) mod forward;
+mod graph;
+mod launch;
+mod memory;
+mod module;
+mod stream;
+
+use vgpu_protocol::{CuResult, Opcode, ReplyWriter, call_flags, codec::Call};
+
+use crate::{CallResult, ClientKey, DataStream, Executor};
+
+/// What every handler uses.
+mod prelude {
+    pub(super) use log::info;
+    pub(super) use vgpu_protocol::{
+        CuResult, Opcode, PROTOCOL_MAJOR, PROTOCOL_MINOR,
+        calls::{self, HELLO_MESSAGE_LEN, fill_str, read_str},
+    };
+    pub(super) use zerocopy::IntoBytes;
+
+    pub(super) use super::Req;
+    pub(super) use crate::{
+        ATTR_MULTIPROCESSOR_COUNT, Allocation, CONSOLE_CHUNK, CallResult, Executor, Object,
+        gpu::LaunchConfig, show,
+    };
+}
+
+/// One call being run: who sent it, its operation and flags, the message's data streams and
+/// the reply being written.
+pub(crate) struct Req<'r, 'a, 'w> {
+    pub client: ClientKey,
+    pub op: Opcode,
+    /// [`call_flags`] of the call.
+    pub flags: u16,
+    pub data_in: DataStream<'a>,
+    pub data_out: DataStream<'a>,
+    /// The furthest byte of the data-out stream written so far.
+    pub data_out_len: &'r mut u64,
+    pub w: &'r mut ReplyWriter<'w>,
+}
+
+impl Req<'_, '_, '_> {
+    /// The call's opcode as the reply record carries it.
+    pub fn code(&self) -> u16 {
+        self.op as u16
+    }
+
+    /// Issued asynchronously (`...Async`): stream-ordered, not waited for.
+    pub fn is_async(&self) -> bool {
+        self.flags & call_flags::ASYNC != 0
+    }
+}
+
+macro_rules! route {
+    (ops { $( $(#[$m:meta])* $op:ident = $code:literal ($body:ty) -> $reply:ty
+            => $family:ident :: $handler:ident [$($prop:ident),*] ; )* }) => {
+        /// Decodes the call's fixed body as its table line says and runs its handler.
+        pub(crate) fn dispatch(ex: &mut Executor, call: &Call<'_>, r: &mut Req<'_, '_, '_>) -> CallResult {
+            #[allow(unused_imports)]
+            use vgpu_protocol::calls::*;
+            match r.op {
+                $( Opcode::$op => {
+                    let (args, tail) = call.parse::<$body>().map_err(|_| CuResult::INVALID_VALUE)?;
+                    $family::$handler(ex, r, args, tail)
+                } )*
+                _ => forward::dispatch(ex, call, r),
+            }
+        }
+    };
+}
+
+vgpu_protocol::for_each_op!(route);

@@ -26,7 +26,7 @@ runtime_programs="rt_atomics rt_basic rt_callbacks rt_constant rt_cublas_gemmex 
     rt_cufft rt_curand rt_device_props rt_dynsmem rt_events rt_graph rt_graph_update rt_meminfo
     rt_mempool rt_multikernel rt_occupancy rt_pinned_pageable rt_printf rt_priorities rt_streams
     rt_threads"
-EXPECTED="device_attrs e2e graph vecadd_cubin vecadd_ptx vecadd_fatbin pipeline reduction matmul
+EXPECTED="device_attrs e2e graph forwards vecadd_cubin vecadd_ptx vecadd_fatbin pipeline reduction matmul
     launch_latency bandwidth"
 for p in $runtime_programs; do EXPECTED+=" ${p}_static ${p}_shared"; done
 EXPECTED+=" cupy_smoke torch_train torch_compile cupy_kernels"
@@ -56,7 +56,7 @@ nvcc -ptx -arch=sm_90 kernels.cu -o "$work/kernels.ptx" || fail_now "kernels.cu 
 nvcc -fatbin -gencode arch=compute_90,code=sm_90 -gencode arch=compute_90,code=compute_90 kernels.cu -o "$work/kernels.fatbin" ||
     fail_now "kernels.cu did not build as a fatbin"
 nvcc -fatbin -gencode arch=compute_90,code=sm_90 -Xfatbin -compress-all kernels.cu -o "$work/kernels_compressed.fatbin" 2>/dev/null || true
-rm -f "$work"/{vecadd,pipeline,reduction,matmul,bandwidth,launch_latency,driver_api_e2e,device_attrs,graph_e2e}
+rm -f "$work"/{vecadd,pipeline,reduction,matmul,bandwidth,launch_latency,driver_api_e2e,device_attrs,graph_e2e,forwards}
 for p in vecadd pipeline reduction matmul bandwidth launch_latency; do
     nvcc -O2 -o "$work/$p" "$p.cpp" -lcuda || echo "$p.cpp did not build" >&2
 done
@@ -69,6 +69,8 @@ gcc -O1 -o "$work/device_attrs" "$here/device_attrs.c" -I/usr/local/cuda/include
     -L/usr/local/cuda/lib64/stubs -lcuda || echo "device_attrs.c did not build" >&2
 gcc -O1 -o "$work/graph_e2e" "$repo/tests/programs/graph_e2e.c" -I"$repo/tests/programs" \
     -L/usr/local/cuda/lib64/stubs -lcuda || echo "graph_e2e.c did not build" >&2
+gcc -O1 -o "$work/forwards" "$repo/tests/programs/forwards.c" -I"$repo/tests/programs" \
+    -L/usr/local/cuda/lib64/stubs -lcuda || echo "forwards.c did not build" >&2
 (cd "$work" && shopt -s nullglob && tar czf "$out/fixtures.tgz" kernels.cubin kernels.ptx kernels.fatbin kernels_compressed*.fatbin)
 fi
 
@@ -115,6 +117,7 @@ run_pair() { # name, program args...   (records rc= and wall_ms= at the end of e
 run_pair device_attrs ./device_attrs
 run_pair e2e ./driver_api_e2e kernels.cubin
 run_pair graph ./graph_e2e kernels.cubin
+run_pair forwards ./forwards
 run_pair vecadd_cubin ./vecadd kernels.cubin
 run_pair vecadd_ptx ./vecadd kernels.ptx
 run_pair vecadd_fatbin ./vecadd kernels.fatbin

@@ -4,6 +4,7 @@
 mod context;
 mod device;
 mod exports;
+mod forward;
 mod graph;
 mod handles;
 mod launch;
@@ -18,6 +19,7 @@ mod tools_context;
 pub use context::*;
 pub use device::*;
 pub use exports::*;
+pub use forward::*;
 pub use graph::*;
 pub use launch::*;
 pub use memory::*;

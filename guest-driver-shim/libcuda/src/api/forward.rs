@@ -1,0 +1,145 @@
+//! The guest side of the plain forwards, generated from [`vgpu_protocol::for_each_forward!`]:
+//! one export per table line, with the C signature the line gives. Each checks its
+//! out-pointers, sends the request (the current context and one field per input) as one
+//! synchronous call, and writes the reply's fields through the out-pointers.
+
+use std::ffi::c_void;
+
+use vgpu_protocol::{CuResult, Opcode, ops::forward};
+
+use super::{handle_of, ret};
+use crate::{CUresult, driver};
+
+/// The C type of an argument.
+macro_rules! c_param {
+    (stream) => { *mut c_void };
+    (event) => { *mut c_void };
+    (device) => { crate::CUdevice };
+    (u32) => { u32 };
+    (i32) => { i32 };
+    (u64) => { u64 };
+    (usize) => { usize };
+    (in_attr64) => { *const [u8; 64] };
+    (out_i32) => { *mut i32 };
+    (out_u32) => { *mut u32 };
+    (out_u64) => { *mut u64 };
+    (out_usize) => { *mut usize };
+    (out_attr64) => { *mut [u8; 64] };
+}
+
+/// Refuses a NULL pointer argument (inputs read through a pointer, and every output).
+macro_rules! check_pointer {
+    (in_attr64, $v:ident) => {
+        if $v.is_null() {
+            return Err(CuResult::INVALID_VALUE);
+        }
+    };
+    (out_i32, $v:ident) => {
+        if $v.is_null() {
+            return Err(CuResult::INVALID_VALUE);
+        }
+    };
+    (out_u32, $v:ident) => {
+        if $v.is_null() {
+            return Err(CuResult::INVALID_VALUE);
+        }
+    };
+    (out_u64, $v:ident) => {
+        if $v.is_null() {
+            return Err(CuResult::INVALID_VALUE);
+        }
+    };
+    (out_usize, $v:ident) => {
+        if $v.is_null() {
+            return Err(CuResult::INVALID_VALUE);
+        }
+    };
+    (out_attr64, $v:ident) => {
+        if $v.is_null() {
+            return Err(CuResult::INVALID_VALUE);
+        }
+    };
+    ($other:ident, $v:ident) => {};
+}
+
+/// The request field of an input argument.
+macro_rules! to_wire {
+    (stream, $req:ident . $f:ident, $v:ident) => {
+        $req.$f = handle_of($v).into()
+    };
+    (event, $req:ident . $f:ident, $v:ident) => {
+        $req.$f = handle_of($v).into()
+    };
+    (usize, $req:ident . $f:ident, $v:ident) => {
+        $req.$f = ($v as u64).into()
+    };
+    (u32, $req:ident . $f:ident, $v:ident) => {
+        $req.$f = $v.into()
+    };
+    (i32, $req:ident . $f:ident, $v:ident) => {
+        $req.$f = $v.into()
+    };
+    (u64, $req:ident . $f:ident, $v:ident) => {
+        $req.$f = $v.into()
+    };
+    (device, $req:ident . $f:ident, $v:ident) => {
+        $req.$f = $v.into()
+    };
+    // SAFETY: checked non-NULL; the API says it points at a whole CUstreamAttrValue.
+    (in_attr64, $req:ident . $f:ident, $v:ident) => {
+        $req.$f = unsafe { $v.read_unaligned() }
+    };
+    ($out:ident, $req:ident . $f:ident, $v:ident) => {};
+}
+
+/// Writes an output argument from the reply.
+macro_rules! from_wire {
+    // SAFETY (each arm): checked non-NULL before the call; the caller's out-pointer.
+    (out_i32, $v:ident, $field:expr) => {
+        unsafe { $v.write_unaligned($field.get()) }
+    };
+    (out_u32, $v:ident, $field:expr) => {
+        unsafe { $v.write_unaligned($field.get()) }
+    };
+    (out_u64, $v:ident, $field:expr) => {
+        unsafe { $v.write_unaligned($field.get()) }
+    };
+    (out_usize, $v:ident, $field:expr) => {
+        unsafe { $v.write_unaligned($field.get() as usize) }
+    };
+    (out_attr64, $v:ident, $field:expr) => {
+        unsafe { $v.write_unaligned($field) }
+    };
+    ($in:ident, $v:ident, $field:expr) => {};
+}
+
+macro_rules! exports {
+    (forwards { $( $(#[$m:meta])* $op:ident = $code:literal : $cname:ident
+            ( $($arg:ident : $kind:ident),* ) [$($prop:ident),*] ; )* }) => {
+        $(
+            #[doc = concat!("`", stringify!($cname), "`, forwarded as is (`Opcode::", stringify!($op), "`).")]
+            #[unsafe(no_mangle)]
+            pub unsafe extern "C" fn $cname($($arg: c_param!($kind)),*) -> CUresult {
+                ret((|| {
+                    $( check_pointer!($kind, $arg); )*
+                    let d = driver::driver()?;
+                    let ctx = if vgpu_protocol::forward_has!(ctx; $($prop)*) {
+                        driver::current_handle()?
+                    } else {
+                        driver::current_handle().unwrap_or(0)
+                    };
+                    #[allow(unused_mut)]
+                    let mut req = forward::$op::Request { ctx: ctx.into(), ..Default::default() };
+                    $( to_wire!($kind, req.$arg, $arg); )*
+                    #[allow(unused_variables)]
+                    let reply: forward::$op::Reply =
+                        d.conn.call(Opcode::$op, &req, &[], None, None)?.parse()?;
+                    $( from_wire!($kind, $arg, reply.$arg); )*
+                    Ok(())
+                })())
+            }
+        )*
+    };
+}
+
+vgpu_protocol::for_each_forward!(exports);

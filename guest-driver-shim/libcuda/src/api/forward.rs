@@ -85,8 +85,8 @@ macro_rules! to_wire {
     (device, $req:ident . $f:ident, $v:ident) => {
         $req.$f = $v.into()
     };
-    // SAFETY: checked non-NULL; the API says it points at a whole CUstreamAttrValue.
     (in_attr64, $req:ident . $f:ident, $v:ident) => {
+        // SAFETY: checked non-NULL; the API says it points at a whole CUstreamAttrValue.
         $req.$f = unsafe { $v.read_unaligned() }
     };
     ($out:ident, $req:ident . $f:ident, $v:ident) => {};
@@ -94,20 +94,24 @@ macro_rules! to_wire {
 
 /// Writes an output argument from the reply.
 macro_rules! from_wire {
-    // SAFETY (each arm): checked non-NULL before the call; the caller's out-pointer.
     (out_i32, $v:ident, $field:expr) => {
+        // SAFETY: checked non-NULL before the call; the caller's out-pointer.
         unsafe { $v.write_unaligned($field.get()) }
     };
     (out_u32, $v:ident, $field:expr) => {
+        // SAFETY: checked non-NULL before the call; the caller's out-pointer.
         unsafe { $v.write_unaligned($field.get()) }
     };
     (out_u64, $v:ident, $field:expr) => {
+        // SAFETY: checked non-NULL before the call; the caller's out-pointer.
         unsafe { $v.write_unaligned($field.get()) }
     };
     (out_usize, $v:ident, $field:expr) => {
+        // SAFETY: checked non-NULL before the call; the caller's out-pointer.
         unsafe { $v.write_unaligned($field.get() as usize) }
     };
     (out_attr64, $v:ident, $field:expr) => {
+        // SAFETY: checked non-NULL before the call; the caller's out-pointer.
         unsafe { $v.write_unaligned($field) }
     };
     ($in:ident, $v:ident, $field:expr) => {};
@@ -128,7 +132,7 @@ macro_rules! exports {
                     } else {
                         driver::current_handle().unwrap_or(0)
                     };
-                    #[allow(unused_mut)]
+                    #[allow(unused_mut, clippy::needless_update)]
                     let mut req = forward::$op::Request { ctx: ctx.into(), ..Default::default() };
                     $( to_wire!($kind, req.$arg, $arg); )*
                     #[allow(unused_variables)]

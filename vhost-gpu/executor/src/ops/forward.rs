@@ -84,9 +84,9 @@ macro_rules! forwards {
                 $( #[allow(unused_variables)] ForwardCall::$op(req) => {
                     let f = symbol(concat!(stringify!($cname), "\0").as_bytes())
                         .ok_or(CuResult::NOT_SUPPORTED)?;
-                    // SAFETY: `f` is the driver's export of this name, whose C signature the
-                    // table line gives in order (the same as `cuda.h`'s).
                     let f: unsafe extern "C" fn($(driver_param!($kind)),*) -> u32 =
+                        // SAFETY: `f` is the driver's export of this name, whose C signature
+                        // the table line gives in order (the same as `cuda.h`'s).
                         unsafe { std::mem::transmute(f) };
                     #[allow(unused_mut, unused_variables)]
                     let mut reply = forward::$op::Reply::default();

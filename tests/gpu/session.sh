@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# One device call's worth of GPU evidence: the suite (run.sh), isolation and churn
-# (isolation.sh), and, when a corrupting shim is given, the deliberately broken run of
-# docs/test-mutations.md on a few cases. Each part is bounded in time so the whole fits one
+# One device call's worth of GPU evidence: the suite (run.sh), the executor's backend tests
+# on NVIDIA's driver (when BIN_DIR holds `executor-tests`, the test binary of vgpu-executor),
+# slices (slices.sh), isolation and churn (isolation.sh), and, when a corrupting shim is
+# given, the deliberately broken run of docs/test-mutations.md on a few cases. Each part is bounded in time so the whole fits one
 # 10-minute call; every log is packed into $OUT/logs-all.tgz and each table is copied to $OUT
 # (the device returns at most 8 files).
 #
@@ -12,7 +13,7 @@ bin=$1
 corrupt=${2:-}
 out=${OUT:?OUT must name the folder results go to}
 res=/tmp/vgpu-session
-rm -rf "$res"; mkdir -p "$res"/{suite,iso,broken}
+rm -rf "$res"; mkdir -p "$res"/{suite,iso,broken,slices}
 headers=/usr/local/cuda/include
 (cd "$headers" && tar cJf "$out/cuda-13-headers.tar.xz" cuda.h cudaTypedefs.h \
     $(ls cudaProfilerTypedefs.h cudaGL*.h cudaEGL*.h cudaVDPAU*.h 2>/dev/null)) || true
@@ -20,6 +21,12 @@ headers=/usr/local/cuda/include
 status=0
 OUT=$res/suite timeout "${SUITE_SECS:-360}" bash "$here/run.sh" "$bin" >"$res/suite/stdout.txt" 2>&1
 rc=$?; echo "suite exit $rc" | tee -a "$res/summary.txt"; [ $rc = 0 ] || status=1
+if [ -x "$bin/executor-tests" ]; then
+    timeout 240 "$bin/executor-tests" --ignored on_cuda --test-threads=1 >"$res/executor-tests.txt" 2>&1
+    rc=$?; echo "executor tests on the GPU exit $rc" | tee -a "$res/summary.txt"; [ $rc = 0 ] || status=1
+fi
+OUT=$res/slices timeout "${SLICES_SECS:-200}" bash "$here/slices.sh" "$bin" >"$res/slices/stdout.txt" 2>&1
+rc=$?; echo "slices exit $rc" | tee -a "$res/summary.txt"; [ $rc = 0 ] || status=1
 OUT=$res/iso CHURN_ROUNDS=${CHURN_ROUNDS:-400} timeout "${ISO_SECS:-150}" \
     bash "$here/isolation.sh" "$bin" >"$res/iso/stdout.txt" 2>&1
 rc=$?; echo "isolation exit $rc" | tee -a "$res/summary.txt"; [ $rc = 0 ] || status=1
@@ -33,6 +40,8 @@ fi
 cp "$res/suite/table.txt" "$out/suite-table.txt" 2>/dev/null
 cp "$res/iso/isolation-table.txt" "$out/isolation-table.txt" 2>/dev/null
 cp "$res/broken/table.txt" "$out/broken-table.txt" 2>/dev/null
+cp "$res/slices/slices-table.txt" "$out/slices-table.txt" 2>/dev/null
+tail -40 "$res/executor-tests.txt" >"$out/executor-tests.txt" 2>/dev/null
 cp "$res/summary.txt" "$out/summary.txt"
 tar czf "$out/logs-all.tgz" -C "$res" .
 exit $status

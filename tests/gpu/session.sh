@@ -14,8 +14,8 @@ corrupt=${2:-}
 out=${OUT:?OUT must name the folder results go to}
 res=/tmp/vgpu-session
 rm -rf "$res"; mkdir -p "$res"/{suite,iso,broken,slices}
-headers=/usr/local/cuda/include
-(cd "$headers" && tar cJf "$out/cuda-13-headers.tar.xz" cuda.h cudaTypedefs.h \
+headers=/usr/local/cuda/include   # CUDA_HEADERS=1 brings the driver headers back too
+[ -n "${CUDA_HEADERS:-}" ] && (cd "$headers" && tar cJf "$out/cuda-13-headers.tar.xz" cuda.h cudaTypedefs.h \
     $(ls cudaProfilerTypedefs.h cudaGL*.h cudaEGL*.h cudaVDPAU*.h 2>/dev/null)) || true
 
 status=0

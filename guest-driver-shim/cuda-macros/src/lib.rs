@@ -284,7 +284,9 @@ fn expand_routes(
         if !decls.contains_key(&n) && !symbols.contains(&n) {
             return Err(syn::Error::new_spanned(
                 name,
-                format!("{n} is neither declared in CUDA 13.0's headers nor exported by the driver"),
+                format!(
+                    "{n} is neither declared in CUDA 13.0's headers nor exported by the driver"
+                ),
             ));
         }
         if routes.insert(n.clone(), route).is_some() {
@@ -405,7 +407,13 @@ mod tests {
     fn declarations_come_from_the_header() {
         let d = declarations(DECLS).unwrap();
         assert_eq!(d.len(), 634);
-        for n in ["cuInit", "cuMemAlloc", "cuMemAlloc_v2", "cuMemcpy_ptds", "cuLaunchKernel_ptsz"] {
+        for n in [
+            "cuInit",
+            "cuMemAlloc",
+            "cuMemAlloc_v2",
+            "cuMemcpy_ptds",
+            "cuLaunchKernel_ptsz",
+        ] {
             assert!(d.contains_key(n), "{n}");
         }
         let m = &d["cuMemAlloc_v2"];
@@ -444,7 +452,12 @@ mod tests {
         })
         .unwrap();
         assert_eq!(out.matches(" fn cu").count(), 674);
-        assert!(out.contains("implemented [] fn cuInit (Flags : core :: ffi :: c_uint) -> decls :: CUresult ;"), "{out}");
+        assert!(
+            out.contains(
+                "implemented [] fn cuInit (Flags : core :: ffi :: c_uint) -> decls :: CUresult ;"
+            ),
+            "{out}"
+        );
         assert!(out.contains("implemented [] fn cuProfilerStart ;"));
         assert!(out.contains("alias [cuCtxDestroy_v2] fn cuCtxDestroy (ctx : decls :: CUcontext)"));
         assert!(out.contains("forwarded [] fn cuCtxGetId ("));
@@ -458,7 +471,9 @@ mod tests {
     fn a_wrong_table_is_refused() {
         let err = |body| routes(body).unwrap_err().to_string();
         assert!(err(quote!(implemented: [cuNoSuchThing];)).contains("neither declared"));
-        assert!(err(quote!(implemented: [cuInit]; unsupported "x": [cuInit];)).contains("two routes"));
+        assert!(
+            err(quote!(implemented: [cuInit]; unsupported "x": [cuInit];)).contains("two routes")
+        );
         assert!(
             err(quote!(implemented: [cuModuleUnload]; alias: [cuLibraryUnload = cuModuleUnload];))
                 .contains("different signatures")

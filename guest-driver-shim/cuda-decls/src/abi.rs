@@ -99,6 +99,34 @@ fn_abi!(A1 A2 A3 A4 A5 A6 A7 A8 A9 A10 A11 A12 A13 A14 A15);
 fn_abi!(A1 A2 A3 A4 A5 A6 A7 A8 A9 A10 A11 A12 A13 A14 A15 A16);
 
 /// Compiles only when `S` (an implementation) is called as `H` (the header's declaration).
+///
+/// Handles named by other pointer types, and enums as `int`, pass:
+///
+/// ```
+/// use vgpu_cuda_decls::{CUresult, CUstream, abi::same_abi};
+/// unsafe extern "C" fn ours(_: *mut core::ffi::c_void, _: i32) -> u32 { 0 }
+/// same_abi::<unsafe extern "C" fn(CUstream, u32) -> CUresult, _>(
+///     ours as unsafe extern "C" fn(_, _) -> _,
+/// );
+/// ```
+///
+/// A 32-bit size where the header has `size_t` does not compile:
+///
+/// ```compile_fail,E0271
+/// use vgpu_cuda_decls::{CUresult, CUdeviceptr, abi::same_abi};
+/// unsafe extern "C" fn ours(_: *mut CUdeviceptr, _: u32) -> u32 { 0 }
+/// same_abi::<unsafe extern "C" fn(*mut CUdeviceptr, usize) -> CUresult, _>(
+///     ours as unsafe extern "C" fn(_, _) -> _,
+/// );
+/// ```
+///
+/// nor does a pointer where the header has an integer:
+///
+/// ```compile_fail,E0271
+/// use vgpu_cuda_decls::{CUresult, abi::same_abi};
+/// unsafe extern "C" fn ours(_: *mut u8) -> u32 { 0 }
+/// same_abi::<unsafe extern "C" fn(u64) -> CUresult, _>(ours as unsafe extern "C" fn(_) -> _);
+/// ```
 pub const fn same_abi<H: FnAbi, S: FnAbi<Classes = H::Classes>>(implementation: S) {
     core::mem::forget(implementation);
 }

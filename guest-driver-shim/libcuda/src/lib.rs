@@ -2,8 +2,9 @@
 //! `vhost-gpu` daemon that runs it on the host's GPU.
 //!
 //! The transport comes from `VGPU_DEVICE`: `vhost-user:PATH` connects this process to the
-//! daemon's socket as a virtio-user driver. Every symbol of NVIDIA's library is exported;
-//! those not implemented yet return `CUDA_ERROR_NOT_SUPPORTED` and say so once on stderr.
+//! daemon's socket as a virtio-user driver. Every symbol of NVIDIA's library is exported, by
+//! the route table in [`routes`]; those not implemented return `CUDA_ERROR_NOT_SUPPORTED` and
+//! say so, with the reason, once on stderr.
 
 #![allow(non_snake_case, clippy::missing_safety_doc)]
 
@@ -12,7 +13,7 @@ mod conn;
 mod driver;
 pub mod fatbin;
 mod procaddr;
-pub mod stubs;
+pub mod routes;
 
 use std::{
     collections::HashSet,
@@ -20,9 +21,10 @@ use std::{
     sync::Mutex,
 };
 
+pub(crate) use api::forward;
 pub use api::*;
 pub use driver::driver;
-pub use stubs::*;
+pub use routes::*;
 
 /// `CUresult` as the C ABI carries it.
 pub type CUresult = u32;
@@ -45,8 +47,9 @@ pub(crate) fn verbose() -> bool {
     *V.get_or_init(|| std::env::var_os("VGPU_DEBUG").is_some())
 }
 
-/// Called by every exported entry point that is not implemented: logs the name once.
-pub(crate) fn unsupported(name: &CStr) -> CUresult {
+/// Called by every exported entry point that is not implemented: logs the name and the reason
+/// once.
+pub(crate) fn unsupported(name: &'static str, reason: &'static str) -> CUresult {
     static SEEN: Mutex<Option<HashSet<usize>>> = Mutex::new(None);
     let mut seen = SEEN
         .lock()
@@ -56,8 +59,7 @@ pub(crate) fn unsupported(name: &CStr) -> CUresult {
         .insert(name.as_ptr() as usize)
     {
         log_error(&format!(
-            "{} is not supported by the vGPU yet (CUDA_ERROR_NOT_SUPPORTED)",
-            name.to_string_lossy()
+            "{name} is not supported by the vGPU: {reason} (CUDA_ERROR_NOT_SUPPORTED)"
         ));
     }
     vgpu_protocol::CuResult::NOT_SUPPORTED.0

@@ -115,12 +115,6 @@ pub unsafe extern "C" fn cuDevicePrimaryCtxRelease_v2(dev: CUdevice) -> CUresult
 }
 
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuDevicePrimaryCtxRelease(dev: CUdevice) -> CUresult {
-    // SAFETY: same contract.
-    unsafe { cuDevicePrimaryCtxRelease_v2(dev) }
-}
-
-#[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuDevicePrimaryCtxReset_v2(dev: CUdevice) -> CUresult {
     ret(driver::driver().and_then(|d| {
         if dev != 0 {
@@ -129,12 +123,6 @@ pub unsafe extern "C" fn cuDevicePrimaryCtxReset_v2(dev: CUdevice) -> CUresult {
             primary_release(d, true)
         }
     }))
-}
-
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuDevicePrimaryCtxReset(dev: CUdevice) -> CUresult {
-    // SAFETY: same contract.
-    unsafe { cuDevicePrimaryCtxReset_v2(dev) }
 }
 
 #[unsafe(no_mangle)]
@@ -152,12 +140,6 @@ pub unsafe extern "C" fn cuDevicePrimaryCtxSetFlags_v2(dev: CUdevice, flags: c_u
             .call(Opcode::PrimaryCtxSetFlags, &body, &[], None, None)?
             .ok()
     }))
-}
-
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuDevicePrimaryCtxSetFlags(dev: CUdevice, flags: c_uint) -> CUresult {
-    // SAFETY: same contract.
-    unsafe { cuDevicePrimaryCtxSetFlags_v2(dev, flags) }
 }
 
 #[unsafe(no_mangle)]
@@ -300,12 +282,6 @@ pub unsafe extern "C" fn cuCtxDestroy_v2(ctx: CUcontext) -> CUresult {
 }
 
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuCtxDestroy(ctx: CUcontext) -> CUresult {
-    // SAFETY: same contract.
-    unsafe { cuCtxDestroy_v2(ctx) }
-}
-
-#[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuCtxSetCurrent(ctx: CUcontext) -> CUresult {
     ret(driver::driver().map(|_| set_current(as_ctx(ctx))))
 }
@@ -328,12 +304,6 @@ pub unsafe extern "C" fn cuCtxPushCurrent_v2(ctx: CUcontext) -> CUresult {
 }
 
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuCtxPushCurrent(ctx: CUcontext) -> CUresult {
-    // SAFETY: same contract.
-    unsafe { cuCtxPushCurrent_v2(ctx) }
-}
-
-#[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuCtxPopCurrent_v2(pctx: *mut CUcontext) -> CUresult {
     ret(driver::driver().and_then(|_| {
         let c = CTX_STACK
@@ -345,12 +315,6 @@ pub unsafe extern "C" fn cuCtxPopCurrent_v2(pctx: *mut CUcontext) -> CUresult {
         }
         Ok(())
     }))
-}
-
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuCtxPopCurrent(pctx: *mut CUcontext) -> CUresult {
-    // SAFETY: same contract.
-    unsafe { cuCtxPopCurrent_v2(pctx) }
 }
 
 #[unsafe(no_mangle)]

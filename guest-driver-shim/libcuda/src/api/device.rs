@@ -131,12 +131,6 @@ pub unsafe extern "C" fn cuDeviceGetUuid(uuid: *mut CUuuid, dev: CUdevice) -> CU
     }))
 }
 
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuDeviceGetUuid_v2(uuid: *mut CUuuid, dev: CUdevice) -> CUresult {
-    // SAFETY: same contract.
-    unsafe { cuDeviceGetUuid(uuid, dev) }
-}
-
 fn pci_bus_id(d: &driver::Driver) -> Result<String, CuResult> {
     Ok(format!(
         "{:08X}:{:02X}:{:02X}.0",

@@ -1,5 +1,6 @@
 //! The guest side of the plain forwards, generated from [`vgpu_protocol::for_each_forward!`]:
-//! one export per table line, with the C signature the line gives. Each checks its
+//! one function per table line, with the C signature the line gives, which the route table
+//! (`routes.rs`, route *forwarded*) exports under the header's signature. Each checks its
 //! out-pointers, sends the request (the current context and one field per input) as one
 //! synchronous call, and writes the reply's fields through the out-pointers.
 
@@ -122,8 +123,7 @@ macro_rules! exports {
             ( $($arg:ident : $kind:ident),* ) [$($prop:ident),*] ; )* }) => {
         $(
             #[doc = concat!("`", stringify!($cname), "`, forwarded as is (`Opcode::", stringify!($op), "`).")]
-            #[unsafe(no_mangle)]
-            pub unsafe extern "C" fn $cname($($arg: c_param!($kind)),*) -> CUresult {
+            pub unsafe fn $cname($($arg: c_param!($kind)),*) -> CUresult {
                 ret((|| {
                     $( check_pointer!($kind, $arg); )*
                     let d = driver::driver()?;

@@ -169,24 +169,6 @@ pub unsafe extern "C" fn cuLaunchKernel(
 }
 
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuLaunchKernel_ptsz(
-    f: *mut c_void,
-    gx: c_uint,
-    gy: c_uint,
-    gz: c_uint,
-    bx: c_uint,
-    by: c_uint,
-    bz: c_uint,
-    shared_mem: c_uint,
-    stream: *mut c_void,
-    params: *mut *mut c_void,
-    extra: *mut *mut c_void,
-) -> CUresult {
-    // SAFETY: same contract.
-    unsafe { cuLaunchKernel(f, gx, gy, gz, bx, by, bz, shared_mem, stream, params, extra) }
-}
-
-#[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuLaunchCooperativeKernel(
     f: *mut c_void,
     gx: c_uint,
@@ -214,23 +196,6 @@ pub unsafe extern "C" fn cuLaunchCooperativeKernel(
             [0; 3],
         )
     })
-}
-
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuLaunchCooperativeKernel_ptsz(
-    f: *mut c_void,
-    gx: c_uint,
-    gy: c_uint,
-    gz: c_uint,
-    bx: c_uint,
-    by: c_uint,
-    bz: c_uint,
-    shared_mem: c_uint,
-    stream: *mut c_void,
-    params: *mut *mut c_void,
-) -> CUresult {
-    // SAFETY: same contract.
-    unsafe { cuLaunchCooperativeKernel(f, gx, gy, gz, bx, by, bz, shared_mem, stream, params) }
 }
 
 /// `CUlaunchConfig` of `cuda.h`.
@@ -339,17 +304,6 @@ pub unsafe extern "C" fn cuLaunchKernelEx(
             cluster,
         )
     })
-}
-
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuLaunchKernelEx_ptsz(
-    config: *const CUlaunchConfig,
-    f: *mut c_void,
-    params: *mut *mut c_void,
-    extra: *mut *mut c_void,
-) -> CUresult {
-    // SAFETY: same contract.
-    unsafe { cuLaunchKernelEx(config, f, params, extra) }
 }
 
 fn max_active_blocks(

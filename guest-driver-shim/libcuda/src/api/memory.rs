@@ -247,12 +247,6 @@ pub unsafe extern "C" fn cuMemHostRegister_v2(
 }
 
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuMemHostRegister(p: *mut c_void, size: usize, flags: c_uint) -> CUresult {
-    // SAFETY: same contract.
-    unsafe { cuMemHostRegister_v2(p, size, flags) }
-}
-
-#[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuMemHostUnregister(p: *mut c_void) -> CUresult {
     ret(driver::driver().and_then(|_| {
         if p.is_null() {

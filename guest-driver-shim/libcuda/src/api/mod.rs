@@ -4,7 +4,7 @@
 mod context;
 mod device;
 mod exports;
-mod forward;
+pub(crate) mod forward;
 mod graph;
 mod handles;
 mod launch;
@@ -19,7 +19,6 @@ mod tools_context;
 pub use context::*;
 pub use device::*;
 pub use exports::*;
-pub use forward::*;
 pub use graph::*;
 pub use launch::*;
 pub use memory::*;

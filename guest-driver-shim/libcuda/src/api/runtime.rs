@@ -41,29 +41,6 @@ pub unsafe extern "C" fn cuStreamGetId(s: CUstream, id: *mut u64) -> CUresult {
 }
 
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuStreamGetId_ptsz(s: CUstream, id: *mut u64) -> CUresult {
-    ret(stream_id(s, id))
-}
-
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuStreamGetPriority_ptsz(s: CUstream, priority: *mut c_int) -> CUresult {
-    // SAFETY: same contract.
-    unsafe { super::stream::cuStreamGetPriority(s, priority) }
-}
-
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuStreamGetFlags_ptsz(s: CUstream, flags: *mut c_uint) -> CUresult {
-    // SAFETY: same contract.
-    unsafe { super::stream::cuStreamGetFlags(s, flags) }
-}
-
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuStreamGetCtx_ptsz(s: CUstream, pctx: *mut CUcontext) -> CUresult {
-    // SAFETY: same contract.
-    unsafe { super::stream::cuStreamGetCtx(s, pctx) }
-}
-
-#[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuStreamGetCtx_v2(
     s: CUstream,
     pctx: *mut CUcontext,
@@ -75,16 +52,6 @@ pub unsafe extern "C" fn cuStreamGetCtx_v2(
     }
     // SAFETY: same contract.
     unsafe { super::stream::cuStreamGetCtx(s, pctx) }
-}
-
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuStreamGetCtx_v2_ptsz(
-    s: CUstream,
-    pctx: *mut CUcontext,
-    green: *mut *mut c_void,
-) -> CUresult {
-    // SAFETY: same contract.
-    unsafe { cuStreamGetCtx_v2(s, pctx, green) }
 }
 
 // ---- stream capture state, kept in the guest (api/graph.rs) ----
@@ -107,11 +74,6 @@ fn is_capturing(s: CUstream, status: *mut c_int) -> Result<Option<u64>, CuResult
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuStreamIsCapturing(s: CUstream, status: *mut c_int) -> CUresult {
-    ret(is_capturing(s, status).map(|_| ()))
-}
-
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuStreamIsCapturing_ptsz(s: CUstream, status: *mut c_int) -> CUresult {
     ret(is_capturing(s, status).map(|_| ()))
 }
 
@@ -169,19 +131,6 @@ pub unsafe extern "C" fn cuStreamGetCaptureInfo_v2(
 }
 
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuStreamGetCaptureInfo_v2_ptsz(
-    s: CUstream,
-    status: *mut c_int,
-    id: *mut u64,
-    graph: *mut *mut c_void,
-    deps: *mut *const c_void,
-    ndeps: *mut usize,
-) -> CUresult {
-    // SAFETY: same contract.
-    unsafe { cuStreamGetCaptureInfo_v2(s, status, id, graph, deps, ndeps) }
-}
-
-#[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuStreamGetCaptureInfo_v3(
     s: CUstream,
     status: *mut c_int,
@@ -192,20 +141,6 @@ pub unsafe extern "C" fn cuStreamGetCaptureInfo_v3(
     ndeps: *mut usize,
 ) -> CUresult {
     ret(capture_info(s, status, id, graph, deps, edges, ndeps))
-}
-
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuStreamGetCaptureInfo_v3_ptsz(
-    s: CUstream,
-    status: *mut c_int,
-    id: *mut u64,
-    graph: *mut *mut c_void,
-    deps: *mut *const c_void,
-    edges: *mut *const c_void,
-    ndeps: *mut usize,
-) -> CUresult {
-    // SAFETY: same contract.
-    unsafe { cuStreamGetCaptureInfo_v3(s, status, id, graph, deps, edges, ndeps) }
 }
 
 thread_local! {

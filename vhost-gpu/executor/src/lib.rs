@@ -416,6 +416,7 @@ impl Executor {
                         data_out,
                         data_out_len: &mut data_out_len,
                         w: &mut w,
+                        tail: &[],
                     };
                     ops::dispatch(self, &call, &mut req)
                 }

@@ -4,12 +4,7 @@
 use super::prelude::*;
 
 /// `CtxCreate`.
-pub(super) fn create(
-    ex: &mut Executor,
-    r: &mut Req<'_, '_, '_>,
-    a: &calls::CtxCreate,
-    _tail: &[u8],
-) -> CallResult {
+pub(super) fn create(ex: &mut Executor, r: &mut Req, a: &calls::CtxCreate) -> CallResult {
     ex.client(r.client)?;
     ex.charge(r.client, ex.limits.ctx_overhead)?;
     let raw = ex
@@ -18,33 +13,23 @@ pub(super) fn create(
         .inspect_err(|_| ex.uncharge(r.client, ex.limits.ctx_overhead))?;
     ex.current_ctx = raw;
     let h = ex.client(r.client)?.objects.insert(Object::Ctx { raw });
-    r.w.push(r.code(), 0, &calls::HandleReply { handle: h.into() }, &[]);
+    r.handle(h);
     Ok(())
 }
 
 /// `CtxDestroy`.
-pub(super) fn destroy(
-    ex: &mut Executor,
-    r: &mut Req<'_, '_, '_>,
-    a: &calls::CtxArg,
-    _tail: &[u8],
-) -> CallResult {
+pub(super) fn destroy(ex: &mut Executor, r: &mut Req, a: &calls::CtxArg) -> CallResult {
     let ctx = a.ctx.get();
     if ex.client(r.client)?.primary == Some(ctx) {
         return Err(CuResult::INVALID_CONTEXT);
     }
     ex.destroy_ctx(r.client, ctx)?;
-    r.w.push_status(r.code(), 0);
+    r.ok();
     Ok(())
 }
 
 /// `PrimaryCtxRetain`.
-pub(super) fn primary_retain(
-    ex: &mut Executor,
-    r: &mut Req<'_, '_, '_>,
-    a: &calls::DeviceArg,
-    _tail: &[u8],
-) -> CallResult {
+pub(super) fn primary_retain(ex: &mut Executor, r: &mut Req, a: &calls::DeviceArg) -> CallResult {
     if a.device.get() != 0 {
         return Err(CuResult::INVALID_DEVICE);
     }
@@ -66,24 +51,19 @@ pub(super) fn primary_retain(
         }
     };
     ex.client(r.client)?.primary_refs += 1;
-    r.w.push(r.code(), 0, &calls::HandleReply { handle: h.into() }, &[]);
+    r.handle(h);
     Ok(())
 }
 
 /// `PrimaryCtxRelease`, `PrimaryCtxReset`.
-pub(super) fn primary_release(
-    ex: &mut Executor,
-    r: &mut Req<'_, '_, '_>,
-    a: &calls::DeviceArg,
-    _tail: &[u8],
-) -> CallResult {
+pub(super) fn primary_release(ex: &mut Executor, r: &mut Req, a: &calls::DeviceArg) -> CallResult {
     if a.device.get() != 0 {
         return Err(CuResult::INVALID_DEVICE);
     }
     let c = ex.client(r.client)?;
     let Some(h) = c.primary else {
         return if r.op == Opcode::PrimaryCtxReset {
-            r.w.push_status(r.code(), 0);
+            r.ok();
             Ok(())
         } else {
             Err(CuResult::INVALID_CONTEXT)
@@ -95,32 +75,26 @@ pub(super) fn primary_release(
         c.primary_refs = 0;
         ex.destroy_ctx(r.client, h)?;
     }
-    r.w.push_status(r.code(), 0);
+    r.ok();
     Ok(())
 }
 
 /// `PrimaryCtxSetFlags`.
 pub(super) fn primary_set_flags(
     ex: &mut Executor,
-    r: &mut Req<'_, '_, '_>,
+    r: &mut Req,
     a: &calls::PrimaryCtxSetFlags,
-    _tail: &[u8],
 ) -> CallResult {
     ex.client(r.client)?.primary_flags = a.flags.get();
-    r.w.push_status(r.code(), 0);
+    r.ok();
     Ok(())
 }
 
 /// `CtxSynchronize`.
-pub(super) fn synchronize(
-    ex: &mut Executor,
-    r: &mut Req<'_, '_, '_>,
-    a: &calls::CtxArg,
-    _tail: &[u8],
-) -> CallResult {
+pub(super) fn synchronize(ex: &mut Executor, r: &mut Req, a: &calls::CtxArg) -> CallResult {
     ex.make_current(r.client, a.ctx.get())?;
     ex.gpu.ctx_synchronize()?;
     ex.take_deferred(r.client)?;
-    r.w.push_status(r.code(), 0);
+    r.ok();
     Ok(())
 }

@@ -4,12 +4,7 @@
 use super::prelude::*;
 
 /// `Hello`.
-pub(super) fn hello(
-    ex: &mut Executor,
-    r: &mut Req<'_, '_, '_>,
-    h: &calls::Hello,
-    _tail: &[u8],
-) -> CallResult {
+pub(super) fn hello(ex: &mut Executor, r: &mut Req, h: &calls::Hello) -> CallResult {
     let reply = ex.hello_reply();
     if h.proto_major.get() != PROTOCOL_MAJOR {
         let mut refused = reply;
@@ -33,17 +28,12 @@ pub(super) fn hello(
             ex.gpu.kind()
         );
     }
-    r.w.push(r.code(), 0, &reply, &[]);
+    r.reply(&reply);
     Ok(())
 }
 
 /// `ConsoleRead`.
-pub(super) fn console_read(
-    ex: &mut Executor,
-    r: &mut Req<'_, '_, '_>,
-    a: &calls::ConsoleRead,
-    _tail: &[u8],
-) -> CallResult {
+pub(super) fn console_read(ex: &mut Executor, r: &mut Req, a: &calls::ConsoleRead) -> CallResult {
     ex.client(r.client)?;
     let max = (a.max.get() as usize).min(CONSOLE_CHUNK);
     let bytes = ex.console.as_mut().map(|c| c.take(max)).unwrap_or_default();
@@ -52,32 +42,14 @@ pub(super) fn console_read(
 }
 
 /// `DeviceGetCount`.
-pub(super) fn count(
-    ex: &mut Executor,
-    r: &mut Req<'_, '_, '_>,
-    _args: &(),
-    _tail: &[u8],
-) -> CallResult {
+pub(super) fn count(ex: &mut Executor, r: &mut Req, _args: &()) -> CallResult {
     ex.client(r.client)?;
-    r.w.push(
-        r.code(),
-        0,
-        &calls::I32Reply {
-            value: ex.gpu.device_count().into(),
-            _pad: 0.into(),
-        },
-        &[],
-    );
+    r.value_i32(ex.gpu.device_count());
     Ok(())
 }
 
 /// `DeviceGetInfo`.
-pub(super) fn info(
-    ex: &mut Executor,
-    r: &mut Req<'_, '_, '_>,
-    a: &calls::DeviceArg,
-    _tail: &[u8],
-) -> CallResult {
+pub(super) fn info(ex: &mut Executor, r: &mut Req, a: &calls::DeviceArg) -> CallResult {
     ex.client(r.client)?;
     if a.device.get() != 0 {
         return Err(CuResult::INVALID_DEVICE);

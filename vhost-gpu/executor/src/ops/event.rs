@@ -4,56 +4,40 @@
 use super::prelude::*;
 
 /// `EventCreate`.
-pub(super) fn create(
-    ex: &mut Executor,
-    r: &mut Req<'_, '_, '_>,
-    a: &calls::EventCreate,
-    _tail: &[u8],
-) -> CallResult {
+pub(super) fn create(ex: &mut Executor, r: &mut Req, a: &calls::EventCreate) -> CallResult {
     ex.make_current(r.client, a.ctx.get())?;
     let raw = ex.gpu.event_create(a.flags.get())?;
     let h = ex.client(r.client)?.objects.insert(Object::Event {
         raw,
         ctx: a.ctx.get(),
     });
-    r.w.push(r.code(), 0, &calls::HandleReply { handle: h.into() }, &[]);
+    r.handle(h);
     Ok(())
 }
 
 /// `EventDestroy`.
-pub(super) fn destroy(
-    ex: &mut Executor,
-    r: &mut Req<'_, '_, '_>,
-    a: &calls::HandleArg,
-    _tail: &[u8],
-) -> CallResult {
+pub(super) fn destroy(ex: &mut Executor, r: &mut Req, a: &calls::HandleArg) -> CallResult {
     let raw = ex.event(r.client, a.handle.get())?;
     ex.gpu.event_destroy(raw)?;
     ex.client(r.client)?.objects.remove(a.handle.get());
-    r.w.push_status(r.code(), 0);
+    r.ok();
     Ok(())
 }
 
 /// `EventRecord`.
-pub(super) fn record(
-    ex: &mut Executor,
-    r: &mut Req<'_, '_, '_>,
-    a: &calls::EventRecord,
-    _tail: &[u8],
-) -> CallResult {
+pub(super) fn record(ex: &mut Executor, r: &mut Req, a: &calls::EventRecord) -> CallResult {
     let ev = ex.event(r.client, a.event.get())?;
     let s = ex.stream(r.client, a.stream.get(), a.ctx.get())?;
     ex.gpu.event_record(ev, s)?;
-    r.w.push_status(r.code(), 0);
+    r.ok();
     Ok(())
 }
 
 /// `EventSynchronize`, `EventQuery`.
 pub(super) fn synchronize_or_query(
     ex: &mut Executor,
-    r: &mut Req<'_, '_, '_>,
+    r: &mut Req,
     a: &calls::HandleArg,
-    _tail: &[u8],
 ) -> CallResult {
     let ev = ex.event(r.client, a.handle.get())?;
     if r.op == Opcode::EventSynchronize {
@@ -62,28 +46,18 @@ pub(super) fn synchronize_or_query(
     } else {
         ex.gpu.event_query(ev)?;
     }
-    r.w.push_status(r.code(), 0);
+    r.ok();
     Ok(())
 }
 
 /// `EventElapsedTime`.
-pub(super) fn elapsed(
-    ex: &mut Executor,
-    r: &mut Req<'_, '_, '_>,
-    a: &calls::EventElapsed,
-    _tail: &[u8],
-) -> CallResult {
+pub(super) fn elapsed(ex: &mut Executor, r: &mut Req, a: &calls::EventElapsed) -> CallResult {
     let s = ex.event(r.client, a.start.get())?;
     let e = ex.event(r.client, a.end.get())?;
     let ms = ex.gpu.event_elapsed_ms(s, e)?;
-    r.w.push(
-        r.code(),
-        0,
-        &calls::F32Reply {
-            value: ms.into(),
-            _pad: 0.into(),
-        },
-        &[],
-    );
+    r.reply(&calls::F32Reply {
+        value: ms.into(),
+        _pad: 0.into(),
+    });
     Ok(())
 }

@@ -45,7 +45,7 @@ macro_rules! forwards {
         }
 
         /// Runs one plain forward.
-        pub(super) fn dispatch(ex: &mut Executor, call: &Call<'_>, r: &mut Req<'_, '_, '_>) -> CallResult {
+        pub(super) fn dispatch(ex: &mut Executor, call: &Call<'_>, r: &mut Req<'_, '_, '_, '_>) -> CallResult {
             match r.op {
                 $( Opcode::$op => {
                     let (req, _) = call

@@ -4,25 +4,15 @@
 use super::prelude::*;
 
 /// `StreamBeginCapture`.
-pub(super) fn begin_capture(
-    ex: &mut Executor,
-    r: &mut Req<'_, '_, '_>,
-    a: &calls::BeginCapture,
-    _tail: &[u8],
-) -> CallResult {
+pub(super) fn begin_capture(ex: &mut Executor, r: &mut Req, a: &calls::BeginCapture) -> CallResult {
     let raw = ex.stream(r.client, a.stream.get(), a.ctx.get())?;
     ex.gpu.stream_begin_capture(raw, a.mode.get())?;
-    r.w.push_status(r.code(), 0);
+    r.ok();
     Ok(())
 }
 
 /// `StreamEndCapture`.
-pub(super) fn end_capture(
-    ex: &mut Executor,
-    r: &mut Req<'_, '_, '_>,
-    a: &calls::StreamArg,
-    _tail: &[u8],
-) -> CallResult {
+pub(super) fn end_capture(ex: &mut Executor, r: &mut Req, a: &calls::StreamArg) -> CallResult {
     let raw = ex.stream(r.client, a.stream.get(), a.ctx.get())?;
     let graph = ex.gpu.stream_end_capture(raw)?;
     let ctx = ex.stream_ctx(r.client, a.stream.get(), a.ctx.get())?;
@@ -30,16 +20,15 @@ pub(super) fn end_capture(
         .client(r.client)?
         .objects
         .insert(Object::Graph { raw: graph, ctx });
-    r.w.push(r.code(), 0, &calls::HandleReply { handle: h.into() }, &[]);
+    r.handle(h);
     Ok(())
 }
 
 /// `GraphInstantiate`.
 pub(super) fn instantiate(
     ex: &mut Executor,
-    r: &mut Req<'_, '_, '_>,
+    r: &mut Req,
     a: &calls::GraphInstantiate,
-    _tail: &[u8],
 ) -> CallResult {
     let (raw, ctx) = match ex.client(r.client)?.objects.get(a.graph.get()) {
         Some(Object::Graph { raw, ctx }) => (*raw, *ctx),
@@ -51,33 +40,27 @@ pub(super) fn instantiate(
         .client(r.client)?
         .objects
         .insert(Object::GraphExec { raw: exec, ctx });
-    r.w.push(r.code(), 0, &calls::HandleReply { handle: h.into() }, &[]);
+    r.handle(h);
     Ok(())
 }
 
 /// `GraphLaunch`.
-pub(super) fn launch(
-    ex: &mut Executor,
-    r: &mut Req<'_, '_, '_>,
-    a: &calls::GraphLaunch,
-    _tail: &[u8],
-) -> CallResult {
+pub(super) fn launch(ex: &mut Executor, r: &mut Req, a: &calls::GraphLaunch) -> CallResult {
     let exec = match ex.client(r.client)?.objects.get(a.exec.get()) {
         Some(Object::GraphExec { raw, .. }) => *raw,
         _ => return Err(CuResult::INVALID_HANDLE),
     };
     let s = ex.stream(r.client, a.stream.get(), a.ctx.get())?;
     ex.gpu.graph_launch(exec, s)?;
-    r.w.push_status(r.code(), 0);
+    r.ok();
     Ok(())
 }
 
 /// `GraphExecUpdate`.
 pub(super) fn exec_update(
     ex: &mut Executor,
-    r: &mut Req<'_, '_, '_>,
+    r: &mut Req,
     a: &calls::GraphExecUpdate,
-    _tail: &[u8],
 ) -> CallResult {
     let c = ex.client(r.client)?;
     let (exec, ctx) = match c.objects.get(a.exec.get()) {
@@ -104,12 +87,7 @@ pub(super) fn exec_update(
 }
 
 /// `GraphExecDestroy`, `GraphDestroy`.
-pub(super) fn destroy(
-    ex: &mut Executor,
-    r: &mut Req<'_, '_, '_>,
-    a: &calls::HandleArg,
-    _tail: &[u8],
-) -> CallResult {
+pub(super) fn destroy(ex: &mut Executor, r: &mut Req, a: &calls::HandleArg) -> CallResult {
     let c = ex.client(r.client)?;
     match (r.op, c.objects.get(a.handle.get())) {
         (Opcode::GraphExecDestroy, Some(Object::GraphExec { raw, .. })) => {
@@ -123,6 +101,6 @@ pub(super) fn destroy(
         _ => return Err(CuResult::INVALID_HANDLE),
     }
     ex.client(r.client)?.objects.remove(a.handle.get());
-    r.w.push_status(r.code(), 0);
+    r.ok();
     Ok(())
 }

@@ -4,12 +4,7 @@
 use super::prelude::*;
 
 /// `OccupancyMaxActiveBlocks`.
-pub(super) fn occupancy_blocks(
-    ex: &mut Executor,
-    r: &mut Req<'_, '_, '_>,
-    a: &calls::Occupancy,
-    _tail: &[u8],
-) -> CallResult {
+pub(super) fn occupancy_blocks(ex: &mut Executor, r: &mut Req, a: &calls::Occupancy) -> CallResult {
     let (raw, ctx) = ex.func(r.client, a.func.get())?;
     ex.make_current(r.client, ctx)?;
     let n = ex.gpu.occupancy_max_active_blocks(
@@ -18,24 +13,15 @@ pub(super) fn occupancy_blocks(
         a.dynamic_smem.get(),
         a.flags.get(),
     )?;
-    r.w.push(
-        r.code(),
-        0,
-        &calls::I32Reply {
-            value: n.into(),
-            _pad: 0.into(),
-        },
-        &[],
-    );
+    r.value_i32(n);
     Ok(())
 }
 
 /// `OccupancyMaxActiveClusters`.
 pub(super) fn occupancy_clusters(
     ex: &mut Executor,
-    r: &mut Req<'_, '_, '_>,
+    r: &mut Req,
     a: &calls::OccupancyClusters,
-    _tail: &[u8],
 ) -> CallResult {
     let (raw, ctx) = ex.func(r.client, a.func.get())?;
     ex.make_current(r.client, ctx)?;
@@ -47,25 +33,13 @@ pub(super) fn occupancy_clusters(
         cluster: a.cluster.map(|v| v.get()),
     };
     let n = ex.gpu.occupancy_max_active_clusters(raw, &config)?;
-    r.w.push(
-        r.code(),
-        0,
-        &calls::I32Reply {
-            value: n.into(),
-            _pad: 0.into(),
-        },
-        &[],
-    );
+    r.value_i32(n);
     Ok(())
 }
 
 /// `LaunchKernel`.
-pub(super) fn launch(
-    ex: &mut Executor,
-    r: &mut Req<'_, '_, '_>,
-    a: &calls::LaunchKernel,
-    tail: &[u8],
-) -> CallResult {
+pub(super) fn launch(ex: &mut Executor, r: &mut Req, a: &calls::LaunchKernel) -> CallResult {
+    let tail = r.tail;
     let params = tail
         .get(..a.params_len.get() as usize)
         .ok_or(CuResult::INVALID_VALUE)?;
@@ -95,6 +69,6 @@ pub(super) fn launch(
         return Err(CuResult::INVALID_VALUE);
     }
     ex.gpu.launch(*raw, &config, s, params, layout)?;
-    r.w.push_status(r.code(), 0);
+    r.ok();
     Ok(())
 }

@@ -4,12 +4,7 @@
 use super::prelude::*;
 
 /// `MemAlloc`.
-pub(super) fn alloc(
-    ex: &mut Executor,
-    r: &mut Req<'_, '_, '_>,
-    a: &calls::MemAlloc,
-    _tail: &[u8],
-) -> CallResult {
+pub(super) fn alloc(ex: &mut Executor, r: &mut Req, a: &calls::MemAlloc) -> CallResult {
     let size = a.size.get();
     ex.make_current(r.client, a.ctx.get())?;
     if size == 0 {
@@ -28,24 +23,12 @@ pub(super) fn alloc(
             ctx: a.ctx.get(),
         },
     );
-    r.w.push(
-        r.code(),
-        0,
-        &calls::HandleReply {
-            handle: dptr.into(),
-        },
-        &[],
-    );
+    r.handle(dptr);
     Ok(())
 }
 
 /// `MemFree`.
-pub(super) fn free(
-    ex: &mut Executor,
-    r: &mut Req<'_, '_, '_>,
-    a: &calls::MemFree,
-    _tail: &[u8],
-) -> CallResult {
+pub(super) fn free(ex: &mut Executor, r: &mut Req, a: &calls::MemFree) -> CallResult {
     ex.make_current(r.client, a.ctx.get())?;
     let dptr = a.dptr.get();
     if !ex.client(r.client)?.allocations.contains_key(&dptr) {
@@ -56,17 +39,12 @@ pub(super) fn free(
     let size = c.allocations.remove(&dptr).map_or(0, |a| a.size);
     c.mem_used -= size;
     ex.mem_used -= size;
-    r.w.push_status(r.code(), 0);
+    r.ok();
     Ok(())
 }
 
 /// `MemGetInfo`.
-pub(super) fn info(
-    ex: &mut Executor,
-    r: &mut Req<'_, '_, '_>,
-    a: &calls::CtxArg,
-    _tail: &[u8],
-) -> CallResult {
+pub(super) fn info(ex: &mut Executor, r: &mut Req, a: &calls::CtxArg) -> CallResult {
     ex.make_current(r.client, a.ctx.get())?;
     let (free, total) = ex.gpu.mem_info()?;
     let used = match ex.shared_ledger.as_mut() {
@@ -80,25 +58,15 @@ pub(super) fn info(
         }
         None => (free, total),
     };
-    r.w.push(
-        r.code(),
-        0,
-        &calls::MemInfoReply {
-            free: free.into(),
-            total: total.into(),
-        },
-        &[],
-    );
+    r.reply(&calls::MemInfoReply {
+        free: free.into(),
+        total: total.into(),
+    });
     Ok(())
 }
 
 /// `MemGetAddressRange`.
-pub(super) fn address_range(
-    ex: &mut Executor,
-    r: &mut Req<'_, '_, '_>,
-    a: &calls::MemFree,
-    _tail: &[u8],
-) -> CallResult {
+pub(super) fn address_range(ex: &mut Executor, r: &mut Req, a: &calls::MemFree) -> CallResult {
     let c = ex.client(r.client)?;
     let dptr = a.dptr.get();
     let (base, size) = c
@@ -108,25 +76,15 @@ pub(super) fn address_range(
         .filter(|(b, al)| dptr < *b + al.size)
         .map(|(b, al)| (*b, al.size))
         .ok_or(CuResult::NOT_FOUND)?;
-    r.w.push(
-        r.code(),
-        0,
-        &calls::AddressRangeReply {
-            base: base.into(),
-            size: size.into(),
-        },
-        &[],
-    );
+    r.reply(&calls::AddressRangeReply {
+        base: base.into(),
+        size: size.into(),
+    });
     Ok(())
 }
 
 /// `Memset`.
-pub(super) fn memset(
-    ex: &mut Executor,
-    r: &mut Req<'_, '_, '_>,
-    a: &calls::Memset,
-    _tail: &[u8],
-) -> CallResult {
+pub(super) fn memset(ex: &mut Executor, r: &mut Req, a: &calls::Memset) -> CallResult {
     let s = ex.stream(r.client, a.stream.get(), a.ctx.get())?;
     let len = a
         .count
@@ -143,17 +101,12 @@ pub(super) fn memset(
         r.is_async(),
     )?;
     ex.finish_copy(r.client, r.flags, s)?;
-    r.w.push_status(r.code(), 0);
+    r.ok();
     Ok(())
 }
 
 /// `MemcpyHtoD`.
-pub(super) fn copy_htod(
-    ex: &mut Executor,
-    r: &mut Req<'_, '_, '_>,
-    a: &calls::MemcpyHtoD,
-    _tail: &[u8],
-) -> CallResult {
+pub(super) fn copy_htod(ex: &mut Executor, r: &mut Req, a: &calls::MemcpyHtoD) -> CallResult {
     let s = ex.stream(r.client, a.stream.get(), a.ctx.get())?;
     let (off, len) = (a.data.offset.get(), a.data.len.get());
     ex.check_range(r.client, a.dst.get(), len)?;
@@ -165,17 +118,12 @@ pub(super) fn copy_htod(
         unsafe { gpu.memcpy_htod(dst + rel, seg, s, r.is_async()) }
     })?;
     ex.finish_copy(r.client, r.flags, s)?;
-    r.w.push_status(r.code(), 0);
+    r.ok();
     Ok(())
 }
 
 /// `MemcpyDtoH`.
-pub(super) fn copy_dtoh(
-    ex: &mut Executor,
-    r: &mut Req<'_, '_, '_>,
-    a: &calls::MemcpyDtoH,
-    _tail: &[u8],
-) -> CallResult {
+pub(super) fn copy_dtoh(ex: &mut Executor, r: &mut Req, a: &calls::MemcpyDtoH) -> CallResult {
     let s = ex.stream(r.client, a.stream.get(), a.ctx.get())?;
     let (off, len) = (a.data.offset.get(), a.data.len.get());
     ex.check_range(r.client, a.src.get(), len)?;
@@ -187,23 +135,18 @@ pub(super) fn copy_dtoh(
     })?;
     *r.data_out_len = (*r.data_out_len).max(off + len);
     ex.finish_copy(r.client, r.flags, s)?;
-    r.w.push_status(r.code(), 0);
+    r.ok();
     Ok(())
 }
 
 /// `MemcpyDtoD`.
-pub(super) fn copy_dtod(
-    ex: &mut Executor,
-    r: &mut Req<'_, '_, '_>,
-    a: &calls::MemcpyDtoD,
-    _tail: &[u8],
-) -> CallResult {
+pub(super) fn copy_dtod(ex: &mut Executor, r: &mut Req, a: &calls::MemcpyDtoD) -> CallResult {
     let s = ex.stream(r.client, a.stream.get(), a.ctx.get())?;
     ex.check_range(r.client, a.src.get(), a.len.get())?;
     ex.check_range(r.client, a.dst.get(), a.len.get())?;
     ex.gpu
         .memcpy_dtod(a.dst.get(), a.src.get(), a.len.get(), s, r.is_async())?;
     ex.finish_copy(r.client, r.flags, s)?;
-    r.w.push_status(r.code(), 0);
+    r.ok();
     Ok(())
 }

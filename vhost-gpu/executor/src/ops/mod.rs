@@ -13,7 +13,8 @@ mod memory;
 mod module;
 mod stream;
 
-use vgpu_protocol::{CuResult, Opcode, ReplyWriter, call_flags, codec::Call};
+use vgpu_protocol::{CuResult, Opcode, ReplyWriter, call_flags, calls, codec::Call};
+use zerocopy::{Immutable, IntoBytes};
 
 use crate::{CallResult, ClientKey, DataStream, Executor};
 
@@ -35,7 +36,7 @@ mod prelude {
 
 /// One call being run: who sent it, its operation and flags, the message's data streams and
 /// the reply being written.
-pub(crate) struct Req<'r, 'a, 'w> {
+pub(crate) struct Req<'r, 'a, 'w, 't> {
     pub client: ClientKey,
     pub op: Opcode,
     /// [`call_flags`] of the call.
@@ -45,9 +46,11 @@ pub(crate) struct Req<'r, 'a, 'w> {
     /// The furthest byte of the data-out stream written so far.
     pub data_out_len: &'r mut u64,
     pub w: &'r mut ReplyWriter<'w>,
+    /// The bytes after the call's fixed body (kernel parameters, a symbol name).
+    pub tail: &'t [u8],
 }
 
-impl Req<'_, '_, '_> {
+impl Req<'_, '_, '_, '_> {
     /// The call's opcode as the reply record carries it.
     pub fn code(&self) -> u16 {
         self.op as u16
@@ -57,19 +60,45 @@ impl Req<'_, '_, '_> {
     pub fn is_async(&self) -> bool {
         self.flags & call_flags::ASYNC != 0
     }
+
+    /// Answers success with no body.
+    pub fn ok(&mut self) {
+        self.w.push_status(self.code(), 0);
+    }
+
+    /// Answers success with `body`.
+    pub fn reply<T: IntoBytes + Immutable>(&mut self, body: &T) {
+        self.w.push(self.code(), 0, body, &[]);
+    }
+
+    /// Answers success with a new handle or a device pointer.
+    pub fn handle(&mut self, handle: u64) {
+        self.reply(&calls::HandleReply {
+            handle: handle.into(),
+        });
+    }
+
+    /// Answers success with one 32-bit value.
+    pub fn value_i32(&mut self, value: i32) {
+        self.reply(&calls::I32Reply {
+            value: value.into(),
+            _pad: 0.into(),
+        });
+    }
 }
 
 macro_rules! route {
     (ops { $( $(#[$m:meta])* $op:ident = $code:literal ($body:ty) -> $reply:ty
             => $family:ident :: $handler:ident [$($prop:ident),*] ; )* }) => {
         /// Decodes the call's fixed body as its table line says and runs its handler.
-        pub(crate) fn dispatch(ex: &mut Executor, call: &Call<'_>, r: &mut Req<'_, '_, '_>) -> CallResult {
+        pub(crate) fn dispatch<'t>(ex: &mut Executor, call: &Call<'t>, r: &mut Req<'_, '_, '_, 't>) -> CallResult {
             #[allow(unused_imports)]
             use vgpu_protocol::calls::*;
             match r.op {
                 $( Opcode::$op => {
                     let (args, tail) = call.parse::<$body>().map_err(|_| CuResult::INVALID_VALUE)?;
-                    $family::$handler(ex, r, args, tail)
+                    r.tail = tail;
+                    $family::$handler(ex, r, args)
                 } )*
                 _ => forward::dispatch(ex, call, r),
             }

@@ -4,12 +4,7 @@
 use super::prelude::*;
 
 /// `ModuleLoad`.
-pub(super) fn load(
-    ex: &mut Executor,
-    r: &mut Req<'_, '_, '_>,
-    a: &calls::ModuleLoad,
-    _tail: &[u8],
-) -> CallResult {
+pub(super) fn load(ex: &mut Executor, r: &mut Req, a: &calls::ModuleLoad) -> CallResult {
     ex.make_current(r.client, a.ctx.get())?;
     let mut image = std::mem::take(&mut ex.scratch);
     let gathered = r
@@ -89,24 +84,15 @@ pub(super) fn load(
 }
 
 /// `ModuleUnload`.
-pub(super) fn unload(
-    ex: &mut Executor,
-    r: &mut Req<'_, '_, '_>,
-    a: &calls::HandleArg,
-    _tail: &[u8],
-) -> CallResult {
+pub(super) fn unload(ex: &mut Executor, r: &mut Req, a: &calls::HandleArg) -> CallResult {
     ex.unload_module(r.client, a.handle.get())?;
-    r.w.push_status(r.code(), 0);
+    r.ok();
     Ok(())
 }
 
 /// `ModuleGetGlobal`.
-pub(super) fn get_global(
-    ex: &mut Executor,
-    r: &mut Req<'_, '_, '_>,
-    a: &calls::ModuleGetGlobal,
-    tail: &[u8],
-) -> CallResult {
+pub(super) fn get_global(ex: &mut Executor, r: &mut Req, a: &calls::ModuleGetGlobal) -> CallResult {
+    let tail = r.tail;
     let name = tail
         .get(..a.name_len.get() as usize)
         .ok_or(CuResult::INVALID_VALUE)?;
@@ -120,42 +106,28 @@ pub(super) fn get_global(
     ex.client(r.client)?
         .globals
         .insert(dptr, (size, a.module.get()));
-    r.w.push(
-        r.code(),
-        0,
-        &calls::GlobalReply {
-            dptr: dptr.into(),
-            size: size.into(),
-        },
-        &[],
-    );
+    r.reply(&calls::GlobalReply {
+        dptr: dptr.into(),
+        size: size.into(),
+    });
     Ok(())
 }
 
 /// `FuncGetAttribute`, `FuncSetAttribute`.
 pub(super) fn func_attribute(
     ex: &mut Executor,
-    r: &mut Req<'_, '_, '_>,
+    r: &mut Req,
     a: &calls::FuncAttribute,
-    _tail: &[u8],
 ) -> CallResult {
     let (raw, ctx) = ex.func(r.client, a.func.get())?;
     ex.make_current(r.client, ctx)?;
     if r.op == Opcode::FuncGetAttribute {
         let v = ex.gpu.func_get_attribute(raw, a.attribute.get())?;
-        r.w.push(
-            r.code(),
-            0,
-            &calls::I32Reply {
-                value: v.into(),
-                _pad: 0.into(),
-            },
-            &[],
-        );
+        r.value_i32(v);
     } else {
         ex.gpu
             .func_set_attribute(raw, a.attribute.get(), a.value.get())?;
-        r.w.push_status(r.code(), 0);
+        r.ok();
     }
     Ok(())
 }

@@ -4,45 +4,34 @@
 use super::prelude::*;
 
 /// `StreamCreate`.
-pub(super) fn create(
-    ex: &mut Executor,
-    r: &mut Req<'_, '_, '_>,
-    a: &calls::StreamCreate,
-    _tail: &[u8],
-) -> CallResult {
+pub(super) fn create(ex: &mut Executor, r: &mut Req, a: &calls::StreamCreate) -> CallResult {
     ex.make_current(r.client, a.ctx.get())?;
     let raw = ex.gpu.stream_create(a.flags.get(), a.priority.get())?;
     let h = ex.client(r.client)?.objects.insert(Object::Stream {
         raw,
         ctx: a.ctx.get(),
     });
-    r.w.push(r.code(), 0, &calls::HandleReply { handle: h.into() }, &[]);
+    r.handle(h);
     Ok(())
 }
 
 /// `StreamDestroy`.
-pub(super) fn destroy(
-    ex: &mut Executor,
-    r: &mut Req<'_, '_, '_>,
-    a: &calls::StreamArg,
-    _tail: &[u8],
-) -> CallResult {
+pub(super) fn destroy(ex: &mut Executor, r: &mut Req, a: &calls::StreamArg) -> CallResult {
     if a.stream.get() <= vgpu_protocol::stream::PER_THREAD {
         return Err(CuResult::INVALID_HANDLE);
     }
     let raw = ex.stream(r.client, a.stream.get(), a.ctx.get())?;
     ex.gpu.stream_destroy(raw)?;
     ex.client(r.client)?.objects.remove(a.stream.get());
-    r.w.push_status(r.code(), 0);
+    r.ok();
     Ok(())
 }
 
 /// `StreamSynchronize`, `StreamQuery`.
 pub(super) fn synchronize_or_query(
     ex: &mut Executor,
-    r: &mut Req<'_, '_, '_>,
+    r: &mut Req,
     a: &calls::StreamArg,
-    _tail: &[u8],
 ) -> CallResult {
     let raw = ex.stream(r.client, a.stream.get(), a.ctx.get())?;
     if r.op == Opcode::StreamSynchronize {
@@ -51,20 +40,15 @@ pub(super) fn synchronize_or_query(
     } else {
         ex.gpu.stream_query(raw)?;
     }
-    r.w.push_status(r.code(), 0);
+    r.ok();
     Ok(())
 }
 
 /// `StreamWaitEvent`.
-pub(super) fn wait_event(
-    ex: &mut Executor,
-    r: &mut Req<'_, '_, '_>,
-    a: &calls::StreamWaitEvent,
-    _tail: &[u8],
-) -> CallResult {
+pub(super) fn wait_event(ex: &mut Executor, r: &mut Req, a: &calls::StreamWaitEvent) -> CallResult {
     let ev = ex.event(r.client, a.event.get())?;
     let s = ex.stream(r.client, a.stream.get(), a.ctx.get())?;
     ex.gpu.stream_wait_event(s, ev, a.flags.get())?;
-    r.w.push_status(r.code(), 0);
+    r.ok();
     Ok(())
 }

@@ -153,6 +153,25 @@ macro_rules! forward_reply_field {
     };
 }
 
+/// The C type of a forward's argument as the driver's export takes it (handles as `void *`,
+/// enums as plain integers): the guest's export and the host's call of the driver both use it.
+#[macro_export]
+macro_rules! forward_c_param {
+    (stream) => { *mut ::std::ffi::c_void };
+    (event) => { *mut ::std::ffi::c_void };
+    (device) => { i32 };
+    (u32) => { u32 };
+    (i32) => { i32 };
+    (u64) => { u64 };
+    (usize) => { usize };
+    (in_attr64) => { *const [u8; 64] };
+    (out_i32) => { *mut i32 };
+    (out_u32) => { *mut u32 };
+    (out_u64) => { *mut u64 };
+    (out_usize) => { *mut usize };
+    (out_attr64) => { *mut [u8; 64] };
+}
+
 /// True for a forward's `properties` that hold `$prop`.
 #[macro_export]
 macro_rules! forward_has {

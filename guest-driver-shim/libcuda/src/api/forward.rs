@@ -11,23 +11,6 @@ use vgpu_protocol::{CuResult, Opcode, ops::forward};
 use super::{handle_of, ret};
 use crate::{CUresult, driver};
 
-/// The C type of an argument.
-macro_rules! c_param {
-    (stream) => { *mut c_void };
-    (event) => { *mut c_void };
-    (device) => { crate::CUdevice };
-    (u32) => { u32 };
-    (i32) => { i32 };
-    (u64) => { u64 };
-    (usize) => { usize };
-    (in_attr64) => { *const [u8; 64] };
-    (out_i32) => { *mut i32 };
-    (out_u32) => { *mut u32 };
-    (out_u64) => { *mut u64 };
-    (out_usize) => { *mut usize };
-    (out_attr64) => { *mut [u8; 64] };
-}
-
 /// Refuses a NULL pointer argument (inputs read through a pointer, and every output).
 macro_rules! check_pointer {
     (in_attr64, $v:ident) => {
@@ -123,7 +106,7 @@ macro_rules! exports {
             ( $($arg:ident : $kind:ident),* ) [$($prop:ident),*] ; )* }) => {
         $(
             #[doc = concat!("`", stringify!($cname), "`, forwarded as is (`Opcode::", stringify!($op), "`).")]
-            pub unsafe fn $cname($($arg: c_param!($kind)),*) -> CUresult {
+            pub unsafe fn $cname($($arg: vgpu_protocol::forward_c_param!($kind)),*) -> CUresult {
                 ret((|| {
                     $( check_pointer!($kind, $arg); )*
                     let d = driver::driver()?;

@@ -84,7 +84,7 @@ macro_rules! forwards {
                 $( #[allow(unused_variables)] ForwardCall::$op(req) => {
                     let f = symbol(concat!(stringify!($cname), "\0").as_bytes())
                         .ok_or(CuResult::NOT_SUPPORTED)?;
-                    let f: unsafe extern "C" fn($(driver_param!($kind)),*) -> u32 =
+                    let f: unsafe extern "C" fn($(vgpu_protocol::forward_c_param!($kind)),*) -> u32 =
                         // SAFETY: `f` is the driver's export of this name, whose C signature
                         // the table line gives in order (the same as `cuda.h`'s).
                         unsafe { std::mem::transmute(f) };
@@ -103,23 +103,6 @@ macro_rules! forwards {
             }
         }
     };
-}
-
-/// The C type of an argument of the driver's export.
-macro_rules! driver_param {
-    (stream) => { *mut std::ffi::c_void };
-    (event) => { *mut std::ffi::c_void };
-    (device) => { i32 };
-    (u32) => { u32 };
-    (i32) => { i32 };
-    (u64) => { u64 };
-    (usize) => { usize };
-    (in_attr64) => { *const [u8; 64] };
-    (out_i32) => { *mut i32 };
-    (out_u32) => { *mut u32 };
-    (out_u64) => { *mut u64 };
-    (out_usize) => { *mut usize };
-    (out_attr64) => { *mut [u8; 64] };
 }
 
 /// The local an argument is passed from (an output's starts zeroed).

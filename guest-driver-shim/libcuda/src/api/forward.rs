@@ -4,8 +4,6 @@
 //! out-pointers, sends the request (the current context and one field per input) as one
 //! synchronous call, and writes the reply's fields through the out-pointers.
 
-use std::ffi::c_void;
-
 use vgpu_protocol::{CuResult, Opcode, ops::forward};
 
 use super::{handle_of, ret};

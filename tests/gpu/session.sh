@@ -7,6 +7,8 @@
 # (the device returns at most 8 files).
 #
 # usage: tests/gpu/session.sh BIN_DIR [CORRUPT_BIN_DIR]
+#        PARTS="suite executor slices isolation broken" (the default: all) picks parts, so a
+#        session too long for one call can be two.
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 bin=$1
@@ -19,18 +21,26 @@ headers=/usr/local/cuda/include   # CUDA_HEADERS=1 brings the driver headers bac
     $(ls cudaProfilerTypedefs.h cudaGL*.h cudaEGL*.h cudaVDPAU*.h 2>/dev/null)) || true
 
 status=0
+parts=" ${PARTS:-suite executor slices isolation broken} "
+want() { case "$parts" in *" $1 "*) return 0 ;; esac; return 1; }
+if want suite; then
 OUT=$res/suite timeout "${SUITE_SECS:-360}" bash "$here/run.sh" "$bin" >"$res/suite/stdout.txt" 2>&1
 rc=$?; echo "suite exit $rc" | tee -a "$res/summary.txt"; [ $rc = 0 ] || status=1
-if [ -x "$bin/executor-tests" ]; then
+fi
+if want executor && [ -x "$bin/executor-tests" ]; then
     timeout 240 "$bin/executor-tests" --ignored on_cuda --test-threads=1 >"$res/executor-tests.txt" 2>&1
     rc=$?; echo "executor tests on the GPU exit $rc" | tee -a "$res/summary.txt"; [ $rc = 0 ] || status=1
 fi
+if want slices; then
 OUT=$res/slices timeout "${SLICES_SECS:-200}" bash "$here/slices.sh" "$bin" >"$res/slices/stdout.txt" 2>&1
 rc=$?; echo "slices exit $rc" | tee -a "$res/summary.txt"; [ $rc = 0 ] || status=1
+fi
+if want isolation; then
 OUT=$res/iso CHURN_ROUNDS=${CHURN_ROUNDS:-400} timeout "${ISO_SECS:-150}" \
     bash "$here/isolation.sh" "$bin" >"$res/iso/stdout.txt" 2>&1
 rc=$?; echo "isolation exit $rc" | tee -a "$res/summary.txt"; [ $rc = 0 ] || status=1
-if [ -n "$corrupt" ]; then
+fi
+if want broken && [ -n "$corrupt" ]; then
     # The same programs, reused from the suite's build, through a shim that corrupts copies:
     # the verdict must be FAIL and name them.
     OUT=$res/broken GPU_REUSE_BUILD=1 GPU_CASES="e2e bandwidth vecadd_cubin rt_pinned_pageable_static" \

@@ -160,16 +160,31 @@ pub struct Call<'a> {
     pub body: &'a [u8],
 }
 
+/// A record's fixed body as `T`, and the tail after it.
+fn parse_body<T: FromBytes + KnownLayout + Immutable>(
+    opcode: u16,
+    body: &[u8],
+) -> Result<(&T, &[u8]), DecodeError> {
+    T::ref_from_prefix(body).map_err(|_| DecodeError::ShortBody {
+        opcode,
+        got: body.len(),
+        want: size_of::<T>(),
+    })
+}
+
+/// Splits a record's body of `len` bytes, padded to 8, from what follows it; `None` when the
+/// padded body runs past the end.
+fn split_padded(after: &[u8], len: usize) -> Option<(&[u8], &[u8])> {
+    let padded = pad8(len);
+    (padded <= after.len() && len <= padded).then(|| (&after[..len], &after[padded..]))
+}
+
 impl<'a> Call<'a> {
     /// The fixed body as `T`, and the tail after it.
     pub fn parse<T: FromBytes + KnownLayout + Immutable>(
         &self,
     ) -> Result<(&'a T, &'a [u8]), DecodeError> {
-        T::ref_from_prefix(self.body).map_err(|_| DecodeError::ShortBody {
-            opcode: self.opcode,
-            got: self.body.len(),
-            want: size_of::<T>(),
-        })
+        parse_body(self.opcode, self.body)
     }
 }
 
@@ -204,20 +219,18 @@ impl<'a> Iterator for CallIter<'a> {
                 found: index,
             }));
         };
-        let len = hdr.len.get() as usize;
-        let padded = pad8(len);
-        if padded > after.len() || len > padded {
+        let Some((body, rest)) = split_padded(after, hdr.len.get() as usize) else {
             self.remaining = 0;
             self.rest = &[];
             return Some(Err(DecodeError::CallOverrun { index }));
-        }
-        self.rest = &after[padded..];
+        };
+        self.rest = rest;
         self.index += 1;
         self.remaining -= 1;
         Some(Ok(Call {
             opcode: hdr.opcode.get(),
             flags: hdr.flags.get(),
-            body: &after[..len],
+            body,
         }))
     }
 }
@@ -359,14 +372,11 @@ pub struct Reply<'a> {
 }
 
 impl<'a> Reply<'a> {
+    /// The fixed body as `T`, and the tail after it.
     pub fn parse<T: FromBytes + KnownLayout + Immutable>(
         &self,
     ) -> Result<(&'a T, &'a [u8]), DecodeError> {
-        T::ref_from_prefix(self.body).map_err(|_| DecodeError::ShortBody {
-            opcode: self.opcode,
-            got: self.body.len(),
-            want: size_of::<T>(),
-        })
+        parse_body(self.opcode, self.body)
     }
 }
 
@@ -391,18 +401,16 @@ impl<'a> Iterator for ReplyIter<'a> {
             self.remaining = 0;
             return Some(Err(DecodeError::CallOverrun { index }));
         };
-        let len = hdr.len.get() as usize;
-        let padded = pad8(len);
-        if padded > after.len() || len > padded {
+        let Some((body, rest)) = split_padded(after, hdr.len.get() as usize) else {
             self.remaining = 0;
             return Some(Err(DecodeError::CallOverrun { index }));
-        }
-        self.rest = &after[padded..];
+        };
+        self.rest = rest;
         Some(Ok(Reply {
             opcode: hdr.opcode.get(),
             flags: hdr.flags.get(),
             result: hdr.result.get(),
-            body: &after[..len],
+            body,
         }))
     }
 }

@@ -10,63 +10,27 @@ use super::{handle_of, ret};
 use crate::{CUresult, driver};
 
 /// Refuses a NULL pointer argument (inputs read through a pointer, and every output).
+#[rustfmt::skip]
 macro_rules! check_pointer {
-    (in_attr64, $v:ident) => {
+    (stream, $v:ident) => {}; (event, $v:ident) => {}; (device, $v:ident) => {};
+    (u32, $v:ident) => {}; (i32, $v:ident) => {}; (u64, $v:ident) => {}; (usize, $v:ident) => {};
+    ($pointer:ident, $v:ident) => {
         if $v.is_null() {
             return Err(CuResult::INVALID_VALUE);
         }
     };
-    (out_i32, $v:ident) => {
-        if $v.is_null() {
-            return Err(CuResult::INVALID_VALUE);
-        }
-    };
-    (out_u32, $v:ident) => {
-        if $v.is_null() {
-            return Err(CuResult::INVALID_VALUE);
-        }
-    };
-    (out_u64, $v:ident) => {
-        if $v.is_null() {
-            return Err(CuResult::INVALID_VALUE);
-        }
-    };
-    (out_usize, $v:ident) => {
-        if $v.is_null() {
-            return Err(CuResult::INVALID_VALUE);
-        }
-    };
-    (out_attr64, $v:ident) => {
-        if $v.is_null() {
-            return Err(CuResult::INVALID_VALUE);
-        }
-    };
-    ($other:ident, $v:ident) => {};
 }
 
 /// The request field of an input argument.
+#[rustfmt::skip]
 macro_rules! to_wire {
-    (stream, $req:ident . $f:ident, $v:ident) => {
-        $req.$f = handle_of($v).into()
-    };
-    (event, $req:ident . $f:ident, $v:ident) => {
-        $req.$f = handle_of($v).into()
-    };
-    (usize, $req:ident . $f:ident, $v:ident) => {
-        $req.$f = ($v as u64).into()
-    };
-    (u32, $req:ident . $f:ident, $v:ident) => {
-        $req.$f = $v.into()
-    };
-    (i32, $req:ident . $f:ident, $v:ident) => {
-        $req.$f = $v.into()
-    };
-    (u64, $req:ident . $f:ident, $v:ident) => {
-        $req.$f = $v.into()
-    };
-    (device, $req:ident . $f:ident, $v:ident) => {
-        $req.$f = $v.into()
-    };
+    (stream, $req:ident . $f:ident, $v:ident) => { $req.$f = handle_of($v).into() };
+    (event, $req:ident . $f:ident, $v:ident) => { $req.$f = handle_of($v).into() };
+    (usize, $req:ident . $f:ident, $v:ident) => { $req.$f = ($v as u64).into() };
+    (u32, $req:ident . $f:ident, $v:ident) => { $req.$f = $v.into() };
+    (i32, $req:ident . $f:ident, $v:ident) => { $req.$f = $v.into() };
+    (u64, $req:ident . $f:ident, $v:ident) => { $req.$f = $v.into() };
+    (device, $req:ident . $f:ident, $v:ident) => { $req.$f = $v.into() };
     (in_attr64, $req:ident . $f:ident, $v:ident) => {
         // SAFETY: checked non-NULL; the API says it points at a whole CUstreamAttrValue.
         $req.$f = unsafe { $v.read_unaligned() }
@@ -74,29 +38,52 @@ macro_rules! to_wire {
     ($out:ident, $req:ident . $f:ident, $v:ident) => {};
 }
 
+/// A reply field as the C type its out-pointer has.
+trait Native<T> {
+    fn native(self) -> T;
+}
+
+impl Native<i32> for zerocopy::little_endian::I32 {
+    fn native(self) -> i32 {
+        self.get()
+    }
+}
+
+impl Native<u32> for zerocopy::little_endian::U32 {
+    fn native(self) -> u32 {
+        self.get()
+    }
+}
+
+impl Native<u64> for zerocopy::little_endian::U64 {
+    fn native(self) -> u64 {
+        self.get()
+    }
+}
+
+impl Native<usize> for zerocopy::little_endian::U64 {
+    fn native(self) -> usize {
+        usize::try_from(self.get()).unwrap_or(usize::MAX)
+    }
+}
+
+impl Native<[u8; 64]> for [u8; 64] {
+    fn native(self) -> [u8; 64] {
+        self
+    }
+}
+
 /// Writes an output argument from the reply.
+#[rustfmt::skip]
 macro_rules! from_wire {
-    (out_i32, $v:ident, $field:expr) => {
+    (stream, $v:ident, $field:expr) => {}; (event, $v:ident, $field:expr) => {};
+    (device, $v:ident, $field:expr) => {}; (u32, $v:ident, $field:expr) => {};
+    (i32, $v:ident, $field:expr) => {}; (u64, $v:ident, $field:expr) => {};
+    (usize, $v:ident, $field:expr) => {}; (in_attr64, $v:ident, $field:expr) => {};
+    ($out:ident, $v:ident, $field:expr) => {
         // SAFETY: checked non-NULL before the call; the caller's out-pointer.
-        unsafe { $v.write_unaligned($field.get()) }
+        unsafe { $v.write_unaligned(Native::native($field)) }
     };
-    (out_u32, $v:ident, $field:expr) => {
-        // SAFETY: checked non-NULL before the call; the caller's out-pointer.
-        unsafe { $v.write_unaligned($field.get()) }
-    };
-    (out_u64, $v:ident, $field:expr) => {
-        // SAFETY: checked non-NULL before the call; the caller's out-pointer.
-        unsafe { $v.write_unaligned($field.get()) }
-    };
-    (out_usize, $v:ident, $field:expr) => {
-        // SAFETY: checked non-NULL before the call; the caller's out-pointer.
-        unsafe { $v.write_unaligned($field.get() as usize) }
-    };
-    (out_attr64, $v:ident, $field:expr) => {
-        // SAFETY: checked non-NULL before the call; the caller's out-pointer.
-        unsafe { $v.write_unaligned($field) }
-    };
-    ($in:ident, $v:ident, $field:expr) => {};
 }
 
 macro_rules! exports {

@@ -106,85 +106,40 @@ macro_rules! forwards {
 }
 
 /// The local an argument is passed from (an output's starts zeroed).
+#[rustfmt::skip]
 macro_rules! driver_value {
-    (stream, $v:expr, $dev:ident) => {
-        $v.get() as *mut std::ffi::c_void
-    };
-    (event, $v:expr, $dev:ident) => {
-        $v.get() as *mut std::ffi::c_void
-    };
-    (device, $v:expr, $dev:ident) => {
-        $dev
-    };
-    (usize, $v:expr, $dev:ident) => {
-        $v.get() as usize
-    };
-    (in_attr64, $v:expr, $dev:ident) => {
-        $v
-    };
-    (out_attr64, $v:expr, $dev:ident) => {
-        [0u8; 64]
-    };
-    (out_i32, $v:expr, $dev:ident) => {
-        0i32
-    };
-    (out_u32, $v:expr, $dev:ident) => {
-        0u32
-    };
-    (out_u64, $v:expr, $dev:ident) => {
-        0u64
-    };
-    (out_usize, $v:expr, $dev:ident) => {
-        0usize
-    };
-    ($scalar:ident, $v:expr, $dev:ident) => {
-        $v.get()
-    };
+    (stream, $v:expr, $dev:ident) => { $v.get() as *mut std::ffi::c_void };
+    (event, $v:expr, $dev:ident) => { $v.get() as *mut std::ffi::c_void };
+    (device, $v:expr, $dev:ident) => { $dev };
+    (usize, $v:expr, $dev:ident) => { $v.get() as usize };
+    (in_attr64, $v:expr, $dev:ident) => { $v };
+    (out_attr64, $v:expr, $dev:ident) => { [0u8; 64] };
+    (out_i32, $v:expr, $dev:ident) => { 0i32 };
+    (out_u32, $v:expr, $dev:ident) => { 0u32 };
+    (out_u64, $v:expr, $dev:ident) => { 0u64 };
+    (out_usize, $v:expr, $dev:ident) => { 0usize };
+    ($scalar:ident, $v:expr, $dev:ident) => { $v.get() };
 }
 
+#[rustfmt::skip]
 macro_rules! driver_pass {
-    (in_attr64, $v:ident) => {
-        &raw const $v
-    };
-    (out_i32, $v:ident) => {
-        &raw mut $v
-    };
-    (out_u32, $v:ident) => {
-        &raw mut $v
-    };
-    (out_u64, $v:ident) => {
-        &raw mut $v
-    };
-    (out_usize, $v:ident) => {
-        &raw mut $v
-    };
-    (out_attr64, $v:ident) => {
-        &raw mut $v
-    };
-    ($in:ident, $v:ident) => {
-        $v
-    };
+    (in_attr64, $v:ident) => { &raw const $v };
+    (out_i32, $v:ident) => { &raw mut $v };
+    (out_u32, $v:ident) => { &raw mut $v };
+    (out_u64, $v:ident) => { &raw mut $v };
+    (out_usize, $v:ident) => { &raw mut $v };
+    (out_attr64, $v:ident) => { &raw mut $v };
+    ($in:ident, $v:ident) => { $v };
 }
 
+#[rustfmt::skip]
 macro_rules! driver_store {
-    (out_i32, $field:expr, $v:ident) => {
-        $field = $v.into()
-    };
-    (out_u32, $field:expr, $v:ident) => {
-        $field = $v.into()
-    };
-    (out_u64, $field:expr, $v:ident) => {
-        $field = $v.into()
-    };
-    (out_usize, $field:expr, $v:ident) => {
-        $field = ($v as u64).into()
-    };
-    (out_attr64, $field:expr, $v:ident) => {
-        $field = $v
-    };
-    ($in:ident, $field:expr, $v:ident) => {
-        let _ = $v;
-    };
+    (out_i32, $field:expr, $v:ident) => { $field = $v.into() };
+    (out_u32, $field:expr, $v:ident) => { $field = $v.into() };
+    (out_u64, $field:expr, $v:ident) => { $field = $v.into() };
+    (out_usize, $field:expr, $v:ident) => { $field = ($v as u64).into() };
+    (out_attr64, $field:expr, $v:ident) => { $field = $v };
+    ($in:ident, $field:expr, $v:ident) => { let _ = $v; };
 }
 
 vgpu_protocol::for_each_forward!(forwards);

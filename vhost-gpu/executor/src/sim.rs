@@ -425,10 +425,7 @@ impl Gpu for SimGpu {
 
     fn stream_wait_event(&mut self, stream: u64, event: u64, _flags: u32) -> GpuResult<()> {
         self.check_stream(stream)?;
-        self.events
-            .get(&event)
-            .map(|_| ())
-            .ok_or(CuResult::INVALID_HANDLE)
+        exists(self.events.get(&event))
     }
 
     fn event_create(&mut self, _flags: u32) -> GpuResult<u64> {
@@ -438,10 +435,7 @@ impl Gpu for SimGpu {
     }
 
     fn event_destroy(&mut self, event: u64) -> GpuResult<()> {
-        self.events
-            .remove(&event)
-            .map(|_| ())
-            .ok_or(CuResult::INVALID_HANDLE)
+        exists(self.events.remove(&event))
     }
 
     fn event_record(&mut self, event: u64, stream: u64) -> GpuResult<()> {
@@ -455,10 +449,7 @@ impl Gpu for SimGpu {
     }
 
     fn event_synchronize(&mut self, event: u64) -> GpuResult<()> {
-        self.events
-            .get(&event)
-            .map(|_| ())
-            .ok_or(CuResult::INVALID_HANDLE)
+        exists(self.events.get(&event))
     }
 
     fn event_query(&mut self, event: u64) -> GpuResult<()> {
@@ -637,17 +628,11 @@ impl Gpu for SimGpu {
     }
 
     fn graph_exec_destroy(&mut self, exec: u64) -> GpuResult<()> {
-        self.graphs
-            .remove(&exec)
-            .map(|_| ())
-            .ok_or(CuResult::INVALID_HANDLE)
+        exists(self.graphs.remove(&exec))
     }
 
     fn graph_destroy(&mut self, graph: u64) -> GpuResult<()> {
-        self.graphs
-            .remove(&graph)
-            .map(|_| ())
-            .ok_or(CuResult::INVALID_HANDLE)
+        exists(self.graphs.remove(&graph))
     }
 
     /// The simulator's graphs are launch counts: an update succeeds when the counts agree
@@ -761,6 +746,11 @@ impl Gpu for SimGpu {
             }
         }
     }
+}
+
+/// `CUDA_ERROR_INVALID_HANDLE` unless the handle named something.
+fn exists<T>(found: Option<T>) -> GpuResult<()> {
+    found.map(|_| ()).ok_or(CuResult::INVALID_HANDLE)
 }
 
 /// `CUstreamAttrID` values a stream accepts (access policy window, synchronisation policy,

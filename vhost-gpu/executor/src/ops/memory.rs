@@ -114,7 +114,7 @@ pub(super) fn copy_htod(ex: &mut Executor, r: &mut Req, a: &calls::MemcpyHtoD) -
     let gpu = &mut ex.gpu;
     r.data_in.walk(off, len, |seg, rel| {
         // SAFETY: `seg` lies inside the request's data-in segments, which stay
-        // mapped until the r.client is torn down (streams are synchronised first).
+        // mapped until the client is torn down (streams are synchronised first).
         unsafe { gpu.memcpy_htod(dst + rel, seg, s, r.is_async()) }
     })?;
     ex.finish_copy(r.client, r.flags, s)?;

@@ -10,7 +10,7 @@ pub(super) fn load(ex: &mut Executor, r: &mut Req, a: &calls::ModuleLoad) -> Cal
     let gathered = r
         .data_in
         .gather(a.image.offset.get(), a.image.len.get(), &mut image);
-    // The module's r.code() and data live in device memory: charge the image's size
+    // The module's code and data live in device memory: charge the image's size
     // (an upper bound of what the driver keeps) to the slice.
     let charged = a.image.len.get();
     let loaded = gathered

@@ -13,6 +13,7 @@ mod driver;
 pub mod fatbin;
 mod procaddr;
 pub mod stubs;
+mod transport;
 
 use std::{
     collections::HashSet,

@@ -16,7 +16,7 @@ use vgpu_protocol::{CuResult, DataRef, Opcode, calls};
 use zerocopy::FromBytes;
 
 use super::{put, ret};
-use crate::{CUdeviceptr, CUresult, conn::Bulk, driver};
+use crate::{CUdeviceptr, CUresult, driver};
 
 /// A kernel as the application holds it (`CUfunction` and `CUkernel` point at one).
 pub struct Func {
@@ -162,25 +162,11 @@ unsafe fn image_bytes<'a>(image: *const c_void) -> Result<&'a [u8], CuResult> {
 /// Ships an image to the host and builds the module from the reply; returns its token.
 pub(crate) fn load(image: &[u8], ctx: u64) -> Result<u64, CuResult> {
     let d = driver::driver()?;
-    let staging = d.conn.alloc_shared(image.len())?;
-    // SAFETY: the shared buffer has room for the image and is ours until freed below.
-    unsafe { std::ptr::copy_nonoverlapping(image.as_ptr(), staging.hva, image.len()) };
     let body = calls::ModuleLoad {
         ctx: ctx.into(),
         image: DataRef::new(0, image.len() as u64),
     };
-    d.conn.flush()?;
-    let reply = d.conn.call(
-        Opcode::ModuleLoad,
-        &body,
-        &[],
-        Some(Bulk {
-            gpa: staging.gpa,
-            len: image.len() as u64,
-        }),
-        None,
-    );
-    d.conn.free_shared(staging);
+    let reply = d.conn.call_with_data(Opcode::ModuleLoad, &body, image);
     let reply = reply?;
     reply.ok()?;
     let (fixed, mut rest) =

@@ -297,7 +297,7 @@ fn forget_module(d: &driver::Driver, token: u64) -> Result<Arc<Module>, CuResult
     };
     // Launches racing with the unload hold their own reference to a function; its host
     // handle is dead and fails cleanly there.
-    super::launch::forget_occupancy();
+    super::occupancy::forget_occupancy();
     let globals = std::mem::take(
         &mut *module
             .globals
@@ -484,7 +484,7 @@ fn func_attribute(
     let f = as_func(f)?;
     let r = func_attribute_of(&f, op, attribute, value)?;
     if op == Opcode::FuncSetAttribute {
-        super::launch::forget_occupancy();
+        super::occupancy::forget_occupancy();
     }
     if op == Opcode::FuncSetAttribute && attribute == ATTR_MAX_DYNAMIC_SHARED {
         f.max_dynamic_smem

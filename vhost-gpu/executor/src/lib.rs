@@ -6,7 +6,7 @@
 pub mod cuda;
 pub mod gpu;
 mod handles;
-pub mod image;
+pub use vgpu_cuda_image as image;
 pub mod sim;
 
 use std::collections::{BTreeMap, HashMap};

@@ -814,7 +814,203 @@ pub fn stream_arg(stream: u64, ctx: u64) -> calls::StreamArg {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
+    use vgpu_protocol::{ReplyWriter, parse_request};
+
+    use crate::transport::Submitted;
+
     use super::*;
+
+    /// What a [`Fake`] transport was handed for one chain.
+    #[derive(Debug)]
+    struct Sent {
+        ops: Vec<u16>,
+        /// (gpa, len) of each data-in segment, and its bytes.
+        data_in: Vec<(u64, Vec<u8>)>,
+        data_out: usize,
+    }
+
+    /// A device that answers every call at once with success, fills data-out with 0x5A, and
+    /// reaches host bytes in place only inside `pinned`.
+    struct Fake {
+        policy: Policy,
+        pinned: std::ops::Range<usize>,
+        sent: Arc<Mutex<Vec<Sent>>>,
+        next: u16,
+    }
+
+    impl Transport for Fake {
+        fn policy(&self) -> Policy {
+            self.policy
+        }
+        fn alloc(&mut self, len: usize) -> Result<SharedBuf, TransportError> {
+            let buf: &'static mut [u8] = Vec::leak(vec![0u8; len.max(1)]);
+            Ok(SharedBuf {
+                hva: buf.as_mut_ptr(),
+                gpa: buf.as_ptr() as u64,
+                len,
+            })
+        }
+        fn free(&mut self, _buf: SharedBuf) {}
+        fn translate(&self, p: *const u8, len: usize) -> Option<u64> {
+            let p = p as usize;
+            (self.pinned.contains(&p) && p + len <= self.pinned.end).then_some(p as u64)
+        }
+        fn has_room(&self, _segs: usize) -> bool {
+            true
+        }
+        unsafe fn submit(
+            &mut self,
+            segs: &[Seg],
+            msg_len: usize,
+            resp_cap: usize,
+        ) -> Result<Submitted, TransportError> {
+            // SAFETY: every segment names memory of the test's, valid for its length.
+            let bytes =
+                |s: &Seg| unsafe { std::slice::from_raw_parts(s.gpa as *const u8, s.len as usize) };
+            let msg = &bytes(&segs[0])[..msg_len];
+            let (hdr, calls) = parse_request(msg).expect("a well-formed message");
+            let ops: Vec<u16> = calls.map(|c| c.unwrap().opcode).collect();
+            let rest = &segs[1..];
+            let data_in = rest
+                .iter()
+                .filter(|s| !s.writable)
+                .map(|s| (s.gpa, bytes(s).to_vec()))
+                .collect();
+            let mut writable = rest.iter().filter(|s| s.writable);
+            if resp_cap > 0 {
+                let r = writable.next().expect("a reply area");
+                let mut buf = Vec::new();
+                let mut w = ReplyWriter::new(&mut buf);
+                for &op in &ops {
+                    w.push_status(op, 0);
+                }
+                w.finish(hdr.seq.get(), 0);
+                // SAFETY: the reply area is the connection's, `r.len` bytes long.
+                unsafe { std::ptr::copy_nonoverlapping(buf.as_ptr(), r.gpa as *mut u8, buf.len()) };
+            }
+            let mut data_out = 0;
+            for s in writable {
+                // SAFETY: data-out names memory writable for its length.
+                unsafe { std::ptr::write_bytes(s.gpa as *mut u8, 0x5A, s.len as usize) };
+                data_out += s.len as usize;
+            }
+            self.sent.lock().unwrap().push(Sent {
+                ops,
+                data_in,
+                data_out,
+            });
+            let head = self.next;
+            self.next = (self.next + 1) % MAX_HEADS as u16;
+            Ok(Submitted {
+                head,
+                completed: Some(0),
+            })
+        }
+        fn reap(&mut self, _done: &mut dyn FnMut(u16, u32)) {}
+        fn wait(&mut self) -> Result<(), TransportError> {
+            Err(TransportError::NothingInFlight)
+        }
+        fn is_gone(&self) -> bool {
+            false
+        }
+    }
+
+    fn fake(policy: Policy, pinned: std::ops::Range<usize>) -> (Connection, Arc<Mutex<Vec<Sent>>>) {
+        let sent = Arc::new(Mutex::new(Vec::new()));
+        let t = Fake {
+            policy,
+            pinned,
+            sent: sent.clone(),
+            next: 0,
+        };
+        (Connection::open(Box::new(t)).unwrap(), sent)
+    }
+
+    const POLICY: Policy = Policy {
+        batch_calls: 3,
+        send_when_idle: false,
+        copies_complete_in_request: false,
+        max_direct_piece: 1 << 30,
+    };
+
+    /// Mutations caught: ignoring `translate` (everything staged) fails the first half;
+    /// skipping the copy into or out of a staging buffer, or a wrong piece size, the second.
+    #[test]
+    fn copies_go_in_place_where_the_transport_names_the_bytes_and_are_staged_elsewhere() {
+        let pinned: &'static mut [u8] = Vec::leak(vec![7u8; 4096]);
+        let range = pinned.as_ptr() as usize..pinned.as_ptr() as usize + pinned.len();
+        let (conn, sent) = fake(POLICY, range);
+        // SAFETY: `pinned` is readable for its length.
+        unsafe { conn.copy_htod(1, 0x1000, pinned.as_ptr(), pinned.len(), None) }.unwrap();
+        {
+            let sent = sent.lock().unwrap();
+            assert_eq!(sent.len(), 1);
+            assert_eq!(sent[0].ops, vec![Opcode::MemcpyHtoD as u16]);
+            assert_eq!(sent[0].data_in.len(), 1);
+            assert_eq!(sent[0].data_in[0].0, pinned.as_ptr() as u64, "in place");
+        }
+        sent.lock().unwrap().clear();
+
+        let n = 2 * STAGING_BYTES + 100;
+        let src: Vec<u8> = (0..n).map(|i| (i % 251) as u8).collect();
+        // SAFETY: `src` is readable for `n` bytes.
+        unsafe { conn.copy_htod(1, 0x1000, src.as_ptr(), n, None) }.unwrap();
+        {
+            let sent = sent.lock().unwrap();
+            assert_eq!(sent.len(), 3, "three staged pieces");
+            let mut seen = Vec::new();
+            for s in sent.iter() {
+                assert_eq!(s.data_in.len(), 1);
+                assert_ne!(s.data_in[0].0, src.as_ptr() as u64, "staged");
+                seen.extend_from_slice(&s.data_in[0].1);
+            }
+            assert!(
+                seen == src,
+                "the staged pieces carry the source bytes in order"
+            );
+        }
+        sent.lock().unwrap().clear();
+
+        let mut dst = vec![0u8; STAGING_BYTES + 3];
+        // SAFETY: `dst` is writable for its length.
+        unsafe { conn.copy_dtoh(1, dst.as_mut_ptr(), 0x1000, dst.len(), None) }.unwrap();
+        assert_eq!(sent.lock().unwrap().len(), 2);
+        assert!(
+            dst.iter().all(|&b| b == 0x5A),
+            "staged data-out copied back"
+        );
+    }
+
+    /// Mutations caught: ignoring `send_when_idle` or `batch_calls`.
+    #[test]
+    fn batches_follow_the_transports_policy() {
+        let (conn, sent) = fake(POLICY, 0..0);
+        let body = stream_arg(0, 1);
+        for _ in 0..2 {
+            conn.call_async(Opcode::StreamSynchronize, 0, &body, 0, |_| {}, None, None)
+                .unwrap();
+        }
+        assert!(
+            sent.lock().unwrap().is_empty(),
+            "kept back below batch_calls"
+        );
+        conn.call_async(Opcode::StreamSynchronize, 0, &body, 0, |_| {}, None, None)
+            .unwrap();
+        assert_eq!(sent.lock().unwrap().len(), 1);
+        assert_eq!(sent.lock().unwrap()[0].ops.len(), 3);
+
+        let eager = Policy {
+            send_when_idle: true,
+            ..POLICY
+        };
+        let (conn, sent) = fake(eager, 0..0);
+        conn.call_async(Opcode::StreamSynchronize, 0, &body, 0, |_| {}, None, None)
+            .unwrap();
+        assert_eq!(sent.lock().unwrap().len(), 1, "sent at once while idle");
+        assert_eq!(sent.lock().unwrap()[0].data_out, 0);
+    }
 
     #[test]
     fn the_liveness_bound_comes_from_the_environment_or_defaults_to_five_seconds() {

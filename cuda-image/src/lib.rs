@@ -384,17 +384,19 @@ fn ptx_kernels(text: &str) -> Result<Vec<KernelLayout>, ImageError> {
         let name = rest[..name_end].trim().to_string();
         let mut params = Vec::new();
         if open.is_some_and(|o| Some(o) == Some(name_end)) {
-            let close = rest
+            let list = &rest[name_end + 1..];
+            let close = list
                 .find(')')
                 .ok_or(ImageError::BadPtx("unclosed parameter list"))?;
+            let too_large = || ImageError::BadPtx("parameters too large");
             let mut offset = 0u32;
-            for decl in rest[name_end + 1..close].split(',') {
+            for decl in list[..close].split(',') {
                 let Some((align, size)) = ptx_param(decl) else {
                     continue;
                 };
-                offset = offset.div_ceil(align) * align;
+                offset = offset.checked_next_multiple_of(align).ok_or_else(too_large)?;
                 params.push((offset, size));
-                offset += size;
+                offset = offset.checked_add(size).ok_or_else(too_large)?;
             }
         }
         kernels.push(KernelLayout { name, params });
@@ -442,7 +444,7 @@ fn ptx_param(decl: &str) -> Option<(u32, u32)> {
         (Some(a), Some(b)) if b > a => name[a + 1..b].parse::<u32>().ok()?,
         _ => 1,
     };
-    Some((align.unwrap_or(elem).max(1), elem * count))
+    Some((align.unwrap_or(elem).max(1), elem.checked_mul(count)?))
 }
 
 /// Size in bytes of a PTX fundamental type (without its dot).
@@ -690,6 +692,17 @@ mod tests {
         assert_eq!(k[0].params, vec![(0, 8), (8, 8), (16, 8), (24, 4)]);
         assert_eq!(k[1].params, vec![(0, 4), (8, 24), (32, 1)]);
         assert!(k[2].params.is_empty());
+    }
+
+    /// Found by the `image` fuzz target: a `)` before the entry's `(` sliced backwards, and
+    /// parameter sizes past `u32` overflowed.
+    #[test]
+    fn ptx_parameter_lists_that_lie_are_refused() {
+        assert!(kernels(b".entry k ) x ( .param .u32 a").is_err());
+        let huge = b".entry k(.param .b8 a[4294967295], .param .b8 b[4294967295]) { }";
+        assert!(kernels(huge).is_err());
+        let wide = b".entry k(.param .u64 a[4294967295]) { }";
+        assert_eq!(kernels(wide).unwrap()[0].params, vec![]);
     }
 
     #[test]

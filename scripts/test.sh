@@ -45,7 +45,7 @@ if [ "$fuzz_secs" -gt 0 ]; then
     step "fuzzing, ${fuzz_secs}s per target"
     command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked --version 0.13.2
     # cargo fuzz needs nightly flags; the stable toolchain accepts them with RUSTC_BOOTSTRAP.
-    for target in decode_message descriptor_chain remote_frame; do
+    for target in decode_message descriptor_chain remote_frame image; do
         flog=$(mktemp)
         if (cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run "$target" -- -max_total_time="$fuzz_secs") >"$flog" 2>&1; then
             grep -E "^Done|stat::number_of_executed_units" "$flog" | tail -2

@@ -152,7 +152,8 @@ struct Routes {
     symbols: LitStr,
     undeclared: LitStr,
     default: LitStr,
-    implemented: Vec<Ident>,
+    /// Each implemented export with the module its body is in (`crate` when none is named).
+    implemented: Vec<(Path, Ident)>,
     alias: Vec<(Ident, Ident)>,
     forwarded: Vec<Ident>,
     unsupported: Vec<(LitStr, Vec<Ident>)>,
@@ -195,6 +196,14 @@ impl Parse for Routes {
             } else {
                 None
             };
+            // `implemented in api::module: [...]` names where the bodies are.
+            let module: Path = if k == "implemented" && input.peek(Token![in]) {
+                input.parse::<Token![in]>()?;
+                let m: Path = input.parse()?;
+                syn::parse_quote!(crate::#m)
+            } else {
+                syn::parse_quote!(crate)
+            };
             input.parse::<Token![:]>()?;
             match k.as_str() {
                 "callback" => callback = Some(input.parse()?),
@@ -202,7 +211,9 @@ impl Parse for Routes {
                 "symbols" => symbols = Some(input.parse()?),
                 "undeclared" => undeclared = Some(input.parse()?),
                 "default" => default = Some(input.parse()?),
-                "implemented" => implemented.extend(ident_list(input)?),
+                "implemented" => {
+                    implemented.extend(ident_list(input)?.into_iter().map(|n| (module.clone(), n)))
+                }
                 "forwarded" => forwarded.extend(ident_list(input)?),
                 "unsupported" => unsupported.push((reason.expect("parsed"), ident_list(input)?)),
                 "alias" => {
@@ -256,7 +267,8 @@ fn expand(input: TokenStream, manifest_dir: &str) -> syn::Result<TokenStream> {
 }
 
 enum Route {
-    Implemented,
+    /// In this module.
+    Implemented(Path),
     Alias(Ident),
     Forwarded,
     Unsupported(LitStr),
@@ -294,8 +306,8 @@ fn expand_routes(
         }
         Ok(())
     };
-    for n in &r.implemented {
-        add(n, Route::Implemented)?;
+    for (module, n) in &r.implemented {
+        add(n, Route::Implemented(module.clone()))?;
     }
     for n in &r.forwarded {
         if !decls.contains_key(&n.to_string()) {
@@ -317,7 +329,7 @@ fn expand_routes(
     for (n, target) in &r.alias {
         if !matches!(
             routes.get(&target.to_string()),
-            Some(Route::Implemented | Route::Forwarded)
+            Some(Route::Implemented(_) | Route::Forwarded)
         ) {
             return Err(syn::Error::new_spanned(
                 target,
@@ -356,8 +368,12 @@ fn expand_routes(
     for name in exported {
         let id = Ident::new(name, Span::call_site());
         let (route, extra) = match routes.get(name) {
-            Some(Route::Implemented) => (quote!(implemented), quote!()),
-            Some(Route::Alias(t)) => (quote!(alias), quote!(#t)),
+            Some(Route::Implemented(module)) => (quote!(implemented), quote!(#module)),
+            // The target's path: its body's module, or the generated forward beside the alias.
+            Some(Route::Alias(t)) => match routes.get(&t.to_string()) {
+                Some(Route::Implemented(module)) => (quote!(alias), quote!(#module::#t)),
+                _ => (quote!(alias), quote!(self::#t)),
+            },
             Some(Route::Forwarded) => (quote!(forwarded), quote!()),
             Some(Route::Unsupported(reason)) => (quote!(unsupported), quote!(#reason)),
             None if decls.contains_key(name) => {
@@ -445,7 +461,8 @@ mod tests {
     #[test]
     fn every_export_gets_a_route() {
         let out = routes(quote! {
-            implemented: [cuInit, cuProfilerStart, cuCtxDestroy_v2];
+            implemented: [cuInit, cuProfilerStart];
+            implemented in api::context: [cuCtxDestroy_v2];
             alias: [cuCtxDestroy = cuCtxDestroy_v2];
             forwarded: [cuCtxGetId];
             unsupported "no GL": [cuGLInit];
@@ -454,12 +471,16 @@ mod tests {
         assert_eq!(out.matches(" fn cu").count(), 674);
         assert!(
             out.contains(
-                "implemented [] fn cuInit (Flags : core :: ffi :: c_uint) -> decls :: CUresult ;"
+                "implemented [crate] fn cuInit (Flags : core :: ffi :: c_uint) -> decls :: CUresult ;"
             ),
             "{out}"
         );
-        assert!(out.contains("implemented [] fn cuProfilerStart ;"));
-        assert!(out.contains("alias [cuCtxDestroy_v2] fn cuCtxDestroy (ctx : decls :: CUcontext)"));
+        assert!(out.contains("implemented [crate] fn cuProfilerStart ;"));
+        assert!(out.contains("implemented [crate :: api :: context] fn cuCtxDestroy_v2 ("));
+        // An alias names its target by the module its body is in.
+        assert!(out.contains(
+            "alias [crate :: api :: context :: cuCtxDestroy_v2] fn cuCtxDestroy (ctx : decls :: CUcontext)"
+        ));
         assert!(out.contains("forwarded [] fn cuCtxGetId ("));
         assert!(out.contains("unsupported [\"no GL\"] fn cuGLInit ;"));
         assert!(out.contains("unsupported [\"undeclared\"] fn cuGLCtxCreate_v2 ;"));

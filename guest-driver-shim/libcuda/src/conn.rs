@@ -1,5 +1,8 @@
 //! The shim's connection to the vGPU: batching of fire-and-forget calls, synchronous calls,
-//! and bulk data placement (in place for shared memory, staged for ordinary memory).
+//! and bulk data placement (in place where the transport can name the bytes, staged for
+//! ordinary memory over virtio-user; `copy.rs`). How chains reach the device is the
+//! [`Transport`]'s business (`transport/`); nothing here or in the API branches on which one
+//! is used.
 //!
 //! # Waits
 //!
@@ -29,8 +32,14 @@ use std::{
 use vgpu_protocol::{
     CuResult, EncodeError, Encoder, Opcode, calls, flags, parse_response, reply_flags,
 };
-use vgpu_virtio_user::{Options, Seg, SharedBuf, VirtioUser};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
+
+use crate::transport::{
+    MAX_HEADS, Policy, Seg, SharedBuf, Transport, TransportError, kmod::KmodTransport,
+    virtio_user::VirtioUserTransport,
+};
+
+mod copy;
 
 /// Bytes of one batch message.
 const MSG_BYTES: usize = 256 << 10;
@@ -39,12 +48,7 @@ const MSG_BUFFERS: usize = 16;
 /// Bytes of the reply buffer of synchronous calls.
 const REPLY_BYTES: usize = 4 << 20;
 /// Bytes of each of the two staging buffers for copies from ordinary memory.
-pub const STAGING_BYTES: usize = 8 << 20;
-/// Calls in a batch before it is sent even while the device is busy.
-const BATCH_CALLS: u32 = 128;
-/// Calls in a fire-and-forget batch through the kernel driver (which has no cheap way to
-/// tell whether the device is idle).
-const KMOD_BATCH_CALLS: u32 = 16;
+const STAGING_BYTES: usize = 8 << 20;
 /// Data segments in one chain.
 const MAX_DATA_SEGS: usize = 48;
 /// Longest a batch of fire-and-forget calls is kept back while the device is busy: after that
@@ -126,28 +130,10 @@ struct Batch {
     data_out_len: u64,
 }
 
-/// How messages reach the device.
-enum Link {
-    /// This process drives the virtqueue itself (no VM).
-    VirtioUser(Box<VirtioUser>),
-    /// The guest kernel driver `/dev/vgpuN` drives it; requests are ioctls.
-    Kmod {
-        transport: KmodTransport,
-        next_head: u16,
-    },
-}
-
-#[path = "../../kmod/rust/kmod_transport.rs"]
-#[allow(clippy::all, unsafe_op_in_unsafe_fn)]
-mod kmod_transport;
-use kmod_transport::KmodTransport;
-
-/// Largest piece of a copy in one request through the kernel driver (its scatter-list budget
-/// is about 8 MiB of scattered 4 KiB pages per request).
-pub const KMOD_MAX_PIECE: usize = 4 << 20;
-
-pub struct Inner {
-    link: Link,
+struct Inner {
+    link: Box<dyn Transport>,
+    /// The transport's batching and placement policy (read once at open).
+    policy: Policy,
     msg_bufs: Vec<SharedBuf>,
     free_bufs: Vec<usize>,
     /// Message buffer of each chain in flight, by head index.
@@ -156,9 +142,9 @@ pub struct Inner {
     /// Used length of completed synchronous chains, by head index.
     done: Vec<Option<u32>>,
     reply: SharedBuf,
-    pub staging: [SharedBuf; 2],
+    staging: [SharedBuf; 2],
     /// Small reply buffers for the two staged copies that may be in flight.
-    pub staged_replies: [SharedBuf; 2],
+    staged_replies: [SharedBuf; 2],
     batch: Batch,
     seq: u64,
     dead: bool,
@@ -179,23 +165,20 @@ fn transport_error(e: impl std::fmt::Display) -> CuResult {
 
 impl Connection {
     pub fn open_virtio_user(path: &std::path::Path) -> Result<Self, String> {
-        let vu = VirtioUser::connect(path, Options::default(), liveness())
+        let vu = VirtioUserTransport::connect(path, liveness())
             .map_err(|e| vgpu_protocol::error_chain(&e))?;
-        Self::open(Link::VirtioUser(Box::new(vu)))
+        Self::open(Box::new(vu))
     }
 
     /// Opens the guest kernel driver's device node (the default inside a VM).
     pub fn open_kmod(path: &std::path::Path) -> Result<Self, String> {
         let transport =
             KmodTransport::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        Self::open(Link::Kmod {
-            transport,
-            next_head: 0,
-        })
+        Self::open(Box::new(transport))
     }
 
-    fn open(mut link: Link) -> Result<Self, String> {
-        let mut alloc = |len| alloc_buf(&mut link, len);
+    fn open(mut link: Box<dyn Transport>) -> Result<Self, String> {
+        let mut alloc = |len| link.alloc(len).map_err(|e| vgpu_protocol::error_chain(&e));
         let mut msg_bufs = Vec::with_capacity(MSG_BUFFERS);
         for _ in 0..MSG_BUFFERS {
             msg_bufs.push(alloc(MSG_BYTES)?);
@@ -203,10 +186,12 @@ impl Connection {
         let reply = alloc(REPLY_BYTES)?;
         let staging = [alloc(STAGING_BYTES)?, alloc(STAGING_BYTES)?];
         let staged_replies = [alloc(4096)?, alloc(4096)?];
-        let qs = 256;
+        let qs = MAX_HEADS;
+        let policy = link.policy();
         Ok(Self {
             inner: Mutex::new(Inner {
                 link,
+                policy,
                 msg_bufs,
                 free_bufs: (1..MSG_BUFFERS).rev().collect(),
                 inflight: vec![None; qs],
@@ -232,7 +217,7 @@ impl Connection {
         })
     }
 
-    pub fn lock(&self) -> MutexGuard<'_, Inner> {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -280,9 +265,9 @@ impl Connection {
         if g.dead {
             return Err(DEVICE_UNAVAILABLE);
         }
-        match alloc_buf(&mut g.link, len) {
+        match g.link.alloc(len) {
             Ok(b) => Ok(b),
-            Err(e) if g.link_gone() => Err(g.die(e)),
+            Err(e) if g.link.is_gone() => Err(g.die(&e)),
             Err(_) => Err(CuResult::OUT_OF_MEMORY),
         }
     }
@@ -293,69 +278,73 @@ impl Connection {
     }
 
     pub fn free_shared(&self, buf: SharedBuf) {
-        match &mut self.lock().link {
-            Link::VirtioUser(vu) => vu.free(buf),
-            // SAFETY: `buf` came from the anonymous mapping made in `alloc_buf`.
-            Link::Kmod { .. } => unsafe {
-                libc::munmap(buf.hva.cast(), buf.len);
-            },
-        }
+        self.lock().link.free(buf);
     }
-}
 
-fn alloc_buf(link: &mut Link, len: usize) -> Result<SharedBuf, String> {
-    match link {
-        // `alloc` waits for the daemon to map a new region before it returns.
-        Link::VirtioUser(vu) => vu
-            .alloc(len, 4096)
-            .map_err(|e| vgpu_protocol::error_chain(&e)),
-        Link::Kmod { .. } => {
-            // SAFETY: a fresh anonymous mapping, checked for failure.
-            let p = unsafe {
-                libc::mmap(
-                    std::ptr::null_mut(),
-                    len.max(1),
-                    libc::PROT_READ | libc::PROT_WRITE,
-                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                    -1,
-                    0,
-                )
-            };
-            if p == libc::MAP_FAILED {
-                return Err(std::io::Error::last_os_error().to_string());
-            }
-            Ok(SharedBuf {
-                hva: p.cast(),
-                gpa: p as u64,
-                len,
-            })
-        }
+    /// Copies `n` bytes from host memory `src` to device address `dst`, on `stream` or (with
+    /// `None`) synchronously; see `copy.rs` for where the bytes travel from.
+    ///
+    /// # Safety
+    /// `src` must be readable for `n` bytes and unchanged until the copy has read them.
+    pub unsafe fn copy_htod(
+        &self,
+        ctx: u64,
+        dst: u64,
+        src: *const u8,
+        n: usize,
+        stream: Option<u64>,
+    ) -> Result<(), CuResult> {
+        // SAFETY: the caller's contract.
+        unsafe { self.lock().copy_htod(ctx, dst, src, n, stream) }
+    }
+
+    /// Copies `n` bytes from device address `src` to host memory `dst`, on `stream` or (with
+    /// `None`) synchronously.
+    ///
+    /// # Safety
+    /// `dst` must be writable for `n` bytes until the copy has written them.
+    pub unsafe fn copy_dtoh(
+        &self,
+        ctx: u64,
+        dst: *mut u8,
+        src: u64,
+        n: usize,
+        stream: Option<u64>,
+    ) -> Result<(), CuResult> {
+        // SAFETY: the caller's contract.
+        unsafe { self.lock().copy_dtoh(ctx, dst, src, n, stream) }
+    }
+
+    /// A synchronous call whose data-in is `data` (copied into memory the device reaches for
+    /// the call's duration, so `data` may be anywhere).
+    pub fn call_with_data<T: IntoBytes + Immutable>(
+        &self,
+        op: Opcode,
+        body: &T,
+        data: &[u8],
+    ) -> Result<Reply, CuResult> {
+        let staging = self.alloc_shared(data.len())?;
+        // SAFETY: the shared buffer has room for `data` and is ours until freed below.
+        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), staging.hva, data.len()) };
+        let reply = self.flush().and_then(|()| {
+            self.call(
+                op,
+                body,
+                &[],
+                Some(Bulk {
+                    gpa: staging.gpa,
+                    len: data.len() as u64,
+                }),
+                None,
+            )
+        });
+        self.free_shared(staging);
+        reply
     }
 }
 
 impl Inner {
-    /// The address a descriptor may name for host memory `p`, if the device can reach it
-    /// without staging: shared memory over virtio-user; any memory through the kernel driver,
-    /// which pins it.
-    pub fn translate(&self, p: *const u8, len: usize) -> Option<u64> {
-        match &self.link {
-            Link::VirtioUser(vu) => vu.translate(p, len),
-            Link::Kmod { .. } => Some(p as u64),
-        }
-    }
-
-    /// Whether the transport knows the device is gone.
-    fn link_gone(&self) -> bool {
-        matches!(&self.link, Link::VirtioUser(vu) if vu.is_disconnected())
-    }
-
-    /// Whether a copy's guest buffer must be finished with before its request completes:
-    /// the kernel driver unpins the pages when the request completes.
-    pub fn copies_complete_in_request(&self) -> bool {
-        matches!(self.link, Link::Kmod { .. })
-    }
-
-    pub fn call<T: IntoBytes + Immutable>(
+    fn call<T: IntoBytes + Immutable>(
         &mut self,
         op: Opcode,
         call_flags: u16,
@@ -380,7 +369,7 @@ impl Inner {
 
     /// Appends a call whose body needs the data-in and data-out offsets its bulk bytes will
     /// have (`make(in_offset, out_offset)`), flushing first if the batch is full.
-    pub fn append_bulk<T: IntoBytes + Immutable>(
+    fn append_bulk<T: IntoBytes + Immutable>(
         &mut self,
         op: Opcode,
         call_flags: u16,
@@ -399,27 +388,27 @@ impl Inner {
     }
 
     /// Sends the batch, whose last call is `op`, and waits for that call's result.
-    pub fn send_and_wait(&mut self, op: Opcode) -> Result<(), CuResult> {
+    fn send_and_wait(&mut self, op: Opcode) -> Result<(), CuResult> {
         let head = self.flush_with(Some(self.reply), REPLY_BYTES)?;
         self.wait(head)?;
         self.last_reply(op, self.reply, REPLY_BYTES)?.ok()
     }
 
     /// Sends the batch with reply buffer `slot` of the staged replies; returns the head.
-    pub fn flush_staged(&mut self, slot: usize) -> Result<u16, CuResult> {
+    fn flush_staged(&mut self, slot: usize) -> Result<u16, CuResult> {
         let buf = self.staged_replies[slot];
         self.flush_with(Some(buf), buf.len)
     }
 
     /// Waits for a staged chain and returns the result of its last call.
-    pub fn wait_staged(&mut self, head: u16, slot: usize, op: Opcode) -> Result<(), CuResult> {
+    fn wait_staged(&mut self, head: u16, slot: usize, op: Opcode) -> Result<(), CuResult> {
         self.wait(head)?;
         let buf = self.staged_replies[slot];
         self.last_reply(op, buf, buf.len)?.ok()
     }
 
     /// Sends the batch (fire-and-forget) if it holds anything.
-    pub fn flush_pending(&mut self) -> Result<(), CuResult> {
+    fn flush_pending(&mut self) -> Result<(), CuResult> {
         if self.batch.ncalls > 0 {
             self.flush(false)?;
         }
@@ -537,58 +526,48 @@ impl Inner {
             n += 1;
         }
         let used_buf = b.buf;
-        if let Link::Kmod {
-            transport,
-            next_head,
-        } = &mut self.link
-        {
-            let head = *next_head;
-            *next_head = (*next_head + 1) % self.done.len() as u16;
-            // SAFETY: every segment names memory the application (or we) own for the duration
-            // of this request, as the driver API requires of copy buffers.
-            let result = unsafe { kmod_submit(transport, &segs[..n], len, resp_cap as usize) };
-            let result = match result {
-                Ok(resp_len) => {
-                    self.done[usize::from(head)] = Some(resp_len);
-                    Ok(head)
-                }
-                Err(e) => Err(self.kmod_error(e)),
-            };
-            self.reset_batch(used_buf);
-            return result;
-        }
         // Wait for room on the ring and for a free message buffer for the next batch.
-        let head = loop {
+        let submitted = loop {
             self.reap();
-            let Link::VirtioUser(vu) = &mut self.link else {
-                unreachable!("handled above")
-            };
-            if vu.free_descriptors() >= n && !self.free_bufs.is_empty() {
-                match vu.submit(&segs[..n]) {
-                    Ok(h) => break h,
-                    Err(e) => return Err(self.die(e)),
+            if self.link.has_room(n) && !self.free_bufs.is_empty() {
+                // SAFETY: every segment names memory the application (or we) own until the
+                // chain completes, as the driver API requires of copy buffers.
+                match unsafe { self.link.submit(&segs[..n], len, resp_cap as usize) } {
+                    Ok(s) => break s,
+                    Err(e) => {
+                        // The batch is dropped; its buffer is free again.
+                        self.free_bufs.push(used_buf);
+                        self.reset_batch();
+                        return Err(self.fail(e));
+                    }
                 }
             }
-            if let Err(e) = vu.wait_for_used(Duration::MAX) {
-                return Err(self.die(e));
+            if let Err(e) = self.link.wait() {
+                return Err(self.fail(e));
             }
         };
-        self.inflight[usize::from(head)] = Some(used_buf);
-        self.inflight_count += 1;
-        self.done[usize::from(head)] = None;
-        self.reset_batch(used_buf);
-        Ok(head)
+        let head = usize::from(submitted.head);
+        match submitted.completed {
+            Some(len) => {
+                // Completed in `submit`: its message buffer is free already.
+                self.free_bufs.push(used_buf);
+                self.done[head] = Some(len);
+            }
+            None => {
+                self.inflight[head] = Some(used_buf);
+                self.inflight_count += 1;
+                self.done[head] = None;
+            }
+        }
+        self.reset_batch();
+        Ok(submitted.head)
     }
 
     /// Starts a new, empty batch (in a free message buffer).
-    fn reset_batch(&mut self, used_buf: usize) {
+    fn reset_batch(&mut self) {
         self.held_since = None;
         let b = &mut self.batch;
-        b.buf = if matches!(self.link, Link::Kmod { .. }) {
-            used_buf
-        } else {
-            self.free_bufs.pop().unwrap_or(0)
-        };
+        b.buf = self.free_bufs.pop().unwrap_or(0);
         b.pos = size_of::<vgpu_protocol::MsgHeader>();
         b.ncalls = 0;
         b.data_in.clear();
@@ -599,15 +578,10 @@ impl Inner {
 
     /// Sends the batch now if the device is idle (so the GPU starts at once) or the batch is
     /// long; otherwise keeps collecting calls while the device works.
-    pub fn kick_if_idle(&mut self) -> Result<(), CuResult> {
+    fn kick_if_idle(&mut self) -> Result<(), CuResult> {
         self.reap();
-        let limit = if matches!(self.link, Link::Kmod { .. }) {
-            KMOD_BATCH_CALLS
-        } else {
-            BATCH_CALLS
-        };
-        if self.inflight_count == 0 && !matches!(self.link, Link::Kmod { .. })
-            || self.batch.ncalls >= limit
+        if self.inflight_count == 0 && self.policy.send_when_idle
+            || self.batch.ncalls >= self.policy.batch_calls
         {
             self.flush(false)?;
         } else if self.batch.ncalls > 0 && self.held_since.is_none() {
@@ -632,25 +606,26 @@ impl Inner {
         }
     }
 
-    /// A failed request through the kernel driver: the device is gone (`ENODEV`), broken
-    /// (`EIO`, `EBADMSG`) or timed out (`ETIMEDOUT`, the module's `timeout_ms`), or the request
-    /// alone was refused (the batch is dropped, the connection lives).
-    fn kmod_error(&mut self, e: std::io::Error) -> CuResult {
-        match e.raw_os_error() {
-            Some(libc::EINVAL | libc::E2BIG | libc::EFAULT) => {
-                crate::log_error(&format!("the vGPU driver refused a request: {e}"));
+    /// A failed transport: the device is gone (the connection dies), or it refused this
+    /// request alone (the batch is dropped, the connection lives).
+    fn fail(&mut self, e: TransportError) -> CuResult {
+        match e {
+            TransportError::Refused(_) => {
+                crate::log_error(&vgpu_protocol::error_chain(&e));
                 CuResult::INVALID_VALUE
             }
-            _ => self.die(e),
+            TransportError::NothingInFlight => transport_error(e),
+            TransportError::Gone(_) | TransportError::Alloc(_) => self.die(&e),
         }
     }
 
     /// Marks the connection dead: this and every later call fail with
     /// `CUDA_ERROR_DEVICE_UNAVAILABLE` (the first failure is logged).
-    fn die(&mut self, e: impl std::fmt::Display) -> CuResult {
+    fn die(&mut self, e: &TransportError) -> CuResult {
         if !self.dead {
             crate::log_error(&format!(
-                "the vGPU is unavailable ({e}); every CUDA call fails from now on"
+                "the vGPU is unavailable ({}); every CUDA call fails from now on",
+                vgpu_protocol::error_chain(e)
             ));
         }
         self.dead = true;
@@ -658,7 +633,7 @@ impl Inner {
         DEVICE_UNAVAILABLE
     }
 
-    pub fn reap(&mut self) {
+    fn reap(&mut self) {
         let Self {
             link,
             inflight,
@@ -667,8 +642,7 @@ impl Inner {
             done,
             ..
         } = self;
-        let Link::VirtioUser(vu) = link else { return };
-        vu.reap(|head, len| {
+        link.reap(&mut |head, len| {
             if let Some(buf) = inflight[usize::from(head)].take() {
                 free_bufs.push(buf);
                 *inflight_count -= 1;
@@ -678,7 +652,7 @@ impl Inner {
     }
 
     /// Waits until chain `head` completes.
-    pub fn wait(&mut self, head: u16) -> Result<u32, CuResult> {
+    fn wait(&mut self, head: u16) -> Result<u32, CuResult> {
         if self.dead {
             return Err(DEVICE_UNAVAILABLE);
         }
@@ -689,11 +663,8 @@ impl Inner {
             {
                 return Ok(len);
             }
-            let Link::VirtioUser(vu) = &mut self.link else {
-                return Err(transport_error("completion of an unknown request"));
-            };
-            if let Err(e) = vu.wait_for_used(Duration::MAX) {
-                return Err(self.die(e));
+            if let Err(e) = self.link.wait() {
+                return Err(self.fail(e));
             }
         }
     }
@@ -841,53 +812,205 @@ pub fn stream_arg(stream: u64, ctx: u64) -> calls::StreamArg {
     }
 }
 
-/// One request through the kernel driver: `segs` as the chain would carry them (message,
-/// data-in, reply area, data-out, with user addresses in `gpa`). Returns the reply length.
-///
-/// # Safety
-/// Every segment must name memory valid for its length for the whole request.
-unsafe fn kmod_submit(
-    t: &KmodTransport,
-    segs: &[Seg],
-    msg_len: usize,
-    resp_cap: usize,
-) -> std::io::Result<u32> {
-    // SAFETY: the caller's contract, for each segment.
-    let slice = |s: &Seg| unsafe { std::slice::from_raw_parts(s.gpa as *const u8, s.len as usize) };
-    let req = &slice(&segs[0])[..msg_len];
-    let rest = &segs[1..];
-    let ins: Vec<&[u8]> = rest.iter().filter(|s| !s.writable).map(slice).collect();
-    let mut writable = rest.iter().filter(|s| s.writable);
-    let mut resp_empty: [u8; 0] = [];
-    let resp: &mut [u8] = if resp_cap > 0 {
-        let r = writable
-            .next()
-            .ok_or_else(|| std::io::Error::other("reply area missing"))?;
-        // SAFETY: the reply buffer is ours and `resp_cap` long.
-        unsafe { std::slice::from_raw_parts_mut(r.gpa as *mut u8, resp_cap) }
-    } else {
-        &mut resp_empty
-    };
-    // SAFETY: data-out buffers are the application's, writable for their lengths.
-    let mut outs: Vec<&mut [u8]> = writable
-        .map(|s| unsafe { std::slice::from_raw_parts_mut(s.gpa as *mut u8, s.len as usize) })
-        .collect();
-    if resp_cap == 0 && outs.is_empty() {
-        if ins.is_empty() {
-            t.submit_nowait(req)?;
-        } else {
-            // SAFETY: data-in of fire-and-forget requests is our own shared memory, which
-            // stays unchanged until the next synchronous request returns.
-            unsafe { t.submit_nowait_with_data(req, &ins)? };
-        }
-        return Ok(0);
-    }
-    Ok(t.submit(req, resp, &ins, &mut outs)?.resp_len as u32)
-}
-
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
+    use vgpu_protocol::{ReplyWriter, parse_request};
+
+    use crate::transport::Submitted;
+
     use super::*;
+
+    /// What a [`Fake`] transport was handed for one chain.
+    #[derive(Debug)]
+    struct Sent {
+        ops: Vec<u16>,
+        /// (gpa, len) of each data-in segment, and its bytes.
+        data_in: Vec<(u64, Vec<u8>)>,
+        data_out: usize,
+    }
+
+    /// A device that answers every call at once with success, fills data-out with 0x5A, and
+    /// reaches host bytes in place only inside `pinned`.
+    struct Fake {
+        policy: Policy,
+        pinned: std::ops::Range<usize>,
+        sent: Arc<Mutex<Vec<Sent>>>,
+        next: u16,
+    }
+
+    impl Transport for Fake {
+        fn policy(&self) -> Policy {
+            self.policy
+        }
+        fn alloc(&mut self, len: usize) -> Result<SharedBuf, TransportError> {
+            let buf: &'static mut [u8] = Vec::leak(vec![0u8; len.max(1)]);
+            Ok(SharedBuf {
+                hva: buf.as_mut_ptr(),
+                gpa: buf.as_ptr() as u64,
+                len,
+            })
+        }
+        fn free(&mut self, _buf: SharedBuf) {}
+        fn translate(&self, p: *const u8, len: usize) -> Option<u64> {
+            let p = p as usize;
+            (self.pinned.contains(&p) && p + len <= self.pinned.end).then_some(p as u64)
+        }
+        fn has_room(&self, _segs: usize) -> bool {
+            true
+        }
+        unsafe fn submit(
+            &mut self,
+            segs: &[Seg],
+            msg_len: usize,
+            resp_cap: usize,
+        ) -> Result<Submitted, TransportError> {
+            // SAFETY: every segment names memory of the test's, valid for its length.
+            let bytes =
+                |s: &Seg| unsafe { std::slice::from_raw_parts(s.gpa as *const u8, s.len as usize) };
+            let msg = &bytes(&segs[0])[..msg_len];
+            let (hdr, calls) = parse_request(msg).expect("a well-formed message");
+            let ops: Vec<u16> = calls.map(|c| c.unwrap().opcode).collect();
+            let rest = &segs[1..];
+            let data_in = rest
+                .iter()
+                .filter(|s| !s.writable)
+                .map(|s| (s.gpa, bytes(s).to_vec()))
+                .collect();
+            let mut writable = rest.iter().filter(|s| s.writable);
+            if resp_cap > 0 {
+                let r = writable.next().expect("a reply area");
+                let mut buf = Vec::new();
+                let mut w = ReplyWriter::new(&mut buf);
+                for &op in &ops {
+                    w.push_status(op, 0);
+                }
+                w.finish(hdr.seq.get(), 0);
+                // SAFETY: the reply area is the connection's, `r.len` bytes long.
+                unsafe { std::ptr::copy_nonoverlapping(buf.as_ptr(), r.gpa as *mut u8, buf.len()) };
+            }
+            let mut data_out = 0;
+            for s in writable {
+                // SAFETY: data-out names memory writable for its length.
+                unsafe { std::ptr::write_bytes(s.gpa as *mut u8, 0x5A, s.len as usize) };
+                data_out += s.len as usize;
+            }
+            self.sent.lock().unwrap().push(Sent {
+                ops,
+                data_in,
+                data_out,
+            });
+            let head = self.next;
+            self.next = (self.next + 1) % MAX_HEADS as u16;
+            Ok(Submitted {
+                head,
+                completed: Some(0),
+            })
+        }
+        fn reap(&mut self, _done: &mut dyn FnMut(u16, u32)) {}
+        fn wait(&mut self) -> Result<(), TransportError> {
+            Err(TransportError::NothingInFlight)
+        }
+        fn is_gone(&self) -> bool {
+            false
+        }
+    }
+
+    fn fake(policy: Policy, pinned: std::ops::Range<usize>) -> (Connection, Arc<Mutex<Vec<Sent>>>) {
+        let sent = Arc::new(Mutex::new(Vec::new()));
+        let t = Fake {
+            policy,
+            pinned,
+            sent: sent.clone(),
+            next: 0,
+        };
+        (Connection::open(Box::new(t)).unwrap(), sent)
+    }
+
+    const POLICY: Policy = Policy {
+        batch_calls: 3,
+        send_when_idle: false,
+        copies_complete_in_request: false,
+        max_direct_piece: 1 << 30,
+    };
+
+    /// Mutations caught: ignoring `translate` (everything staged) fails the first half;
+    /// skipping the copy into or out of a staging buffer, or a wrong piece size, the second.
+    #[test]
+    fn copies_go_in_place_where_the_transport_names_the_bytes_and_are_staged_elsewhere() {
+        let pinned: &'static mut [u8] = Vec::leak(vec![7u8; 4096]);
+        let range = pinned.as_ptr() as usize..pinned.as_ptr() as usize + pinned.len();
+        let (conn, sent) = fake(POLICY, range);
+        // SAFETY: `pinned` is readable for its length.
+        unsafe { conn.copy_htod(1, 0x1000, pinned.as_ptr(), pinned.len(), None) }.unwrap();
+        {
+            let sent = sent.lock().unwrap();
+            assert_eq!(sent.len(), 1);
+            assert_eq!(sent[0].ops, vec![Opcode::MemcpyHtoD as u16]);
+            assert_eq!(sent[0].data_in.len(), 1);
+            assert_eq!(sent[0].data_in[0].0, pinned.as_ptr() as u64, "in place");
+        }
+        sent.lock().unwrap().clear();
+
+        let n = 2 * STAGING_BYTES + 100;
+        let src: Vec<u8> = (0..n).map(|i| (i % 251) as u8).collect();
+        // SAFETY: `src` is readable for `n` bytes.
+        unsafe { conn.copy_htod(1, 0x1000, src.as_ptr(), n, None) }.unwrap();
+        {
+            let sent = sent.lock().unwrap();
+            assert_eq!(sent.len(), 3, "three staged pieces");
+            let mut seen = Vec::new();
+            for s in sent.iter() {
+                assert_eq!(s.data_in.len(), 1);
+                assert_ne!(s.data_in[0].0, src.as_ptr() as u64, "staged");
+                seen.extend_from_slice(&s.data_in[0].1);
+            }
+            assert!(
+                seen == src,
+                "the staged pieces carry the source bytes in order"
+            );
+        }
+        sent.lock().unwrap().clear();
+
+        let mut dst = vec![0u8; STAGING_BYTES + 3];
+        // SAFETY: `dst` is writable for its length.
+        unsafe { conn.copy_dtoh(1, dst.as_mut_ptr(), 0x1000, dst.len(), None) }.unwrap();
+        assert_eq!(sent.lock().unwrap().len(), 2);
+        assert!(
+            dst.iter().all(|&b| b == 0x5A),
+            "staged data-out copied back"
+        );
+    }
+
+    /// Mutations caught: ignoring `send_when_idle` or `batch_calls`.
+    #[test]
+    fn batches_follow_the_transports_policy() {
+        let (conn, sent) = fake(POLICY, 0..0);
+        let body = stream_arg(0, 1);
+        for _ in 0..2 {
+            conn.call_async(Opcode::StreamSynchronize, 0, &body, 0, |_| {}, None, None)
+                .unwrap();
+        }
+        assert!(
+            sent.lock().unwrap().is_empty(),
+            "kept back below batch_calls"
+        );
+        conn.call_async(Opcode::StreamSynchronize, 0, &body, 0, |_| {}, None, None)
+            .unwrap();
+        assert_eq!(sent.lock().unwrap().len(), 1);
+        assert_eq!(sent.lock().unwrap()[0].ops.len(), 3);
+
+        let eager = Policy {
+            send_when_idle: true,
+            ..POLICY
+        };
+        let (conn, sent) = fake(eager, 0..0);
+        conn.call_async(Opcode::StreamSynchronize, 0, &body, 0, |_| {}, None, None)
+            .unwrap();
+        assert_eq!(sent.lock().unwrap().len(), 1, "sent at once while idle");
+        assert_eq!(sent.lock().unwrap()[0].data_out, 0);
+    }
 
     #[test]
     fn the_liveness_bound_comes_from_the_environment_or_defaults_to_five_seconds() {

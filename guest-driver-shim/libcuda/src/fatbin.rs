@@ -1,171 +1,15 @@
-//! The fatbin containers nvcc embeds in programs: the `__fatBinC_Wrapper_t` the CUDA runtime
-//! registers, and the fatbin itself (a header followed by ELF/PTX entries).
-//!
-//! The shim never needs an entry's payload: the whole container goes to the host, whose
-//! driver picks the SASS or PTX. Parsing here bounds the container (its size is only known
-//! from its headers), validates it before it is shipped and names its entries for logs.
+//! Images in this process's memory, bounded by their own headers: the `__fatBinC_Wrapper_t`
+//! the CUDA runtime registers, fatbin containers, cubins and PTX. The parsing is
+//! `vgpu-cuda-image`'s (the executor's too); this module only reads the bytes those headers
+//! say are there.
 
-use std::ffi::c_void;
+use std::ffi::{c_char, c_void};
 
-/// `__fatBinC_Wrapper_t::magic`.
-pub const WRAPPER_MAGIC: u32 = 0x4662_43B1;
-/// `fatBinaryHeader::magic`.
-pub const FATBIN_MAGIC: u32 = 0xBA55_ED50;
-/// The largest container we accept (a sanity bound against garbage headers).
-pub const MAX_FATBIN: u64 = 1 << 31;
-
-const HEADER_LEN: usize = 16;
-const ENTRY_HEADER_MIN: usize = 64;
-const FLAG_LZ4: u64 = 0x2000;
-const FLAG_ZSTD: u64 = 0x8000;
-
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum FatbinError {
-    #[error("NULL fatbin pointer")]
-    Null,
-    #[error("bad fatbin wrapper magic {0:#010x} (expected {WRAPPER_MAGIC:#010x})")]
-    WrapperMagic(u32),
-    #[error("unsupported fatbin wrapper version {0}")]
-    WrapperVersion(u32),
-    #[error("bad fatbin magic {0:#010x} (expected {FATBIN_MAGIC:#010x})")]
-    Magic(u32),
-    #[error("unsupported fatbin version {0}")]
-    Version(u16),
-    #[error("fatbin header size {0} is too small")]
-    HeaderSize(u16),
-    #[error("fatbin of {0} bytes is over the {MAX_FATBIN} byte limit")]
-    TooLarge(u64),
-    #[error("fatbin truncated: {0}")]
-    Truncated(&'static str),
-    #[error("fatbin entry at offset {0} is malformed: {1}")]
-    Entry(usize, &'static str),
-}
-
-/// What an entry holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    Ptx,
-    Elf,
-    Other(u16),
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Compression {
-    None,
-    Lz4,
-    Zstd,
-}
-
-/// One entry of a fatbin (header facts only).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Entry {
-    pub kind: Kind,
-    /// `sm_90` is 90.
-    pub sm: u32,
-    pub flags: u64,
-    pub compression: Compression,
-    /// Offset of the payload from the start of the container.
-    pub payload_offset: usize,
-    /// Bytes of payload as stored (compressed size when compressed).
-    pub payload_len: usize,
-    /// Size after decompression (0 when not compressed).
-    pub uncompressed_len: u64,
-}
-
-fn u16_at(b: &[u8], o: usize) -> Option<u16> {
-    Some(u16::from_le_bytes(b.get(o..o + 2)?.try_into().ok()?))
-}
-fn u32_at(b: &[u8], o: usize) -> Option<u32> {
-    Some(u32::from_le_bytes(b.get(o..o + 4)?.try_into().ok()?))
-}
-fn u64_at(b: &[u8], o: usize) -> Option<u64> {
-    Some(u64::from_le_bytes(b.get(o..o + 8)?.try_into().ok()?))
-}
-
-/// Length of the container from its 16-byte header.
-pub fn container_len(header: &[u8]) -> Result<usize, FatbinError> {
-    let magic = u32_at(header, 0).ok_or(FatbinError::Truncated("header"))?;
-    if magic != FATBIN_MAGIC {
-        return Err(FatbinError::Magic(magic));
-    }
-    let version = u16_at(header, 4).ok_or(FatbinError::Truncated("header"))?;
-    if version != 1 {
-        return Err(FatbinError::Version(version));
-    }
-    let header_size = u16_at(header, 6).ok_or(FatbinError::Truncated("header"))?;
-    if usize::from(header_size) < HEADER_LEN {
-        return Err(FatbinError::HeaderSize(header_size));
-    }
-    let files = u64_at(header, 8).ok_or(FatbinError::Truncated("header"))?;
-    let total = files
-        .checked_add(u64::from(header_size))
-        .filter(|&t| t <= MAX_FATBIN)
-        .ok_or(FatbinError::TooLarge(files))?;
-    usize::try_from(total).map_err(|_| FatbinError::TooLarge(total))
-}
-
-/// Parses a fatbin container; `bytes` may extend past it. Returns its length and entries.
-pub fn parse(bytes: &[u8]) -> Result<(usize, Vec<Entry>), FatbinError> {
-    let total = container_len(bytes)?;
-    if total > bytes.len() {
-        return Err(FatbinError::Truncated("entries run past the buffer"));
-    }
-    let image = &bytes[..total];
-    let mut off = usize::from(u16_at(image, 6).unwrap_or(16));
-    let mut entries = Vec::new();
-    while off < total {
-        let bad = |why| FatbinError::Entry(off, why);
-        let kind = u16_at(image, off).ok_or(bad("header truncated"))?;
-        let header_size = u32_at(image, off + 4).ok_or(bad("header truncated"))? as usize;
-        if header_size < ENTRY_HEADER_MIN {
-            return Err(bad("header too small"));
-        }
-        let padded = u64_at(image, off + 8).ok_or(bad("header truncated"))?;
-        let stored = u64::from(u32_at(image, off + 16).ok_or(bad("header truncated"))?);
-        let sm = u32_at(image, off + 28).ok_or(bad("header truncated"))?;
-        let flags = u64_at(image, off + 40).ok_or(bad("header truncated"))?;
-        let uncompressed = u64_at(image, off + 56).ok_or(bad("header truncated"))?;
-        let compression = if flags & FLAG_ZSTD != 0 {
-            Compression::Zstd
-        } else if flags & FLAG_LZ4 != 0 {
-            Compression::Lz4
-        } else {
-            Compression::None
-        };
-        // Uncompressed entries store the payload size only as the padded size.
-        let payload = if compression == Compression::None || stored == 0 {
-            padded
-        } else {
-            stored
-        };
-        let start = off.checked_add(header_size).ok_or(bad("size overflow"))?;
-        let payload_len = usize::try_from(payload).map_err(|_| bad("size overflow"))?;
-        let step = usize::try_from(padded.max(payload)).map_err(|_| bad("size overflow"))?;
-        let end = start.checked_add(step).ok_or(bad("size overflow"))?;
-        if end > total {
-            return Err(bad("payload runs past the container"));
-        }
-        entries.push(Entry {
-            kind: match kind {
-                1 => Kind::Ptx,
-                2 => Kind::Elf,
-                k => Kind::Other(k),
-            },
-            sm,
-            flags,
-            compression,
-            payload_offset: start,
-            payload_len,
-            uncompressed_len: if compression == Compression::None {
-                0
-            } else {
-                uncompressed
-            },
-        });
-        off = end;
-    }
-    Ok((total, entries))
-}
+pub use vgpu_cuda_image::fatbin::{FatbinError, describe, parse};
+use vgpu_cuda_image::{
+    ELF_HEADER_LEN, ELF_MAGIC, ImageError, elf_len, elf_section_table,
+    fatbin::{FATBIN_MAGIC, HEADER_LEN, WRAPPER_LEN, WRAPPER_MAGIC, container_len, wrapper_data},
+};
 
 /// The container a fatbin header points at, bounded by its own header.
 ///
@@ -187,9 +31,6 @@ pub unsafe fn from_header<'a>(p: *const c_void) -> Result<&'a [u8], FatbinError>
 
 /// The container a `__fatBinC_Wrapper_t` points at.
 ///
-/// Layout: `{ int magic; int version; const fatBinaryHeader *data; void *filename_or_fatbins; }`.
-/// Version 2 (`-rdc`) also lists prelinked fatbins; only `data` is returned.
-///
 /// # Safety
 /// `wrapper` must be NULL or point at a wrapper whose `data` satisfies [`from_header`].
 pub unsafe fn from_wrapper<'a>(wrapper: *const c_void) -> Result<&'a [u8], FatbinError> {
@@ -197,39 +38,62 @@ pub unsafe fn from_wrapper<'a>(wrapper: *const c_void) -> Result<&'a [u8], Fatbi
         return Err(FatbinError::Null);
     }
     // SAFETY: a wrapper is 24 readable bytes (caller's contract).
-    let w = unsafe { std::slice::from_raw_parts(wrapper.cast::<u8>(), 24) };
-    let magic = u32_at(w, 0).unwrap_or(0);
-    if magic != WRAPPER_MAGIC {
-        return Err(FatbinError::WrapperMagic(magic));
-    }
-    let version = u32_at(w, 4).unwrap_or(0);
-    if version != 1 && version != 2 {
-        return Err(FatbinError::WrapperVersion(version));
-    }
-    let data = u64_at(w, 8).unwrap_or(0) as usize as *const c_void;
+    let w = unsafe { std::slice::from_raw_parts(wrapper.cast::<u8>(), WRAPPER_LEN) };
+    let data = wrapper_data(w)? as usize as *const c_void;
     // SAFETY: `data` points at the wrapped container (caller's contract).
     unsafe { from_header(data) }
 }
 
-/// A one-line description of a container's entries, for logs.
-pub fn describe(entries: &[Entry]) -> String {
-    entries
-        .iter()
-        .map(|e| {
-            let kind = match e.kind {
-                Kind::Ptx => "ptx".to_string(),
-                Kind::Elf => "elf".to_string(),
-                Kind::Other(k) => format!("kind{k}"),
-            };
-            let comp = match e.compression {
-                Compression::None => "",
-                Compression::Lz4 => "+lz4",
-                Compression::Zstd => "+zstd",
-            };
-            format!("{kind}/sm_{}{comp} {}B", e.sm, e.payload_len)
-        })
-        .collect::<Vec<_>>()
-        .join(", ")
+/// Why an image in memory could not be bounded.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageBoundsError {
+    #[error("NULL image pointer")]
+    Null,
+    #[error("malformed fatbin")]
+    Fatbin(#[from] FatbinError),
+    #[error("malformed image")]
+    Image(#[from] ImageError),
+}
+
+/// Any image the module API accepts (cubin, fatbin, fatbin wrapper or NUL-terminated PTX),
+/// bounded by its own headers.
+///
+/// # Safety
+/// `image` must be NULL or point at one of those formats, readable for the length its headers
+/// state (or up to and including its NUL, for PTX).
+pub unsafe fn image_bytes<'a>(image: *const c_void) -> Result<&'a [u8], ImageBoundsError> {
+    if image.is_null() {
+        return Err(ImageBoundsError::Null);
+    }
+    let p = image.cast::<u8>();
+    // SAFETY: every format starts with at least 16 readable bytes.
+    let head = unsafe { std::slice::from_raw_parts(p, HEADER_LEN) };
+    let magic = u32::from_le_bytes([head[0], head[1], head[2], head[3]]);
+    if magic == WRAPPER_MAGIC {
+        // SAFETY: a wrapper (caller's contract).
+        return Ok(unsafe { from_wrapper(image) }?);
+    }
+    if magic == FATBIN_MAGIC {
+        // SAFETY: a container (caller's contract).
+        return Ok(unsafe { from_header(image) }?);
+    }
+    if head.starts_with(ELF_MAGIC) {
+        // SAFETY: an ELF64 header is 64 bytes.
+        let h = unsafe { std::slice::from_raw_parts(p, ELF_HEADER_LEN) };
+        let (off, len) = elf_section_table(h)?;
+        // SAFETY: the section header table lies inside the image (caller's contract).
+        let table = unsafe { std::slice::from_raw_parts(p.add(off), len) };
+        let end = elf_len(h, table)?;
+        // SAFETY: the image spans `end` bytes by its own headers.
+        return Ok(unsafe { std::slice::from_raw_parts(p, end) });
+    }
+    // PTX text: up to and including the NUL.
+    // SAFETY: NUL-terminated per the API contract.
+    let len = unsafe { std::ffi::CStr::from_ptr(p.cast::<c_char>()) }
+        .to_bytes_with_nul()
+        .len();
+    // SAFETY: as above.
+    Ok(unsafe { std::slice::from_raw_parts(p, len) })
 }
 
 #[cfg(test)]
@@ -241,36 +105,6 @@ mod tests {
             .join("../../tests/fixtures")
             .join(name);
         std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
-    }
-
-    #[test]
-    fn plain_fatbin_has_compressed_ptx_and_plain_elf() {
-        let image = fixture("kernels.fatbin");
-        let (len, entries) = parse(&image).unwrap();
-        assert_eq!(len, image.len());
-        assert_eq!(entries.len(), 2);
-        assert_eq!(entries[0].kind, Kind::Ptx);
-        assert_eq!(entries[0].compression, Compression::Zstd);
-        assert_eq!(entries[0].payload_len, 1756);
-        assert_eq!(entries[0].uncompressed_len, 7605);
-        assert_eq!(entries[1].kind, Kind::Elf);
-        assert_eq!(entries[1].sm, 90);
-        assert_eq!(entries[1].compression, Compression::None);
-        let elf = &image[entries[1].payload_offset..][..entries[1].payload_len];
-        assert!(elf.starts_with(b"\x7fELF"));
-        assert_eq!(elf, fixture("kernels.cubin").as_slice());
-    }
-
-    #[test]
-    fn compressed_fatbin_has_one_zstd_elf() {
-        let image = fixture("kernels_compressed.fatbin");
-        let (len, entries) = parse(&image).unwrap();
-        assert_eq!(len, image.len());
-        assert_eq!(entries.len(), 1);
-        assert_eq!(entries[0].kind, Kind::Elf);
-        assert_eq!(entries[0].compression, Compression::Zstd);
-        assert_eq!(entries[0].uncompressed_len, 20080);
-        assert_eq!(describe(&entries), "elf/sm_90+zstd 3990B");
     }
 
     #[test]
@@ -290,26 +124,9 @@ mod tests {
         // SAFETY: as above.
         let got = unsafe { from_header(padded.as_ptr().cast()) }.unwrap();
         assert_eq!(got.len(), image.len());
-    }
-
-    #[test]
-    fn garbage_is_refused_not_read_past() {
-        let image = fixture("kernels.fatbin");
-        assert_eq!(parse(&image[..8]), Err(FatbinError::Truncated("header")));
-        assert!(matches!(
-            parse(&image[..100]),
-            Err(FatbinError::Truncated(_))
-        ));
-        let mut bad = image.clone();
-        bad[0] = 0;
-        assert!(matches!(parse(&bad), Err(FatbinError::Magic(_))));
-        let mut huge = image.clone();
-        huge[8..16].copy_from_slice(&u64::MAX.to_le_bytes());
-        assert!(matches!(parse(&huge), Err(FatbinError::TooLarge(_))));
-        let mut entry = image.clone();
-        // First entry's padded payload size made enormous.
-        entry[16 + 8..16 + 16].copy_from_slice(&(1u64 << 40).to_le_bytes());
-        assert!(matches!(parse(&entry), Err(FatbinError::Entry(16, _))));
+        // SAFETY: as above; any format through the module API's entry.
+        let got = unsafe { image_bytes(wrapper.as_ptr().cast()) }.unwrap();
+        assert_eq!(got, image.as_slice());
         let wrapper = [0u8; 24];
         // SAFETY: a readable 24-byte buffer.
         let r = unsafe { from_wrapper(wrapper.as_ptr().cast()) };
@@ -317,5 +134,19 @@ mod tests {
         // SAFETY: NULL is accepted and refused.
         let r = unsafe { from_wrapper(std::ptr::null()) };
         assert_eq!(r, Err(FatbinError::Null));
+    }
+
+    #[test]
+    fn a_cubin_and_ptx_in_memory_are_bounded_by_their_headers() {
+        let cubin = fixture("kernels.cubin");
+        let mut padded = cubin.clone();
+        padded.extend_from_slice(&[0xCD; 64]);
+        // SAFETY: a complete cubin followed by more readable bytes.
+        let got = unsafe { image_bytes(padded.as_ptr().cast()) }.unwrap();
+        assert_eq!(got.len(), cubin.len());
+        let ptx = b".version 8.0\n.entry k()\n{ ret; }\n\0trailing";
+        // SAFETY: NUL-terminated text.
+        let got = unsafe { image_bytes(ptx.as_ptr().cast()) }.unwrap();
+        assert_eq!(got, &ptx[..ptx.iter().position(|&b| b == 0).unwrap() + 1]);
     }
 }

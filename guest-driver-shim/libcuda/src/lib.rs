@@ -14,6 +14,7 @@ mod driver;
 pub mod fatbin;
 mod procaddr;
 pub mod routes;
+mod transport;
 
 use std::{
     collections::HashSet,
@@ -22,14 +23,16 @@ use std::{
 };
 
 pub(crate) use api::forward;
-pub use api::*;
+/// Live modules and functions, and the slots their tables have used (for leak checks).
+pub use api::module::registry_sizes;
 pub use driver::driver;
-pub use routes::*;
+pub use routes::{ALL_SYMBOLS, ROUTES, Route, lookup};
 
 /// `CUresult` as the C ABI carries it.
 pub type CUresult = u32;
 pub type CUdevice = i32;
 pub type CUdeviceptr = u64;
+pub type CUcontext = *mut std::ffi::c_void;
 
 /// Writes a diagnostic to stderr (the shim has no other channel in a guest).
 pub(crate) fn log_error(msg: &str) {

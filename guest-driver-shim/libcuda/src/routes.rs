@@ -39,27 +39,32 @@ pub enum Route {
 
 /// One export of the table (see the module's documentation for the entries).
 macro_rules! shim_export {
-    (@route implemented []) => { Route::Implemented };
-    (@route alias [$target:ident]) => { Route::Alias(stringify!($target)) };
+    (@route implemented [$($module:ident)::+]) => { Route::Implemented };
+    (@route alias [$($target:ident)::+]) => { Route::Alias(shim_export!(@last $($target)::+)) };
+    (@last $first:ident :: $($rest:ident)::+) => { shim_export!(@last $($rest)::+) };
+    (@last $last:ident) => { stringify!($last) };
     (@route forwarded []) => { Route::Forwarded };
     (@route unsupported [$reason:literal]) => { Route::Unsupported($reason) };
     (@infer $x:tt) => { _ };
 
-    (implemented [] fn $name:ident ($($arg:ident: $ty:ty),*) -> $ret:ty) => {
+    (@path implemented [$($module:ident)::+] $name:ident) => { $($module::)+$name };
+    (@path $route:ident [$($extra:tt)*] $name:ident) => { $name };
+
+    (implemented [$($module:ident)::+] fn $name:ident ($($arg:ident: $ty:ty),*) -> $ret:ty) => {
         // The body in `api/` is called as the header declares it.
         const _: () = vgpu_cuda_decls::abi::same_abi::<unsafe extern "C" fn($($ty),*) -> $ret, _>(
-            crate::api::$name as unsafe extern "C" fn($(shim_export!(@infer $arg)),*) -> _,
+            $($module::)+$name as unsafe extern "C" fn($(shim_export!(@infer $arg)),*) -> _,
         );
     };
     // Not declared in cuda.h (cuProfilerStart/Stop): nothing to check against.
-    (implemented [] fn $name:ident) => {};
+    (implemented [$($module:ident)::+] fn $name:ident) => {};
 
-    (alias [$target:ident] fn $name:ident ($($arg:ident: $ty:ty),*) -> $ret:ty) => {
+    (alias [$($target:ident)::+] fn $name:ident ($($arg:ident: $ty:ty),*) -> $ret:ty) => {
         #[unsafe(no_mangle)]
         #[allow(clippy::unnecessary_cast)]
         pub unsafe extern "C" fn $name($($arg: $ty),*) -> $ret {
             // SAFETY: the header declares both alike: the caller keeps the target's contract.
-            unsafe { crate::$target($($arg as _),*) }
+            unsafe { $($target)::+($($arg as _),*) }
         }
     };
 
@@ -101,7 +106,8 @@ macro_rules! shim_exports {
         /// The address of the exported entry point `name`.
         pub fn lookup(name: &[u8]) -> Option<*mut c_void> {
             Some(match std::str::from_utf8(name).ok()? {
-                $(stringify!($name) => crate::$name as *const () as *mut c_void,)*
+                $(stringify!($name) =>
+                    shim_export!(@path $route [$($extra)*] $name) as *const () as *mut c_void,)*
                 _ => return None,
             })
         }
@@ -119,61 +125,86 @@ vgpu_cuda_macros::cuda_exports! {
     undeclared: "no declaration in CUDA 13.0's headers";
     default: "not forwarded yet";
 
-    implemented: [
-        // The shim types their callbacks as safe `extern "C" fn`s, the header as unsafe ones,
-        // so these two cannot be aliases of their base versions.
-        cuLaunchHostFunc_ptsz, cuStreamAddCallback_ptsz,
+    implemented in api::context: [
         cuCtxCreate, cuCtxCreate_v2, cuCtxCreate_v3, cuCtxCreate_v4, cuCtxDestroy_v2,
         cuCtxGetApiVersion, cuCtxGetCacheConfig, cuCtxGetCurrent, cuCtxGetDevice,
         cuCtxGetDevice_v2, cuCtxGetFlags, cuCtxGetId, cuCtxGetLimit, cuCtxGetSharedMemConfig,
-        cuCtxGetStreamPriorityRange, cuCtxPopCurrent_v2, cuCtxPushCurrent_v2, cuCtxSetCacheConfig,
-        cuCtxSetCurrent, cuCtxSetFlags, cuCtxSetLimit, cuCtxSetSharedMemConfig, cuCtxSynchronize,
-        cuCtxSynchronize_v2, cuDeviceCanAccessPeer, cuDeviceComputeCapability, cuDeviceGet,
-        cuDeviceGetAttribute, cuDeviceGetByPCIBusId, cuDeviceGetCount, cuDeviceGetDefaultMemPool,
-        cuDeviceGetMemPool, cuDeviceGetName, cuDeviceGetPCIBusId, cuDeviceGetProperties,
-        cuDeviceGetUuid, cuDevicePrimaryCtxGetState, cuDevicePrimaryCtxRelease_v2,
-        cuDevicePrimaryCtxReset_v2, cuDevicePrimaryCtxRetain, cuDevicePrimaryCtxSetFlags_v2,
-        cuDeviceSetMemPool, cuDeviceTotalMem, cuDeviceTotalMem_v2, cuDriverGetVersion,
-        cuEventCreate, cuEventDestroy, cuEventDestroy_v2, cuEventElapsedTime,
-        cuEventElapsedTime_v2, cuEventQuery, cuEventRecord, cuEventRecordWithFlags,
-        cuEventRecordWithFlags_ptsz, cuEventRecord_ptsz, cuEventSynchronize, cuFuncGetAttribute,
-        cuFuncGetModule, cuFuncGetName, cuFuncGetParamInfo, cuFuncSetAttribute,
-        cuFuncSetCacheConfig, cuFuncSetSharedMemConfig, cuGetErrorName, cuGetErrorString,
-        cuGetExportTable, cuGetProcAddress, cuGetProcAddress_v2, cuGraphDestroy,
-        cuGraphExecDestroy, cuGraphExecUpdate, cuGraphExecUpdate_v2, cuGraphInstantiateWithFlags,
-        cuGraphInstantiate_v2, cuGraphLaunch, cuGraphLaunch_ptsz, cuInit, cuKernelGetAttribute,
-        cuKernelGetFunction, cuKernelGetName, cuKernelGetParamInfo, cuKernelSetAttribute,
-        cuKernelSetCacheConfig, cuLaunchCooperativeKernel, cuLaunchHostFunc, cuLaunchKernel,
-        cuLaunchKernelEx, cuLibraryEnumerateKernels, cuLibraryGetGlobal, cuLibraryGetKernel,
-        cuLibraryGetKernelCount, cuLibraryGetModule, cuLibraryLoadData, cuLibraryLoadFromFile,
-        cuLibraryUnload, cuMemAlloc, cuMemAllocAsync, cuMemAllocAsync_ptsz,
-        cuMemAllocFromPoolAsync, cuMemAllocFromPoolAsync_ptsz, cuMemAllocHost, cuMemAllocHost_v2,
-        cuMemAllocPitch_v2, cuMemAlloc_v2, cuMemFree, cuMemFreeAsync, cuMemFreeAsync_ptsz,
-        cuMemFreeHost, cuMemFree_v2, cuMemGetAddressRange_v2, cuMemGetInfo_v2, cuMemHostAlloc,
-        cuMemHostGetFlags, cuMemHostRegister_v2, cuMemHostUnregister, cuMemPoolCreate,
-        cuMemPoolDestroy, cuMemPoolGetAttribute, cuMemPoolSetAttribute, cuMemPoolTrimTo, cuMemcpy,
+        cuCtxGetStreamPriorityRange, cuCtxPopCurrent_v2, cuCtxPushCurrent_v2,
+        cuCtxSetCacheConfig, cuCtxSetCurrent, cuCtxSetFlags, cuCtxSetLimit,
+        cuCtxSetSharedMemConfig, cuCtxSynchronize, cuCtxSynchronize_v2,
+        cuDevicePrimaryCtxGetState, cuDevicePrimaryCtxRelease_v2, cuDevicePrimaryCtxReset_v2,
+        cuDevicePrimaryCtxRetain, cuDevicePrimaryCtxSetFlags_v2,
+    ];
+    implemented in api::device: [
+        cuDeviceCanAccessPeer, cuDeviceComputeCapability, cuDeviceGet, cuDeviceGetAttribute,
+        cuDeviceGetByPCIBusId, cuDeviceGetCount, cuDeviceGetName, cuDeviceGetPCIBusId,
+        cuDeviceGetProperties, cuDeviceGetUuid, cuDeviceTotalMem, cuDeviceTotalMem_v2,
+        cuDriverGetVersion, cuInit,
+    ];
+    implemented in api::exports: [
+        cuGetExportTable,
+    ];
+    implemented in api::graph: [
+        cuGraphDestroy, cuGraphExecDestroy, cuGraphExecUpdate, cuGraphExecUpdate_v2,
+        cuGraphInstantiateWithFlags, cuGraphInstantiate_v2, cuGraphLaunch, cuGraphLaunch_ptsz,
+        cuStreamBeginCapture, cuStreamBeginCapture_ptsz, cuStreamBeginCapture_v2,
+        cuStreamBeginCapture_v2_ptsz, cuStreamEndCapture, cuStreamEndCapture_ptsz,
+    ];
+    implemented in api::launch: [
+        cuLaunchCooperativeKernel, cuLaunchKernel, cuLaunchKernelEx,
+        cuOccupancyAvailableDynamicSMemPerBlock, cuOccupancyMaxActiveBlocksPerMultiprocessor,
+        cuOccupancyMaxActiveBlocksPerMultiprocessorWithFlags, cuOccupancyMaxActiveClusters,
+        cuOccupancyMaxPotentialBlockSize, cuOccupancyMaxPotentialBlockSizeWithFlags,
+    ];
+    implemented in api::memory: [
+        cuMemAlloc, cuMemAllocHost, cuMemAllocHost_v2, cuMemAllocPitch_v2, cuMemAlloc_v2,
+        cuMemFree, cuMemFreeHost, cuMemFree_v2, cuMemGetAddressRange_v2, cuMemGetInfo_v2,
+        cuMemHostAlloc, cuMemHostGetFlags, cuMemHostRegister_v2, cuMemHostUnregister, cuMemcpy,
         cuMemcpyAsync, cuMemcpyAsync_ptsz, cuMemcpyDtoDAsync_v2, cuMemcpyDtoDAsync_v2_ptsz,
         cuMemcpyDtoD_v2, cuMemcpyDtoD_v2_ptds, cuMemcpyDtoHAsync_v2, cuMemcpyDtoHAsync_v2_ptsz,
         cuMemcpyDtoH_v2, cuMemcpyDtoH_v2_ptds, cuMemcpyHtoDAsync_v2, cuMemcpyHtoDAsync_v2_ptsz,
         cuMemcpyHtoD_v2, cuMemcpyHtoD_v2_ptds, cuMemcpy_ptds, cuMemsetD16Async,
         cuMemsetD16Async_ptsz, cuMemsetD16_v2, cuMemsetD16_v2_ptds, cuMemsetD32Async,
         cuMemsetD32Async_ptsz, cuMemsetD32_v2, cuMemsetD32_v2_ptds, cuMemsetD8Async,
-        cuMemsetD8Async_ptsz, cuMemsetD8_v2, cuMemsetD8_v2_ptds, cuModuleEnumerateFunctions,
-        cuModuleGetFunction, cuModuleGetFunctionCount, cuModuleGetGlobal_v2,
-        cuModuleGetLoadingMode, cuModuleLoad, cuModuleLoadData, cuModuleLoadDataEx,
-        cuModuleLoadFatBinary, cuModuleUnload, cuOccupancyAvailableDynamicSMemPerBlock,
-        cuOccupancyMaxActiveBlocksPerMultiprocessor,
-        cuOccupancyMaxActiveBlocksPerMultiprocessorWithFlags, cuOccupancyMaxActiveClusters,
-        cuOccupancyMaxPotentialBlockSize, cuOccupancyMaxPotentialBlockSizeWithFlags,
-        cuPointerGetAttribute, cuPointerGetAttributes, cuProfilerStart, cuProfilerStop,
-        cuStreamAddCallback, cuStreamBeginCapture, cuStreamBeginCapture_ptsz,
-        cuStreamBeginCapture_v2, cuStreamBeginCapture_v2_ptsz, cuStreamCreate,
-        cuStreamCreateWithPriority, cuStreamDestroy, cuStreamDestroy_v2, cuStreamEndCapture,
-        cuStreamEndCapture_ptsz, cuStreamGetCaptureInfo_v2, cuStreamGetCaptureInfo_v3,
-        cuStreamGetCtx, cuStreamGetCtx_v2, cuStreamGetFlags, cuStreamGetId, cuStreamGetPriority,
-        cuStreamIsCapturing, cuStreamQuery, cuStreamQuery_ptsz, cuStreamSynchronize,
-        cuStreamSynchronize_ptsz, cuStreamWaitEvent, cuStreamWaitEvent_ptsz,
+        cuMemsetD8Async_ptsz, cuMemsetD8_v2, cuMemsetD8_v2_ptds,
+    ];
+    implemented in api::misc: [
+        cuGetErrorName, cuGetErrorString, cuGetProcAddress, cuGetProcAddress_v2,
+        cuProfilerStart, cuProfilerStop,
+    ];
+    implemented in api::module: [
+        cuFuncGetAttribute, cuFuncGetModule, cuFuncGetName, cuFuncGetParamInfo,
+        cuFuncSetAttribute, cuFuncSetCacheConfig, cuFuncSetSharedMemConfig,
+        cuKernelGetAttribute, cuKernelGetFunction, cuKernelGetName, cuKernelGetParamInfo,
+        cuKernelSetAttribute, cuKernelSetCacheConfig, cuLibraryEnumerateKernels,
+        cuLibraryGetGlobal, cuLibraryGetKernel, cuLibraryGetKernelCount, cuLibraryGetModule,
+        cuLibraryLoadData, cuLibraryLoadFromFile, cuLibraryUnload, cuModuleEnumerateFunctions,
+        cuModuleGetFunction, cuModuleGetFunctionCount, cuModuleGetGlobal_v2, cuModuleLoad,
+        cuModuleLoadData, cuModuleLoadDataEx, cuModuleLoadFatBinary, cuModuleUnload,
+    ];
+    implemented in api::pool: [
+        cuDeviceGetDefaultMemPool, cuDeviceGetMemPool, cuDeviceSetMemPool, cuMemAllocAsync,
+        cuMemAllocAsync_ptsz, cuMemAllocFromPoolAsync, cuMemAllocFromPoolAsync_ptsz,
+        cuMemFreeAsync, cuMemFreeAsync_ptsz, cuMemPoolCreate, cuMemPoolDestroy,
+        cuMemPoolGetAttribute, cuMemPoolSetAttribute, cuMemPoolTrimTo,
+    ];
+    // cuLaunchHostFunc_ptsz and cuStreamAddCallback_ptsz are bodies of their own, not
+    // aliases: the shim types their callbacks as safe `extern "C" fn`s, the header as unsafe.
+    implemented in api::runtime: [
+        cuLaunchHostFunc_ptsz, cuStreamAddCallback_ptsz, cuLaunchHostFunc,
+        cuModuleGetLoadingMode, cuPointerGetAttribute, cuPointerGetAttributes,
+        cuStreamAddCallback, cuStreamGetCaptureInfo_v2, cuStreamGetCaptureInfo_v3,
+        cuStreamGetCtx_v2, cuStreamGetId, cuStreamIsCapturing,
         cuThreadExchangeStreamCaptureMode,
+    ];
+    implemented in api::stream: [
+        cuEventCreate, cuEventDestroy, cuEventDestroy_v2, cuEventElapsedTime,
+        cuEventElapsedTime_v2, cuEventQuery, cuEventRecord, cuEventRecordWithFlags,
+        cuEventRecordWithFlags_ptsz, cuEventRecord_ptsz, cuEventSynchronize, cuStreamCreate,
+        cuStreamCreateWithPriority, cuStreamDestroy, cuStreamDestroy_v2, cuStreamGetCtx,
+        cuStreamGetFlags, cuStreamGetPriority, cuStreamQuery, cuStreamQuery_ptsz,
+        cuStreamSynchronize, cuStreamSynchronize_ptsz, cuStreamWaitEvent,
+        cuStreamWaitEvent_ptsz,
     ];
 
     alias: [
@@ -337,13 +368,13 @@ mod tests {
         unsafe {
             let (a, b) = (
                 cuCtxPopCurrent(null_mut()),
-                crate::cuCtxPopCurrent_v2(null_mut()),
+                crate::api::context::cuCtxPopCurrent_v2(null_mut()),
             );
             assert_eq!(a, b);
             assert_ne!(a, 801);
             let (a, b) = (
                 cuMemHostRegister(null_mut(), 0, 0),
-                crate::cuMemHostRegister_v2(null_mut(), 0, 0),
+                crate::api::memory::cuMemHostRegister_v2(null_mut(), 0, 0),
             );
             assert_eq!(a, b);
             assert_ne!(a, 801);

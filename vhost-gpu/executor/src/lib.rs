@@ -6,7 +6,7 @@
 pub mod cuda;
 pub mod gpu;
 mod handles;
-pub mod image;
+pub use vgpu_cuda_image as image;
 mod ops;
 pub mod sim;
 

@@ -10,11 +10,9 @@ use vgpu_protocol::{CuResult, Opcode, calls};
 
 use super::{put, ret};
 use crate::{
-    CUdevice, CUresult,
+    CUcontext, CUdevice, CUresult,
     driver::{self, CTX_STACK, Ctx, Driver},
 };
-
-pub type CUcontext = *mut c_void;
 
 fn as_ctx(c: CUcontext) -> Option<&'static Ctx> {
     // SAFETY: every CUcontext we hand out points at a leaked `Ctx`; NULL maps to None.
@@ -86,7 +84,7 @@ fn primary_release(d: &'static Driver, reset: bool) -> Result<(), CuResult> {
     drop(refs);
     if gone {
         // Context-local storage destructors run outside the lock (they may call us).
-        super::exports::context_gone(std::ptr::from_ref(d.primary) as usize);
+        super::cls::context_gone(std::ptr::from_ref(d.primary) as usize);
     }
     Ok(())
 }
@@ -266,7 +264,7 @@ pub unsafe extern "C" fn cuCtxDestroy_v2(ctx: CUcontext) -> CUresult {
             )?
             .ok()?;
         let was_live = c.handle.swap(0, Ordering::AcqRel) != 0;
-        super::exports::context_gone(std::ptr::from_ref(c) as usize);
+        super::cls::context_gone(std::ptr::from_ref(c) as usize);
         // Drop it from this thread's stack; other threads' stacks keep a dead context, as
         // with the real driver, and their calls fail with INVALID_CONTEXT (until the record
         // is reused, as the real driver's memory would be).

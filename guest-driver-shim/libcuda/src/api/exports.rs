@@ -9,40 +9,19 @@
 //! calls them fails with a name instead of jumping to NULL.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashSet,
     ffi::{c_int, c_uchar, c_uint, c_void},
     sync::Mutex,
 };
 
 use vgpu_protocol::CuResult;
 
-use super::{context::CUcontext, put, ret};
-use crate::{CUdevice, CUresult, driver, fatbin, log_error, verbose};
-
-pub type Uuid = [u8; 16];
-
-pub(super) const fn uuid(s: &[u8; 36]) -> Uuid {
-    const fn hex(c: u8) -> u8 {
-        match c {
-            b'0'..=b'9' => c - b'0',
-            b'a'..=b'f' => c - b'a' + 10,
-            b'A'..=b'F' => c - b'A' + 10,
-            _ => panic!("bad hex digit in UUID"),
-        }
-    }
-    let mut out = [0u8; 16];
-    let (mut i, mut o) = (0, 0);
-    while i < 36 {
-        if s[i] == b'-' {
-            i += 1;
-            continue;
-        }
-        out[o] = hex(s[i]) << 4 | hex(s[i + 1]);
-        o += 1;
-        i += 2;
-    }
-    out
-}
+use super::{
+    cls::CLS_TABLE,
+    put, ret,
+    table::{Table, Uuid, f, size_of_table, uuid},
+};
+use crate::{CUcontext, CUdevice, CUresult, driver, fatbin, log_error, verbose};
 
 pub const CUDART_INTERFACE: Uuid = uuid(b"6BD5FB6C-5BF4-E74A-8987-D93912FD9DF9");
 pub const TOOLS_TLS: Uuid = uuid(b"42D85A81-23F6-CB47-8298-F6E78A3AECDC");
@@ -53,17 +32,6 @@ pub const HEAP_ACCESS: Uuid = uuid(b"195BCBF4-D67D-024A-ACC5-1D29CEA631AE");
 pub const DEVICE_EXTENDED_RT: Uuid = uuid(b"B10541E1-F7C7-C74A-9F64-F223BE99F1E2");
 pub const INTEGRITY_CHECK: Uuid = uuid(b"D4082055-BDE6-704B-8D34-BA123C66E1F2");
 pub const CONTEXT_CHECKS: Uuid = uuid(b"263E8860-7CD2-6143-92F6-BBD5006DFA7E");
-
-/// A table as the caller sees it: an array of pointer-sized slots.
-#[repr(C, align(16))]
-pub struct Table<const N: usize>(pub [*const c_void; N]);
-
-// SAFETY: the tables are immutable after construction and hold only code addresses and sizes.
-unsafe impl<const N: usize> Sync for Table<N> {}
-
-pub(super) const fn size_of_table<const N: usize>() -> *const c_void {
-    (N * size_of::<usize>()) as *const c_void
-}
 
 /// Logs the first call of an unimplemented slot and refuses it.
 fn unknown_slot(table: &'static str, slot: usize) -> CUresult {
@@ -125,12 +93,6 @@ unknown_slots! {
     devext_25 = "DEVICE_EXTENDED_RT", 25;
     integrity_2 = "INTEGRITY_CHECK", 2;
     checks_1 = "CONTEXT_CHECKS", 1;
-}
-
-macro_rules! f {
-    ($f:expr) => {
-        $f as *const c_void
-    };
 }
 
 // ---- CUDART_INTERFACE ----
@@ -291,119 +253,6 @@ pub static TOOLS_HOOKS_TABLE: Table<7> = Table([
     f!(return_zero),
     f!(return_zero),
     f!(hooks_buffer_6),
-]);
-
-// ---- CONTEXT_LOCAL_STORAGE (no size header) ----
-
-type ClsDtor = Option<extern "C" fn(CUcontext, *mut c_void, *mut c_void)>;
-
-struct ClsEntry {
-    value: usize,
-    dtor: ClsDtor,
-}
-
-/// (context address, key) -> value, for every context.
-static CLS: Mutex<Option<HashMap<(usize, usize), ClsEntry>>> = Mutex::new(None);
-
-fn cls_ctx(ctx: CUcontext) -> Result<usize, CuResult> {
-    if !ctx.is_null() {
-        return Ok(ctx as usize);
-    }
-    driver::current()
-        .map(|c| std::ptr::from_ref(c) as usize)
-        .ok_or(CuResult::INVALID_CONTEXT)
-}
-
-/// Stores `value` under `(ctx, key)`; `dtor` runs when the context goes away.
-fn cls_put(ctx: CUcontext, key: *mut c_void, value: *mut c_void, dtor: ClsDtor) -> CUresult {
-    ret(cls_ctx(ctx).map(|c| {
-        CLS.lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get_or_insert_with(HashMap::new)
-            .insert(
-                (c, key as usize),
-                ClsEntry {
-                    value: value as usize,
-                    dtor,
-                },
-            );
-    }))
-}
-
-/// Forgets `(ctx, key)` without running its destructor.
-fn cls_delete(ctx: CUcontext, key: *mut c_void) -> CUresult {
-    ret(cls_ctx(ctx).and_then(|c| {
-        CLS.lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get_or_insert_with(HashMap::new)
-            .remove(&(c, key as usize))
-            .map(|_| ())
-            .ok_or(CuResult::INVALID_HANDLE)
-    }))
-}
-
-/// The value under `(ctx, key)`; `CUDA_ERROR_INVALID_HANDLE` when there is none (the runtime
-/// relies on that to create its per-context state on first use).
-fn cls_get(out: *mut *mut c_void, ctx: CUcontext, key: *mut c_void) -> CUresult {
-    ret(cls_ctx(ctx).and_then(|c| {
-        let v = CLS
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get_or_insert_with(HashMap::new)
-            .get(&(c, key as usize))
-            .map(|e| e.value)
-            .ok_or(CuResult::INVALID_HANDLE)?;
-        // SAFETY: out-pointer from the runtime.
-        unsafe { put(out, v as *mut c_void) }
-    }))
-}
-
-/// Runs and drops every destructor registered for the context at `ctx` (called when a
-/// context is destroyed or the primary context is reset or released for the last time).
-pub(crate) fn context_gone(ctx: usize) {
-    let gone: Vec<((usize, usize), ClsEntry)> = {
-        let mut map = CLS
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let Some(map) = map.as_mut() else { return };
-        let keys: Vec<(usize, usize)> = map.keys().filter(|k| k.0 == ctx).copied().collect();
-        keys.into_iter()
-            .filter_map(|k| map.remove(&k).map(|e| (k, e)))
-            .collect()
-    };
-    // Outside the lock: destructors may call back into the table.
-    for ((c, key), e) in gone {
-        if let Some(dtor) = e.dtor {
-            dtor(c as CUcontext, key as *mut c_void, e.value as *mut c_void);
-        }
-    }
-}
-
-extern "C" fn cls_put_c(
-    ctx: CUcontext,
-    key: *mut c_void,
-    value: *mut c_void,
-    dtor: ClsDtor,
-) -> CUresult {
-    if verbose() {
-        log_error(&format!("CONTEXT_LOCAL_STORAGE put({ctx:?}, {key:?})"));
-    }
-    cls_put(ctx, key, value, dtor)
-}
-
-extern "C" fn cls_delete_c(ctx: CUcontext, key: *mut c_void) -> CUresult {
-    cls_delete(ctx, key)
-}
-
-extern "C" fn cls_get_c(out: *mut *mut c_void, ctx: CUcontext, key: *mut c_void) -> CUresult {
-    cls_get(out, ctx, key)
-}
-
-pub static CLS_TABLE: Table<4> = Table([
-    f!(cls_put_c),
-    f!(cls_delete_c),
-    f!(cls_get_c),
-    std::ptr::null(),
 ]);
 
 // ---- CTX_CREATE_BYPASS, HEAP_ACCESS ----
@@ -919,7 +768,6 @@ mod tests {
             CUDART_TABLE.0[8],
             get_module_from_cubin_ext2 as *const c_void
         );
-        assert_eq!(CLS_TABLE.0[2], cls_get_c as *const c_void);
         assert_eq!(
             uuid_string(&CUDART_INTERFACE),
             "6BD5FB6C-5BF4-E74A-8987-D93912FD9DF9"
@@ -941,50 +789,5 @@ mod tests {
         // SAFETY: NULL arguments are refused.
         let r = unsafe { cuGetExportTable(std::ptr::null_mut(), &raw const unknown) };
         assert_eq!(r, CuResult::INVALID_VALUE.0);
-    }
-
-    extern "C" fn count_dtor(_ctx: CUcontext, key: *mut c_void, value: *mut c_void) {
-        DTORS.lock().unwrap().push((key as usize, value as usize));
-    }
-    static DTORS: Mutex<Vec<(usize, usize)>> = Mutex::new(Vec::new());
-
-    #[test]
-    fn context_local_storage_put_get_delete_and_destructors() {
-        let ctx = 0x1000usize as CUcontext;
-        let key = 0x20usize as *mut c_void;
-        let key2 = 0x28usize as *mut c_void;
-        let mut v: *mut c_void = std::ptr::null_mut();
-        assert_eq!(cls_get(&raw mut v, ctx, key), CuResult::INVALID_HANDLE.0);
-        assert_eq!(
-            cls_put(ctx, key, 0x55usize as *mut c_void, Some(count_dtor)),
-            0
-        );
-        assert_eq!(
-            cls_put(ctx, key2, 0x66usize as *mut c_void, Some(count_dtor)),
-            0
-        );
-        assert_eq!(
-            cls_put(
-                0x2000usize as CUcontext,
-                key,
-                0x77usize as *mut c_void,
-                None
-            ),
-            0
-        );
-        assert_eq!(cls_get(&raw mut v, ctx, key), 0);
-        assert_eq!(v as usize, 0x55);
-        assert_eq!(cls_delete(ctx, key2), 0);
-        assert_eq!(cls_delete(ctx, key2), CuResult::INVALID_HANDLE.0);
-        context_gone(ctx as usize);
-        assert_eq!(*DTORS.lock().unwrap(), vec![(0x20, 0x55)]);
-        assert_eq!(cls_get(&raw mut v, ctx, key), CuResult::INVALID_HANDLE.0);
-        assert_eq!(cls_get(&raw mut v, 0x2000usize as CUcontext, key), 0);
-        assert_eq!(v as usize, 0x77);
-        // No current context on this thread: a NULL context is refused.
-        assert_eq!(
-            cls_get(&raw mut v, std::ptr::null_mut(), key),
-            CuResult::INVALID_CONTEXT.0
-        );
     }
 }

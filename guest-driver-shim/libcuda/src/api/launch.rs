@@ -1,16 +1,11 @@
 //! Kernel launches (fire-and-forget, packed in place into the batch: no allocation, no
 //! round trip) and occupancy queries.
 
-use std::{
-    collections::HashMap,
-    ffi::{c_int, c_uint, c_void},
-    sync::{Mutex, PoisonError},
-};
+use std::ffi::{c_int, c_uint, c_void};
 
 use vgpu_protocol::{CuResult, Opcode, calls};
-use zerocopy::{Immutable, IntoBytes};
 
-use super::{handle_of, module::as_func, put, ret};
+use super::{handle_of, module::as_func, occupancy::occupancy, put, ret};
 use crate::{CUresult, driver};
 
 const CU_LAUNCH_PARAM_END: usize = 0;
@@ -321,46 +316,6 @@ fn max_active_blocks(
         dynamic_smem: (smem as u64).into(),
     };
     occupancy(d, Opcode::OccupancyMaxActiveBlocks, &body)
-}
-
-/// Occupancy answers depend only on the function, its attributes and the query, and libraries
-/// ask again before every launch (cuBLAS: once per GEMM), so each is asked of the host once.
-/// Setting any function attribute forgets them all.
-static OCCUPANCY: Mutex<Option<OccupancyAnswers>> = Mutex::new(None);
-
-/// (opcode, query body) -> answer.
-type OccupancyAnswers = HashMap<(u16, Vec<u8>), i32>;
-
-pub(crate) fn forget_occupancy() {
-    *OCCUPANCY.lock().unwrap_or_else(PoisonError::into_inner) = None;
-}
-
-fn occupancy<T: IntoBytes + Immutable>(
-    d: &driver::Driver,
-    op: Opcode,
-    body: &T,
-) -> Result<i32, CuResult> {
-    let key = (op as u16, body.as_bytes().to_vec());
-    if let Some(v) = OCCUPANCY
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .as_ref()
-        .and_then(|m| m.get(&key))
-    {
-        return Ok(*v);
-    }
-    let v = d
-        .conn
-        .call(op, body, &[], None, None)?
-        .parse::<calls::I32Reply>()?
-        .value
-        .get();
-    OCCUPANCY
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .get_or_insert_with(HashMap::new)
-        .insert(key, v);
-    Ok(v)
 }
 
 #[unsafe(no_mangle)]

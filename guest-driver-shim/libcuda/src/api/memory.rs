@@ -1,34 +1,18 @@
 //! Device memory, pinned host memory and copies.
 //!
 //! Copies from or to memory allocated through `cuMemAllocHost`/`cuMemHostAlloc` travel as
-//! descriptors pointing at that memory: the host DMAs straight from (to) it. Copies from
-//! ordinary memory go through two staging buffers in shared memory, pipelined so that one
-//! chunk is copied by the CPU while the previous one is on its way to the GPU.
+//! descriptors pointing at that memory: the host DMAs straight from (to) it. Where the bytes
+//! travel from is the connection's choice (`conn/copy.rs`), not this module's.
 
 use std::ffi::{c_uint, c_void};
 
-use vgpu_protocol::{CuResult, DataRef, Opcode, call_flags, calls};
+use vgpu_protocol::{CuResult, Opcode, call_flags, calls};
 
 use super::{handle_of, put, ret};
 use crate::{
     CUdeviceptr, CUresult,
-    conn::{Bulk, KMOD_MAX_PIECE, STAGING_BYTES},
     driver::{self, Driver},
 };
-
-/// Largest piece of one descriptor.
-const MAX_PIECE: usize = 1 << 30;
-
-/// Call flags of a copy whose descriptors name the application's memory directly. When the
-/// transport releases that memory as the request completes (the kernel driver unpins it), an
-/// asynchronous copy must finish on its stream before the request completes.
-fn direct_flags(is_async: bool, completes_in_request: bool) -> u16 {
-    match (is_async, completes_in_request) {
-        (true, true) => call_flags::ASYNC | call_flags::WAIT_STREAM,
-        (true, false) => call_flags::ASYNC,
-        (false, _) => 0,
-    }
-}
 
 fn ctx() -> Result<(&'static Driver, u64), CuResult> {
     let ctx = driver::current_handle()?;
@@ -259,118 +243,8 @@ pub unsafe extern "C" fn cuMemHostUnregister(p: *mut c_void) -> CUresult {
 
 // ---- copies ----
 
-/// Which way a copy between host and device memory goes.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Dir {
-    HtoD,
-    DtoH,
-}
-
-impl Dir {
-    fn op(self) -> Opcode {
-        match self {
-            Dir::HtoD => Opcode::MemcpyHtoD,
-            Dir::DtoH => Opcode::MemcpyDtoH,
-        }
-    }
-}
-
-/// Appends one copy of `len` bytes between device address `dev` and the host bytes the
-/// device sees at `gpa`.
-#[allow(clippy::too_many_arguments)]
-fn append_copy(
-    g: &mut crate::conn::Inner,
-    dir: Dir,
-    flags: u16,
-    ctx: u64,
-    stream: u64,
-    dev: u64,
-    gpa: u64,
-    len: usize,
-) -> Result<(), CuResult> {
-    let bulk = Some(Bulk {
-        gpa,
-        len: len as u64,
-    });
-    let (ctx, stream, dev) = (ctx.into(), stream.into(), dev.into());
-    match dir {
-        Dir::HtoD => g.append_bulk(
-            Opcode::MemcpyHtoD,
-            flags,
-            |in_off, _| calls::MemcpyHtoD {
-                ctx,
-                stream,
-                dst: dev,
-                data: DataRef::new(in_off, len as u64),
-            },
-            bulk,
-            None,
-        ),
-        Dir::DtoH => g.append_bulk(
-            Opcode::MemcpyDtoH,
-            flags,
-            |_, out_off| calls::MemcpyDtoH {
-                ctx,
-                stream,
-                src: dev,
-                data: DataRef::new(out_off, len as u64),
-            },
-            None,
-            bulk,
-        ),
-    }
-}
-
-/// A copy whose descriptors name the host memory directly (`gpa`): pinned memory over
-/// virtio-user, any memory through the kernel driver.
-fn direct_copy(
-    g: &mut crate::conn::Inner,
-    dir: Dir,
-    ctx: u64,
-    dev: u64,
-    gpa: u64,
-    n: usize,
-    stream: Option<u64>,
-) -> Result<(), CuResult> {
-    let whole = g.copies_complete_in_request();
-    let flags = direct_flags(stream.is_some(), whole);
-    let max_piece = if whole { KMOD_MAX_PIECE } else { MAX_PIECE };
-    let mut off = 0;
-    while off < n {
-        let piece = (n - off).min(max_piece);
-        append_copy(
-            g,
-            dir,
-            flags,
-            ctx,
-            stream.unwrap_or(0),
-            dev + off as u64,
-            gpa + off as u64,
-            piece,
-        )?;
-        if whole {
-            g.send_and_wait(dir.op())?;
-        }
-        off += piece;
-    }
-    if whole {
-        Ok(())
-    } else if stream.is_some() {
-        g.kick_if_idle()
-    } else {
-        g.send_and_wait(dir.op())
-    }
-}
-
-/// Call flags of a copy staged through our buffers, which are reused as soon as it completes.
-fn staged_flags(is_async: bool) -> u16 {
-    if is_async {
-        call_flags::ASYNC | call_flags::WAIT_STREAM
-    } else {
-        0
-    }
-}
-
+/// Copies `n` bytes from host memory to the device. `src` must be readable for `n` bytes
+/// (the caller's contract with the application).
 fn htod(dst: CUdeviceptr, src: *const u8, n: usize, stream: Option<u64>) -> Result<(), CuResult> {
     let (d, ctx) = ctx()?;
     if n == 0 {
@@ -379,51 +253,8 @@ fn htod(dst: CUdeviceptr, src: *const u8, n: usize, stream: Option<u64>) -> Resu
     if src.is_null() {
         return Err(CuResult::INVALID_VALUE);
     }
-    let mut g = d.conn.lock();
-    if let Some(gpa) = g.translate(src, n) {
-        return direct_copy(&mut g, Dir::HtoD, ctx, dst, gpa, n, stream);
-    }
-    // Ordinary memory: two staging buffers, one filled while the other is in flight.
-    let flags = staged_flags(stream.is_some());
-    let mut pending: [Option<u16>; 2] = [None, None];
-    let mut result = Ok(());
-    for (i, off) in (0..n).step_by(STAGING_BYTES).enumerate() {
-        let slot = i % 2;
-        if let Some(h) = pending[slot].take() {
-            result = result.and(g.wait_staged(h, slot, Opcode::MemcpyHtoD));
-        }
-        let piece = (n - off).min(STAGING_BYTES);
-        let buf = g.staging[slot];
-        // SAFETY: `src` is readable for `n` bytes (caller's contract); the staging buffer is
-        // ours and no chain in flight uses it.
-        unsafe { std::ptr::copy_nonoverlapping(src.add(off), buf.hva, piece) };
-        let sent = append_copy(
-            &mut g,
-            Dir::HtoD,
-            flags,
-            ctx,
-            stream.unwrap_or(0),
-            dst + off as u64,
-            buf.gpa,
-            piece,
-        )
-        .and_then(|()| g.flush_staged(slot));
-        match sent {
-            Ok(h) => pending[slot] = Some(h),
-            Err(e) => {
-                // The pieces in flight still read the staging buffers: wait for them below
-                // before they can be reused.
-                result = result.and(Err(e));
-                break;
-            }
-        }
-    }
-    for (slot, h) in pending.iter().enumerate() {
-        if let Some(h) = h {
-            result = result.and(g.wait_staged(*h, slot, Opcode::MemcpyHtoD));
-        }
-    }
-    result
+    // SAFETY: `src` is readable for `n` bytes, as the driver API requires of its callers.
+    unsafe { d.conn.copy_htod(ctx, dst, src, n, stream) }
 }
 
 fn dtoh(dst: *mut u8, src: CUdeviceptr, n: usize, stream: Option<u64>) -> Result<(), CuResult> {
@@ -452,55 +283,8 @@ fn dtoh_copy(
     if dst.is_null() {
         return Err(CuResult::INVALID_VALUE);
     }
-    let mut g = d.conn.lock();
-    if let Some(gpa) = g.translate(dst, n) {
-        return direct_copy(&mut g, Dir::DtoH, ctx, src, gpa, n, stream);
-    }
-    let flags = staged_flags(stream.is_some());
-    let chunks: Vec<usize> = (0..n).step_by(STAGING_BYTES).collect();
-    let mut pending: [Option<(u16, usize)>; 2] = [None, None];
-    let mut result = Ok(());
-    let drain = |g: &mut crate::conn::Inner,
-                 slot: usize,
-                 pending: &mut [Option<(u16, usize)>; 2]|
-     -> Result<(), CuResult> {
-        if let Some((h, off)) = pending[slot].take() {
-            g.wait_staged(h, slot, Opcode::MemcpyDtoH)?;
-            let piece = (n - off).min(STAGING_BYTES);
-            // SAFETY: `dst` is writable for `n` bytes; the staging buffer was filled by the
-            // completed chain.
-            unsafe { std::ptr::copy_nonoverlapping(g.staging[slot].hva, dst.add(off), piece) };
-        }
-        Ok(())
-    };
-    for (i, &off) in chunks.iter().enumerate() {
-        let slot = i % 2;
-        result = result.and(drain(&mut g, slot, &mut pending));
-        let piece = (n - off).min(STAGING_BYTES);
-        let buf = g.staging[slot];
-        let sent = append_copy(
-            &mut g,
-            Dir::DtoH,
-            flags,
-            ctx,
-            stream.unwrap_or(0),
-            src + off as u64,
-            buf.gpa,
-            piece,
-        )
-        .and_then(|()| g.flush_staged(slot));
-        match sent {
-            Ok(h) => pending[slot] = Some((h, off)),
-            Err(e) => {
-                // The pieces in flight still write the staging buffers: wait for them below.
-                result = result.and(Err(e));
-                break;
-            }
-        }
-    }
-    let first = chunks.len() % 2;
-    result = result.and(drain(&mut g, first, &mut pending));
-    result.and(drain(&mut g, 1 - first, &mut pending))
+    // SAFETY: `dst` is writable for `n` bytes, as the driver API requires of its callers.
+    unsafe { d.conn.copy_dtoh(ctx, dst, src, n, stream) }
 }
 
 fn dtod(dst: CUdeviceptr, src: CUdeviceptr, n: usize, stream: Option<u64>) -> Result<(), CuResult> {

@@ -1,32 +1,24 @@
 //! The exported driver API, one module per area. Every function checks its pointers, returns
 //! a `CUresult`, and never unwinds into C.
 
-mod context;
-mod device;
-mod exports;
+pub(crate) mod cls;
+pub(crate) mod context;
+pub(crate) mod device;
+pub(crate) mod exports;
 pub(crate) mod forward;
-mod graph;
-mod handles;
-mod launch;
-mod memory;
-mod misc;
-mod module;
-mod pool;
-mod runtime;
-mod stream;
-mod tools_context;
+pub(crate) mod graph;
+pub(crate) mod handles;
+pub(crate) mod launch;
+pub(crate) mod memory;
+pub(crate) mod misc;
+pub(crate) mod module;
+pub(crate) mod occupancy;
+pub(crate) mod pool;
+pub(crate) mod runtime;
+pub(crate) mod stream;
+pub(crate) mod table;
+pub(crate) mod tools_context;
 
-pub use context::*;
-pub use device::*;
-pub use exports::*;
-pub use graph::*;
-pub use launch::*;
-pub use memory::*;
-pub use misc::*;
-pub use module::*;
-pub use pool::*;
-pub use runtime::*;
-pub use stream::*;
 use vgpu_protocol::CuResult;
 
 use crate::CUresult;

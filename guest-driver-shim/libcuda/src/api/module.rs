@@ -16,7 +16,7 @@ use vgpu_protocol::{CuResult, DataRef, Opcode, calls};
 use zerocopy::FromBytes;
 
 use super::{put, ret};
-use crate::{CUdeviceptr, CUresult, conn::Bulk, driver};
+use crate::{CUdeviceptr, CUresult, driver, fatbin};
 
 /// A kernel as the application holds it (`CUfunction` and `CUkernel` point at one).
 pub struct Func {
@@ -99,88 +99,32 @@ pub fn registry_sizes() -> [usize; 4] {
     ]
 }
 
-const FATBIN_WRAPPER_MAGIC: u32 = 0x4662_43B1;
-
-/// Length of an image in memory, found from its own headers.
+/// Length of an image in memory, found from its own headers (`fatbin.rs`).
 ///
 /// # Safety
-/// `image` must point at a cubin, fatbin, fatbin wrapper or NUL-terminated PTX.
+/// `image` must be NULL or point at a cubin, fatbin, fatbin wrapper or NUL-terminated PTX.
 unsafe fn image_bytes<'a>(image: *const c_void) -> Result<&'a [u8], CuResult> {
-    if image.is_null() {
-        return Err(CuResult::INVALID_VALUE);
-    }
-    let p = image.cast::<u8>();
-    // SAFETY: every format starts with at least 16 readable bytes.
-    let head = unsafe { std::slice::from_raw_parts(p, 16) };
-    let u32_at = |b: &[u8], o: usize| u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]);
-    if u32_at(head, 0) == FATBIN_WRAPPER_MAGIC {
-        // __fatBinC_Wrapper_t { int magic; int version; const void *data; void *filename_or_fatbins; }
-        // SAFETY: the wrapper holds a pointer to the fatbin at offset 8.
-        let data = unsafe { p.add(8).cast::<*const c_void>().read_unaligned() };
-        // SAFETY: same contract for the wrapped image.
-        return unsafe { image_bytes(data) };
-    }
-    if head.starts_with(b"\x7fELF") {
-        // SAFETY: an ELF64 header is 64 bytes.
-        let h = unsafe { std::slice::from_raw_parts(p, 64) };
-        let shoff = u64::from_le_bytes(h[0x28..0x30].try_into().unwrap_or_default()) as usize;
-        let shentsize = usize::from(u16::from_le_bytes([h[0x3a], h[0x3b]]));
-        let shnum = usize::from(u16::from_le_bytes([h[0x3c], h[0x3d]]));
-        let phoff = u64::from_le_bytes(h[0x20..0x28].try_into().unwrap_or_default()) as usize;
-        let phentsize = usize::from(u16::from_le_bytes([h[0x36], h[0x37]]));
-        let phnum = usize::from(u16::from_le_bytes([h[0x38], h[0x39]]));
-        let mut end = (shoff + shentsize * shnum).max(phoff + phentsize * phnum);
-        // Section contents may lie after the section table.
-        for i in 0..shnum {
-            // SAFETY: section headers lie inside the image.
-            let sh = unsafe { std::slice::from_raw_parts(p.add(shoff + i * shentsize), 64) };
-            let ty = u32_at(sh, 4);
-            let off = u64::from_le_bytes(sh[0x18..0x20].try_into().unwrap_or_default()) as usize;
-            let size = u64::from_le_bytes(sh[0x20..0x28].try_into().unwrap_or_default()) as usize;
-            if ty != 8 {
-                end = end.max(off + size);
-            }
+    // SAFETY: the caller's contract.
+    unsafe { fatbin::image_bytes(image) }.map_err(|e| match e {
+        fatbin::ImageBoundsError::Null => CuResult::INVALID_VALUE,
+        e => {
+            crate::log_error(&format!(
+                "module image refused: {}",
+                vgpu_protocol::error_chain(&e)
+            ));
+            CuResult::INVALID_IMAGE
         }
-        // SAFETY: the image spans `end` bytes by its own headers.
-        return Ok(unsafe { std::slice::from_raw_parts(p, end) });
-    }
-    if u32_at(head, 0) == 0xBA55_ED50 {
-        let header = usize::from(u16::from_le_bytes([head[6], head[7]]));
-        let files = u64::from_le_bytes(head[8..16].try_into().unwrap_or_default()) as usize;
-        // SAFETY: a fatbin spans its header plus `files` bytes.
-        return Ok(unsafe { std::slice::from_raw_parts(p, header + files) });
-    }
-    // PTX text: up to and including the NUL.
-    // SAFETY: NUL-terminated per the API contract.
-    let len = unsafe { std::ffi::CStr::from_ptr(p.cast::<c_char>()) }
-        .to_bytes_with_nul()
-        .len();
-    // SAFETY: as above.
-    Ok(unsafe { std::slice::from_raw_parts(p, len) })
+    })
 }
 
 /// Ships an image to the host and builds the module from the reply; returns its token.
 pub(crate) fn load(image: &[u8], ctx: u64) -> Result<u64, CuResult> {
     let d = driver::driver()?;
-    let staging = d.conn.alloc_shared(image.len())?;
-    // SAFETY: the shared buffer has room for the image and is ours until freed below.
-    unsafe { std::ptr::copy_nonoverlapping(image.as_ptr(), staging.hva, image.len()) };
     let body = calls::ModuleLoad {
         ctx: ctx.into(),
         image: DataRef::new(0, image.len() as u64),
     };
-    d.conn.flush()?;
-    let reply = d.conn.call(
-        Opcode::ModuleLoad,
-        &body,
-        &[],
-        Some(Bulk {
-            gpa: staging.gpa,
-            len: image.len() as u64,
-        }),
-        None,
-    );
-    d.conn.free_shared(staging);
+    let reply = d.conn.call_with_data(Opcode::ModuleLoad, &body, image);
     let reply = reply?;
     reply.ok()?;
     let (fixed, mut rest) =
@@ -311,7 +255,7 @@ fn forget_module(d: &driver::Driver, token: u64) -> Result<Arc<Module>, CuResult
     };
     // Launches racing with the unload hold their own reference to a function; its host
     // handle is dead and fails cleanly there.
-    super::launch::forget_occupancy();
+    super::occupancy::forget_occupancy();
     let globals = std::mem::take(
         &mut *module
             .globals
@@ -498,7 +442,7 @@ fn func_attribute(
     let f = as_func(f)?;
     let r = func_attribute_of(&f, op, attribute, value)?;
     if op == Opcode::FuncSetAttribute {
-        super::launch::forget_occupancy();
+        super::occupancy::forget_occupancy();
     }
     if op == Opcode::FuncSetAttribute && attribute == ATTR_MAX_DYNAMIC_SHARED {
         f.max_dynamic_smem

@@ -9,8 +9,8 @@ use std::{
 
 use vgpu_protocol::CuResult;
 
-use super::{context::CUcontext, handle_of, put, ret};
-use crate::{CUdeviceptr, CUresult, driver};
+use super::{handle_of, put, ret};
+use crate::{CUcontext, CUdeviceptr, CUresult, driver};
 
 type CUstream = *mut c_void;
 

@@ -17,7 +17,7 @@ use std::{
 
 use vgpu_protocol::CuResult;
 
-use super::exports::{Table, Uuid, size_of_table, uuid};
+use super::table::{Table, Uuid, size_of_table, uuid};
 use crate::{CUresult, log_error, verbose};
 
 pub const TOOLS_CONTEXT: Uuid = uuid(b"21318C60-9714-3248-8CA6-41FF7324C8F2");

@@ -1,8 +1,21 @@
-//! Just enough of NVIDIA's module formats to list a module's kernels and their parameter
-//! layouts, and its global variables, without a driver: cubin (ELF), fatbin containers and PTX
-//! text. The simulator uses it; the CUDA backend asks the driver instead.
+//! The one parser of NVIDIA's module images in the project: cubin (ELF), fatbin containers
+//! ([`fatbin`]) and PTX text. The shim uses it to bound and check images in its process's
+//! memory before it ships them; the executor's simulator to list a module's kernels with
+//! their parameter layouts, and its global variables, without a driver (the CUDA backend
+//! asks the driver instead).
+//!
+//! Images reach the executor from guests, so nothing here trusts a length: malformed input
+//! is refused with an error, never a panic or a read past the bytes given (the `image` fuzz
+//! target checks it). No `unsafe`: callers that hold only a pointer read the headers first
+//! and pass the bytes they found.
+
+#![forbid(unsafe_code)]
 
 use thiserror::Error;
+
+pub mod fatbin;
+
+pub use fatbin::FatbinError;
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum ImageError {
@@ -12,6 +25,8 @@ pub enum ImageError {
     BadElf(&'static str),
     #[error("Malformed fatbin: {0}")]
     BadFatbin(&'static str),
+    #[error("Malformed fatbin")]
+    Fatbin(#[from] FatbinError),
     #[error("Fatbin entry is compressed; the simulator does not decompress")]
     Compressed,
     #[error("Malformed PTX: {0}")]
@@ -41,14 +56,13 @@ pub struct ModuleInfo {
     pub globals: Vec<GlobalVar>,
 }
 
-const ELF_MAGIC: &[u8; 4] = b"\x7fELF";
-const FATBIN_MAGIC: u32 = 0xBA55_ED50;
-const FATBIN_WRAPPER_MAGIC: u32 = 0x4662_43B1;
+/// The first bytes of a cubin.
+pub const ELF_MAGIC: &[u8; 4] = b"\x7fELF";
+/// Bytes of an ELF64 header.
+pub const ELF_HEADER_LEN: usize = 64;
+use fatbin::{FATBIN_MAGIC, WRAPPER_MAGIC as FATBIN_WRAPPER_MAGIC};
 const EIATTR_KPARAM_INFO: u8 = 0x17;
 const EIFMT_SVAL: u8 = 0x04;
-const FATBIN_KIND_PTX: u16 = 1;
-const FATBIN_KIND_ELF: u16 = 2;
-const FATBIN_COMPRESSED: u64 = 0x2000 | 0x8000;
 const SHT_SYMTAB: u32 = 2;
 const SHT_NOBITS: u32 = 8;
 const STT_OBJECT: u8 = 1;
@@ -86,77 +100,103 @@ fn looks_like_ptx(image: &[u8]) -> bool {
     text.contains(".version") || text.contains(".entry")
 }
 
-fn read_u16(b: &[u8], off: usize) -> Option<u16> {
+pub(crate) fn read_u16(b: &[u8], off: usize) -> Option<u16> {
     Some(u16::from_le_bytes(
         b.get(off..off.checked_add(2)?)?.try_into().ok()?,
     ))
 }
 
-fn read_u32(b: &[u8], off: usize) -> Option<u32> {
+pub(crate) fn read_u32(b: &[u8], off: usize) -> Option<u32> {
     Some(u32::from_le_bytes(
         b.get(off..off.checked_add(4)?)?.try_into().ok()?,
     ))
 }
 
-fn read_u64(b: &[u8], off: usize) -> Option<u64> {
+pub(crate) fn read_u64(b: &[u8], off: usize) -> Option<u64> {
     Some(u64::from_le_bytes(
         b.get(off..off.checked_add(8)?)?.try_into().ok()?,
     ))
 }
 
-/// Size of a fatbin container (header plus entries), if `image` starts with one.
+/// Size of a fatbin container (header plus entries), if `image` starts with a valid header.
 pub fn fatbin_len(image: &[u8]) -> Option<usize> {
-    if read_u32(image, 0)? != FATBIN_MAGIC {
-        return None;
-    }
-    let header_size = usize::from(read_u16(image, 6)?);
-    let files_size = usize::try_from(read_u64(image, 8)?).ok()?;
-    header_size.checked_add(files_size)
+    fatbin::container_len(image).ok()
 }
 
 fn fatbin_module(image: &[u8]) -> Result<ModuleInfo, ImageError> {
-    let bad = ImageError::BadFatbin;
-    let total = fatbin_len(image).ok_or(bad("header"))?;
-    if total > image.len() {
-        return Err(bad("container runs past the image"));
-    }
-    let mut off = usize::from(read_u16(image, 6).ok_or(bad("header"))?);
+    let (_, entries) = fatbin::parse(image)?;
     let mut ptx = None;
     let mut compressed = false;
-    while off < total {
-        let kind = read_u16(image, off).ok_or(bad("entry header"))?;
-        let header_size = read_u32(image, off + 4).ok_or(bad("entry header"))? as usize;
-        // Entry header: kind u16, version u16, header size u32, padded payload size u64,
-        // compressed size u32 (+pad), ..., flags u64 at 40, uncompressed size u64 at 56.
-        let padded = read_u64(image, off + 8).ok_or(bad("entry header"))? as usize;
-        let flags = read_u64(image, off + 40).ok_or(bad("entry header"))?;
-        let payload = if flags & FATBIN_COMPRESSED != 0 {
-            read_u32(image, off + 16).ok_or(bad("entry header"))? as usize
-        } else {
-            padded
-        };
-        let start = off.checked_add(header_size).ok_or(bad("entry size"))?;
-        let end = start.checked_add(payload).ok_or(bad("entry size"))?;
-        if header_size == 0 || end > image.len() {
-            return Err(bad("entry runs past the container"));
-        }
-        let data = &image[start..end];
-        if flags & FATBIN_COMPRESSED != 0 {
+    for e in &entries {
+        let data = &image[e.payload_offset..][..e.payload_len];
+        if e.compression != fatbin::Compression::None {
             compressed = true;
-        } else if kind == FATBIN_KIND_ELF {
+        } else if e.kind == fatbin::Kind::Elf {
             return cubin_module(data);
-        } else if kind == FATBIN_KIND_PTX && ptx.is_none() {
+        } else if e.kind == fatbin::Kind::Ptx && ptx.is_none() {
             ptx = Some(data);
         }
-        off = start
-            .checked_add(padded.max(payload))
-            .ok_or(bad("entry size"))?;
     }
     match ptx {
         Some(p) => ptx_module(p),
         None if compressed => Err(ImageError::Compressed),
-        None => Err(bad("no ELF or PTX entry")),
+        None => Err(ImageError::BadFatbin("no ELF or PTX entry")),
     }
+}
+
+/// Where an ELF64 image's section header table lies, as (offset, length), from its first
+/// [`ELF_HEADER_LEN`] bytes.
+pub fn elf_section_table(header: &[u8]) -> Result<(usize, usize), ImageError> {
+    let bad = ImageError::BadElf;
+    if !header.starts_with(ELF_MAGIC) {
+        return Err(bad("no ELF magic"));
+    }
+    if header.get(4) != Some(&2) || header.get(5) != Some(&1) {
+        return Err(bad("not a little-endian ELF64"));
+    }
+    let shoff = usize::try_from(read_u64(header, 0x28).ok_or(bad("header"))?)
+        .map_err(|_| bad("section table"))?;
+    let shentsize = usize::from(read_u16(header, 0x3a).ok_or(bad("header"))?);
+    let shnum = usize::from(read_u16(header, 0x3c).ok_or(bad("header"))?);
+    if shnum > 0 && shentsize < 64 {
+        return Err(bad("section table"));
+    }
+    let len = shentsize * shnum;
+    shoff.checked_add(len).ok_or(bad("section table"))?;
+    Ok((shoff, len))
+}
+
+/// The length of an ELF64 image: the furthest end of its section table, program header
+/// table and section contents. `header` is its first [`ELF_HEADER_LEN`] bytes, `sections`
+/// its section header table (where [`elf_section_table`] says it lies).
+pub fn elf_len(header: &[u8], sections: &[u8]) -> Result<usize, ImageError> {
+    let bad = ImageError::BadElf;
+    let (shoff, shlen) = elf_section_table(header)?;
+    if sections.len() < shlen {
+        return Err(bad("section table truncated"));
+    }
+    let shentsize = usize::from(read_u16(header, 0x3a).ok_or(bad("header"))?);
+    let phoff = read_u64(header, 0x20).ok_or(bad("header"))?;
+    let phentsize = u64::from(read_u16(header, 0x36).ok_or(bad("header"))?);
+    let phnum = u64::from(read_u16(header, 0x38).ok_or(bad("header"))?);
+    let too_large = || bad("image larger than the address space");
+    let mut end = phoff
+        .checked_add(phentsize * phnum)
+        .ok_or_else(too_large)?
+        .max((shoff + shlen) as u64)
+        .max(ELF_HEADER_LEN as u64);
+    if shentsize > 0 {
+        for sh in sections[..shlen].chunks_exact(shentsize) {
+            let ty = read_u32(sh, 4).ok_or(bad("section header"))?;
+            let off = read_u64(sh, 0x18).ok_or(bad("section header"))?;
+            let size = read_u64(sh, 0x20).ok_or(bad("section header"))?;
+            // SHT_NOBITS occupies no file bytes.
+            if ty != SHT_NOBITS {
+                end = end.max(off.checked_add(size).ok_or_else(too_large)?);
+            }
+        }
+    }
+    usize::try_from(end).map_err(|_| too_large())
 }
 
 struct Section<'a> {
@@ -344,17 +384,21 @@ fn ptx_kernels(text: &str) -> Result<Vec<KernelLayout>, ImageError> {
         let name = rest[..name_end].trim().to_string();
         let mut params = Vec::new();
         if open.is_some_and(|o| Some(o) == Some(name_end)) {
-            let close = rest
+            let list = &rest[name_end + 1..];
+            let close = list
                 .find(')')
                 .ok_or(ImageError::BadPtx("unclosed parameter list"))?;
+            let too_large = || ImageError::BadPtx("parameters too large");
             let mut offset = 0u32;
-            for decl in rest[name_end + 1..close].split(',') {
+            for decl in list[..close].split(',') {
                 let Some((align, size)) = ptx_param(decl) else {
                     continue;
                 };
-                offset = offset.div_ceil(align) * align;
+                offset = offset
+                    .checked_next_multiple_of(align)
+                    .ok_or_else(too_large)?;
                 params.push((offset, size));
-                offset += size;
+                offset = offset.checked_add(size).ok_or_else(too_large)?;
             }
         }
         kernels.push(KernelLayout { name, params });
@@ -402,7 +446,7 @@ fn ptx_param(decl: &str) -> Option<(u32, u32)> {
         (Some(a), Some(b)) if b > a => name[a + 1..b].parse::<u32>().ok()?,
         _ => 1,
     };
-    Some((align.unwrap_or(elem).max(1), elem * count))
+    Some((align.unwrap_or(elem).max(1), elem.checked_mul(count)?))
 }
 
 /// Size in bytes of a PTX fundamental type (without its dot).
@@ -652,6 +696,17 @@ mod tests {
         assert!(k[2].params.is_empty());
     }
 
+    /// Found by the `image` fuzz target: a `)` before the entry's `(` sliced backwards, and
+    /// parameter sizes past `u32` overflowed.
+    #[test]
+    fn ptx_parameter_lists_that_lie_are_refused() {
+        assert!(kernels(b".entry k ) x ( .param .u32 a").is_err());
+        let huge = b".entry k(.param .b8 a[4294967295], .param .b8 b[4294967295]) { }";
+        assert!(kernels(huge).is_err());
+        let wide = b".entry k(.param .u64 a[4294967295]) { }";
+        assert_eq!(kernels(wide).unwrap()[0].params, vec![]);
+    }
+
     #[test]
     fn garbage_is_refused_without_panicking() {
         assert_eq!(kernels(b""), Err(ImageError::UnknownFormat));
@@ -875,29 +930,34 @@ mod tests {
 }
 
 /// The fatbin containers a host executable embeds (its `.nv_fatbin` section).
-#[cfg(test)]
-pub(crate) fn embedded_fatbins(host: &[u8]) -> Vec<&[u8]> {
-    let sections = elf_sections(host).expect("host ELF");
+pub fn embedded_fatbins(host: &[u8]) -> Result<Vec<&[u8]>, ImageError> {
+    let sections = elf_sections(host)?;
     let section = sections
         .iter()
         .find(|s| s.name == b".nv_fatbin")
-        .expect(".nv_fatbin section");
+        .ok_or(ImageError::BadElf("no .nv_fatbin section"))?;
     let mut out = Vec::new();
     let mut rest = section.data;
-    while let Some(len) = fatbin_len(rest) {
+    while let Some(len) = fatbin_len(rest).filter(|&l| l <= rest.len()) {
         out.push(&rest[..len]);
         rest = &rest[len.next_multiple_of(8).min(rest.len())..];
     }
-    out
+    Ok(out)
 }
 
 /// The module of `tests/runtime/rt_constant.cu` (`__constant__ int ctable[256]; __constant__
 /// float coef[4]; __device__ int gdata[1024]; __device__ unsigned long long gcounter;` and one
-/// kernel) as nvcc 13.0 embeds it for sm_90 in the checked-in program.
-#[cfg(test)]
-pub(crate) fn rt_constant_fatbin() -> Vec<u8> {
-    let host = fixture_tests::fixture("runtime/rt_constant_shared");
+/// kernel) as nvcc 13.0 embeds it for sm_90 in the checked-in program (for tests: feature
+/// `fixtures`).
+#[cfg(any(test, feature = "fixtures"))]
+pub fn rt_constant_fatbin() -> Vec<u8> {
+    let host = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../tests/fixtures/runtime/rt_constant_shared"
+    ))
+    .expect("the rt_constant fixture");
     embedded_fatbins(&host)
+        .expect("host ELF with a .nv_fatbin section")
         .into_iter()
         .find(|f| kernels(f).is_ok_and(|k| !k.is_empty()))
         .expect("a fatbin with the program's kernel")
@@ -910,7 +970,7 @@ mod fixture_tests {
 
     pub(crate) fn fixture(name: &str) -> Vec<u8> {
         std::fs::read(format!(
-            "{}/../../tests/fixtures/{name}",
+            "{}/../tests/fixtures/{name}",
             env!("CARGO_MANIFEST_DIR")
         ))
         .unwrap()
@@ -983,6 +1043,81 @@ mod fixture_tests {
                 ("gdata", 4096, 0),
             ]
         );
+    }
+
+    /// Every prefix of every fixture, and each with one length field made to lie, is
+    /// refused or parsed, never a panic.
+    #[test]
+    fn malformed_images_are_refused_without_panicking() {
+        for name in [
+            "kernels.cubin",
+            "kernels.fatbin",
+            "kernels_compressed.fatbin",
+        ] {
+            let image = fixture(name);
+            for cut in (0..image.len()).step_by(7) {
+                let _ = module_info(&image[..cut]);
+                let _ = fatbin::parse(&image[..cut]);
+            }
+            for at in (0..image.len().min(4096)).step_by(4) {
+                let mut bad = image.clone();
+                bad[at..at + 4].copy_from_slice(&u32::MAX.to_le_bytes());
+                let _ = module_info(&bad);
+                if let Ok((off, len)) = elf_section_table(&bad)
+                    && let Some(table) = bad.get(off..off.saturating_add(len))
+                {
+                    let _ = elf_len(&bad, table);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn fatbin_lengths_that_lie_are_refused() {
+        let image = fixture("kernels_compressed.fatbin");
+        // The container claims more bytes than there are.
+        assert!(matches!(
+            module_info(&image[..image.len() - 1]),
+            Err(ImageError::Fatbin(FatbinError::Truncated(_)))
+        ));
+        // The compressed entry's stored size (u32 at entry offset 16) runs past the container.
+        let mut lie = image.clone();
+        lie[16 + 16..16 + 20].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(matches!(
+            module_info(&lie),
+            Err(ImageError::Fatbin(FatbinError::Entry(16, _)))
+        ));
+        // An entry header smaller than its fixed fields.
+        let mut small = image.clone();
+        small[16 + 4..16 + 8].copy_from_slice(&8u32.to_le_bytes());
+        assert!(matches!(
+            module_info(&small),
+            Err(ImageError::Fatbin(FatbinError::Entry(
+                16,
+                "header too small"
+            )))
+        ));
+        // A truncated container header.
+        assert!(matches!(
+            module_info(&image[..12]),
+            Err(ImageError::Fatbin(FatbinError::Truncated("header")))
+        ));
+    }
+
+    #[test]
+    fn elf_length_comes_from_its_headers() {
+        let cubin = fixture("kernels.cubin");
+        let (off, len) = elf_section_table(&cubin).unwrap();
+        assert_eq!(elf_len(&cubin, &cubin[off..off + len]), Ok(cubin.len()));
+        // A section whose contents end past the address space is refused.
+        let mut bad = cubin.clone();
+        let first = off + 64; // section 1's header
+        bad[first + 0x18..first + 0x20].copy_from_slice(&u64::MAX.to_le_bytes());
+        assert!(elf_len(&bad, &bad[off..off + len]).is_err());
+        // The table must be all there.
+        assert!(elf_len(&cubin, &cubin[off..off + len - 1]).is_err());
+        assert!(elf_section_table(b"\x7fELF\x01\x01").is_err());
+        assert!(elf_section_table(&cubin[..0x30]).is_err());
     }
 
     #[test]

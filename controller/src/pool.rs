@@ -8,7 +8,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use vgpu_agent::wire::{
+use vgpu_pool_wire::{
     Assignment, EnrollResponse, HeartbeatRequest, HeartbeatResponse, RegisterRequest,
     RegisterResponse, WorkerState,
 };

@@ -118,7 +118,7 @@ mod tests {
     use crate::model::{AllocationRequest, GpuInfo, Policy, Quota, SliceSpec};
     use crate::pool::{Pool, PoolConfig};
     use crate::store::SqliteStore;
-    use vgpu_agent::wire::RegisterRequest;
+    use vgpu_pool_wire::RegisterRequest;
 
     /// A pool with two hosts, a project with a quota and token, and two allocations.
     fn populated(path: &std::path::Path) {

@@ -48,14 +48,14 @@ fn controller_bins() -> std::path::PathBuf {
     built();
     let dir = bin_dir();
     let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    cmd.args(["build", "-q", "-p", "vgpu-controller"])
+    cmd.args(["build", "-q", "-p", "vgpu-controller", "-p", "vgpu-agent"])
         .current_dir(repo());
     if dir.ends_with("release") {
         cmd.arg("--release");
     }
     assert!(
         cmd.status().expect("cargo build").success(),
-        "building the controller failed"
+        "building the controller and the agent failed"
     );
     dir
 }
@@ -110,6 +110,7 @@ fn start_pool(name: &str) -> Pool {
     let serve_port = free_port();
     let url = format!("http://127.0.0.1:{ctl_port}");
     let ctl = bins.join("vgpu-controller");
+    let agent_bin = bins.join("vgpu-agent");
     let state = |n: &str| dir.join(n).display().to_string();
     let mut procs = Procs(
         Vec::new(),
@@ -135,8 +136,7 @@ fn start_pool(name: &str) -> Pool {
     ));
     let agent = |name: &str, gpus: &str, port: u16| {
         vec![
-            "agent".to_string(),
-            "--controller".into(),
+            "--controller".to_string(),
             url.clone(),
             "--token".into(),
             "agent".into(),
@@ -155,7 +155,9 @@ fn start_pool(name: &str) -> Pool {
     for (name, gpus, port) in [("h1", "0", 0), ("h2", "1", serve_port)] {
         let a = agent(name, gpus, port);
         let a: Vec<&str> = a.iter().map(String::as_str).collect();
-        procs.0.push(spawn(&dir, &format!("{name}.log"), &ctl, &a));
+        procs
+            .0
+            .push(spawn(&dir, &format!("{name}.log"), &agent_bin, &a));
     }
     wait_until("both hosts registered", Duration::from_secs(30), || {
         Command::new(bins.join("vgpuctl"))

@@ -311,7 +311,7 @@ fn print_allocations(v: &Value) {
 }
 
 fn run(cli: Cli) -> Result<(), String> {
-    let agent = vgpu_agent::http_client(cli.ca_cert.as_deref(), Duration::from_secs(30))
+    let agent = vgpu_pool_wire::http_client(cli.ca_cert.as_deref(), Duration::from_secs(30))
         .map_err(|e| format!("{e:#}"))?;
     let api = Api {
         url: cli.url.clone(),

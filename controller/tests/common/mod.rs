@@ -1,5 +1,5 @@
-//! Harness: a real controller process and real agent processes (the `vgpu-controller agent`
-//! subcommand, same code as the `vgpu-agent` binary) with simulated GPUs, on loopback with
+//! Harness: a real controller process and real agent processes (the `vgpu-agent` binary,
+//! built by the harness) with simulated GPUs, on loopback with
 //! random ports, each test in its own temporary state directory.
 //!
 //! Workers: the real `vhost-gpu` daemon is not used here. The agents run a stand-in worker,
@@ -213,7 +213,6 @@ impl Agent {
     ) -> Self {
         let state = dir.join(format!("agent-{name}"));
         let mut args: Vec<String> = vec![
-            "agent".into(),
             "--controller".into(),
             url.into(),
             "--token".into(),
@@ -257,7 +256,6 @@ impl Agent {
     pub fn start_daemon(dir: &Path, url: &str, name: &str, gpus: u32) -> Self {
         let state = dir.join(format!("agent-{name}"));
         let args: Vec<String> = vec![
-            "agent".into(),
             "--controller".into(),
             url.into(),
             "--token".into(),
@@ -292,7 +290,7 @@ impl Agent {
     }
 
     pub fn spawn(&mut self) {
-        let child = Command::new(BIN)
+        let child = Command::new(agent_bin())
             .args(&self.args)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
@@ -355,18 +353,28 @@ impl Drop for Agent {
 /// The `vhost-gpu` daemon next to the controller binary (built first if it is not there).
 pub fn daemon_bin() -> PathBuf {
     static BUILT: std::sync::Once = std::sync::Once::new();
-    let bin = Path::new(BIN).parent().unwrap().join("vhost-gpu");
-    BUILT.call_once(|| {
-        if !bin.is_file() {
-            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-            let mut cmd = Command::new(cargo);
-            cmd.args(["build", "-q", "-p", "vhost-gpu"])
-                .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
-            if Path::new(BIN).parent().unwrap().ends_with("release") {
-                cmd.arg("--release");
-            }
-            assert!(cmd.status().unwrap().success(), "building vhost-gpu failed");
+    workspace_bin(&BUILT, "vhost-gpu")
+}
+
+/// The host agent, `vgpu-agent` (its own package: the controller does not link it).
+pub fn agent_bin() -> PathBuf {
+    static BUILT: std::sync::Once = std::sync::Once::new();
+    workspace_bin(&BUILT, "vgpu-agent")
+}
+
+/// Binary `name` of the workspace package of the same name, next to the controller's, built
+/// once per test process (cargo builds only this package's binaries for its tests).
+fn workspace_bin(built: &std::sync::Once, name: &str) -> PathBuf {
+    let bin = Path::new(BIN).parent().unwrap().join(name);
+    built.call_once(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.args(["build", "-q", "-p", name])
+            .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
+        if Path::new(BIN).parent().unwrap().ends_with("release") {
+            cmd.arg("--release");
         }
+        assert!(cmd.status().unwrap().success(), "building {name} failed");
     });
     bin
 }

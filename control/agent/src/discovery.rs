@@ -4,7 +4,7 @@ use std::ffi::CStr;
 
 use cudarc::driver::sys;
 
-use crate::wire::GpuInfo;
+use vgpu_pool_wire::GpuInfo;
 
 /// SMs of the simulated H200-like GPU.
 pub const SIM_SM_COUNT: u32 = 132;

@@ -7,8 +7,8 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::wire::{Assignment, GpuInfo};
 use crate::workers::Workers;
+use vgpu_pool_wire::{Assignment, GpuInfo};
 
 /// What the agent exports.
 #[derive(Debug)]

@@ -1,6 +1,13 @@
-//! JSON messages between the host agent and the pool controller.
-//!
-//! The controller depends on this module too, so both sides share one definition.
+//! What the host agent and the pool controller exchange: the JSON messages of registration,
+//! enrolment, heartbeats and worker assignments (one definition for both sides), the HTTP
+//! client both use to call the controller's API, and the private files (credentials, tokens)
+//! both write. No GPU code: the controller links this crate, not the agent.
+
+mod client;
+mod files;
+
+pub use client::{ClientSetupError, http_client};
+pub use files::{create_private, create_private_dir, write_private};
 
 use std::collections::BTreeMap;
 

@@ -67,10 +67,11 @@ impl From<PoolError> for ApiError {
             PoolError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             PoolError::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "store_error"),
         };
+        let message = vgpu_protocol::error_chain(&e);
         if status.is_server_error() {
-            log::error!("{e}");
+            log::error!("{message}");
         }
-        ApiError::new(status, code, e.to_string())
+        ApiError::new(status, code, message)
     }
 }
 
@@ -506,7 +507,7 @@ pub fn spawn_reclaimer(pool: Arc<Pool>) -> tokio::task::JoinHandle<()> {
         loop {
             t.tick().await;
             if let Err(e) = pool.reclaim(Instant::now()) {
-                log::error!("reclaimer: {e}");
+                log::error!("reclaimer: {}", vgpu_protocol::error_chain(&e));
             }
         }
     })

@@ -35,7 +35,7 @@ pub enum PoolError {
     NoCapacity(String),
     #[error("{0}")]
     Conflict(String),
-    #[error("store: {0}")]
+    #[error("Store failed")]
     Store(#[from] StoreError),
 }
 

@@ -33,11 +33,11 @@ pub struct Dump {
 
 #[derive(Debug, thiserror::Error)]
 pub enum TransferError {
-    #[error("store")]
+    #[error("Store failed")]
     Store(#[from] StoreError),
-    #[error("unknown export format {0:?} (expected {FORMAT:?})")]
+    #[error("Unknown export format {0:?} (expected {FORMAT:?})")]
     Format(String),
-    #[error("the target store is not empty ({0}); import only into a new store")]
+    #[error("The target store is not empty ({0}); import only into a new store")]
     NotEmpty(String),
 }
 

@@ -180,7 +180,7 @@ fn https_with_given_certificate() {
     // Without trusting the certificate: refused. Plain HTTP to the TLS port: no answer.
     let o = ctl(&c.url, ADMIN, &["hosts"]);
     assert!(!o.status.success(), "{}", text(&o));
-    assert!(text(&o).contains("cannot reach"), "{}", text(&o));
+    assert!(text(&o).contains("Cannot reach"), "{}", text(&o));
     assert_eq!(
         http(&format!("http://{addr}"), "GET", "/healthz", None, None).0,
         0

@@ -34,6 +34,8 @@ use vgpu_pool_wire::{
     RegisterRequest, RegisterResponse, create_private_dir, http_client, write_private,
 };
 
+use vgpu_protocol::error_chain;
+
 use crate::discovery::DiscoveryError;
 use crate::workers::Workers;
 
@@ -101,32 +103,32 @@ pub struct AgentArgs {
 /// Why the agent stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
-    #[error("label {0:?} is not key=value")]
+    #[error("Label {0:?} is not key=value")]
     BadLabel(String),
     #[error("GPU discovery failed")]
     Discovery(#[source] DiscoveryError),
-    #[error("cannot create {}", path.display())]
+    #[error("Cannot create {}", path.display())]
     CreateDir {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("cannot write {}", path.display())]
+    #[error("Cannot write {}", path.display())]
     WriteFile {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("cannot bind the metrics endpoint {addr}")]
+    #[error("Cannot bind the metrics endpoint {addr}")]
     Metrics {
         addr: String,
         #[source]
         source: std::io::Error,
     },
-    #[error("cannot set up the controller client")]
+    #[error("Cannot set up the controller client")]
     Client(#[from] ClientSetupError),
     #[error(
-        "host {host} has no credential in {} and no enrolment token (--token): pass the pool's agent token, or write there the credential `vgpuctl host-token {host}` prints",
+        "Host {host} has no credential in {} and no enrolment token (--token): pass the pool's agent token, or write there the credential `vgpuctl host-token {host}` prints",
         path.display()
     )]
     NoCredential { host: String, path: PathBuf },
@@ -151,14 +153,18 @@ fn creating<T>(path: &Path, r: std::io::Result<T>) -> Result<T, AgentError> {
 /// Errors talking to the controller.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("controller does not know this host (it was dropped or the controller lost it)")]
+    #[error("Controller does not know this host (it was dropped or the controller lost it)")]
     UnknownHost,
-    #[error("controller refused the credential: {0}")]
+    #[error("Controller refused the credential: {0}")]
     Unauthorized(String),
-    #[error("controller answered HTTP {status}: {body}")]
+    #[error("Controller answered HTTP {status}: {body}")]
     Status { status: u16, body: String },
-    #[error("cannot reach controller: {0}")]
-    Transport(String),
+    #[error("No controller URL")]
+    NoUrl,
+    #[error("Cannot reach the controller")]
+    Transport(#[source] ureq::Error),
+    #[error("Bad JSON from the controller")]
+    BadJson(#[source] serde_json::Error),
 }
 
 struct Client {
@@ -200,18 +206,19 @@ impl Client {
     ) -> Result<R, ClientError> {
         let n = self.bases.len().max(1);
         let start = self.cur.load(Ordering::Relaxed);
-        let mut last = ClientError::Transport("no controller URL".into());
+        let mut last = ClientError::NoUrl;
         for i in 0..n {
             let at = (start + i) % n;
             match self.post_to(at, token, path, body) {
-                Err(ClientError::Transport(e)) => {
+                Err(e @ (ClientError::Transport(_) | ClientError::NoUrl)) => {
                     if n > 1 {
                         log::warn!(
-                            "controller {} unreachable ({e}); trying the next",
-                            self.bases[at]
+                            "controller {} unreachable ({}); trying the next",
+                            self.bases[at],
+                            error_chain(&e)
                         );
                     }
-                    last = ClientError::Transport(e);
+                    last = e;
                 }
                 r => {
                     self.cur.store(at, Ordering::Relaxed);
@@ -230,19 +237,19 @@ impl Client {
         body: &T,
     ) -> Result<R, ClientError> {
         let Some(base) = self.bases.get(at) else {
-            return Err(ClientError::Transport("no controller URL".into()));
+            return Err(ClientError::NoUrl);
         };
         let mut resp = self
             .agent
             .post(&format!("{base}{path}"))
             .header("authorization", &format!("Bearer {token}"))
             .send_json(body)
-            .map_err(|e| ClientError::Transport(e.to_string()))?;
+            .map_err(ClientError::Transport)?;
         let status = resp.status().as_u16();
         let text = resp
             .body_mut()
             .read_to_string()
-            .map_err(|e| ClientError::Transport(e.to_string()))?;
+            .map_err(ClientError::Transport)?;
         if status == 404 || status == 410 {
             return Err(ClientError::UnknownHost);
         }
@@ -255,8 +262,7 @@ impl Client {
                 body: error_message(&text),
             });
         }
-        serde_json::from_str(&text)
-            .map_err(|e| ClientError::Transport(format!("bad JSON from controller: {e}")))
+        serde_json::from_str(&text).map_err(ClientError::BadJson)
     }
 }
 
@@ -312,7 +318,8 @@ fn obtain_credential(
             }
             Err(e) => {
                 log::error!(
-                    "agent {name}: enrolment failed: {e}; an operator can write this host's credential to {}",
+                    "agent {name}: enrolment failed: {}; an operator can write this host's credential to {}",
+                    error_chain(&e),
                     path.display()
                 );
                 sleep_unless(stop, Duration::from_secs(2));
@@ -480,7 +487,7 @@ pub fn run_until(args: AgentArgs, stop: Arc<AtomicBool>) -> Result<(), AgentErro
                     continue;
                 }
                 Err(e) => {
-                    log::warn!("agent {name}: registration failed: {e}");
+                    log::warn!("agent {name}: registration failed: {}", error_chain(&e));
                     metrics
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
@@ -520,7 +527,7 @@ pub fn run_until(args: AgentArgs, stop: Arc<AtomicBool>) -> Result<(), AgentErro
                 continue;
             }
             Err(e) => {
-                log::warn!("agent {name}: heartbeat failed: {e}");
+                log::warn!("agent {name}: heartbeat failed: {}", error_chain(&e));
                 metrics
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
@@ -575,7 +582,8 @@ fn refresh_credential(client: &mut Client, name: &str, path: &Path, enrol: Optio
             ),
         },
         Err(e) => log::error!(
-            "agent {name}: enrolling again failed: {e}; an operator can write this host's credential to {}",
+            "agent {name}: enrolling again failed: {}; an operator can write this host's credential to {}",
+            error_chain(&e),
             path.display()
         ),
     }

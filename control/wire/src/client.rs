@@ -6,13 +6,13 @@ use std::time::Duration;
 /// Errors setting up the client.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientSetupError {
-    #[error("cannot read CA certificate {}", path.display())]
+    #[error("Cannot read CA certificate {}", path.display())]
     ReadCa {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("no PEM certificate in {}", .0.display())]
+    #[error("No PEM certificate in {}", .0.display())]
     NoCertificate(PathBuf),
 }
 

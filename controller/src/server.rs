@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
+use vgpu_pool_wire::FileError;
 
 use crate::api::{AppState, ServeError, router, serve, spawn_reclaimer};
 use crate::auth::{Auth, AuthFile};
@@ -17,12 +18,8 @@ use crate::store::{SqliteStore, Store, StoreError};
 /// Why the controller could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
-    #[error("Cannot create state directory {}", path.display())]
-    StateDir {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    File(#[from] FileError),
     #[error("Cannot open {}", path.display())]
     Sqlite {
         path: PathBuf,
@@ -39,12 +36,6 @@ pub enum ServerError {
     },
     #[error("Cannot load the pool")]
     Pool(#[source] PoolError),
-    #[error("Cannot read {}", path.display())]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
     #[error("Cannot parse {}", path.display())]
     Parse {
         path: PathBuf,
@@ -56,12 +47,6 @@ pub enum ServerError {
     #[error("Cannot bind {addr}")]
     Bind {
         addr: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("Cannot write {}", path.display())]
-    Write {
-        path: PathBuf,
         #[source]
         source: std::io::Error,
     },
@@ -153,10 +138,7 @@ pub async fn start(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<Running, ServerError> {
     let dir = args.state_dir();
-    std::fs::create_dir_all(&dir).map_err(|source| ServerError::StateDir {
-        path: dir.clone(),
-        source,
-    })?;
+    std::fs::create_dir_all(&dir).map_err(FileError::on("create", &dir))?;
     let db = dir.join("pool.db");
     let store = open_store(&args.store, &db)?;
     let cfg = PoolConfig {
@@ -173,10 +155,7 @@ pub async fn start(
     let pool = Arc::new(Pool::open(store, cfg).map_err(ServerError::Pool)?);
     let file = match &args.auth_config {
         Some(p) => {
-            let text = std::fs::read_to_string(p).map_err(|source| ServerError::Read {
-                path: p.clone(),
-                source,
-            })?;
+            let text = std::fs::read_to_string(p).map_err(FileError::on("read", p))?;
             let file =
                 serde_json::from_str::<AuthFile>(&text).map_err(|source| ServerError::Parse {
                     path: p.clone(),
@@ -225,10 +204,7 @@ pub async fn start(
         cfg.heartbeat_interval
     );
     if let Some(f) = &args.addr_file {
-        std::fs::write(f, addr.to_string()).map_err(|source| ServerError::Write {
-            path: f.clone(),
-            source,
-        })?;
+        std::fs::write(f, addr.to_string()).map_err(FileError::on("write", f))?;
     }
     Ok(Running {
         addr,

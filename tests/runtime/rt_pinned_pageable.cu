@@ -71,11 +71,9 @@ int main() {
     CK(cudaFreeHost(pdst));
     std::free(src);
     std::free(dst);
-    time_ms("rt_pinned_pageable_ms", wall.ms());
     time_ms("pageable_h2d_64MiB_ms", pageable_h2d);
     time_ms("pageable_d2h_64MiB_ms", pageable_d2h);
     time_ms("pinned_h2d_64MiB_ms", pinned_h2d);
     time_ms("pinned_d2h_64MiB_ms", pinned_d2h);
-    std::printf("PASS rt_pinned_pageable\n");
-    return 0;
+    return pass("rt_pinned_pageable", wall);
 }

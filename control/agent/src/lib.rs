@@ -30,8 +30,9 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 use vgpu_pool_wire::{
-    ClientSetupError, EnrollRequest, EnrollResponse, HeartbeatRequest, HeartbeatResponse,
-    RegisterRequest, RegisterResponse, create_private_dir, http_client, write_private,
+    ClientSetupError, EnrollRequest, EnrollResponse, FileError, HeartbeatRequest,
+    HeartbeatResponse, RegisterRequest, RegisterResponse, create_private_dir, http_client,
+    write_private,
 };
 
 use vgpu_protocol::error_chain;
@@ -107,18 +108,8 @@ pub enum AgentError {
     BadLabel(String),
     #[error("GPU discovery failed")]
     Discovery(#[source] DiscoveryError),
-    #[error("Cannot create {}", path.display())]
-    CreateDir {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("Cannot write {}", path.display())]
-    WriteFile {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    File(#[from] FileError),
     #[error("Cannot bind the metrics endpoint {addr}")]
     Metrics {
         addr: String,
@@ -132,22 +123,6 @@ pub enum AgentError {
         path.display()
     )]
     NoCredential { host: String, path: PathBuf },
-}
-
-/// `r` with a failure to write `path`.
-fn writing<T>(path: &Path, r: std::io::Result<T>) -> Result<T, AgentError> {
-    r.map_err(|source| AgentError::WriteFile {
-        path: path.to_path_buf(),
-        source,
-    })
-}
-
-/// `r` with a failure to create `path`.
-fn creating<T>(path: &Path, r: std::io::Result<T>) -> Result<T, AgentError> {
-    r.map_err(|source| AgentError::CreateDir {
-        path: path.to_path_buf(),
-        source,
-    })
 }
 
 /// Errors talking to the controller.
@@ -309,7 +284,7 @@ fn obtain_credential(
         };
         match enroll(client, enrol, name) {
             Ok(t) => {
-                writing(path, write_private(path, &format!("{t}\n")))?;
+                write_private(path, &format!("{t}\n")).map_err(FileError::on("write", path))?;
                 log::info!(
                     "agent {name}: enrolled; this host's credential is in {} (mode 0600)",
                     path.display()
@@ -397,15 +372,13 @@ pub fn run_until(args: AgentArgs, stop: Arc<AtomicBool>) -> Result<(), AgentErro
             (g, "cuda")
         }
     };
-    let state_dir = creating(
-        &args.state_dir,
-        std::fs::create_dir_all(&args.state_dir)
-            .and_then(|()| std::fs::canonicalize(&args.state_dir)),
-    )?;
+    let state_dir = std::fs::create_dir_all(&args.state_dir)
+        .and_then(|()| std::fs::canonicalize(&args.state_dir))
+        .map_err(FileError::on("create", &args.state_dir))?;
     // Pid files and worker logs: the agent's only. Sockets: reachable by the VMM.
     let (workers_dir, sockets_dir) = (state_dir.join("workers"), state_dir.join("sockets"));
-    creating(&workers_dir, create_private_dir(&workers_dir))?;
-    creating(&sockets_dir, std::fs::create_dir_all(&sockets_dir))?;
+    create_private_dir(&workers_dir).map_err(FileError::on("create", &workers_dir))?;
+    std::fs::create_dir_all(&sockets_dir).map_err(FileError::on("create", &sockets_dir))?;
     let cred_path = args
         .host_token_file
         .clone()
@@ -421,7 +394,7 @@ pub fn run_until(args: AgentArgs, stop: Arc<AtomicBool>) -> Result<(), AgentErro
         })?;
     log::info!("agent {name}: metrics on http://{bound}/metrics");
     if let Some(f) = &args.metrics_addr_file {
-        writing(f, std::fs::write(f, bound.to_string()))?;
+        std::fs::write(f, bound.to_string()).map_err(FileError::on("write", f))?;
     }
     let mut workers = Workers::new(
         workers_dir,

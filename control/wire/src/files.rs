@@ -4,6 +4,28 @@ use std::io::Write as _;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+/// A file or directory operation that failed, and on which path.
+#[derive(Debug, thiserror::Error)]
+#[error("Cannot {action} {}", path.display())]
+pub struct FileError {
+    action: &'static str,
+    path: PathBuf,
+    #[source]
+    source: std::io::Error,
+}
+
+impl FileError {
+    /// For `map_err`: the error of `action` ("read", "write", "create", ...) on `path`.
+    pub fn on(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Self {
+        let path = path.to_path_buf();
+        move |source| FileError {
+            action,
+            path,
+            source,
+        }
+    }
+}
+
 /// Creates (or truncates) `path` for writing with mode 0600, whatever the umask.
 pub fn create_private(path: &Path) -> std::io::Result<std::fs::File> {
     let f = std::fs::OpenOptions::new()

@@ -7,7 +7,7 @@ mod client;
 mod files;
 
 pub use client::{ClientSetupError, http_client};
-pub use files::{create_private, create_private_dir, write_private};
+pub use files::{FileError, create_private, create_private_dir, write_private};
 
 use std::collections::BTreeMap;
 

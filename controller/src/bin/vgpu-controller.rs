@@ -14,6 +14,7 @@ use clap::{Parser, Subcommand};
 use vgpu_controller::auth::new_token;
 use vgpu_controller::server::{ControllerArgs, ServerError, start};
 use vgpu_controller::transfer::TransferError;
+use vgpu_pool_wire::FileError;
 use vgpu_protocol::error_chain;
 
 /// Why a command failed.
@@ -27,24 +28,8 @@ enum CliError {
     Serve(#[from] vgpu_controller::api::ServeError),
     #[error("A controller task failed")]
     Task(#[from] tokio::task::JoinError),
-    #[error("Cannot create state directory {}", path.display())]
-    StateDir {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("Cannot read {}", path.display())]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("Cannot write {}", path.display())]
-    Write {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    File(#[from] FileError),
     #[error("Cannot parse {}", path.display())]
     Parse {
         path: PathBuf,
@@ -217,18 +202,12 @@ fn open_store(a: &StoreArgs) -> Result<Box<dyn vgpu_controller::store::Store>, C
     )?)
 }
 
-fn create_dir(path: &Path) -> Result<(), CliError> {
-    std::fs::create_dir_all(path).map_err(|source| CliError::StateDir {
-        path: path.to_path_buf(),
-        source,
-    })
+fn create_dir(path: &Path) -> Result<(), FileError> {
+    std::fs::create_dir_all(path).map_err(FileError::on("create", path))
 }
 
-fn write_private(path: &Path, text: &str) -> Result<(), CliError> {
-    vgpu_pool_wire::write_private(path, text).map_err(|source| CliError::Write {
-        path: path.to_path_buf(),
-        source,
-    })
+fn write_private(path: &Path, text: &str) -> Result<(), FileError> {
+    vgpu_pool_wire::write_private(path, text).map_err(FileError::on("write", path))
 }
 
 fn export(a: ExportArgs) -> Result<(), CliError> {
@@ -236,10 +215,7 @@ fn export(a: ExportArgs) -> Result<(), CliError> {
     let dump = vgpu_controller::transfer::export(store.as_mut())?;
     let text = serde_json::to_string_pretty(&dump).map_err(CliError::Serialize)? + "\n";
     match &a.out {
-        Some(p) => std::fs::write(p, text).map_err(|source| CliError::Write {
-            path: p.clone(),
-            source,
-        })?,
+        Some(p) => std::fs::write(p, text).map_err(FileError::on("write", p))?,
         None => print!("{text}"),
     }
     eprintln!(
@@ -253,10 +229,7 @@ fn export(a: ExportArgs) -> Result<(), CliError> {
 }
 
 fn import(a: ImportArgs) -> Result<(), CliError> {
-    let text = std::fs::read_to_string(&a.file).map_err(|source| CliError::Read {
-        path: a.file.clone(),
-        source,
-    })?;
+    let text = std::fs::read_to_string(&a.file).map_err(FileError::on("read", &a.file))?;
     let dump: vgpu_controller::transfer::Dump =
         serde_json::from_str(&text).map_err(|source| CliError::Parse {
             path: a.file.clone(),
@@ -281,12 +254,8 @@ fn token_file(path: &Path) -> Result<String, CliError> {
         let t = t.trim().to_string();
         if !t.is_empty() {
             use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(
-                |source| CliError::Write {
-                    path: path.to_path_buf(),
-                    source,
-                },
-            )?;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+                .map_err(FileError::on("make private", path))?;
             return Ok(t);
         }
     }
@@ -351,10 +320,7 @@ async fn up(mut a: UpArgs) -> Result<(), CliError> {
     }
     let dir = a.controller.state_dir();
     create_dir(&dir)?;
-    let dir = std::fs::canonicalize(&dir).map_err(|source| CliError::StateDir {
-        path: dir.clone(),
-        source,
-    })?;
+    let dir = std::fs::canonicalize(&dir).map_err(FileError::on("resolve", &dir))?;
     a.controller.state_dir = Some(dir.clone());
     let admin_file = dir.join("admin.token");
     if a.controller.admin_tokens.is_empty() {

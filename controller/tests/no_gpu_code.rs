@@ -1,22 +1,21 @@
 //! The controller has no GPU code: GPU discovery (cudarc) is the host agent's only, so nothing
 //! the controller builds on, its tests and benches included, may pull in cudarc.
 
+mod common;
+
 use std::process::Command;
+
+use common::output_ok;
 
 /// Lines of `cargo tree -p PACKAGE` (normal, build and dev dependencies) naming `cudarc`.
 fn cudarc_lines(package: &str) -> usize {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let out = Command::new(cargo)
-        .args(["tree", "--offline", "--prefix", "none", "-p", package])
-        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
-        .output()
-        .expect("run cargo tree");
-    assert!(
-        out.status.success(),
-        "cargo tree -p {package} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
+    let tree = output_ok(
+        Command::new(cargo)
+            .args(["tree", "--offline", "--prefix", "none", "-p", package])
+            .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/..")),
     );
-    String::from_utf8_lossy(&out.stdout)
+    String::from_utf8_lossy(&tree.stdout)
         .lines()
         .filter(|l| l.starts_with("cudarc "))
         .count()

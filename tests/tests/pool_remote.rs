@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use vgpu_tests::{bin_dir, built, compile_c, fixture, guest_command, repo, scratch};
+use vgpu_tests::{bin_dir, built, compile_c, e2e_command, output_ok, repo, scratch};
 
 /// Children killed when the test ends, however it ends, and the workers the agents started
 /// (they die with their agent; stopping them here too means a failed run leaves none).
@@ -71,15 +71,10 @@ fn spawn(dir: &Path, log: &str, bin: &Path, args: &[&str]) -> Child {
 }
 
 fn vgpuctl(bins: &Path, url: &str, args: &[&str]) -> serde_json::Value {
-    let out = Command::new(bins.join("vgpuctl"))
-        .args(["--url", url, "--token", "admin", "--json"])
-        .args(args)
-        .output()
-        .expect("vgpuctl");
-    assert!(
-        out.status.success(),
-        "vgpuctl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = output_ok(
+        Command::new(bins.join("vgpuctl"))
+            .args(["--url", url, "--token", "admin", "--json"])
+            .args(args),
     );
     serde_json::from_slice(&out.stdout).expect("vgpuctl JSON")
 }
@@ -213,9 +208,7 @@ fn allocate_remote(p: &Pool, vm: &str) -> std::path::PathBuf {
 /// passes; returns the program's output and the slice server's log.
 fn run_program(p: &Pool, socket: &Path) -> (String, String) {
     let dir = &p.dir;
-    let out = guest_command(&p.program, socket)
-        .arg(fixture("kernels.cubin"))
-        .arg("--no-kernel-check")
+    let out = e2e_command(&p.program, socket)
         .output()
         .expect("run the program");
     let stdout = String::from_utf8_lossy(&out.stdout);

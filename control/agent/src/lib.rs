@@ -452,19 +452,13 @@ pub fn run_until(args: AgentArgs, stop: Arc<AtomicBool>) -> Result<(), AgentErro
                 Err(ClientError::Unauthorized(e)) => {
                     log::error!("agent {name}: registration refused: {e}");
                     refresh_credential(&mut client, &name, &cred_path, args.token.as_deref());
-                    metrics
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .heartbeat_failures += 1;
+                    lock(&metrics).heartbeat_failures += 1;
                     sleep_unless(&stop, Duration::from_secs(1));
                     continue;
                 }
                 Err(e) => {
                     log::warn!("agent {name}: registration failed: {}", error_chain(&e));
-                    metrics
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .heartbeat_failures += 1;
+                    lock(&metrics).heartbeat_failures += 1;
                     sleep_unless(&stop, Duration::from_millis(500));
                     continue;
                 }
@@ -485,7 +479,7 @@ pub fn run_until(args: AgentArgs, stop: Arc<AtomicBool>) -> Result<(), AgentErro
                         server_started = slice_server.as_ref().map(|_| Instant::now());
                     }
                 }
-                let mut m = metrics.lock().unwrap_or_else(|p| p.into_inner());
+                let mut m = lock(&metrics);
                 m.heartbeats += 1;
                 m.update_workers(&workers);
             }
@@ -501,10 +495,7 @@ pub fn run_until(args: AgentArgs, stop: Arc<AtomicBool>) -> Result<(), AgentErro
             }
             Err(e) => {
                 log::warn!("agent {name}: heartbeat failed: {}", error_chain(&e));
-                metrics
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .heartbeat_failures += 1;
+                lock(&metrics).heartbeat_failures += 1;
             }
         }
         if let Some(t) = server_started
@@ -560,6 +551,11 @@ fn refresh_credential(client: &mut Client, name: &str, path: &Path, enrol: Optio
             path.display()
         ),
     }
+}
+
+/// The agent's metrics, also after a thread panicked holding them.
+fn lock(metrics: &Mutex<AgentMetrics>) -> std::sync::MutexGuard<'_, AgentMetrics> {
+    metrics.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn sleep_unless(stop: &AtomicBool, d: Duration) {

@@ -218,14 +218,19 @@ fn export(a: ExportArgs) -> Result<(), CliError> {
         Some(p) => std::fs::write(p, text).map_err(FileError::on("write", p))?,
         None => print!("{text}"),
     }
-    eprintln!(
-        "exported {} hosts, {} GPUs, {} projects, {} allocations",
-        dump.hosts.len(),
-        dump.gpus.len(),
-        dump.projects.len(),
-        dump.allocations.len()
-    );
+    eprintln!("exported {}", counts(&dump));
     Ok(())
+}
+
+/// What a document holds, for the operator.
+fn counts(d: &vgpu_controller::transfer::Dump) -> String {
+    format!(
+        "{} hosts, {} GPUs, {} projects, {} allocations",
+        d.hosts.len(),
+        d.gpus.len(),
+        d.projects.len(),
+        d.allocations.len()
+    )
 }
 
 fn import(a: ImportArgs) -> Result<(), CliError> {
@@ -237,13 +242,7 @@ fn import(a: ImportArgs) -> Result<(), CliError> {
         })?;
     let mut store = open_store(&a.store)?;
     vgpu_controller::transfer::import(store.as_mut(), &dump)?;
-    eprintln!(
-        "imported {} hosts, {} GPUs, {} projects, {} allocations",
-        dump.hosts.len(),
-        dump.gpus.len(),
-        dump.projects.len(),
-        dump.allocations.len()
-    );
+    eprintln!("imported {}", counts(&dump));
     Ok(())
 }
 

@@ -53,7 +53,6 @@ int main() {
         CKR(curandDestroyGenerator(gen));
     }
     CK(cudaStreamDestroy(s));
-    CK(cudaFree(d_f));
-    CK(cudaFree(d_u));
+    CK(free_all(d_f, d_u));
     return pass("rt_curand", wall);
 }

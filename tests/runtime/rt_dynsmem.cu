@@ -47,9 +47,7 @@ static uint64_t run(int bytes, int blocks, bool check) {
             }
             EXPECT(hs[b] == s);
         }
-    CK(cudaFree(in));
-    CK(cudaFree(out));
-    CK(cudaFree(sums));
+    CK(free_all(in, out, sums));
     return checksum(back.data(), n * sizeof(int), checksum(hs.data(), blocks * sizeof(long long)));
 }
 

@@ -74,9 +74,7 @@ int main() {
     CK(cudaGraphExecDestroy(e));
     CK(cudaGraphDestroy(g));
     CK(cudaStreamDestroy(s));
-    CK(cudaFree(x));
-    CK(cudaFree(y));
-    CK(cudaFree(z));
+    CK(free_all(x, y, z));
     std::free(h);
     time_ms("graph_10_launches_ms", launch_ms);
     return pass("rt_graph", wall);

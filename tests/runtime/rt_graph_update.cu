@@ -72,7 +72,6 @@ int main() {
     CK(cudaGraphDestroy(g2));
     CK(cudaGraphDestroy(g3));
     CK(cudaStreamDestroy(s));
-    CK(cudaFree(d1));
-    CK(cudaFree(d2));
+    CK(free_all(d1, d2));
     return pass("rt_graph_update", wall);
 }

@@ -65,10 +65,8 @@ int main() {
         }
     }
     result_hex("copies_all", all);
-    CK(cudaFree(d1));
-    CK(cudaFree(d2));
-    CK(cudaFreeHost(psrc));
-    CK(cudaFreeHost(pdst));
+    CK(free_all(d1, d2));
+    CK(free_host_all(psrc, pdst));
     std::free(src);
     std::free(dst);
     time_ms("pageable_h2d_64MiB_ms", pageable_h2d);

@@ -112,7 +112,7 @@ pub fn import(store: &mut dyn Store, dump: &Dump) -> Result<(), TransferError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::auth::Role;
     use crate::model::{AllocationRequest, GpuInfo, Policy, Quota, SliceSpec};
@@ -121,7 +121,7 @@ mod tests {
     use vgpu_pool_wire::RegisterRequest;
 
     /// A pool with two hosts, a project with a quota and token, and two allocations.
-    fn populated(path: &std::path::Path) {
+    pub(crate) fn populated(path: &std::path::Path) {
         let pool = Pool::open(
             Box::new(SqliteStore::open(path).unwrap()),
             PoolConfig::default(),

@@ -16,6 +16,18 @@ fn esc(v: &str) -> String {
         .replace('\n', "\\n")
 }
 
+/// A GPU's host, UUID, index and model, under the label `names` of a dialect.
+fn gpu_labels(g: &GpuView, names: [&str; 4]) -> String {
+    let [host, uuid, index, model] = names;
+    format!(
+        "{host}=\"{}\",{uuid}=\"{}\",{index}=\"{}\",{model}=\"{}\"",
+        esc(&g.gpu.host),
+        esc(&g.gpu.info.uuid),
+        g.gpu.info.index,
+        esc(&g.gpu.info.model)
+    )
+}
+
 /// The exposition being written, family by family.
 struct Text(String);
 
@@ -167,15 +179,7 @@ pub fn render(m: &MetricsSnapshot, legacy: bool) -> String {
     );
 
     // HAMi scheduler names per physical GPU.
-    let dev = |g: &GpuView| {
-        format!(
-            "node=\"{}\",device_uuid=\"{}\",device_index=\"{}\",device_type=\"{}\"",
-            esc(&g.gpu.host),
-            esc(&g.gpu.info.uuid),
-            g.gpu.info.index,
-            esc(&g.gpu.info.model)
-        )
-    };
+    let dev = |g: &GpuView| gpu_labels(g, ["node", "device_uuid", "device_index", "device_type"]);
     let cores = |g: &GpuView| format!("{},device_cores=\"{}\"", dev(g), g.gpu.info.sm_count);
     t.family(
         "hami_gpu_memory_limit_bytes",
@@ -284,15 +288,7 @@ pub fn render(m: &MetricsSnapshot, legacy: bool) -> String {
         }),
     );
     if legacy {
-        let ldev = |g: &GpuView| {
-            format!(
-                "nodeid=\"{}\",deviceuuid=\"{}\",deviceidx=\"{}\",devicetype=\"{}\"",
-                esc(&g.gpu.host),
-                esc(&g.gpu.info.uuid),
-                g.gpu.info.index,
-                esc(&g.gpu.info.model)
-            )
-        };
+        let ldev = |g: &GpuView| gpu_labels(g, ["nodeid", "deviceuuid", "deviceidx", "devicetype"]);
         t.family(
             "GPUDeviceMemoryLimit",
             "gauge",

@@ -77,20 +77,12 @@ static inline void result_int(const char *key, long long v) { std::printf("RESUL
 static inline void result_str(const char *key, const char *v) { std::printf("RESULT %s=%s\n", key, v); }
 static inline void time_ms(const char *key, double ms) { std::printf("TIME %s=%.3f\n", key, ms); }
 
-// cudaFree (free_all) or cudaFreeHost (free_host_all) of each pointer; the first error, if
-// any (callers check it with CK, so a failure names their line).
-template <typename... P> static inline cudaError_t free_all(P... p) {
+// Calls `release` (cudaFree, cudaFreeHost) on each pointer; returns the first error, if any
+// (callers check it with CK, so that a failure names their line).
+template <typename... P> static inline cudaError_t release_all(cudaError_t (*release)(void *), P... p) {
     cudaError_t first = cudaSuccess;
     for (void *q : {(void *)p...}) {
-        cudaError_t e = cudaFree(q);
-        if (first == cudaSuccess) first = e;
-    }
-    return first;
-}
-template <typename... P> static inline cudaError_t free_host_all(P... p) {
-    cudaError_t first = cudaSuccess;
-    for (void *q : {(void *)p...}) {
-        cudaError_t e = cudaFreeHost(q);
+        cudaError_t e = release(q);
         if (first == cudaSuccess) first = e;
     }
     return first;

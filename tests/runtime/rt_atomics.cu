@@ -130,7 +130,7 @@ int main() {
     result_int("atomic_or", got.orv);
     result_int("atomic_cas_xor", got.xorv);
     result_int("atomic_cas_wins", got.cas_wins);
-    CK(free_all(dv, bins, slots, dt));
+    CK(release_all(cudaFree, dv, bins, slots, dt));
     time_ms("atomics_kernels_ms", kernel_ms);
     return pass("rt_atomics", wall);
 }

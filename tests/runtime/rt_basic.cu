@@ -64,7 +64,7 @@ int main() {
     cudaFuncAttributes fa;
     CK(cudaFuncGetAttributes(&fa, saxpy));
     EXPECT(fa.maxThreadsPerBlock > 0);
-    CK(free_all(dx, dy, dz, dout));
+    CK(release_all(cudaFree, dx, dy, dz, dout));
     std::free(hx);
     std::free(hy);
     std::free(back);

@@ -53,6 +53,6 @@ int main() {
         CKR(curandDestroyGenerator(gen));
     }
     CK(cudaStreamDestroy(s));
-    CK(free_all(d_f, d_u));
+    CK(release_all(cudaFree, d_f, d_u));
     return pass("rt_curand", wall);
 }

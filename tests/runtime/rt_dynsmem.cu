@@ -47,7 +47,7 @@ static uint64_t run(int bytes, int blocks, bool check) {
             }
             EXPECT(hs[b] == s);
         }
-    CK(free_all(in, out, sums));
+    CK(release_all(cudaFree, in, out, sums));
     return checksum(back.data(), n * sizeof(int), checksum(hs.data(), blocks * sizeof(long long)));
 }
 

@@ -91,7 +91,7 @@ int main() {
     for (cudaEvent_t e : {start, stop, produced, notiming, blocking, e0}) CK(cudaEventDestroy(e));
     CK(cudaStreamDestroy(s1));
     CK(cudaStreamDestroy(s2));
-    CK(free_all(prod, cons));
+    CK(release_all(cudaFree, prod, cons));
     CK(cudaFreeHost(h));
     time_ms("events_elapsed_ms", ms);
     return pass("rt_events", wall);

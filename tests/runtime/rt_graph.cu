@@ -74,7 +74,7 @@ int main() {
     CK(cudaGraphExecDestroy(e));
     CK(cudaGraphDestroy(g));
     CK(cudaStreamDestroy(s));
-    CK(free_all(x, y, z));
+    CK(release_all(cudaFree, x, y, z));
     std::free(h);
     time_ms("graph_10_launches_ms", launch_ms);
     return pass("rt_graph", wall);

@@ -72,6 +72,6 @@ int main() {
     CK(cudaGraphDestroy(g2));
     CK(cudaGraphDestroy(g3));
     CK(cudaStreamDestroy(s));
-    CK(free_all(d1, d2));
+    CK(release_all(cudaFree, d1, d2));
     return pass("rt_graph_update", wall);
 }

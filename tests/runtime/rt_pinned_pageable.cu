@@ -65,8 +65,8 @@ int main() {
         }
     }
     result_hex("copies_all", all);
-    CK(free_all(d1, d2));
-    CK(free_host_all(psrc, pdst));
+    CK(release_all(cudaFree, d1, d2));
+    CK(release_all(cudaFreeHost, psrc, pdst));
     std::free(src);
     std::free(dst);
     time_ms("pageable_h2d_64MiB_ms", pageable_h2d);

@@ -6,15 +6,9 @@
 //! on the GPU hosts.
 
 use std::collections::BTreeMap;
-use std::fmt::{Display, Write as _};
+use vgpu_pool_wire::prometheus::{Text, esc};
 
 use crate::pool::{DECISION_BUCKETS, GpuView, MetricsSnapshot, ProjectView};
-
-fn esc(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
 
 /// A GPU's host, UUID, index and model, under the label `names` of a dialect.
 fn gpu_labels(g: &GpuView, names: [&str; 4]) -> String {
@@ -28,41 +22,8 @@ fn gpu_labels(g: &GpuView, names: [&str; 4]) -> String {
     )
 }
 
-/// The exposition being written, family by family.
-struct Text(String);
-
-impl Text {
-    /// A family's `# HELP` and `# TYPE` lines.
-    fn head(&mut self, name: &str, kind: &str, help: &str) {
-        let _ = writeln!(self.0, "# HELP {name} {help}\n# TYPE {name} {kind}");
-    }
-
-    /// One sample: `name{labels} value`, or `name value` without labels.
-    fn sample(&mut self, name: &str, labels: &str, value: impl Display) {
-        let _ = if labels.is_empty() {
-            writeln!(self.0, "{name} {value}")
-        } else {
-            writeln!(self.0, "{name}{{{labels}}} {value}")
-        };
-    }
-
-    /// A family: its head, then one sample per (labels, value).
-    fn family<L: AsRef<str>, V: Display>(
-        &mut self,
-        name: &str,
-        kind: &str,
-        help: &str,
-        samples: impl IntoIterator<Item = (L, V)>,
-    ) {
-        self.head(name, kind, help);
-        for (labels, value) in samples {
-            self.sample(name, labels.as_ref(), value);
-        }
-    }
-}
-
 pub fn render(m: &MetricsSnapshot, legacy: bool) -> String {
-    let mut t = Text(String::with_capacity(4096));
+    let mut t = Text::default();
     let c = &m.counters;
 
     let alive = m.hosts.iter().filter(|h| h.alive).count();
@@ -326,7 +287,7 @@ pub fn render(m: &MetricsSnapshot, legacy: bool) -> String {
             }),
         );
     }
-    t.0
+    t.into_string()
 }
 
 #[cfg(test)]

@@ -1,10 +1,12 @@
 //! What the host agent and the pool controller exchange: the JSON messages of registration,
 //! enrolment, heartbeats and worker assignments (one definition for both sides), the HTTP
-//! client both use to call the controller's API, and the private files (credentials, tokens)
-//! both write. No GPU code: the controller links this crate, not the agent.
+//! client both use to call the controller's API, the private files (credentials, tokens) both
+//! write, and the Prometheus text both expose. No GPU code: the controller links this crate,
+//! not the agent.
 
 mod client;
 mod files;
+pub mod prometheus;
 
 pub use client::{ClientSetupError, http_client};
 pub use files::{FileError, create_private, create_private_dir, write_private};

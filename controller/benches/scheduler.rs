@@ -13,11 +13,11 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use vgpu_agent::wire::{GpuInfo, RegisterRequest};
 use vgpu_controller::auth::Role;
 use vgpu_controller::model::{AllocationRequest, Policy, SliceSpec, Strategy};
 use vgpu_controller::pool::{Pool, PoolConfig};
 use vgpu_controller::scheduler::{GpuSpec, PlaceRequest, Want};
+use vgpu_pool_wire::{GpuInfo, RegisterRequest};
 
 const HOSTS: usize = 10_000;
 const GPUS: u32 = 8;
@@ -377,7 +377,7 @@ fn main() {
     let handles: Vec<_> = (0..CLIENTS)
         .map(|c| {
             std::thread::spawn(move || {
-                let agent = vgpu_agent::http_client(None, Duration::from_secs(30)).unwrap();
+                let agent = vgpu_pool_wire::http_client(None, Duration::from_secs(30)).unwrap();
                 let mut rng = Rng(0x1234 + c as u64 * 7919);
                 let mut lat = Vec::new();
                 let mut ok = 0usize;

@@ -14,7 +14,7 @@ use axum::{Extension, Json, Router};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::json;
-use vgpu_agent::wire::{EnrollRequest, HeartbeatRequest, RegisterRequest};
+use vgpu_pool_wire::{EnrollRequest, HeartbeatRequest, RegisterRequest};
 
 use crate::auth::{Auth, Role, bearer, sha256_hex};
 use crate::limits::{ConnGuard, ConnLimits};
@@ -67,10 +67,11 @@ impl From<PoolError> for ApiError {
             PoolError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             PoolError::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "store_error"),
         };
+        let message = vgpu_protocol::error_chain(&e);
         if status.is_server_error() {
-            log::error!("{e}");
+            log::error!("{message}");
         }
-        ApiError::new(status, code, e.to_string())
+        ApiError::new(status, code, message)
     }
 }
 
@@ -506,10 +507,24 @@ pub fn spawn_reclaimer(pool: Arc<Pool>) -> tokio::task::JoinHandle<()> {
         loop {
             t.tick().await;
             if let Err(e) = pool.reclaim(Instant::now()) {
-                log::error!("reclaimer: {e}");
+                log::error!("reclaimer: {}", vgpu_protocol::error_chain(&e));
             }
         }
     })
+}
+
+/// Why serving the API stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("Cannot serve on the listening socket")]
+    Listener(#[source] std::io::Error),
+    #[error("Cannot load TLS certificate {} and key {}", cert.display(), key.display())]
+    Tls {
+        cert: PathBuf,
+        key: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Serve `app` on `listener`, over TLS when a certificate and key are given, until `shutdown`,
@@ -522,7 +537,7 @@ pub async fn serve(
     tls: Option<(PathBuf, PathBuf)>,
     limits: ConnLimits,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
+) -> Result<(), ServeError> {
     let bound = limits.idle_timeout;
     let app = app.layer(middleware::from_fn(
         move |req: Request, next: Next| async move {
@@ -543,7 +558,8 @@ pub async fn serve(
         shutdown.await;
         h2.graceful_shutdown(Some(Duration::from_secs(2)));
     });
-    let mut server = axum_server::from_tcp(listener)?
+    let mut server = axum_server::from_tcp(listener)
+        .map_err(ServeError::Listener)?
         .handle(handle)
         .first_request_timeout(bound);
     server
@@ -556,17 +572,16 @@ pub async fn serve(
             server
                 .acceptor(guard)
                 .serve(app.into_make_service())
-                .await?;
+                .await
+                .map_err(ServeError::Listener)?;
         }
         Some((cert, key)) => {
             let cfg = axum_server::tls_rustls::RustlsConfig::from_pem_file(&cert, &key)
                 .await
-                .map_err(|e| {
-                    anyhow::anyhow!(
-                        "loading TLS cert {} / key {}: {e}",
-                        cert.display(),
-                        key.display()
-                    )
+                .map_err(|source| ServeError::Tls {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                    source,
                 })?;
             let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(cfg)
                 .handshake_timeout(bound)
@@ -574,7 +589,8 @@ pub async fn serve(
             server
                 .acceptor(acceptor)
                 .serve(app.into_make_service())
-                .await?;
+                .await
+                .map_err(ServeError::Listener)?;
         }
     }
     Ok(())

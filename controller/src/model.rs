@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-pub use vgpu_agent::wire::GpuInfo;
+pub use vgpu_pool_wire::GpuInfo;
 
 /// How a GPU may be cut.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]

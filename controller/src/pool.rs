@@ -8,7 +8,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use vgpu_agent::wire::{
+use vgpu_pool_wire::{
     Assignment, EnrollResponse, HeartbeatRequest, HeartbeatResponse, RegisterRequest,
     RegisterResponse, WorkerState,
 };
@@ -35,7 +35,7 @@ pub enum PoolError {
     NoCapacity(String),
     #[error("{0}")]
     Conflict(String),
-    #[error("store: {0}")]
+    #[error("Store failed")]
     Store(#[from] StoreError),
 }
 

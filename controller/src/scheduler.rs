@@ -116,7 +116,7 @@ pub struct Decision {
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PlaceError {
-    #[error("unknown host {0:?}")]
+    #[error("Unknown host {0:?}")]
     UnknownHost(String),
     #[error("{0}")]
     NoCapacity(String),

@@ -5,15 +5,52 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
 use clap::Args;
+use vgpu_pool_wire::FileError;
 
-use crate::api::{AppState, router, serve, spawn_reclaimer};
+use crate::api::{AppState, ServeError, router, serve, spawn_reclaimer};
 use crate::auth::{Auth, AuthFile};
 use crate::etcd_store::{EtcdConfig, EtcdStore};
 use crate::limits::ConnLimits;
-use crate::pool::{Pool, PoolConfig};
-use crate::store::{SqliteStore, Store};
+use crate::pool::{Pool, PoolConfig, PoolError};
+use crate::store::{SqliteStore, Store, StoreError};
+
+/// Why the controller could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(transparent)]
+    File(#[from] FileError),
+    #[error("Cannot open {}", path.display())]
+    Sqlite {
+        path: PathBuf,
+        #[source]
+        source: StoreError,
+    },
+    #[error("--store {0:?}: expected `sqlite` or `etcd://host:port[,host:port...][/prefix]`")]
+    StoreSpec(String),
+    #[error("Cannot connect to etcd at {endpoints}")]
+    Etcd {
+        endpoints: String,
+        #[source]
+        source: StoreError,
+    },
+    #[error("Cannot load the pool")]
+    Pool(#[source] PoolError),
+    #[error("Cannot parse {}", path.display())]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("No admin token: pass --admin-token (or VGPU_ADMIN_TOKEN) or --auth-config")]
+    NoAdminToken,
+    #[error("Cannot bind {addr}")]
+    Bind {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
 
 #[derive(Args, Debug, Clone)]
 pub struct ControllerArgs {
@@ -92,17 +129,16 @@ pub struct Running {
     pub addr: SocketAddr,
     pub tls: bool,
     pub pool: Arc<Pool>,
-    pub task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    pub task: tokio::task::JoinHandle<Result<(), ServeError>>,
 }
 
 /// Open the store, build the pool, bind, and serve in a background task.
 pub async fn start(
     args: &ControllerArgs,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<Running> {
+) -> Result<Running, ServerError> {
     let dir = args.state_dir();
-    std::fs::create_dir_all(&dir)
-        .with_context(|| format!("creating state dir {}", dir.display()))?;
+    std::fs::create_dir_all(&dir).map_err(FileError::on("create", &dir))?;
     let db = dir.join("pool.db");
     let store = open_store(&args.store, &db)?;
     let cfg = PoolConfig {
@@ -116,19 +152,22 @@ pub async fn start(
             cfg.lease_ttl
         );
     }
-    let pool = Arc::new(Pool::open(store, cfg)?);
+    let pool = Arc::new(Pool::open(store, cfg).map_err(ServerError::Pool)?);
     let file = match &args.auth_config {
-        Some(p) => Some(
-            serde_json::from_str::<AuthFile>(
-                &std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?,
-            )
-            .with_context(|| format!("parsing {}", p.display()))?,
-        ),
+        Some(p) => {
+            let text = std::fs::read_to_string(p).map_err(FileError::on("read", p))?;
+            let file =
+                serde_json::from_str::<AuthFile>(&text).map_err(|source| ServerError::Parse {
+                    path: p.clone(),
+                    source,
+                })?;
+            Some(file)
+        }
         None => None,
     };
     let auth = Auth::new(&args.admin_tokens, &args.agent_tokens, file.as_ref());
     if auth.is_empty() {
-        anyhow::bail!("no admin token: pass --admin-token (or VGPU_ADMIN_TOKEN) or --auth-config");
+        return Err(ServerError::NoAdminToken);
     }
     let st = AppState {
         pool: pool.clone(),
@@ -136,9 +175,12 @@ pub async fn start(
         legacy_metrics: args.legacy_metrics,
     };
     let app = router(st);
-    let listener = std::net::TcpListener::bind(&args.listen)
-        .with_context(|| format!("binding {}", args.listen))?;
-    let addr = listener.local_addr()?;
+    let bind_error = |source| ServerError::Bind {
+        addr: args.listen.clone(),
+        source,
+    };
+    let listener = std::net::TcpListener::bind(&args.listen).map_err(bind_error)?;
+    let addr = listener.local_addr().map_err(bind_error)?;
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(c), Some(k)) => Some((c.clone(), k.clone())),
         _ => None,
@@ -162,7 +204,7 @@ pub async fn start(
         cfg.heartbeat_interval
     );
     if let Some(f) = &args.addr_file {
-        std::fs::write(f, addr.to_string()).with_context(|| format!("writing {}", f.display()))?;
+        std::fs::write(f, addr.to_string()).map_err(FileError::on("write", f))?;
     }
     Ok(Running {
         addr,
@@ -173,19 +215,22 @@ pub async fn start(
 }
 
 /// The store named by `--store`: `sqlite` (the file `db`) or `etcd://...`.
-pub fn open_store(spec: &str, db: &std::path::Path) -> anyhow::Result<Box<dyn Store>> {
+pub fn open_store(spec: &str, db: &std::path::Path) -> Result<Box<dyn Store>, ServerError> {
     if spec == "sqlite" {
-        let s = SqliteStore::open(db).with_context(|| format!("opening {}", db.display()))?;
+        let s = SqliteStore::open(db).map_err(|source| ServerError::Sqlite {
+            path: db.to_path_buf(),
+            source,
+        })?;
         return Ok(Box::new(s));
     }
-    let cfg = EtcdConfig::parse(spec).with_context(|| {
-        format!("--store {spec:?}: expected `sqlite` or `etcd://host:port[,host:port...][/prefix]`")
-    })?;
+    let cfg = EtcdConfig::parse(spec).ok_or_else(|| ServerError::StoreSpec(spec.to_string()))?;
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_string())
         .unwrap_or_else(|_| "controller".into());
     let node = format!("{host}:{}", std::process::id());
-    let s = EtcdStore::connect(cfg.clone(), &node)
-        .with_context(|| format!("connecting to etcd at {}", cfg.endpoints.join(",")))?;
+    let s = EtcdStore::connect(cfg.clone(), &node).map_err(|source| ServerError::Etcd {
+        endpoints: cfg.endpoints.join(","),
+        source,
+    })?;
     Ok(Box::new(s))
 }

@@ -13,16 +13,16 @@ use crate::model::{Allocation, Gpu, GpuInfo, Host, Project, Quota, SliceMode};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("database: {0}")]
+    #[error("Database failed")]
     Sqlite(#[from] rusqlite::Error),
-    #[error("corrupt row: {0}")]
+    #[error("Corrupt row: {0}")]
     Corrupt(String),
-    #[error("database file {0}")]
+    #[error("Database file {0}")]
     File(String, #[source] std::io::Error),
     /// A conditional commit found that another replica changed what the decision read.
-    #[error("another controller changed the state this decision read")]
+    #[error("Another controller changed the state this decision read")]
     Conflict,
-    #[error("etcd")]
+    #[error("etcd failed")]
     Etcd(#[source] etcd_client::Error),
     #[error("etcd did not answer in time ({0})")]
     Timeout(&'static str),

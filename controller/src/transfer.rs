@@ -33,11 +33,11 @@ pub struct Dump {
 
 #[derive(Debug, thiserror::Error)]
 pub enum TransferError {
-    #[error("store")]
+    #[error("Store failed")]
     Store(#[from] StoreError),
-    #[error("unknown export format {0:?} (expected {FORMAT:?})")]
+    #[error("Unknown export format {0:?} (expected {FORMAT:?})")]
     Format(String),
-    #[error("the target store is not empty ({0}); import only into a new store")]
+    #[error("The target store is not empty ({0}); import only into a new store")]
     NotEmpty(String),
 }
 
@@ -112,16 +112,16 @@ pub fn import(store: &mut dyn Store, dump: &Dump) -> Result<(), TransferError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::auth::Role;
     use crate::model::{AllocationRequest, GpuInfo, Policy, Quota, SliceSpec};
     use crate::pool::{Pool, PoolConfig};
     use crate::store::SqliteStore;
-    use vgpu_agent::wire::RegisterRequest;
+    use vgpu_pool_wire::RegisterRequest;
 
     /// A pool with two hosts, a project with a quota and token, and two allocations.
-    fn populated(path: &std::path::Path) {
+    pub(crate) fn populated(path: &std::path::Path) {
         let pool = Pool::open(
             Box::new(SqliteStore::open(path).unwrap()),
             PoolConfig::default(),

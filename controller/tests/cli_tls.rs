@@ -134,20 +134,7 @@ fn https_with_given_certificate() {
         .expect("this test needs sh and the openssl command-line tool");
     assert!(st.success(), "openssl failed");
     let addr_file = d.0.join("addr");
-    let child = Command::new(BIN)
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-token",
-            ADMIN,
-            "--agent-token",
-            AGENT,
-        ])
-        .arg("--state-dir")
-        .arg(d.0.join("state"))
-        .arg("--addr-file")
-        .arg(&addr_file)
+    let child = serve_command("127.0.0.1:0", &d.0.join("state"), &addr_file)
         .arg("--tls-cert")
         .arg(&cert)
         .arg("--tls-key")
@@ -180,7 +167,7 @@ fn https_with_given_certificate() {
     // Without trusting the certificate: refused. Plain HTTP to the TLS port: no answer.
     let o = ctl(&c.url, ADMIN, &["hosts"]);
     assert!(!o.status.success(), "{}", text(&o));
-    assert!(text(&o).contains("cannot reach"), "{}", text(&o));
+    assert!(text(&o).contains("Cannot reach"), "{}", text(&o));
     assert_eq!(
         http(&format!("http://{addr}"), "GET", "/healthz", None, None).0,
         0

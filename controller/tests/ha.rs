@@ -58,6 +58,24 @@ struct Etcd {
     client_urls: Vec<String>,
 }
 
+/// etcd member `name` of `cluster`, its data in `DIR/etcd-NAME`, serving clients on loopback
+/// port `ports.0` and peers on `ports.1`.
+fn etcd_member(bin: &Path, name: &str, dir: &Path, ports: (u16, u16), cluster: &str) -> Command {
+    let (c, p) = ports;
+    let mut cmd = Command::new(bin);
+    cmd.args(["--name", name, "--data-dir"])
+        .arg(dir.join(format!("etcd-{name}")))
+        .args(["--listen-client-urls", &format!("http://127.0.0.1:{c}")])
+        .args(["--advertise-client-urls", &format!("http://127.0.0.1:{c}")])
+        .args(["--listen-peer-urls", &format!("http://127.0.0.1:{p}")])
+        .args([
+            "--initial-advertise-peer-urls",
+            &format!("http://127.0.0.1:{p}"),
+        ])
+        .args(["--initial-cluster", cluster]);
+    cmd
+}
+
 impl Etcd {
     fn start(bin: &Path, dir: &Path) -> Etcd {
         let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
@@ -68,18 +86,7 @@ impl Etcd {
             .collect();
         let mut members = Vec::new();
         for (i, (c, p)) in ports.iter().enumerate() {
-            let child = Command::new(bin)
-                .args(["--name", &format!("m{i}")])
-                .arg("--data-dir")
-                .arg(dir.join(format!("etcd-m{i}")))
-                .args(["--listen-client-urls", &format!("http://127.0.0.1:{c}")])
-                .args(["--advertise-client-urls", &format!("http://127.0.0.1:{c}")])
-                .args(["--listen-peer-urls", &format!("http://127.0.0.1:{p}")])
-                .args([
-                    "--initial-advertise-peer-urls",
-                    &format!("http://127.0.0.1:{p}"),
-                ])
-                .args(["--initial-cluster", &cluster.join(",")])
+            let child = etcd_member(bin, &format!("m{i}"), dir, (*c, *p), &cluster.join(","))
                 .args(["--initial-cluster-state", "new"])
                 .args(["--initial-cluster-token", "vgpu-ha-test"])
                 .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
@@ -133,22 +140,8 @@ struct Ctl {
 fn start_controller(dir: &Path, i: usize, store: &str) -> Ctl {
     let addr_file = dir.join(format!("ctl{i}.addr"));
     let log = dir.join(format!("ctl{i}.log"));
-    let child = Command::new(BIN)
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-token",
-            ADMIN,
-            "--agent-token",
-            AGENT,
-            "--store",
-            store,
-        ])
-        .arg("--state-dir")
-        .arg(dir.join(format!("ctl{i}")))
-        .arg("--addr-file")
-        .arg(&addr_file)
+    let child = serve_command("127.0.0.1:0", &dir.join(format!("ctl{i}")), &addr_file)
+        .args(["--store", store])
         .args([
             "--lease-ttl-ms",
             &LEASE_MS.to_string(),
@@ -546,15 +539,7 @@ fn replicas_on_etcd_survive_leader_and_member_loss() {
 }
 
 fn run_ok(args: &[&str]) {
-    let out = Command::new(BIN)
-        .args(args)
-        .output()
-        .expect("run vgpu-controller");
-    assert!(
-        out.status.success(),
-        "vgpu-controller {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    output_ok(Command::new(BIN).args(args));
 }
 
 fn doc(p: &Path) -> Value {
@@ -574,42 +559,29 @@ fn export_import_through_etcd() {
     let d = TempDir::new("xfer");
     let (c, p) = (free_port(), free_port());
     let mut member = Proc(Some(
-        Command::new(etcd_bin)
-            .args(["--name", "x", "--data-dir"])
-            .arg(d.0.join("etcd"))
-            .args(["--listen-client-urls", &format!("http://127.0.0.1:{c}")])
-            .args(["--advertise-client-urls", &format!("http://127.0.0.1:{c}")])
-            .args(["--listen-peer-urls", &format!("http://127.0.0.1:{p}")])
-            .args([
-                "--initial-advertise-peer-urls",
-                &format!("http://127.0.0.1:{p}"),
-            ])
-            .args(["--initial-cluster", &format!("x=http://127.0.0.1:{p}")])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(
-                std::fs::File::create(d.0.join("etcd.log")).unwrap(),
-            ))
-            .spawn()
-            .expect("spawn etcd"),
+        etcd_member(
+            &etcd_bin,
+            "x",
+            &d.0,
+            (c, p),
+            &format!("x=http://127.0.0.1:{p}"),
+        )
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(
+            std::fs::File::create(d.0.join("etcd.log")).unwrap(),
+        ))
+        .spawn()
+        .expect("spawn etcd"),
     ));
     let mut ctl = Controller::start(&d.0, 60_000, 200);
     let agent = Agent::start(&d.0, &ctl.url, "h1", 2, &["rack=r1"], 0);
     ctl.wait_hosts(1);
-    let (s, proj) = ctl.admin(
-        "POST",
-        "/v1/projects",
-        Some(json!({"name": "team-a", "quota": {"max_allocations": 4}})),
-    );
-    assert_eq!(s, 201, "{proj}");
-    let token = proj["token"].as_str().unwrap().to_string();
+    let token = ctl.create_project("team-a", json!({"max_allocations": 4}));
     for vm in ["vm1", "vm2"] {
-        let (s, a) = http(
-            &ctl.url,
-            "POST",
-            "/v1/allocations",
-            Some(&token),
-            Some(json!({"vm": vm, "host": "h1", "slice": {"profile": "1/2"}}).to_string()),
+        let (s, a) = ctl.allocate_as(
+            &token,
+            json!({"vm": vm, "host": "h1", "slice": {"profile": "1/2"}}).to_string(),
         );
         assert_eq!(s, 201, "{a}");
     }

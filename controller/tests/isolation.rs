@@ -140,11 +140,14 @@ fn an_agent_credential_acts_for_its_own_host_only() {
 
     // The operator issues h1 a new credential: the old one stops working; the agent picks up
     // the new one from its credential file and stays alive.
-    let out = Command::new(env!("CARGO_BIN_EXE_vgpuctl"))
-        .args(["--url", &c.url, "--token", ADMIN, "host-token", "h1"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
+    let out = output_ok(Command::new(env!("CARGO_BIN_EXE_vgpuctl")).args([
+        "--url",
+        &c.url,
+        "--token",
+        ADMIN,
+        "host-token",
+        "h1",
+    ]));
     let new = String::from_utf8(out.stdout).unwrap().trim().to_string();
     assert!(new.starts_with("vgpu_") && new != cred1, "{new}");
     let r = http(

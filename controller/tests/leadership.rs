@@ -6,13 +6,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use vgpu_agent::wire::{GpuInfo, RegisterRequest};
 use vgpu_controller::auth::Role;
 use vgpu_controller::model::{
     Allocation, AllocationRequest, Gpu, Host, Policy, Project, SliceSpec,
 };
 use vgpu_controller::pool::{Pool, PoolConfig};
 use vgpu_controller::store::{Leadership, Result, Snapshot, SqliteStore, Store};
+use vgpu_pool_wire::{GpuInfo, RegisterRequest};
 
 /// SQLite underneath; leadership set by the test (0 = follower, n = leader in epoch n).
 struct Elected {

@@ -193,28 +193,17 @@ fn quotas_and_project_isolation() {
     let c = Controller::start(&d.0, 5_000, 200);
     let _h = Agent::start(&d.0, &c.url, "h1", 1, &[], 7001);
     c.wait_hosts(1);
-    let (st, p) = c.admin("POST", "/v1/projects", Some(json!({"name": "team-a", "quota": {"max_allocations": 2, "max_memory_bytes": 40u64 << 30}})));
-    assert_eq!(st, 201, "{p}");
-    let tok = p["token"].as_str().unwrap().to_string();
+    let tok = c.create_project(
+        "team-a",
+        json!({"max_allocations": 2, "max_memory_bytes": 40u64 << 30}),
+    );
     let body = |vm: &str, mem: u64| {
         json!({"vm": vm, "host": "h1", "slice": {"sm_count": 10, "memory_bytes": mem}}).to_string()
     };
-    let r = http(
-        &c.url,
-        "POST",
-        "/v1/allocations",
-        Some(&tok),
-        Some(body("v1", 30 << 30)),
-    );
+    let r = c.allocate_as(&tok, body("v1", 30 << 30));
     assert_eq!(r.0, 201, "{}", r.1);
     assert_eq!(r.1["project"], json!("team-a"));
-    let r = http(
-        &c.url,
-        "POST",
-        "/v1/allocations",
-        Some(&tok),
-        Some(body("v2", 20 << 30)),
-    );
+    let r = c.allocate_as(&tok, body("v2", 20 << 30));
     assert_error(&r, 403, "quota_exceeded");
     assert!(
         r.1["error"]["message"]
@@ -224,21 +213,9 @@ fn quotas_and_project_isolation() {
         "{}",
         r.1
     );
-    let r = http(
-        &c.url,
-        "POST",
-        "/v1/allocations",
-        Some(&tok),
-        Some(body("v2", 10 << 30)),
-    );
+    let r = c.allocate_as(&tok, body("v2", 10 << 30));
     assert_eq!(r.0, 201);
-    let r = http(
-        &c.url,
-        "POST",
-        "/v1/allocations",
-        Some(&tok),
-        Some(body("v3", 1 << 30)),
-    );
+    let r = c.allocate_as(&tok, body("v3", 1 << 30));
     assert_error(&r, 403, "quota_exceeded");
     assert!(
         r.1["error"]["message"]
@@ -488,13 +465,7 @@ fn controller_sigkill_restart_loses_and_doubles_nothing() {
     let h1 = Agent::start(&d.0, &c.url, "h1", 2, &["rack=r1"], 7001);
     let _h2 = Agent::start(&d.0, &c.url, "h2", 1, &["rack=r1"], 7002);
     c.wait_hosts(2);
-    let (st, p) = c.admin(
-        "POST",
-        "/v1/projects",
-        Some(json!({"name": "p1", "quota": {"max_allocations": 3}})),
-    );
-    assert_eq!(st, 201);
-    let tok = p["token"].as_str().unwrap().to_string();
+    let tok = c.create_project("p1", json!({"max_allocations": 3}));
     let mut ids = Vec::new();
     for (i, slice) in [
         json!({"profile": "1"}),
@@ -582,15 +553,7 @@ fn bad_requests_get_4xx_json_errors() {
     let c = Controller::start(&d.0, 5_000, 200);
     let _h = Agent::start(&d.0, &c.url, "h1", 1, &[], 7001);
     c.wait_hosts(1);
-    let post = |body: &str| {
-        http(
-            &c.url,
-            "POST",
-            "/v1/allocations",
-            Some(ADMIN),
-            Some(body.to_string()),
-        )
-    };
+    let post = |body: &str| c.allocate_as(ADMIN, body.to_string());
     assert_error(&post("{not json"), 400, "bad_request");
     assert_error(
         &post(r#"{"vm": "v", "host": "h1", "slice": {"sm_count": -4, "memory_bytes": 100}}"#),

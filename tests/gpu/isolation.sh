@@ -14,17 +14,9 @@
 #
 # usage: tests/gpu/isolation.sh [BIN_DIR]   (vhost-gpu and libcuda.so; default target/release)
 set -uo pipefail
-here=$(cd "$(dirname "$0")" && pwd)
-repo=$(cd "$here/../.." && pwd)
-bin=$(cd "${1:-$repo/target/release}" && pwd)
-out=${OUT:-/tmp/vgpu-gpu-out}
-work=/tmp/vgpu-iso
+source "$(dirname "$0")/setup.sh" /tmp/vgpu-gpu-out /tmp/vgpu-iso "${1:-}"
 rounds=${CHURN_ROUNDS:-3000}
-mkdir -p "$out" "$work/shim"
 rm -f "$work"/*.res
-cp "$bin/libcuda.so" "$work/shim/libcuda.so.1"
-log() { echo "== $*" >&2; }
-source "$here/seal.sh"
 
 build_failed() { echo "VERDICT: FAIL build of $1"; exit 1; }
 nvcc -cubin -arch=sm_90 "$here/isolation/tenant_kernels.cu" -o "$work/tenant.cubin" || build_failed tenant.cubin

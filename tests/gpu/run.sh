@@ -13,12 +13,7 @@
 # usage: tests/gpu/run.sh [BIN_DIR]   (BIN_DIR holds vhost-gpu and libcuda.so; default
 #        target/release). Results and logs go to $OUT (or /tmp/vgpu-gpu-out).
 set -uo pipefail
-here=$(cd "$(dirname "$0")" && pwd)
-repo=$(cd "$here/../.." && pwd)
-bin=$(cd "${1:-$repo/target/release}" && pwd)
-out=${OUT:-/tmp/vgpu-gpu-out}
-work=/tmp/vgpu-gpu
-mkdir -p "$out" "$work/shim"
+source "$(dirname "$0")/setup.sh" /tmp/vgpu-gpu-out /tmp/vgpu-gpu "${1:-}"
 rm -f "$work"/*.out "$work"/*.err "$work"/*.missing
 
 # The cases this suite must show, fixed here, not discovered from what happened to build.
@@ -41,9 +36,7 @@ fail_now() {
     echo "VERDICT: FAIL ($*)" | tee "$out/table.txt"
     exit 1
 }
-cp "$bin/libcuda.so" "$work/shim/libcuda.so.1"
 ln -sf libcuda.so.1 "$work/shim/libcuda.so"   # the link-time name (Triton links with -lcuda)
-log() { echo "== $*" >&2; }
 
 driver=$(nvidia-smi --query-gpu=driver_version,name --format=csv,noheader 2>/dev/null | head -1)
 log "GPU: ${driver:-unknown}; $(date -u +%Y-%m-%dT%H:%MZ)"
@@ -74,7 +67,6 @@ gcc -O1 -o "$work/forwards" "$repo/tests/programs/forwards.c" -I"$repo/tests/pro
 (cd "$work" && shopt -s nullglob && tar czf "$out/fixtures.tgz" kernels.cubin kernels.ptx kernels.fatbin kernels_compressed*.fatbin)
 fi
 
-source "$here/seal.sh"
 
 # --- the daemon ---
 sock="$work/vgpu.sock"

@@ -10,14 +10,7 @@
 #
 # usage: tests/gpu/slices.sh [BIN_DIR]     results in $OUT (or /tmp/vgpu-slices-out)
 set -uo pipefail
-here=$(cd "$(dirname "$0")" && pwd)
-repo=$(cd "$here/../.." && pwd)
-bin=$(cd "${1:-$repo/target/release}" && pwd)
-out=${OUT:-/tmp/vgpu-slices-out}
-work=/tmp/vgpu-slices
-mkdir -p "$out" "$work/shim"
-cp "$bin/libcuda.so" "$work/shim/libcuda.so.1"
-source "$here/seal.sh"
+source "$(dirname "$0")/setup.sh" /tmp/vgpu-slices-out /tmp/vgpu-slices "${1:-}"
 secs=${SLICE_SECS:-4}
 # The expected cases, fixed here.
 MODES="green mps"

@@ -13,17 +13,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include "vgpu_cuda_min.h"
+#include "check.h"
 
 CUresult cuOccupancyMaxActiveBlocksPerMultiprocessor(int *n, CUfunction f, int block, size_t smem);
 
-#define CHECK(call)                                                        \
-    do {                                                                   \
-        CUresult r_ = (call);                                              \
-        if (r_ != CUDA_SUCCESS) {                                          \
-            fprintf(stderr, "FAIL %s:%d %s -> %d\n", __FILE__, __LINE__, #call, r_); \
-            exit(1);                                                       \
-        }                                                                  \
-    } while (0)
 
 static long rss_kib(void) {
     FILE *f = fopen("/proc/self/status", "r");
@@ -44,13 +37,9 @@ static void checkpoint(int round) {
 
 static int tiny(void) {
     CUdevice dev;
-    CUcontext ctx;
     unsigned char in[4096], out[4096];
     for (int i = 0; i < 4096; i++) in[i] = (unsigned char)i;
-    CHECK(cuInit(0));
-    CHECK(cuDeviceGet(&dev, 0));
-    CHECK(cuDevicePrimaryCtxRetain(&ctx, dev));
-    CHECK(cuCtxSetCurrent(ctx));
+    primary_ctx(&dev);
     CUdeviceptr d;
     CHECK(cuMemAlloc_v2(&d, sizeof in));
     CHECK(cuMemcpyHtoD_v2(d, in, sizeof in));
@@ -73,11 +62,7 @@ static int rounds(const char *path, int n, int launches, int allocs) {
     fclose(f);
 
     CUdevice dev;
-    CUcontext ctx;
-    CHECK(cuInit(0));
-    CHECK(cuDeviceGet(&dev, 0));
-    CHECK(cuDevicePrimaryCtxRetain(&ctx, dev));
-    CHECK(cuCtxSetCurrent(ctx));
+    CUcontext ctx = primary_ctx(&dev);
     const int elems = 1024;
     CUdeviceptr a, b, c;
     CHECK(cuMemAlloc_v2(&a, elems * sizeof(float)));

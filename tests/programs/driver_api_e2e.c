@@ -11,19 +11,10 @@
 #include <string.h>
 #include <unistd.h>
 #include "vgpu_cuda_min.h"
+#include "check.h"
 
 static int failures = 0;
 
-#define CHECK(call)                                                                  \
-    do {                                                                             \
-        CUresult r_ = (call);                                                        \
-        if (r_ != CUDA_SUCCESS) {                                                    \
-            const char *n_ = "?";                                                    \
-            cuGetErrorName(r_, &n_);                                                 \
-            fprintf(stderr, "FAIL %s:%d %s -> %d %s\n", __FILE__, __LINE__, #call, r_, n_); \
-            exit(1);                                                                 \
-        }                                                                            \
-    } while (0)
 
 #define EXPECT(cond, ...)                                                            \
     do {                                                                             \

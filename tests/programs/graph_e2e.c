@@ -6,26 +6,12 @@
 #include <stdlib.h>
 #include <string.h>
 #include "vgpu_cuda_min.h"
-
-#define CHECK(call)                                                                  \
-    do {                                                                             \
-        CUresult r_ = (call);                                                        \
-        if (r_ != CUDA_SUCCESS) {                                                    \
-            const char *n_ = "?";                                                    \
-            cuGetErrorName(r_, &n_);                                                 \
-            fprintf(stderr, "FAIL %s:%d %s -> %d %s\n", __FILE__, __LINE__, #call, r_, n_); \
-            return 1;                                                                \
-        }                                                                            \
-    } while (0)
+#include "check.h"
 
 int main(int argc, char **argv) {
     int kernel_check = !(argc > 2 && strcmp(argv[2], "--no-kernel-check") == 0);
     CUdevice dev;
-    CUcontext ctx;
-    CHECK(cuInit(0));
-    CHECK(cuDeviceGet(&dev, 0));
-    CHECK(cuDevicePrimaryCtxRetain(&ctx, dev));
-    CHECK(cuCtxSetCurrent(ctx));
+    primary_ctx(&dev);
     CUmodule mod;
     CUfunction f;
     CHECK(cuModuleLoad(&mod, argv[1]));

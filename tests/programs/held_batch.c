@@ -12,33 +12,18 @@
 #include <string.h>
 #include <time.h>
 #include "vgpu_cuda_min.h"
+#define CHECK_EXIT 2
+#include "check.h"
 
-#define CHECK(call)                                                        \
-    do {                                                                   \
-        CUresult r_ = (call);                                              \
-        if (r_ != CUDA_SUCCESS) {                                          \
-            fprintf(stderr, "FAIL %s:%d %s -> %d\n", __FILE__, __LINE__, #call, r_); \
-            exit(2);                                                       \
-        }                                                                  \
-    } while (0)
-
-static double now_ms(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec * 1e3 + (double)t.tv_nsec / 1e6;
-}
+static double now_ms(void) { return now_s() * 1e3; }
 
 int main(void) {
     CUdevice dev;
-    CUcontext ctx;
     CUstream s;
     CUdeviceptr d;
     volatile uint32_t *pinned;
     char line[64];
-    CHECK(cuInit(0));
-    CHECK(cuDeviceGet(&dev, 0));
-    CHECK(cuDevicePrimaryCtxRetain(&ctx, dev));
-    CHECK(cuCtxSetCurrent(ctx));
+    primary_ctx(&dev);
     CHECK(cuStreamCreate(&s, CU_STREAM_NON_BLOCKING));
     CHECK(cuMemAlloc_v2(&d, 4096));
     CHECK(cuMemAllocHost_v2((void **)&pinned, 4096));

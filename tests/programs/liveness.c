@@ -12,26 +12,15 @@
 #include <string.h>
 #include <time.h>
 #include "vgpu_cuda_min.h"
+#define CHECK_EXIT 2
+#include "check.h"
 
 #define CUDA_ERROR_DEVICE_UNAVAILABLE 46
 
 static CUdeviceptr dptr;
 static CUdevice dev;
 
-#define CHECK(call)                                                        \
-    do {                                                                   \
-        CUresult r_ = (call);                                              \
-        if (r_ != CUDA_SUCCESS) {                                          \
-            fprintf(stderr, "FAIL %s:%d %s -> %d\n", __FILE__, __LINE__, #call, r_); \
-            exit(2);                                                       \
-        }                                                                  \
-    } while (0)
 
-static double now(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + (double)t.tv_nsec / 1e9;
-}
 
 /* What a runtime's teardown does: frees and releases, after the device is gone. */
 static void teardown(void) {
@@ -44,11 +33,7 @@ static void teardown(void) {
 int main(int argc, char **argv) {
     int pinned = argc > 1 && strcmp(argv[1], "pinned") == 0;
     static unsigned char host[1 << 16];
-    CUcontext ctx;
-    CHECK(cuInit(0));
-    CHECK(cuDeviceGet(&dev, 0));
-    CHECK(cuDevicePrimaryCtxRetain(&ctx, dev));
-    CHECK(cuCtxSetCurrent(ctx));
+    primary_ctx(&dev);
     CHECK(cuMemAlloc_v2(&dptr, sizeof host));
     CHECK(cuMemcpyHtoD_v2(dptr, host, sizeof host));
     atexit(teardown);
@@ -58,11 +43,11 @@ int main(int argc, char **argv) {
     char line[64];
     if (!fgets(line, sizeof line, stdin)) return 3;
 
-    double t0 = now();
+    double t0 = now_s();
     void *big = NULL;
     CUresult first = pinned ? cuMemAllocHost_v2(&big, 8u << 20)
                             : cuMemcpyDtoH_v2(host, dptr, sizeof host);
-    double t1 = now();
+    double t1 = now_s();
     CUdeviceptr more = 0;
     CUresult later[6];
     int sms = 0;
@@ -74,7 +59,7 @@ int main(int argc, char **argv) {
     later[4] = cuInit(0);
     /* Answered from what the shim cached, but the device is gone all the same. */
     later[5] = cuDeviceGetAttribute(&sms, CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT, dev);
-    double t2 = now();
+    double t2 = now_s();
     printf("RESULT first=%d later=%d,%d,%d,%d,%d,%d first_s=%.3f later_s=%.3f\n", first,
            later[0], later[1], later[2], later[3], later[4], later[5], t1 - t0, t2 - t1);
     fflush(stdout);

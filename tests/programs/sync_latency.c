@@ -5,14 +5,11 @@
 #include <stdlib.h>
 #include <time.h>
 #include "vgpu_cuda_min.h"
+#include "check.h"
 
-#define CK(x) do { CUresult r_ = (x); if (r_ != CUDA_SUCCESS) { \
-    fprintf(stderr, "%s:%d: %s failed: %d\n", __FILE__, __LINE__, #x, (int)r_); exit(1); } } while (0)
+#define CK CHECK
 
-static double now_us(void) {
-    struct timespec t; clock_gettime(CLOCK_MONOTONIC, &t);
-    return t.tv_sec * 1e6 + t.tv_nsec / 1e3;
-}
+static double now_us(void) { return now_s() * 1e6; }
 static int cmp(const void *a, const void *b) {
     double x = *(const double *)a, y = *(const double *)b; return (x > y) - (x < y);
 }

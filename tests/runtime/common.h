@@ -17,6 +17,18 @@
         }                                                                                     \
     } while (0)
 
+// A library call (cuBLAS, cuFFT, cuRAND) must return `ok`; `what` names the status in the
+// failure line ("cublas status", "cufft result", ...). Each program defines its short form
+// (CKB, CKF, CKR) with this.
+#define CK_LIB(call, ok, what)                                                                \
+    do {                                                                                      \
+        auto r_ = (call);                                                                     \
+        if (r_ != (ok)) {                                                                     \
+            std::fprintf(stderr, "FAIL %s:%d %s -> " what " %d\n", __FILE__, __LINE__, #call, (int)r_); \
+            std::exit(1);                                                                     \
+        }                                                                                     \
+    } while (0)
+
 #define EXPECT(cond)                                                                          \
     do {                                                                                      \
         if (!(cond)) {                                                                        \
@@ -64,6 +76,25 @@ static inline void result_hex(const char *key, uint64_t v) {
 static inline void result_int(const char *key, long long v) { std::printf("RESULT %s=%lld\n", key, v); }
 static inline void result_str(const char *key, const char *v) { std::printf("RESULT %s=%s\n", key, v); }
 static inline void time_ms(const char *key, double ms) { std::printf("TIME %s=%.3f\n", key, ms); }
+
+// Calls `release` (cudaFree, cudaFreeHost) on each pointer; returns the first error, if any
+// (callers check it with CK, so that a failure names their line).
+template <typename... P> static inline cudaError_t release_all(cudaError_t (*release)(void *), P... p) {
+    cudaError_t first = cudaSuccess;
+    for (void *q : {(void *)p...}) {
+        cudaError_t e = release(q);
+        if (first == cudaSuccess) first = e;
+    }
+    return first;
+}
+
+// The end of a program that got through: its own time (`TIME <name>_ms`, since `wall` started)
+// and `PASS <name>`. main returns what this returns.
+static inline int pass(const char *name, const Timer &wall) {
+    std::printf("TIME %s_ms=%.3f\n", name, wall.ms());
+    std::printf("PASS %s\n", name);
+    return 0;
+}
 
 // A deterministic integer hash (for test data).
 __host__ __device__ static inline uint32_t hash32(uint32_t x) {

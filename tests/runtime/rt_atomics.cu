@@ -130,12 +130,7 @@ int main() {
     result_int("atomic_or", got.orv);
     result_int("atomic_cas_xor", got.xorv);
     result_int("atomic_cas_wins", got.cas_wins);
-    CK(cudaFree(dv));
-    CK(cudaFree(bins));
-    CK(cudaFree(slots));
-    CK(cudaFree(dt));
-    time_ms("rt_atomics_ms", wall.ms());
+    CK(release_all(cudaFree, dv, bins, slots, dt));
     time_ms("atomics_kernels_ms", kernel_ms);
-    std::printf("PASS rt_atomics\n");
-    return 0;
+    return pass("rt_atomics", wall);
 }

@@ -64,10 +64,7 @@ int main() {
     cudaFuncAttributes fa;
     CK(cudaFuncGetAttributes(&fa, saxpy));
     EXPECT(fa.maxThreadsPerBlock > 0);
-    CK(cudaFree(dx));
-    CK(cudaFree(dy));
-    CK(cudaFree(dz));
-    CK(cudaFree(dout));
+    CK(release_all(cudaFree, dx, dy, dz, dout));
     std::free(hx);
     std::free(hy);
     std::free(back);

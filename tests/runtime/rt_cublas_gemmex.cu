@@ -7,15 +7,7 @@
 #include <cuda_fp16.h>
 #include <vector>
 
-#define CKB(call)                                                                             \
-    do {                                                                                      \
-        cublasStatus_t s_ = (call);                                                           \
-        if (s_ != CUBLAS_STATUS_SUCCESS) {                                                    \
-            std::fprintf(stderr, "FAIL %s:%d %s -> cublas status %d\n", __FILE__, __LINE__, #call, \
-                         (int)s_);                                                            \
-            std::exit(1);                                                                     \
-        }                                                                                     \
-    } while (0)
+#define CKB(call) CK_LIB(call, CUBLAS_STATUS_SUCCESS, "cublas status")
 
 static float val(uint32_t i, uint32_t salt) { return (float)((int)(hash32(i * 17 + salt) % 15) - 7) * 0.125f; }
 
@@ -98,8 +90,6 @@ int main() {
     for (void *p : {dAh, dBh, dAb, dBb, (void *)dC}) CK(cudaFree(p));
     CK(cudaEventDestroy(e0));
     CK(cudaEventDestroy(e1));
-    time_ms("rt_cublas_gemmex_ms", wall.ms());
     time_ms("gemmex_f16_x20_ms", ms);
-    std::printf("PASS rt_cublas_gemmex\n");
-    return 0;
+    return pass("rt_cublas_gemmex", wall);
 }

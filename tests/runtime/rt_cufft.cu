@@ -7,14 +7,7 @@
 #include <cufft.h>
 #include <vector>
 
-#define CKF(call)                                                                             \
-    do {                                                                                      \
-        cufftResult r_ = (call);                                                              \
-        if (r_ != CUFFT_SUCCESS) {                                                            \
-            std::fprintf(stderr, "FAIL %s:%d %s -> cufft result %d\n", __FILE__, __LINE__, #call, (int)r_); \
-            std::exit(1);                                                                     \
-        }                                                                                     \
-    } while (0)
+#define CKF(call) CK_LIB(call, CUFFT_SUCCESS, "cufft result")
 
 int main() {
     Timer wall;
@@ -100,8 +93,6 @@ int main() {
     CKF(cufftDestroy(plan));
     CK(cudaStreamDestroy(s));
     CK(cudaFree(d));
-    time_ms("rt_cufft_ms", wall.ms());
     time_ms("fft_4096x4_50_pairs_ms", fft_ms);
-    std::printf("PASS rt_cufft\n");
-    return 0;
+    return pass("rt_cufft", wall);
 }

@@ -5,14 +5,7 @@
 #include <curand.h>
 #include <vector>
 
-#define CKR(call)                                                                             \
-    do {                                                                                      \
-        curandStatus_t r_ = (call);                                                           \
-        if (r_ != CURAND_STATUS_SUCCESS) {                                                    \
-            std::fprintf(stderr, "FAIL %s:%d %s -> curand status %d\n", __FILE__, __LINE__, #call, (int)r_); \
-            std::exit(1);                                                                     \
-        }                                                                                     \
-    } while (0)
+#define CKR(call) CK_LIB(call, CURAND_STATUS_SUCCESS, "curand status")
 
 int main() {
     Timer wall;
@@ -60,9 +53,6 @@ int main() {
         CKR(curandDestroyGenerator(gen));
     }
     CK(cudaStreamDestroy(s));
-    CK(cudaFree(d_f));
-    CK(cudaFree(d_u));
-    time_ms("rt_curand_ms", wall.ms());
-    std::printf("PASS rt_curand\n");
-    return 0;
+    CK(release_all(cudaFree, d_f, d_u));
+    return pass("rt_curand", wall);
 }

@@ -81,7 +81,5 @@ int main() {
     CK(cudaDeviceGetLimit(&heap, cudaLimitMallocHeapSize));
     result_int("limit_stack", (long long)stack);
     result_int("limit_malloc_heap", (long long)heap);
-    time_ms("rt_device_props_ms", wall.ms());
-    std::printf("PASS rt_device_props\n");
-    return 0;
+    return pass("rt_device_props", wall);
 }

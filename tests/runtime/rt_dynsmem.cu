@@ -47,9 +47,7 @@ static uint64_t run(int bytes, int blocks, bool check) {
             }
             EXPECT(hs[b] == s);
         }
-    CK(cudaFree(in));
-    CK(cudaFree(out));
-    CK(cudaFree(sums));
+    CK(release_all(cudaFree, in, out, sums));
     return checksum(back.data(), n * sizeof(int), checksum(hs.data(), blocks * sizeof(long long)));
 }
 
@@ -91,8 +89,6 @@ int main() {
     CK(cudaFuncSetAttribute(reverse_segments, cudaFuncAttributePreferredSharedMemoryCarveout,
                             cudaSharedmemCarveoutMaxShared));
     result_hex("dynsmem_100k_carveout", run(big, 16, true));
-    time_ms("rt_dynsmem_ms", wall.ms());
     time_ms("dynsmem_100k_ms", big_ms);
-    std::printf("PASS rt_dynsmem\n");
-    return 0;
+    return pass("rt_dynsmem", wall);
 }

@@ -91,11 +91,8 @@ int main() {
     for (cudaEvent_t e : {start, stop, produced, notiming, blocking, e0}) CK(cudaEventDestroy(e));
     CK(cudaStreamDestroy(s1));
     CK(cudaStreamDestroy(s2));
-    CK(cudaFree(prod));
-    CK(cudaFree(cons));
+    CK(release_all(cudaFree, prod, cons));
     CK(cudaFreeHost(h));
-    time_ms("rt_events_ms", wall.ms());
     time_ms("events_elapsed_ms", ms);
-    std::printf("PASS rt_events\n");
-    return 0;
+    return pass("rt_events", wall);
 }

@@ -74,12 +74,8 @@ int main() {
     CK(cudaGraphExecDestroy(e));
     CK(cudaGraphDestroy(g));
     CK(cudaStreamDestroy(s));
-    CK(cudaFree(x));
-    CK(cudaFree(y));
-    CK(cudaFree(z));
+    CK(release_all(cudaFree, x, y, z));
     std::free(h);
-    time_ms("rt_graph_ms", wall.ms());
     time_ms("graph_10_launches_ms", launch_ms);
-    std::printf("PASS rt_graph\n");
-    return 0;
+    return pass("rt_graph", wall);
 }

@@ -72,9 +72,6 @@ int main() {
     CK(cudaGraphDestroy(g2));
     CK(cudaGraphDestroy(g3));
     CK(cudaStreamDestroy(s));
-    CK(cudaFree(d1));
-    CK(cudaFree(d2));
-    time_ms("rt_graph_update_ms", wall.ms());
-    std::printf("PASS rt_graph_update\n");
-    return 0;
+    CK(release_all(cudaFree, d1, d2));
+    return pass("rt_graph_update", wall);
 }

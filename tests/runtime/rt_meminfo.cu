@@ -40,7 +40,5 @@ int main() {
     void *q = nullptr;
     EXPECT_ERR(cudaMalloc(&q, total0 * 2), cudaErrorMemoryAllocation);
     CK(cudaMemGetInfo(&free2, &total2));  // still usable
-    time_ms("rt_meminfo_ms", wall.ms());
-    std::printf("PASS rt_meminfo\n");
-    return 0;
+    return pass("rt_meminfo", wall);
 }

@@ -65,17 +65,13 @@ int main() {
         }
     }
     result_hex("copies_all", all);
-    CK(cudaFree(d1));
-    CK(cudaFree(d2));
-    CK(cudaFreeHost(psrc));
-    CK(cudaFreeHost(pdst));
+    CK(release_all(cudaFree, d1, d2));
+    CK(release_all(cudaFreeHost, psrc, pdst));
     std::free(src);
     std::free(dst);
-    time_ms("rt_pinned_pageable_ms", wall.ms());
     time_ms("pageable_h2d_64MiB_ms", pageable_h2d);
     time_ms("pageable_d2h_64MiB_ms", pageable_d2h);
     time_ms("pinned_h2d_64MiB_ms", pinned_h2d);
     time_ms("pinned_d2h_64MiB_ms", pinned_d2h);
-    std::printf("PASS rt_pinned_pageable\n");
-    return 0;
+    return pass("rt_pinned_pageable", wall);
 }

@@ -65,7 +65,5 @@ int main() {
         CK(cudaFree(d[i]));
     }
     for (cudaStream_t s : ss) CK(cudaStreamDestroy(s));
-    time_ms("rt_priorities_ms", wall.ms());
-    std::printf("PASS rt_priorities\n");
-    return 0;
+    return pass("rt_priorities", wall);
 }

@@ -78,8 +78,7 @@ int main() {
     CK(cudaEventDestroy(start));
     CK(cudaEventDestroy(stop));
     CK(cudaFree(d));
-    CK(cudaFreeHost(h));
-    CK(cudaFreeHost(back));
+    CK(release_all(cudaFreeHost, h, back));
     CK(cudaDeviceReset());
     std::printf("PASS rt_streams (%.3f ms)\n", ms);
     return 0;

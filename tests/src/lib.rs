@@ -166,6 +166,38 @@ pub fn guest_command(program: &Path, socket: &Path) -> Command {
     cmd
 }
 
+/// The driver-API end-to-end program (`driver_api_e2e.c`, or `graph_e2e.c`) on the daemon's
+/// socket with the test kernels, checking launches only as the simulator can.
+pub fn e2e_command(program: &Path, socket: &Path) -> Command {
+    let mut cmd = guest_command(program, socket);
+    cmd.arg(fixture("kernels.cubin")).arg("--no-kernel-check");
+    cmd
+}
+
+/// Runs `cmd` to its end and fails the test unless it exits 0 (showing its status and
+/// stderr); returns its output.
+pub fn output_ok(cmd: &mut Command) -> std::process::Output {
+    let out = cmd.output().unwrap_or_else(|e| panic!("run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Runs `cmd` to its end: its exit status and what it wrote (stdout, then stderr).
+pub fn run_text(cmd: &mut Command) -> (std::process::ExitStatus, String) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("run {cmd:?}: {e}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status, text)
+}
+
 /// Makes `DIR/shim/libcuda.so.1` point at `DIR/libcuda.so`: the shim is loaded by its soname.
 pub fn link_shim(dir: &Path) {
     let shim = dir.join("shim");
@@ -334,9 +366,7 @@ pub fn signal_tree(pid: u32, signal: i32) {
 /// Starts the driver-API program holding two 64 MiB buffers (E2E_HOLD) and returns it once it
 /// says it holds them.
 pub fn start_holder(program: &Path, daemon: &Daemon) -> Child {
-    let mut holder = guest_command(program, &daemon.socket)
-        .arg(fixture("kernels.cubin"))
-        .arg("--no-kernel-check")
+    let mut holder = e2e_command(program, &daemon.socket)
         .env("E2E_HOLD", "1")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())

@@ -154,72 +154,50 @@ fn hostile_messages_get_errors_and_the_daemon_keeps_serving() {
     );
     assert_eq!(last(&reply).0, CuResult::INVALID_VALUE.0);
 
-    // A data reference past the end of the data it came with.
-    let copy = calls::MemcpyHtoD {
-        ctx: ctx.into(),
-        stream: 0.into(),
-        dst: dptr.into(),
-        data: DataRef::new(32, 64),
+    // Copies in the client wrote wrongly: a data reference past the end of the data it came
+    // with, a copy past the end of the allocation, descriptors outside guest memory or running
+    // past the end of a region.
+    let htod = |dst: u64, data: DataRef| {
+        let copy = calls::MemcpyHtoD {
+            ctx: ctx.into(),
+            stream: 0.into(),
+            dst: dst.into(),
+            data,
+        };
+        message(1, Opcode::MemcpyHtoD as u16, &copy, &[])
     };
-    let m = message(1, Opcode::MemcpyHtoD as u16, &copy, &[]);
-    let reply = c.send_with(
-        &m,
-        &[Seg {
-            gpa: out.gpa,
-            len: 64,
-            writable: false,
-        }],
-        &[],
-    );
-    assert_eq!(last(&reply).0, CuResult::INVALID_VALUE.0);
-    // A copy past the end of the allocation.
-    let copy = calls::MemcpyHtoD {
-        ctx: ctx.into(),
-        stream: 0.into(),
-        dst: (dptr + 4090).into(),
-        data: DataRef::new(0, 64),
+    let data_in = |gpa: u64, len: u32| Seg {
+        gpa,
+        len,
+        writable: false,
     };
-    let m = message(1, Opcode::MemcpyHtoD as u16, &copy, &[]);
-    let reply = c.send_with(
-        &m,
-        &[Seg {
-            gpa: out.gpa,
-            len: 64,
-            writable: false,
-        }],
-        &[],
-    );
-    assert_eq!(last(&reply).0, CuResult::INVALID_VALUE.0);
-
-    // Descriptors outside guest memory, or running past the end of a region.
-    let ok = calls::MemcpyHtoD {
-        ctx: ctx.into(),
-        stream: 0.into(),
-        dst: dptr.into(),
-        data: DataRef::new(0, 64),
-    };
-    let m = message(1, Opcode::MemcpyHtoD as u16, &ok, &[]);
-    let reply = c.send_with(
-        &m,
-        &[Seg {
-            gpa: 1 << 50,
-            len: 64,
-            writable: false,
-        }],
-        &[],
-    );
-    assert_eq!(last(&reply).0, CuResult::INVALID_VALUE.0);
     let end = out.gpa + (2 << 20) - 8;
-    let reply = c.send_with(
-        &m,
-        &[Seg {
-            gpa: end,
-            len: 4096,
-            writable: false,
-        }],
-        &[],
-    );
-    assert_eq!(last(&reply).0, CuResult::INVALID_VALUE.0);
+    for (what, m, seg) in [
+        (
+            "data past its end",
+            htod(dptr, DataRef::new(32, 64)),
+            data_in(out.gpa, 64),
+        ),
+        (
+            "past the allocation",
+            htod(dptr + 4090, DataRef::new(0, 64)),
+            data_in(out.gpa, 64),
+        ),
+        (
+            "outside guest memory",
+            htod(dptr, DataRef::new(0, 64)),
+            data_in(1 << 50, 64),
+        ),
+        (
+            "past the region's end",
+            htod(dptr, DataRef::new(0, 64)),
+            data_in(end, 4096),
+        ),
+    ] {
+        let reply = c.send_with(&m, &[seg], &[]);
+        assert_eq!(last(&reply).0, CuResult::INVALID_VALUE.0, "{what}");
+    }
+    let m = htod(dptr, DataRef::new(0, 64));
     // A reply area overlapping the message.
     let msg_gpa = c.msg.gpa;
     // SAFETY: the message buffer is ours.
@@ -241,15 +219,7 @@ fn hostile_messages_get_errors_and_the_daemon_keeps_serving() {
     // And the good path still works on the same connection.
     // SAFETY: `out` is shared memory we own.
     unsafe { std::ptr::write_bytes(out.hva, 0x5a, 64) };
-    let reply = c.send_with(
-        &m,
-        &[Seg {
-            gpa: out.gpa,
-            len: 64,
-            writable: false,
-        }],
-        &[],
-    );
+    let reply = c.send_with(&m, &[data_in(out.gpa, 64)], &[]);
     assert_eq!(last(&reply).0, 0);
     assert!(daemon.is_running());
 }

@@ -3,7 +3,9 @@
 
 use std::time::Duration;
 
-use vgpu_tests::{Daemon, compile_c, fixture, guest_command, meminfo_lines, scratch, start_holder};
+use vgpu_tests::{
+    Daemon, compile_c, e2e_command, fixture, guest_command, meminfo_lines, scratch, start_holder,
+};
 
 fn run_e2e(module: &str) {
     let dir = scratch(&format!("e2e-{module}"));
@@ -70,9 +72,7 @@ fn assert_sim_freed_all_of(log: &str, client: &str) {
 
 /// Runs the driver-API program to the end and returns its stdout.
 fn run_to_the_end(program: &std::path::Path, daemon: &Daemon) -> String {
-    let out = guest_command(program, &daemon.socket)
-        .arg(fixture("kernels.cubin"))
-        .arg("--no-kernel-check")
+    let out = e2e_command(program, &daemon.socket)
         .output()
         .expect("run the program");
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -123,9 +123,7 @@ fn graphs_captured_from_a_stream_are_launched_on_the_host() {
     let dir = scratch("graph");
     let program = compile_c("graph_e2e.c", &dir);
     let daemon = Daemon::start_sim(&dir, &[]);
-    let out = guest_command(&program, &daemon.socket)
-        .arg(fixture("kernels.cubin"))
-        .arg("--no-kernel-check")
+    let out = e2e_command(&program, &daemon.socket)
         .output()
         .expect("run the graph program");
     let stdout = String::from_utf8_lossy(&out.stdout);

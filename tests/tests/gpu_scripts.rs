@@ -5,16 +5,11 @@
 
 use std::process::Command;
 
-use vgpu_tests::{repo, scratch};
+use vgpu_tests::{repo, run_text, scratch};
 
 fn run(cmd: &mut Command) -> (i32, String) {
-    let out = cmd.current_dir(repo()).output().expect("run the command");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.code().unwrap_or(-1), text)
+    let (status, text) = run_text(cmd.current_dir(repo()));
+    (status.code().unwrap_or(-1), text)
 }
 
 #[test]
@@ -23,6 +18,9 @@ fn the_gpu_scripts_parse() {
         "tests/gpu/run.sh",
         "tests/gpu/slices.sh",
         "tests/gpu/seal.sh",
+        "tests/gpu/setup.sh",
+        "tests/gpu/isolation.sh",
+        "tests/gpu/session.sh",
         "tests/vm/h200-run.sh",
         "tests/vm/h200-guest.sh",
         "tests/vm/run.sh",

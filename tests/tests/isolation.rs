@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use vgpu_tests::{Daemon, RawClient, compile_c, fixture, guest_command, scratch, start_holder};
+use vgpu_tests::{Daemon, RawClient, compile_c, e2e_command, run_text, scratch, start_holder};
 
 /// Pids of the live worker processes under `pid` (its descendants with a worker socket in
 /// their environment: the front's own children, or the spawner's).
@@ -126,18 +126,9 @@ fn the_slice_limit_holds_across_processes() {
         status_used(&status) == Some(128 << 20)
     });
     // A second process needs another 128 MiB and more: over the 200 MiB slice.
-    let out = guest_command(&program, &daemon.socket)
-        .arg(fixture("kernels.cubin"))
-        .arg("--no-kernel-check")
-        .output()
-        .expect("run the second program");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (exit, text) = run_text(&mut e2e_command(&program, &daemon.socket));
     assert!(
-        !out.status.success() && !text.contains("E2E PASS"),
+        !exit.success() && !text.contains("E2E PASS"),
         "the second process went over the slice:\n{text}\n{}",
         daemon.log_text()
     );
@@ -150,18 +141,9 @@ fn the_slice_limit_holds_across_processes() {
     wait_until("the slice is empty", &daemon, || {
         status_used(&status) == Some(0)
     });
-    let out = guest_command(&program, &daemon.socket)
-        .arg(fixture("kernels.cubin"))
-        .arg("--no-kernel-check")
-        .output()
-        .expect("run the program again");
     // (The program's own check that the device has 1 GiB or more fails on a 200 MiB slice;
     // what matters here is that every allocation and copy went through.)
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (_, text) = run_text(&mut e2e_command(&program, &daemon.socket));
     assert!(
         text.contains("copy 64 MiB: checksum")
             && text.contains("kernels: 1000 launches")
@@ -192,9 +174,7 @@ fn a_dead_worker_fails_only_its_client_and_frees_its_memory() {
         status_used(&status) == Some(0)
     });
     assert!(daemon.is_running(), "the daemon died with a worker");
-    let out = guest_command(&program, &daemon.socket)
-        .arg(fixture("kernels.cubin"))
-        .arg("--no-kernel-check")
+    let out = e2e_command(&program, &daemon.socket)
         .output()
         .expect("run another program");
     assert!(
@@ -260,9 +240,7 @@ fn a_memory_region_larger_than_its_file_is_refused_and_others_are_served() {
     );
     drop(hostile);
     // The other frontend is still served, and so is a new one.
-    let out = guest_command(&program, &daemon.socket)
-        .arg(fixture("kernels.cubin"))
-        .arg("--no-kernel-check")
+    let out = e2e_command(&program, &daemon.socket)
         .output()
         .expect("run a program");
     assert!(

@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use vgpu_tests::{bin_dir, built, compile_c, fixture, guest_command, repo, scratch};
+use vgpu_tests::{bin_dir, built, compile_c, e2e_command, output_ok, repo, scratch};
 
 /// Children killed when the test ends, however it ends, and the workers the agents started
 /// (they die with their agent; stopping them here too means a failed run leaves none).
@@ -48,14 +48,14 @@ fn controller_bins() -> std::path::PathBuf {
     built();
     let dir = bin_dir();
     let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    cmd.args(["build", "-q", "-p", "vgpu-controller"])
+    cmd.args(["build", "-q", "-p", "vgpu-controller", "-p", "vgpu-agent"])
         .current_dir(repo());
     if dir.ends_with("release") {
         cmd.arg("--release");
     }
     assert!(
         cmd.status().expect("cargo build").success(),
-        "building the controller failed"
+        "building the controller and the agent failed"
     );
     dir
 }
@@ -71,15 +71,10 @@ fn spawn(dir: &Path, log: &str, bin: &Path, args: &[&str]) -> Child {
 }
 
 fn vgpuctl(bins: &Path, url: &str, args: &[&str]) -> serde_json::Value {
-    let out = Command::new(bins.join("vgpuctl"))
-        .args(["--url", url, "--token", "admin", "--json"])
-        .args(args)
-        .output()
-        .expect("vgpuctl");
-    assert!(
-        out.status.success(),
-        "vgpuctl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = output_ok(
+        Command::new(bins.join("vgpuctl"))
+            .args(["--url", url, "--token", "admin", "--json"])
+            .args(args),
     );
     serde_json::from_slice(&out.stdout).expect("vgpuctl JSON")
 }
@@ -110,6 +105,7 @@ fn start_pool(name: &str) -> Pool {
     let serve_port = free_port();
     let url = format!("http://127.0.0.1:{ctl_port}");
     let ctl = bins.join("vgpu-controller");
+    let agent_bin = bins.join("vgpu-agent");
     let state = |n: &str| dir.join(n).display().to_string();
     let mut procs = Procs(
         Vec::new(),
@@ -135,8 +131,7 @@ fn start_pool(name: &str) -> Pool {
     ));
     let agent = |name: &str, gpus: &str, port: u16| {
         vec![
-            "agent".to_string(),
-            "--controller".into(),
+            "--controller".to_string(),
             url.clone(),
             "--token".into(),
             "agent".into(),
@@ -155,7 +150,9 @@ fn start_pool(name: &str) -> Pool {
     for (name, gpus, port) in [("h1", "0", 0), ("h2", "1", serve_port)] {
         let a = agent(name, gpus, port);
         let a: Vec<&str> = a.iter().map(String::as_str).collect();
-        procs.0.push(spawn(&dir, &format!("{name}.log"), &ctl, &a));
+        procs
+            .0
+            .push(spawn(&dir, &format!("{name}.log"), &agent_bin, &a));
     }
     wait_until("both hosts registered", Duration::from_secs(30), || {
         Command::new(bins.join("vgpuctl"))
@@ -211,9 +208,7 @@ fn allocate_remote(p: &Pool, vm: &str) -> std::path::PathBuf {
 /// passes; returns the program's output and the slice server's log.
 fn run_program(p: &Pool, socket: &Path) -> (String, String) {
     let dir = &p.dir;
-    let out = guest_command(&p.program, socket)
-        .arg(fixture("kernels.cubin"))
-        .arg("--no-kernel-check")
+    let out = e2e_command(&p.program, socket)
         .output()
         .expect("run the program");
     let stdout = String::from_utf8_lossy(&out.stdout);

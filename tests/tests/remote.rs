@@ -8,30 +8,27 @@ use std::{
     time::Duration,
 };
 
-use vgpu_tests::{Daemon, compile_c, fixture, guest_command, scratch};
+use vgpu_tests::{Daemon, compile_c, e2e_command, scratch};
 
 fn run_e2e(program: &std::path::Path, local: &Daemon) -> std::process::Output {
-    guest_command(program, &local.socket)
-        .arg(fixture("kernels.cubin"))
-        .arg("--no-kernel-check")
+    e2e_command(program, &local.socket)
         .output()
         .expect("run the e2e program")
+}
+
+/// A GPU host on the simulator, and a VM host's daemon forwarding to it with `extra` flags.
+fn gpu_and_vm_host(dir: &std::path::Path, extra: &[&str]) -> (Daemon, Daemon) {
+    let (gpu_host, port) = Daemon::start_remote_host(dir, &[]);
+    let remote = format!("127.0.0.1:{port}");
+    let local = Daemon::start_sim(dir, &[&["--remote", &remote][..], extra].concat());
+    (gpu_host, local)
 }
 
 #[test]
 fn a_program_runs_on_a_remote_slice_and_the_slice_is_freed_after() {
     let dir = scratch("remote-e2e");
     let program = compile_c("driver_api_e2e.c", &dir);
-    let (gpu_host, port) = Daemon::start_remote_host(&dir, &[]);
-    let local = Daemon::start_sim(
-        &dir,
-        &[
-            "--remote",
-            &format!("127.0.0.1:{port}"),
-            "--mem-limit",
-            "2G",
-        ],
-    );
+    let (gpu_host, local) = gpu_and_vm_host(&dir, &["--mem-limit", "2G"]);
     let out = run_e2e(&program, &local);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -65,17 +62,8 @@ fn a_program_runs_on_a_remote_slice_and_the_slice_is_freed_after() {
 fn a_slice_limit_is_enforced_by_the_gpu_host() {
     let dir = scratch("remote-limit");
     let program = compile_c("driver_api_e2e.c", &dir);
-    let (gpu_host, port) = Daemon::start_remote_host(&dir, &[]);
     // The program holds two 64 MiB buffers: a 100 MiB slice cannot have both.
-    let local = Daemon::start_sim(
-        &dir,
-        &[
-            "--remote",
-            &format!("127.0.0.1:{port}"),
-            "--mem-limit",
-            "100M",
-        ],
-    );
+    let (gpu_host, local) = gpu_and_vm_host(&dir, &["--mem-limit", "100M"]);
     let out = run_e2e(&program, &local);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -127,8 +115,7 @@ fn a_slice_limit_is_enforced_by_the_gpu_host() {
 fn a_dead_gpu_host_is_a_clear_error_and_the_vm_host_daemon_survives() {
     let dir = scratch("remote-dead");
     let program = compile_c("driver_api_e2e.c", &dir);
-    let (mut gpu_host, port) = Daemon::start_remote_host(&dir, &[]);
-    let mut local = Daemon::start_sim(&dir, &["--remote", &format!("127.0.0.1:{port}")]);
+    let (mut gpu_host, mut local) = gpu_and_vm_host(&dir, &[]);
     gpu_host.child.kill().expect("kill the GPU host");
     let _ = gpu_host.child.wait();
     let out = run_e2e(&program, &local);

@@ -9,7 +9,7 @@ use std::{
 };
 
 use vgpu_remote::{FrameError, Secret, SessionParams, client::Channel, tls::Transport};
-use vgpu_tests::{Daemon, compile_c, fixture, guest_command, scratch};
+use vgpu_tests::{Daemon, compile_c, e2e_command, output_ok, scratch};
 
 fn session(port: u16, secret: Option<&Secret>) -> Result<Channel, FrameError> {
     vgpu_remote::client::connect(
@@ -328,9 +328,7 @@ fn a_byte_altered_in_transit_ends_the_session_with_a_clear_error_on_both_sides()
     // requests (those of cuInit first). The twelfth is altered.
     let relay = tampering_relay(port, 12);
     let local = Daemon::start_sim(&dir, &["--remote", &format!("127.0.0.1:{relay}")]);
-    let out = guest_command(&program, &local.socket)
-        .arg(fixture("kernels.cubin"))
-        .arg("--no-kernel-check")
+    let out = e2e_command(&program, &local.socket)
         .output()
         .expect("run the program");
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -351,16 +349,7 @@ fn a_byte_altered_in_transit_ends_the_session_with_a_clear_error_on_both_sides()
     let local2dir = dir.join("honest");
     std::fs::create_dir_all(&local2dir).expect("dir");
     let honest = Daemon::start_sim(&local2dir, &["--remote", &format!("127.0.0.1:{port}")]);
-    let out = guest_command(&program, &honest.socket)
-        .arg(fixture("kernels.cubin"))
-        .arg("--no-kernel-check")
-        .output()
-        .expect("run the program");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    output_ok(&mut e2e_command(&program, &honest.socket));
 }
 
 #[test]

@@ -111,21 +111,62 @@ enum Cmd {
     },
 }
 
+/// Why a command failed.
+#[derive(Debug, thiserror::Error)]
+enum CliError {
+    #[error(transparent)]
+    Client(#[from] vgpu_pool_wire::ClientSetupError),
+    #[error("No controller URL in {0:?}")]
+    NoUrl(String),
+    #[error("Cannot reach {base}")]
+    Unreachable {
+        base: String,
+        #[source]
+        source: ureq::Error,
+    },
+    #[error("Cannot read the answer of {base}")]
+    Answer {
+        base: String,
+        #[source]
+        source: ureq::Error,
+    },
+    #[error("HTTP {status} {code}: {message}")]
+    Refused {
+        status: u16,
+        code: String,
+        message: String,
+    },
+    #[error("{0}")]
+    BadSize(String),
+    #[error("Give --profile, or --sm and --memory")]
+    NoSlice,
+}
+
+impl CliError {
+    /// The request failed before reaching the controller (safe to send to another replica).
+    fn unreachable(&self) -> bool {
+        match self {
+            CliError::Unreachable { source, .. } => unreachable(source),
+            _ => false,
+        }
+    }
+}
+
 fn parse_size(s: &str) -> Result<u64, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (n, unit) = s.split_at(split);
-    let n: u64 = n.parse().map_err(|_| format!("bad size {s:?}"))?;
+    let n: u64 = n.parse().map_err(|_| format!("Bad size {s:?}"))?;
     let mul: u64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,
         "k" | "kib" => 1 << 10,
         "m" | "mib" => 1 << 20,
         "g" | "gib" => 1 << 30,
         "t" | "tib" => 1 << 40,
-        u => return Err(format!("unknown size unit {u:?} (use KiB, MiB, GiB, TiB)")),
+        u => return Err(format!("Unknown size unit {u:?} (use KiB, MiB, GiB, TiB)")),
     };
     n.checked_mul(mul)
-        .ok_or_else(|| format!("size {s:?} too large"))
+        .ok_or_else(|| format!("Size {s:?} is too large"))
 }
 
 fn human_bytes(b: u64) -> String {
@@ -162,32 +203,30 @@ fn unreachable(e: &ureq::Error) -> bool {
 }
 
 impl Api {
-    fn call(&self, method: &str, path: &str, body: Option<Value>) -> Result<Value, String> {
+    fn call(&self, method: &str, path: &str, body: Option<Value>) -> Result<Value, CliError> {
         let urls: Vec<&str> = self
             .url
             .split(',')
             .map(str::trim)
             .filter(|u| !u.is_empty())
             .collect();
-        let mut last = format!("no controller URL in {:?}", self.url);
+        let mut last = CliError::NoUrl(self.url.clone());
         for base in urls {
             match self.call_one(base, method, path, body.clone()) {
-                Err((true, e)) => last = e,
-                Err((false, e)) => return Err(e),
-                Ok(v) => return Ok(v),
+                Err(e) if e.unreachable() => last = e,
+                r => return r,
             }
         }
         Err(last)
     }
 
-    /// Err((unreachable, message)).
     fn call_one(
         &self,
         base: &str,
         method: &str,
         path: &str,
         body: Option<Value>,
-    ) -> Result<Value, (bool, String)> {
+    ) -> Result<Value, CliError> {
         let url = format!("{}{}", base.trim_end_matches('/'), path);
         let auth = self.token.as_ref().map(|t| format!("Bearer {t}"));
         let resp = match (method, body) {
@@ -217,24 +256,34 @@ impl Api {
                 r.send_json(body.unwrap_or(json!({})))
             }
         };
-        let mut resp = resp.map_err(|e| (unreachable(&e), format!("cannot reach {base}: {e}")))?;
+        let mut resp = resp.map_err(|source| CliError::Unreachable {
+            base: base.to_string(),
+            source,
+        })?;
         let status = resp.status().as_u16();
         let text = resp
             .body_mut()
             .read_to_string()
-            .map_err(|e| (false, e.to_string()))?;
+            .map_err(|source| CliError::Answer {
+                base: base.to_string(),
+                source,
+            })?;
         let v: Value = if text.is_empty() {
             Value::Null
         } else {
             serde_json::from_str(&text).unwrap_or(Value::String(text))
         };
         if status >= 400 {
-            let msg = v["error"]["message"]
+            let message = v["error"]["message"]
                 .as_str()
                 .map(str::to_string)
                 .unwrap_or_else(|| v.to_string());
-            let code = v["error"]["code"].as_str().unwrap_or("error");
-            return Err((false, format!("HTTP {status} {code}: {msg}")));
+            let code = v["error"]["code"].as_str().unwrap_or("error").to_string();
+            return Err(CliError::Refused {
+                status,
+                code,
+                message,
+            });
         }
         Ok(v)
     }
@@ -310,9 +359,8 @@ fn print_allocations(v: &Value) {
     );
 }
 
-fn run(cli: Cli) -> Result<(), String> {
-    let agent = vgpu_agent::http_client(cli.ca_cert.as_deref(), Duration::from_secs(30))
-        .map_err(|e| format!("{e:#}"))?;
+fn run(cli: Cli) -> Result<(), CliError> {
+    let agent = vgpu_pool_wire::http_client(cli.ca_cert.as_deref(), Duration::from_secs(30))?;
     let api = Api {
         url: cli.url.clone(),
         token: cli.token.clone(),
@@ -468,9 +516,9 @@ fn run(cli: Cli) -> Result<(), String> {
             let slice = match (profile, sm, memory) {
                 (Some(p), _, _) => json!({"profile": p}),
                 (None, Some(sm), Some(m)) => {
-                    json!({"sm_count": sm, "memory_bytes": parse_size(&m)?})
+                    json!({"sm_count": sm, "memory_bytes": parse_size(&m).map_err(CliError::BadSize)?})
                 }
-                _ => return Err("give --profile, or --sm and --memory".into()),
+                _ => return Err(CliError::NoSlice),
             };
             let mut body = json!({
                 "vm": vm, "host": host, "slice": slice,
@@ -537,7 +585,10 @@ fn run(cli: Cli) -> Result<(), String> {
             max_memory,
             max_sm,
         } => {
-            let mem = max_memory.map(|m| parse_size(&m)).transpose()?;
+            let mem = max_memory
+                .map(|m| parse_size(&m))
+                .transpose()
+                .map_err(CliError::BadSize)?;
             let body = json!({"name": name, "quota": {"max_allocations": max_allocations, "max_memory_bytes": mem, "max_sm": max_sm}});
             (api.call("POST", "/v1/projects", Some(body))?, |v| {
                 println!(
@@ -579,7 +630,7 @@ fn run(cli: Cli) -> Result<(), String> {
 fn main() {
     let cli = Cli::parse();
     if let Err(e) = run(cli) {
-        eprintln!("vgpuctl: {e}");
+        eprintln!("vgpuctl: {}", vgpu_protocol::error_chain(&e));
         std::process::exit(1);
     }
 }

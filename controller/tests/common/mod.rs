@@ -1,5 +1,5 @@
-//! Harness: a real controller process and real agent processes (the `vgpu-controller agent`
-//! subcommand, same code as the `vgpu-agent` binary) with simulated GPUs, on loopback with
+//! Harness: a real controller process and real agent processes (the `vgpu-agent` binary,
+//! built by the harness) with simulated GPUs, on loopback with
 //! random ports, each test in its own temporary state directory.
 //!
 //! Workers: the real `vhost-gpu` daemon is not used here. The agents run a stand-in worker,
@@ -69,20 +69,7 @@ impl Controller {
         let state = dir.join("controller");
         let addr_file = dir.join("controller.addr");
         let _ = std::fs::remove_file(&addr_file);
-        let child = Command::new(BIN)
-            .args([
-                "serve",
-                "--listen",
-                listen,
-                "--admin-token",
-                ADMIN,
-                "--agent-token",
-                AGENT,
-            ])
-            .arg("--state-dir")
-            .arg(&state)
-            .arg("--addr-file")
-            .arg(&addr_file)
+        let child = serve_command(listen, &state, &addr_file)
             .args([
                 "--lease-ttl-ms",
                 &lease_ms.to_string(),
@@ -130,6 +117,31 @@ impl Controller {
             Some(ADMIN),
             body.map(|b| b.to_string()),
         )
+    }
+
+    /// `POST /v1/allocations` with `body` (JSON text) as `token`'s holder.
+    pub fn allocate_as(&self, token: &str, body: String) -> (u16, Value) {
+        http(
+            &self.url,
+            "POST",
+            "/v1/allocations",
+            Some(token),
+            Some(body),
+        )
+    }
+
+    /// Creates project `name` with `quota` (JSON) and returns its token.
+    pub fn create_project(&self, name: &str, quota: Value) -> String {
+        let (st, p) = self.admin(
+            "POST",
+            "/v1/projects",
+            Some(json!({"name": name, "quota": quota})),
+        );
+        assert_eq!(st, 201, "{p}");
+        p["token"]
+            .as_str()
+            .expect("the project's token")
+            .to_string()
     }
 
     pub fn metrics(&self) -> String {
@@ -181,12 +193,61 @@ impl Drop for Controller {
     }
 }
 
+/// `vgpu-controller serve` on `listen` with the test tokens, its state in `state`, writing its
+/// address to `addr_file`.
+pub fn serve_command(listen: &str, state: &Path, addr_file: &Path) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.args(["serve", "--listen", listen])
+        .args(["--admin-token", ADMIN, "--agent-token", AGENT])
+        .arg("--state-dir")
+        .arg(state)
+        .arg("--addr-file")
+        .arg(addr_file);
+    cmd
+}
+
+/// Runs `cmd` to its end and fails the test unless it exits 0 (showing its status and
+/// stderr); returns its output.
+pub fn output_ok(cmd: &mut Command) -> std::process::Output {
+    let out = cmd.output().unwrap_or_else(|e| panic!("run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 pub struct Agent {
     pub child: Option<Child>,
     pub name: String,
     pub state: PathBuf,
     args: Vec<String>,
     log: PathBuf,
+}
+
+/// The arguments every test agent gets: enrolment with the test token, `gpus` simulated GPUs,
+/// its state in `DIR/agent-NAME`, metrics on a free port.
+fn agent_args(dir: &Path, url: &str, name: &str, gpus: u32, serve_port: u16) -> Vec<String> {
+    [
+        "--controller",
+        url,
+        "--token",
+        AGENT,
+        "--name",
+        name,
+        "--sim-gpus",
+        &gpus.to_string(),
+        "--serve-port",
+        &serve_port.to_string(),
+        "--state-dir",
+        &dir.join(format!("agent-{name}")).display().to_string(),
+        "--metrics-addr",
+        "127.0.0.1:0",
+    ]
+    .map(String::from)
+    .to_vec()
 }
 
 impl Agent {
@@ -211,23 +272,8 @@ impl Agent {
         serve_port: u16,
         script: &str,
     ) -> Self {
-        let state = dir.join(format!("agent-{name}"));
-        let mut args: Vec<String> = vec![
-            "agent".into(),
-            "--controller".into(),
-            url.into(),
-            "--token".into(),
-            AGENT.into(),
-            "--name".into(),
-            name.into(),
-            "--sim-gpus".into(),
-            gpus.to_string(),
-            "--serve-port".into(),
-            serve_port.to_string(),
-            "--state-dir".into(),
-            state.display().to_string(),
-            "--metrics-addr".into(),
-            "127.0.0.1:0".into(),
+        let mut args = agent_args(dir, url, name, gpus, serve_port);
+        args.extend([
             "--metrics-addr-file".into(),
             dir.join(format!("agent-{name}.metrics"))
                 .display()
@@ -236,49 +282,28 @@ impl Agent {
             "/bin/sh".into(),
             "--worker-arg=-c".into(),
             format!("--worker-arg={script}"),
-        ];
+        ]);
         for l in labels {
             args.push("--label".into());
             args.push((*l).into());
         }
-        let mut a = Agent {
-            child: None,
-            name: name.into(),
-            state,
-            args,
-            log: dir.join(format!("agent-{name}.log")),
-        };
-        a.spawn();
-        a
+        Self::launch(dir, name, args)
     }
 
     /// An agent whose workers are the real `vhost-gpu` daemon on a simulated GPU (no slice
     /// server: `--serve-port 0`).
     pub fn start_daemon(dir: &Path, url: &str, name: &str, gpus: u32) -> Self {
-        let state = dir.join(format!("agent-{name}"));
-        let args: Vec<String> = vec![
-            "agent".into(),
-            "--controller".into(),
-            url.into(),
-            "--token".into(),
-            AGENT.into(),
-            "--name".into(),
-            name.into(),
-            "--sim-gpus".into(),
-            gpus.to_string(),
-            "--serve-port".into(),
-            "0".into(),
-            "--state-dir".into(),
-            state.display().to_string(),
-            "--metrics-addr".into(),
-            "127.0.0.1:0".into(),
-            "--worker-bin".into(),
-            daemon_bin().display().to_string(),
-        ];
+        let mut args = agent_args(dir, url, name, gpus, 0);
+        args.extend(["--worker-bin".into(), daemon_bin().display().to_string()]);
+        Self::launch(dir, name, args)
+    }
+
+    /// Starts agent `name` with `args`, its log in `DIR/agent-NAME.log`.
+    fn launch(dir: &Path, name: &str, args: Vec<String>) -> Self {
         let mut a = Agent {
             child: None,
             name: name.into(),
-            state,
+            state: dir.join(format!("agent-{name}")),
             args,
             log: dir.join(format!("agent-{name}.log")),
         };
@@ -292,7 +317,7 @@ impl Agent {
     }
 
     pub fn spawn(&mut self) {
-        let child = Command::new(BIN)
+        let child = Command::new(agent_bin())
             .args(&self.args)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
@@ -355,18 +380,28 @@ impl Drop for Agent {
 /// The `vhost-gpu` daemon next to the controller binary (built first if it is not there).
 pub fn daemon_bin() -> PathBuf {
     static BUILT: std::sync::Once = std::sync::Once::new();
-    let bin = Path::new(BIN).parent().unwrap().join("vhost-gpu");
-    BUILT.call_once(|| {
-        if !bin.is_file() {
-            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-            let mut cmd = Command::new(cargo);
-            cmd.args(["build", "-q", "-p", "vhost-gpu"])
-                .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
-            if Path::new(BIN).parent().unwrap().ends_with("release") {
-                cmd.arg("--release");
-            }
-            assert!(cmd.status().unwrap().success(), "building vhost-gpu failed");
+    workspace_bin(&BUILT, "vhost-gpu")
+}
+
+/// The host agent, `vgpu-agent` (its own package: the controller does not link it).
+pub fn agent_bin() -> PathBuf {
+    static BUILT: std::sync::Once = std::sync::Once::new();
+    workspace_bin(&BUILT, "vgpu-agent")
+}
+
+/// Binary `name` of the workspace package of the same name, next to the controller's, built
+/// once per test process (cargo builds only this package's binaries for its tests).
+fn workspace_bin(built: &std::sync::Once, name: &str) -> PathBuf {
+    let bin = Path::new(BIN).parent().unwrap().join(name);
+    built.call_once(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.args(["build", "-q", "-p", name])
+            .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
+        if Path::new(BIN).parent().unwrap().ends_with("release") {
+            cmd.arg("--release");
         }
+        assert!(cmd.status().unwrap().success(), "building {name} failed");
     });
     bin
 }

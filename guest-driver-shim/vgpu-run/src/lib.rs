@@ -480,23 +480,12 @@ mod tests {
         move |q: &Path| set.contains(q)
     }
 
-    /// A fresh directory under the system temp dir, removed on drop.
-    struct TempDir(PathBuf);
-    impl TempDir {
-        fn new(tag: &str) -> Self {
-            static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-            let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let d = std::env::temp_dir()
-                .join(format!("vgpu-run-test-{}-{tag}-{n}", std::process::id()));
-            let _ = std::fs::remove_dir_all(&d);
-            std::fs::DirBuilder::new().mode(0o700).create(&d).unwrap();
-            Self(d)
-        }
-    }
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
+    /// A fresh directory (0700) under the system temp dir, removed on drop.
+    fn temp_dir(tag: &str) -> tempfile::TempDir {
+        tempfile::Builder::new()
+            .prefix(&format!("vgpu-run-test-{tag}-"))
+            .tempdir()
+            .unwrap()
     }
 
     #[test]
@@ -711,8 +700,8 @@ mod tests {
             probe(Path::new("/nonexistent/vgpu-run/x")).unwrap(),
             FileKind::Missing
         );
-        let t = TempDir::new("sock");
-        let s = t.0.join("s");
+        let t = temp_dir("sock");
+        let s = t.path().join("s");
         let _l = std::os::unix::net::UnixListener::bind(&s).unwrap();
         assert_eq!(probe(&s).unwrap(), FileKind::Socket);
     }
@@ -748,11 +737,11 @@ mod tests {
 
     #[test]
     fn link_dir_is_made_and_reused() {
-        let t = TempDir::new("links");
-        let lib = t.0.join("libcuda.so");
+        let t = temp_dir("links");
+        let lib = t.path().join("libcuda.so");
         std::fs::write(&lib, b"not really").unwrap();
         let uid = current_uid().unwrap();
-        let base = t.0.join("base");
+        let base = t.path().join("base");
         let d1 = make_link_dir(&base, uid, &lib).unwrap();
         for name in [SONAME, UNVERSIONED] {
             assert_eq!(std::fs::read_link(d1.join(name)).unwrap(), lib);
@@ -767,7 +756,7 @@ mod tests {
         make_link_dir(&base, uid, &lib).unwrap();
         assert_eq!(std::fs::read_link(d1.join(SONAME)).unwrap(), lib);
         // Another library gets its own directory.
-        let other = t.0.join("other.so");
+        let other = t.path().join("other.so");
         std::fs::write(&other, b"").unwrap();
         assert_ne!(make_link_dir(&base, uid, &other).unwrap(), d1);
     }
@@ -775,11 +764,11 @@ mod tests {
     #[test]
     fn link_dir_refuses_unsafe_bases() {
         use std::os::unix::fs::PermissionsExt;
-        let t = TempDir::new("unsafe");
+        let t = temp_dir("unsafe");
         let uid = current_uid().unwrap();
         let lib = Path::new("/x/libcuda.so");
         // World-writable.
-        let open = t.0.join("open");
+        let open = t.path().join("open");
         std::fs::create_dir(&open).unwrap();
         std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
         assert!(matches!(
@@ -787,14 +776,14 @@ mod tests {
             Err(Error::UnsafeDir { .. })
         ));
         // A symlink to a directory.
-        let link = t.0.join("link");
-        std::os::unix::fs::symlink(&t.0, &link).unwrap();
+        let link = t.path().join("link");
+        std::os::unix::fs::symlink(t.path(), &link).unwrap();
         assert!(matches!(
             make_link_dir(&link, uid, lib),
             Err(Error::UnsafeDir { .. })
         ));
         // Someone else's.
-        let mine = t.0.join("mine");
+        let mine = t.path().join("mine");
         assert!(matches!(
             make_link_dir(&mine, uid.wrapping_add(1), lib),
             Err(Error::UnsafeDir { .. })
@@ -803,11 +792,11 @@ mod tests {
 
     #[test]
     fn prepare_end_to_end() {
-        let t = TempDir::new("prep");
-        let lib_dir = t.0.join("lib");
+        let t = temp_dir("prep");
+        let lib_dir = t.path().join("lib");
         std::fs::create_dir(&lib_dir).unwrap();
         std::fs::write(lib_dir.join(SONAME), b"").unwrap();
-        let tmp = t.0.join("tmp");
+        let tmp = t.path().join("tmp");
         std::fs::create_dir(&tmp).unwrap();
         let env = |k: &str| match k {
             "XDG_RUNTIME_DIR" => None,
@@ -820,7 +809,7 @@ mod tests {
             device: Some(p("/dev/null")),
             ..Options::default()
         };
-        let s = prepare(&opts, env, Path::new("/nowhere/vgpu-run"), &t.0).unwrap();
+        let s = prepare(&opts, env, Path::new("/nowhere/vgpu-run"), t.path()).unwrap();
         // No unversioned name in the lib dir: a private link dir under $TMPDIR.
         assert!(s.lib_dir.starts_with(&tmp), "{}", s.lib_dir.display());
         assert!(s.lib_dir.join(UNVERSIONED).is_file());
@@ -831,7 +820,7 @@ mod tests {
 
         // With both names the directory is used as it is.
         std::fs::write(lib_dir.join(UNVERSIONED), b"").unwrap();
-        let s = prepare(&opts, env, Path::new("/nowhere/vgpu-run"), &t.0).unwrap();
+        let s = prepare(&opts, env, Path::new("/nowhere/vgpu-run"), t.path()).unwrap();
         assert_eq!(s.lib_dir, lib_dir);
     }
 }

@@ -3,24 +3,16 @@
 //! are character devices); the "library" is an empty file (nothing loads it here).
 
 use std::{
-    os::unix::fs::DirBuilderExt,
     path::{Path, PathBuf},
     process::{Command, Output},
 };
 
-struct TempDir(PathBuf);
-impl TempDir {
-    fn new(tag: &str) -> Self {
-        let d = std::env::temp_dir().join(format!("vgpu-run-cli-{}-{tag}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::DirBuilder::new().mode(0o700).create(&d).unwrap();
-        Self(d)
-    }
-}
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+/// A fresh directory (0700) under the system temp dir, removed on drop.
+fn temp_dir(tag: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("vgpu-run-cli-{tag}-"))
+        .tempdir()
+        .unwrap()
 }
 
 fn vgpu_run(args: &[&str], tmp: &Path) -> Output {
@@ -40,8 +32,8 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
-fn lib_dir(t: &TempDir, both_names: bool) -> PathBuf {
-    let d = t.0.join("lib");
+fn lib_dir(t: &tempfile::TempDir, both_names: bool) -> PathBuf {
+    let d = t.path().join("lib");
     std::fs::create_dir_all(&d).unwrap();
     std::fs::write(d.join("libcuda.so.1"), b"").unwrap();
     if both_names {
@@ -52,15 +44,15 @@ fn lib_dir(t: &TempDir, both_names: bool) -> PathBuf {
 
 #[test]
 fn no_command_is_exit_2() {
-    let t = TempDir::new("nocmd");
-    let o = vgpu_run(&["--device", "/dev/null"], &t.0);
+    let t = temp_dir("nocmd");
+    let o = vgpu_run(&["--device", "/dev/null"], t.path());
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("no command given"), "{}", stderr(&o));
 }
 
 #[test]
 fn sets_the_environment_and_passes_the_exit_status() {
-    let t = TempDir::new("env");
+    let t = temp_dir("env");
     let lib = lib_dir(&t, true);
     let lib = lib.to_str().unwrap();
     let o = vgpu_run(
@@ -75,7 +67,7 @@ fn sets_the_environment_and_passes_the_exit_status() {
             "-c",
             "echo \"$LD_LIBRARY_PATH|$VGPU_DEVICE|$TRITON_LIBCUDA_PATH|$VGPU_TRACE\"; exit 7",
         ],
-        &t.0,
+        t.path(),
     );
     assert_eq!(o.status.code(), Some(7), "{}", stderr(&o));
     assert_eq!(
@@ -86,7 +78,7 @@ fn sets_the_environment_and_passes_the_exit_status() {
 
 #[test]
 fn lib_dir_without_unversioned_name_gets_a_private_link_dir() {
-    let t = TempDir::new("links");
+    let t = temp_dir("links");
     let lib = lib_dir(&t, false);
     let o = vgpu_run(
         &[
@@ -98,7 +90,7 @@ fn lib_dir_without_unversioned_name_gets_a_private_link_dir() {
             "-c",
             "readlink \"$TRITON_LIBCUDA_PATH/libcuda.so\"",
         ],
-        &t.0,
+        t.path(),
     );
     assert!(o.status.success(), "{}", stderr(&o));
     let target = lib.join("libcuda.so.1").canonicalize().unwrap();
@@ -110,7 +102,7 @@ fn lib_dir_without_unversioned_name_gets_a_private_link_dir() {
 
 #[test]
 fn clear_errors() {
-    let t = TempDir::new("errors");
+    let t = temp_dir("errors");
     let lib = lib_dir(&t, true);
     let lib = lib.to_str().unwrap();
     let cases: [(&[&str], &str); 4] = [
@@ -138,7 +130,7 @@ fn clear_errors() {
         ),
     ];
     for (args, want) in cases {
-        let o = vgpu_run(args, &t.0);
+        let o = vgpu_run(args, t.path());
         assert_eq!(o.status.code(), Some(2), "{args:?}");
         let e = stderr(&o);
         assert!(
@@ -151,7 +143,7 @@ fn clear_errors() {
 
 #[test]
 fn missing_program_is_127() {
-    let t = TempDir::new("missing");
+    let t = temp_dir("missing");
     let lib = lib_dir(&t, true);
     let o = vgpu_run(
         &[
@@ -161,7 +153,7 @@ fn missing_program_is_127() {
             "/dev/null",
             "/nonexistent/prog",
         ],
-        &t.0,
+        t.path(),
     );
     assert_eq!(o.status.code(), Some(127));
 }

@@ -275,6 +275,8 @@ fn binaries() -> PathBuf {
             "vgpu-libcuda",
             "-p",
             "vgpu-controller",
+            "-p",
+            "vgpu-agent",
         ])
         .current_dir(vgpu_tests::repo());
         if dir.ends_with("release") {
@@ -283,7 +285,7 @@ fn binaries() -> PathBuf {
         let ok = cmd.status().map(|s| s.success()).unwrap_or(false);
         assert!(ok, "building the pool's binaries failed");
     }
-    for b in ["vgpu-controller", "vhost-gpu", "libcuda.so"] {
+    for b in ["vgpu-controller", "vgpu-agent", "vhost-gpu", "libcuda.so"] {
         assert!(
             dir.join(b).exists(),
             "{} is missing: build the workspace first",
@@ -421,8 +423,8 @@ impl Pool {
             .expect("log file")
     }
 
-    fn spawn(&self, log: &str, args: &[String]) -> Child {
-        let mut cmd = Command::new(self.bins.join("vgpu-controller"));
+    fn spawn(&self, bin: &str, log: &str, args: &[String]) -> Child {
+        let mut cmd = Command::new(self.bins.join(bin));
         cmd.args(args)
             .env("RUST_LOG", "info")
             .env_remove("VGPU_REMOTE_TOKEN")
@@ -432,7 +434,7 @@ impl Pool {
             .stdout(Stdio::null())
             .stderr(self.log(log));
         die_with_us(&mut cmd);
-        let child = cmd.spawn().expect("start vgpu-controller");
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("start {bin}: {e}"));
         lock(&self.live).insert(child.id());
         child
     }
@@ -455,7 +457,7 @@ impl Pool {
         ]
         .map(String::from)
         .to_vec();
-        let child = self.spawn("controller", &args);
+        let child = self.spawn("vgpu-controller", "controller", &args);
         *lock(&self.controller) = Some(child);
         wait_until(Duration::from_secs(20), || {
             matches!(self.api.call("GET", "/healthz", None), Answer::Ok(_))
@@ -465,7 +467,6 @@ impl Pool {
     fn start_agent(&self, i: usize) {
         let h = &self.hosts[i];
         let args: Vec<String> = [
-            "agent",
             "--controller",
             &self.api.url,
             "--token",
@@ -485,7 +486,7 @@ impl Pool {
         ]
         .map(String::from)
         .to_vec();
-        let child = self.spawn(h.name, &args);
+        let child = self.spawn("vgpu-agent", h.name, &args);
         *lock(&self.agents[i]) = Some(child);
     }
 

@@ -1,4 +1,4 @@
-//! Stand-alone host agent binary (to be folded into `vhost-gpu agent`).
+//! The host agent binary.
 
 use clap::Parser;
 use vgpu_agent::AgentArgs;
@@ -14,7 +14,7 @@ fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
     if let Err(e) = vgpu_agent::run(cli.agent) {
-        eprintln!("vgpu-agent: error: {e:#}");
+        eprintln!("vgpu-agent: error: {}", vgpu_protocol::error_chain(&e));
         std::process::exit(1);
     }
 }

@@ -19,24 +19,25 @@
 
 pub mod discovery;
 mod metrics;
-pub mod wire;
 mod workers;
 
 use std::collections::BTreeMap;
-use std::io::Write as _;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
 use clap::Args;
-
-use crate::wire::{
-    EnrollRequest, EnrollResponse, HeartbeatRequest, HeartbeatResponse, RegisterRequest,
-    RegisterResponse,
+use vgpu_pool_wire::{
+    ClientSetupError, EnrollRequest, EnrollResponse, FileError, HeartbeatRequest,
+    HeartbeatResponse, RegisterRequest, RegisterResponse, create_private_dir, http_client,
+    write_private,
 };
+
+use vgpu_protocol::error_chain;
+
+use crate::discovery::DiscoveryError;
 use crate::workers::Workers;
 
 pub use metrics::AgentMetrics;
@@ -75,6 +76,10 @@ pub struct AgentArgs {
     /// Report N simulated H200-like GPUs instead of real ones (CI/testing only).
     #[arg(long)]
     pub sim_gpus: Option<u32>,
+    /// Report N simulated GPUs when this host has no CUDA driver, instead of failing (what
+    /// `vgpu-controller up` asks for).
+    #[arg(long, conflicts_with = "sim_gpus")]
+    pub sim_gpus_without_driver: Option<u32>,
     /// Directory for the credential, worker sockets (`sockets/`), pid files and logs (`workers/`).
     #[arg(long, default_value = "./.vgpu-agent")]
     pub state_dir: PathBuf,
@@ -96,87 +101,45 @@ pub struct AgentArgs {
     pub ca_cert: Option<PathBuf>,
 }
 
-/// HTTP client for the controller's API: global timeout, HTTP error statuses returned as
-/// values, and optionally an extra CA certificate (PEM) as the only trusted root.
-pub fn http_client(
-    ca_cert: Option<&std::path::Path>,
-    timeout: Duration,
-) -> anyhow::Result<ureq::Agent> {
-    let mut b = ureq::Agent::config_builder()
-        .timeout_global(Some(timeout))
-        .http_status_as_error(false);
-    if let Some(p) = ca_cert {
-        let pem =
-            std::fs::read(p).with_context(|| format!("reading CA certificate {}", p.display()))?;
-        let certs: Vec<ureq::tls::Certificate<'static>> = ureq::tls::parse_pem(&pem)
-            .filter_map(|i| match i {
-                Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
-                _ => None,
-            })
-            .collect();
-        if certs.is_empty() {
-            bail!("no PEM certificate in {}", p.display());
-        }
-        b = b.tls_config(
-            ureq::tls::TlsConfig::builder()
-                .root_certs(ureq::tls::RootCerts::new_with_certs(&certs))
-                .build(),
-        );
-    }
-    Ok(b.build().new_agent())
-}
-
-/// Creates (or truncates) `path` for writing with mode 0600, whatever the umask.
-pub fn create_private(path: &Path) -> std::io::Result<std::fs::File> {
-    let f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)?;
-    // An existing file keeps its mode through open(2); make it private too.
-    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
-    Ok(f)
-}
-
-/// Writes `contents` to `path` with mode 0600 (through a temporary file and a rename, so a
-/// reader never sees a partial secret and the file never exists with a wider mode).
-pub fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    let _ = std::fs::remove_file(&tmp);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    f.write_all(contents.as_bytes())?;
-    f.sync_all()?;
-    drop(f);
-    std::fs::rename(&tmp, path)
-}
-
-/// Creates directory `path` (and its parents) with mode 0700 for its last component.
-pub fn create_private_dir(path: &Path) -> std::io::Result<()> {
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(path)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))
+/// Why the agent stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("Label {0:?} is not key=value")]
+    BadLabel(String),
+    #[error("GPU discovery failed")]
+    Discovery(#[source] DiscoveryError),
+    #[error(transparent)]
+    File(#[from] FileError),
+    #[error("Cannot bind the metrics endpoint {addr}")]
+    Metrics {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("Cannot set up the controller client")]
+    Client(#[from] ClientSetupError),
+    #[error(
+        "Host {host} has no credential in {} and no enrolment token (--token): pass the pool's agent token, or write there the credential `vgpuctl host-token {host}` prints",
+        path.display()
+    )]
+    NoCredential { host: String, path: PathBuf },
 }
 
 /// Errors talking to the controller.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("controller does not know this host (it was dropped or the controller lost it)")]
+    #[error("Controller does not know this host (it was dropped or the controller lost it)")]
     UnknownHost,
-    #[error("controller refused the credential: {0}")]
+    #[error("Controller refused the credential: {0}")]
     Unauthorized(String),
-    #[error("controller answered HTTP {status}: {body}")]
+    #[error("Controller answered HTTP {status}: {body}")]
     Status { status: u16, body: String },
-    #[error("cannot reach controller: {0}")]
-    Transport(String),
+    #[error("No controller URL")]
+    NoUrl,
+    #[error("Cannot reach the controller")]
+    Transport(#[source] ureq::Error),
+    #[error("Bad JSON from the controller")]
+    BadJson(#[source] serde_json::Error),
 }
 
 struct Client {
@@ -218,18 +181,19 @@ impl Client {
     ) -> Result<R, ClientError> {
         let n = self.bases.len().max(1);
         let start = self.cur.load(Ordering::Relaxed);
-        let mut last = ClientError::Transport("no controller URL".into());
+        let mut last = ClientError::NoUrl;
         for i in 0..n {
             let at = (start + i) % n;
             match self.post_to(at, token, path, body) {
-                Err(ClientError::Transport(e)) => {
+                Err(e @ (ClientError::Transport(_) | ClientError::NoUrl)) => {
                     if n > 1 {
                         log::warn!(
-                            "controller {} unreachable ({e}); trying the next",
-                            self.bases[at]
+                            "controller {} unreachable ({}); trying the next",
+                            self.bases[at],
+                            error_chain(&e)
                         );
                     }
-                    last = ClientError::Transport(e);
+                    last = e;
                 }
                 r => {
                     self.cur.store(at, Ordering::Relaxed);
@@ -248,19 +212,19 @@ impl Client {
         body: &T,
     ) -> Result<R, ClientError> {
         let Some(base) = self.bases.get(at) else {
-            return Err(ClientError::Transport("no controller URL".into()));
+            return Err(ClientError::NoUrl);
         };
         let mut resp = self
             .agent
             .post(&format!("{base}{path}"))
             .header("authorization", &format!("Bearer {token}"))
             .send_json(body)
-            .map_err(|e| ClientError::Transport(e.to_string()))?;
+            .map_err(ClientError::Transport)?;
         let status = resp.status().as_u16();
         let text = resp
             .body_mut()
             .read_to_string()
-            .map_err(|e| ClientError::Transport(e.to_string()))?;
+            .map_err(ClientError::Transport)?;
         if status == 404 || status == 410 {
             return Err(ClientError::UnknownHost);
         }
@@ -273,8 +237,7 @@ impl Client {
                 body: error_message(&text),
             });
         }
-        serde_json::from_str(&text)
-            .map_err(|e| ClientError::Transport(format!("bad JSON from controller: {e}")))
+        serde_json::from_str(&text).map_err(ClientError::BadJson)
     }
 }
 
@@ -308,22 +271,20 @@ fn obtain_credential(
     path: &Path,
     enrol: Option<&str>,
     stop: &AtomicBool,
-) -> anyhow::Result<Option<String>> {
+) -> Result<Option<String>, AgentError> {
     while !stop.load(Ordering::Relaxed) {
         if let Some(t) = read_credential(path) {
             return Ok(Some(t));
         }
         let Some(enrol) = enrol else {
-            bail!(
-                "host {name} has no credential in {} and no enrolment token (--token): pass the pool's agent token, or write there the credential `vgpuctl host-token {name}` prints",
-                path.display()
-            );
+            return Err(AgentError::NoCredential {
+                host: name.to_string(),
+                path: path.to_path_buf(),
+            });
         };
         match enroll(client, enrol, name) {
             Ok(t) => {
-                write_private(path, &format!("{t}\n")).with_context(|| {
-                    format!("storing the host credential in {}", path.display())
-                })?;
+                write_private(path, &format!("{t}\n")).map_err(FileError::on("write", path))?;
                 log::info!(
                     "agent {name}: enrolled; this host's credential is in {} (mode 0600)",
                     path.display()
@@ -332,7 +293,8 @@ fn obtain_credential(
             }
             Err(e) => {
                 log::error!(
-                    "agent {name}: enrolment failed: {e}; an operator can write this host's credential to {}",
+                    "agent {name}: enrolment failed: {}; an operator can write this host's credential to {}",
+                    error_chain(&e),
                     path.display()
                 );
                 sleep_unless(stop, Duration::from_secs(2));
@@ -359,11 +321,11 @@ fn kernel_hostname() -> String {
         .unwrap_or_else(|_| "localhost".to_string())
 }
 
-fn parse_labels(raw: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
+fn parse_labels(raw: &[String]) -> Result<BTreeMap<String, String>, AgentError> {
     let mut out = BTreeMap::new();
     for l in raw.iter().filter(|l| !l.is_empty()) {
         let Some((k, v)) = l.split_once('=') else {
-            bail!("label {l:?} is not key=value");
+            return Err(AgentError::BadLabel(l.clone()));
         };
         out.insert(k.trim().to_string(), v.trim().to_string());
     }
@@ -383,23 +345,26 @@ fn default_worker_bin() -> PathBuf {
 }
 
 /// Run the agent until the process is killed.
-pub fn run(args: AgentArgs) -> anyhow::Result<()> {
+pub fn run(args: AgentArgs) -> Result<(), AgentError> {
     run_until(args, Arc::new(AtomicBool::new(false)))
 }
 
 /// Run the agent until `stop` becomes true; then stop the workers it started and return.
-pub fn run_until(args: AgentArgs, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
+pub fn run_until(args: AgentArgs, stop: Arc<AtomicBool>) -> Result<(), AgentError> {
     let name = args.name.clone().unwrap_or_else(kernel_hostname);
     let labels = parse_labels(&args.labels)?;
-    let (gpus, source) = match args.sim_gpus {
+    let sim = args.sim_gpus.or(args
+        .sim_gpus_without_driver
+        .filter(|_| !discovery::cuda_driver_present()));
+    let (gpus, source) = match sim {
         Some(n) => {
             log::warn!(
-                "agent {name}: using {n} SIMULATED GPU(s) (--sim-gpus): for CI and testing only, no real GPU work happens"
+                "agent {name}: using {n} SIMULATED GPU(s): for CI and testing only, no real GPU work happens"
             );
             (discovery::sim_gpus(&name, n), "sim")
         }
         None => {
-            let g = discovery::cuda_gpus().context("GPU discovery")?;
+            let g = discovery::cuda_gpus().map_err(AgentError::Discovery)?;
             log::info!(
                 "agent {name}: found {} CUDA GPU(s) through the driver",
                 g.len()
@@ -407,28 +372,33 @@ pub fn run_until(args: AgentArgs, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
             (g, "cuda")
         }
     };
-    std::fs::create_dir_all(&args.state_dir)
-        .with_context(|| format!("creating state dir {}", args.state_dir.display()))?;
-    let state_dir = std::fs::canonicalize(&args.state_dir)?;
+    let state_dir = std::fs::create_dir_all(&args.state_dir)
+        .and_then(|()| std::fs::canonicalize(&args.state_dir))
+        .map_err(FileError::on("create", &args.state_dir))?;
     // Pid files and worker logs: the agent's only. Sockets: reachable by the VMM.
-    create_private_dir(&state_dir.join("workers"))
-        .with_context(|| format!("creating {}", state_dir.join("workers").display()))?;
-    std::fs::create_dir_all(state_dir.join("sockets"))?;
+    let (workers_dir, sockets_dir) = (state_dir.join("workers"), state_dir.join("sockets"));
+    create_private_dir(&workers_dir).map_err(FileError::on("create", &workers_dir))?;
+    std::fs::create_dir_all(&sockets_dir).map_err(FileError::on("create", &sockets_dir))?;
     let cred_path = args
         .host_token_file
         .clone()
         .unwrap_or_else(|| state_dir.join("host.token"));
     let worker_bin = args.worker_bin.clone().unwrap_or_else(default_worker_bin);
     let metrics = Arc::new(Mutex::new(AgentMetrics::new(&name, &gpus)));
-    let bound = metrics::serve(&args.metrics_addr, metrics.clone(), stop.clone())
-        .with_context(|| format!("binding metrics endpoint {}", args.metrics_addr))?;
+    let bound =
+        metrics::serve(&args.metrics_addr, metrics.clone(), stop.clone()).map_err(|source| {
+            AgentError::Metrics {
+                addr: args.metrics_addr.clone(),
+                source,
+            }
+        })?;
     log::info!("agent {name}: metrics on http://{bound}/metrics");
     if let Some(f) = &args.metrics_addr_file {
-        std::fs::write(f, bound.to_string())?;
+        std::fs::write(f, bound.to_string()).map_err(FileError::on("write", f))?;
     }
     let mut workers = Workers::new(
-        state_dir.join("workers"),
-        state_dir.join("sockets"),
+        workers_dir,
+        sockets_dir.clone(),
         worker_bin,
         args.worker_args.clone(),
     );
@@ -459,7 +429,7 @@ pub fn run_until(args: AgentArgs, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
         name: name.clone(),
         address: args.advertise_addr.clone(),
         serve_port: args.serve_port,
-        socket_dir: state_dir.join("sockets").display().to_string(),
+        socket_dir: sockets_dir.display().to_string(),
         labels,
         gpus,
         agent_version: env!("CARGO_PKG_VERSION").to_string(),
@@ -482,19 +452,13 @@ pub fn run_until(args: AgentArgs, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
                 Err(ClientError::Unauthorized(e)) => {
                     log::error!("agent {name}: registration refused: {e}");
                     refresh_credential(&mut client, &name, &cred_path, args.token.as_deref());
-                    metrics
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .heartbeat_failures += 1;
+                    lock(&metrics).heartbeat_failures += 1;
                     sleep_unless(&stop, Duration::from_secs(1));
                     continue;
                 }
                 Err(e) => {
-                    log::warn!("agent {name}: registration failed: {e}");
-                    metrics
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .heartbeat_failures += 1;
+                    log::warn!("agent {name}: registration failed: {}", error_chain(&e));
+                    lock(&metrics).heartbeat_failures += 1;
                     sleep_unless(&stop, Duration::from_millis(500));
                     continue;
                 }
@@ -511,12 +475,11 @@ pub fn run_until(args: AgentArgs, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
                 if !settled {
                     settled = true;
                     if args.serve_port != 0 {
-                        slice_server =
-                            workers.start_slice_server(&serve_addr, args.sim_gpus.is_some());
+                        slice_server = workers.start_slice_server(&serve_addr, sim.is_some());
                         server_started = slice_server.as_ref().map(|_| Instant::now());
                     }
                 }
-                let mut m = metrics.lock().unwrap_or_else(|p| p.into_inner());
+                let mut m = lock(&metrics);
                 m.heartbeats += 1;
                 m.update_workers(&workers);
             }
@@ -531,11 +494,8 @@ pub fn run_until(args: AgentArgs, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
                 continue;
             }
             Err(e) => {
-                log::warn!("agent {name}: heartbeat failed: {e}");
-                metrics
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .heartbeat_failures += 1;
+                log::warn!("agent {name}: heartbeat failed: {}", error_chain(&e));
+                lock(&metrics).heartbeat_failures += 1;
             }
         }
         if let Some(t) = server_started
@@ -547,7 +507,7 @@ pub fn run_until(args: AgentArgs, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
             log::warn!(
                 "agent {name}: the remote-slice server on {serve_addr} is gone; starting it again"
             );
-            slice_server = workers.start_slice_server(&serve_addr, args.sim_gpus.is_some());
+            slice_server = workers.start_slice_server(&serve_addr, sim.is_some());
             server_started = Some(Instant::now());
         }
         sleep_unless(&stop, interval);
@@ -586,10 +546,16 @@ fn refresh_credential(client: &mut Client, name: &str, path: &Path, enrol: Optio
             ),
         },
         Err(e) => log::error!(
-            "agent {name}: enrolling again failed: {e}; an operator can write this host's credential to {}",
+            "agent {name}: enrolling again failed: {}; an operator can write this host's credential to {}",
+            error_chain(&e),
             path.display()
         ),
     }
+}
+
+/// The agent's metrics, also after a thread panicked holding them.
+fn lock(metrics: &Mutex<AgentMetrics>) -> std::sync::MutexGuard<'_, AgentMetrics> {
+    metrics.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn sleep_unless(stop: &AtomicBool, d: Duration) {

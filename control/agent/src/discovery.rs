@@ -4,7 +4,7 @@ use std::ffi::CStr;
 
 use cudarc::driver::sys;
 
-use crate::wire::GpuInfo;
+use vgpu_pool_wire::GpuInfo;
 
 /// SMs of the simulated H200-like GPU.
 pub const SIM_SM_COUNT: u32 = 132;
@@ -15,7 +15,7 @@ pub const SIM_MEMORY_BYTES: u64 = 141 * (1 << 30);
 #[derive(Debug, thiserror::Error)]
 pub enum DiscoveryError {
     #[error(
-        "no CUDA driver (libcuda.so) found on this host; pass --sim-gpus N to run with simulated GPUs (CI/testing only)"
+        "No CUDA driver (libcuda.so) found on this host; pass --sim-gpus N to run with simulated GPUs (CI/testing only)"
     )]
     NoDriver,
     #[error("CUDA driver call {call} failed: {code:?}")]
@@ -24,7 +24,7 @@ pub enum DiscoveryError {
         code: sys::CUresult,
     },
     #[error(
-        "the CUDA driver reports no GPUs on this host; pass --sim-gpus N to run with simulated GPUs"
+        "The CUDA driver reports no GPUs on this host; pass --sim-gpus N to run with simulated GPUs"
     )]
     NoGpus,
 }

@@ -1,14 +1,14 @@
 //! The agent's Prometheus endpoint (hand-written text exposition format, tiny HTTP server).
 
-use std::fmt::Write as _;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::wire::{Assignment, GpuInfo};
 use crate::workers::Workers;
+use vgpu_pool_wire::prometheus::{Text, esc};
+use vgpu_pool_wire::{Assignment, GpuInfo};
 
 /// What the agent exports.
 #[derive(Debug)]
@@ -23,13 +23,6 @@ pub struct AgentMetrics {
     /// Running slices: assignment, worker RSS, device memory the slice holds (its daemon's
     /// ledger, from the worker's status file).
     running: Vec<(Assignment, Option<u64>, Option<u64>)>,
-}
-
-/// Escape a label value for the text format.
-pub fn esc(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
 }
 
 impl AgentMetrics {
@@ -69,75 +62,80 @@ impl AgentMetrics {
 
     /// Render the Prometheus text format.
     pub fn render(&self) -> String {
-        let mut s = String::new();
+        let mut t = Text::default();
         let h = esc(&self.host);
         // DCGM-exporter names per physical GPU. Only what the agent really knows: the frame buffer
         // size from discovery (MiB, as DCGM reports it). Usage figures (FB_USED, GPU_UTIL) need
         // NVML and are not exported yet.
-        s.push_str("# HELP DCGM_FI_DEV_FB_TOTAL Total frame buffer of the GPU in MiB.\n# TYPE DCGM_FI_DEV_FB_TOTAL gauge\n");
-        for g in &self.gpus {
-            let _ = writeln!(
-                s,
-                "DCGM_FI_DEV_FB_TOTAL{{gpu=\"{}\",UUID=\"{}\",pci_bus_id=\"{}\",device=\"nvidia{}\",modelName=\"{}\",Hostname=\"{h}\",hostname=\"{h}\"}} {}",
-                g.index,
-                esc(&g.uuid),
-                esc(&g.pci_bus_id),
-                g.index,
-                esc(&g.model),
-                g.memory_bytes >> 20
-            );
-        }
-        s.push_str("# HELP vgpu_agent_gpu_sim 1 when the GPU is simulated (CI only).\n# TYPE vgpu_agent_gpu_sim gauge\n");
-        for g in &self.gpus {
-            let _ = writeln!(
-                s,
-                "vgpu_agent_gpu_sim{{host=\"{h}\",device_uuid=\"{}\"}} {}",
-                esc(&g.uuid),
-                u8::from(g.sim)
-            );
-        }
+        t.family(
+            "DCGM_FI_DEV_FB_TOTAL",
+            "gauge",
+            "Total frame buffer of the GPU in MiB.",
+            self.gpus.iter().map(|g| {
+                let l = format!(
+                    "gpu=\"{}\",UUID=\"{}\",pci_bus_id=\"{}\",device=\"nvidia{}\",modelName=\"{}\",Hostname=\"{h}\",hostname=\"{h}\"",
+                    g.index,
+                    esc(&g.uuid),
+                    esc(&g.pci_bus_id),
+                    g.index,
+                    esc(&g.model)
+                );
+                (l, g.memory_bytes >> 20)
+            }),
+        );
+        t.family(
+            "vgpu_agent_gpu_sim",
+            "gauge",
+            "1 when the GPU is simulated (CI only).",
+            self.gpus.iter().map(|g| {
+                let l = format!("host=\"{h}\",device_uuid=\"{}\"", esc(&g.uuid));
+                (l, u8::from(g.sim))
+            }),
+        );
         // HAMi-compatible per-vGPU families (namespace = project, pod = VM, container = vGPU index).
-        s.push_str("# HELP hami_vgpu_memory_limit_bytes Memory limit of the vGPU slice.\n# TYPE hami_vgpu_memory_limit_bytes gauge\n");
-        for (a, _, _) in &self.running {
-            let _ = writeln!(
-                s,
-                "hami_vgpu_memory_limit_bytes{{namespace=\"{}\",pod=\"{}\",container=\"0\",vdevice_index=\"0\",device_uuid=\"{}\",host=\"{h}\",allocation=\"{}\",remote=\"{}\"}} {}",
+        let slice = |a: &Assignment| {
+            format!(
+                "namespace=\"{}\",pod=\"{}\",container=\"0\",vdevice_index=\"0\",device_uuid=\"{}\",host=\"{h}\",allocation=\"{}\",remote=\"{}\"",
                 esc(&a.project),
                 esc(&a.vm),
                 esc(&a.gpu_uuid),
                 esc(&a.allocation_id),
-                a.remote_endpoint.is_some(),
-                a.memory_bytes
-            );
-        }
-        s.push_str("# HELP hami_vgpu_memory_used_bytes Device memory the vGPU slice holds (the daemon's ledger).\n# TYPE hami_vgpu_memory_used_bytes gauge\n");
-        for (a, _, used) in &self.running {
-            if let Some(u) = used {
-                let _ = writeln!(
-                    s,
-                    "hami_vgpu_memory_used_bytes{{namespace=\"{}\",pod=\"{}\",container=\"0\",vdevice_index=\"0\",device_uuid=\"{}\",host=\"{h}\",allocation=\"{}\",remote=\"{}\"}} {u}",
-                    esc(&a.project),
-                    esc(&a.vm),
-                    esc(&a.gpu_uuid),
-                    esc(&a.allocation_id),
-                    a.remote_endpoint.is_some(),
-                );
-            }
-        }
-        s.push_str("# HELP vgpu_agent_worker_rss_bytes Resident memory of the worker process.\n# TYPE vgpu_agent_worker_rss_bytes gauge\n");
-        for (a, rss, _) in &self.running {
-            if let Some(r) = rss {
-                let _ = writeln!(
-                    s,
-                    "vgpu_agent_worker_rss_bytes{{host=\"{h}\",allocation=\"{}\"}} {r}",
-                    esc(&a.allocation_id)
-                );
-            }
-        }
-        let _ = writeln!(
-            s,
-            "# HELP vgpu_agent_workers Worker processes running.\n# TYPE vgpu_agent_workers gauge\nvgpu_agent_workers{{host=\"{h}\"}} {}",
-            self.running.len()
+                a.remote_endpoint.is_some()
+            )
+        };
+        t.family(
+            "hami_vgpu_memory_limit_bytes",
+            "gauge",
+            "Memory limit of the vGPU slice.",
+            self.running
+                .iter()
+                .map(|(a, _, _)| (slice(a), a.memory_bytes)),
+        );
+        t.family(
+            "hami_vgpu_memory_used_bytes",
+            "gauge",
+            "Device memory the vGPU slice holds (the daemon's ledger).",
+            self.running
+                .iter()
+                .filter_map(|(a, _, used)| Some((slice(a), (*used)?))),
+        );
+        t.family(
+            "vgpu_agent_worker_rss_bytes",
+            "gauge",
+            "Resident memory of the worker process.",
+            self.running.iter().filter_map(|(a, rss, _)| {
+                Some((
+                    format!("host=\"{h}\",allocation=\"{}\"", esc(&a.allocation_id)),
+                    (*rss)?,
+                ))
+            }),
+        );
+        let host = format!("host=\"{h}\"");
+        t.family(
+            "vgpu_agent_workers",
+            "gauge",
+            "Worker processes running.",
+            [(&host, self.running.len() as u64)],
         );
         for (name, help, v) in [
             (
@@ -166,12 +164,9 @@ impl AgentMetrics {
                 self.heartbeat_failures,
             ),
         ] {
-            let _ = writeln!(
-                s,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name}{{host=\"{h}\"}} {v}"
-            );
+            t.family(name, "counter", help, [(&host, v)]);
         }
-        s
+        t.into_string()
     }
 }
 

@@ -1,6 +1,15 @@
-//! JSON messages between the host agent and the pool controller.
-//!
-//! The controller depends on this module too, so both sides share one definition.
+//! What the host agent and the pool controller exchange: the JSON messages of registration,
+//! enrolment, heartbeats and worker assignments (one definition for both sides), the HTTP
+//! client both use to call the controller's API, the private files (credentials, tokens) both
+//! write, and the Prometheus text both expose. No GPU code: the controller links this crate,
+//! not the agent.
+
+mod client;
+mod files;
+pub mod prometheus;
+
+pub use client::{ClientSetupError, http_client};
+pub use files::{FileError, create_private, create_private_dir, write_private};
 
 use std::collections::BTreeMap;
 

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::wire::{Assignment, WorkerReport, WorkerState};
+use vgpu_pool_wire::{Assignment, WorkerReport, WorkerState};
 
 enum Proc {
     /// Started by this agent process.
@@ -35,7 +35,7 @@ pub(crate) const KEEP_EXITED_LOGS: usize = 16;
 
 /// Sends a child's stdout and stderr to `path`, created 0600 (nowhere if it cannot be created).
 fn log_to(cmd: &mut Command, path: &Path) {
-    match crate::create_private(path).and_then(|f| Ok((f.try_clone()?, f))) {
+    match vgpu_pool_wire::create_private(path).and_then(|f| Ok((f.try_clone()?, f))) {
         Ok((o, e)) => cmd.stdout(o).stderr(e),
         Err(_) => cmd.stdout(Stdio::null()).stderr(Stdio::null()),
     };
@@ -568,7 +568,10 @@ impl Workers {
                         .map(|e| format!(", remote {e}"))
                         .unwrap_or_default()
                 );
-                let _ = crate::write_private(&self.pid_file(&a.allocation_id), &pid.to_string());
+                let _ = vgpu_pool_wire::write_private(
+                    &self.pid_file(&a.allocation_id),
+                    &pid.to_string(),
+                );
                 self.running.insert(
                     a.allocation_id.clone(),
                     Worker {

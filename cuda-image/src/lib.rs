@@ -394,7 +394,9 @@ fn ptx_kernels(text: &str) -> Result<Vec<KernelLayout>, ImageError> {
                 let Some((align, size)) = ptx_param(decl) else {
                     continue;
                 };
-                offset = offset.checked_next_multiple_of(align).ok_or_else(too_large)?;
+                offset = offset
+                    .checked_next_multiple_of(align)
+                    .ok_or_else(too_large)?;
                 params.push((offset, size));
                 offset = offset.checked_add(size).ok_or_else(too_large)?;
             }

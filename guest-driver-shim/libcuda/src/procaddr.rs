@@ -88,12 +88,7 @@ mod tests {
     /// (tests/tests/symbols.rs checks the built library's dynamic symbols the same way.)
     #[test]
     fn every_exported_symbol_resolves_by_its_own_name() {
-        let real = include_str!("../symbols/libcuda-580-symbols.txt");
-        let names: Vec<&str> = real
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty())
-            .collect();
+        let names = crate::routes::real_driver_symbols();
         assert!(names.len() > 600, "{} names", names.len());
         let missing: Vec<&str> = names
             .iter()
@@ -109,78 +104,108 @@ mod tests {
 
     #[test]
     fn answers_follow_the_real_driver() {
-        let r = |n: &[u8], v, f| resolve_versioned(n, v, f);
-        assert_eq!(
-            r(b"cuMemAlloc", 13000, 0),
-            (lookup(b"cuMemAlloc_v2"), Status::Success)
-        );
-        assert_eq!(
-            r(b"cuMemAlloc", 3000, 0),
-            (lookup(b"cuMemAlloc"), Status::Success)
-        );
-        assert_eq!(
-            r(b"cuLaunchKernel", 13000, 2),
-            (lookup(b"cuLaunchKernel_ptsz"), Status::Success)
-        );
-        assert_eq!(
-            r(b"cuLaunchKernel", 13000, 1),
-            (lookup(b"cuLaunchKernel"), Status::Success)
-        );
-        assert_eq!(
-            r(b"cuLaunchKernel", 3000, 0),
-            (None, Status::VersionNotSufficient)
-        );
-        // Per-thread variants exist only from CUDA 7.0.
-        assert_eq!(
-            r(b"cuMemcpyHtoD", 6050, 2),
-            (None, Status::VersionNotSufficient)
-        );
-        assert_eq!(
-            r(b"cuMemcpyHtoD", 7000, 2),
-            (lookup(b"cuMemcpyHtoD_v2_ptds"), Status::Success)
-        );
-        assert_eq!(
-            r(b"cuCtxCreate", 12050, 0),
-            (lookup(b"cuCtxCreate_v4"), Status::Success)
-        );
-        assert_eq!(
-            r(b"cuCtxCreate", 12040, 0),
-            (lookup(b"cuCtxCreate_v3"), Status::Success)
-        );
-        assert_eq!(
-            r(b"cuGetProcAddress", 12000, 0),
-            (lookup(b"cuGetProcAddress_v2"), Status::Success)
-        );
-        // The driver does not hand these out at all.
-        assert_eq!(
-            r(b"cuMemGetAttribute", 13000, 0),
-            (None, Status::SymbolNotFound)
-        );
-        assert_eq!(
-            r(b"cuNoSuchThing", 13000, 0),
-            (None, Status::SymbolNotFound)
-        );
-        assert_eq!(
-            r(b"cuMemAlloc", 1000, 0),
-            (None, Status::VersionNotSufficient)
-        );
-        assert_eq!(
-            r(b"cuLaunchKernel", 3020, 0),
-            (None, Status::VersionNotSufficient)
-        );
-        assert_eq!(
-            r(b"cuLaunchKernel", 3050, 0),
-            (lookup(b"cuLaunchKernel"), Status::Success)
-        );
-        // Between samples: cuDriverGetVersion is from CUDA 2.2, the probe saw 2.0 and 3.0.
-        assert_eq!(
-            r(b"cuDriverGetVersion", 2000, 0),
-            (None, Status::VersionNotSufficient)
-        );
-        assert_eq!(
-            r(b"cuDriverGetVersion", 2020, 0),
-            (lookup(b"cuDriverGetVersion"), Status::Success)
-        );
+        // (name, CUDA version, flags, the symbol the driver hands out, its status). Per-thread
+        // variants exist only from CUDA 7.0; cuMemGetAttribute is never handed out; between
+        // samples, cuDriverGetVersion is from CUDA 2.2 and the probe saw 2.0 and 3.0.
+        let cases = [
+            (
+                "cuMemAlloc",
+                13000,
+                0,
+                Some("cuMemAlloc_v2"),
+                Status::Success,
+            ),
+            ("cuMemAlloc", 3000, 0, Some("cuMemAlloc"), Status::Success),
+            (
+                "cuLaunchKernel",
+                13000,
+                2,
+                Some("cuLaunchKernel_ptsz"),
+                Status::Success,
+            ),
+            (
+                "cuLaunchKernel",
+                13000,
+                1,
+                Some("cuLaunchKernel"),
+                Status::Success,
+            ),
+            (
+                "cuLaunchKernel",
+                3000,
+                0,
+                None,
+                Status::VersionNotSufficient,
+            ),
+            ("cuMemcpyHtoD", 6050, 2, None, Status::VersionNotSufficient),
+            (
+                "cuMemcpyHtoD",
+                7000,
+                2,
+                Some("cuMemcpyHtoD_v2_ptds"),
+                Status::Success,
+            ),
+            (
+                "cuCtxCreate",
+                12050,
+                0,
+                Some("cuCtxCreate_v4"),
+                Status::Success,
+            ),
+            (
+                "cuCtxCreate",
+                12040,
+                0,
+                Some("cuCtxCreate_v3"),
+                Status::Success,
+            ),
+            (
+                "cuGetProcAddress",
+                12000,
+                0,
+                Some("cuGetProcAddress_v2"),
+                Status::Success,
+            ),
+            ("cuMemGetAttribute", 13000, 0, None, Status::SymbolNotFound),
+            ("cuNoSuchThing", 13000, 0, None, Status::SymbolNotFound),
+            ("cuMemAlloc", 1000, 0, None, Status::VersionNotSufficient),
+            (
+                "cuLaunchKernel",
+                3020,
+                0,
+                None,
+                Status::VersionNotSufficient,
+            ),
+            (
+                "cuLaunchKernel",
+                3050,
+                0,
+                Some("cuLaunchKernel"),
+                Status::Success,
+            ),
+            (
+                "cuDriverGetVersion",
+                2000,
+                0,
+                None,
+                Status::VersionNotSufficient,
+            ),
+            (
+                "cuDriverGetVersion",
+                2020,
+                0,
+                Some("cuDriverGetVersion"),
+                Status::Success,
+            ),
+        ];
+        for (name, version, flags, symbol, status) in cases {
+            let want = (symbol.and_then(|s: &str| lookup(s.as_bytes())), status);
+            assert_eq!(
+                resolve_versioned(name.as_bytes(), version, flags),
+                want,
+                "{name} at {version}, flags {flags}"
+            );
+        }
     }
 
     /// Every probed answer is reproduced exactly: same symbol or same status, at every version

@@ -268,6 +268,17 @@ vgpu_cuda_macros::cuda_exports! {
 
 vgpu_protocol::for_each_forward!(route_table);
 
+/// The exports of NVIDIA's driver 580, from the list checked in beside the sources (not from
+/// the generated tables), for tests.
+#[cfg(test)]
+pub(crate) fn real_driver_symbols() -> Vec<&'static str> {
+    include_str!("../symbols/libcuda-580-symbols.txt")
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use std::ptr::null_mut;
@@ -288,12 +299,7 @@ mod tests {
     /// declaration").
     #[test]
     fn every_export_has_one_route() {
-        let real = include_str!("../symbols/libcuda-580-symbols.txt");
-        let names: Vec<&str> = real
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty())
-            .collect();
+        let names = real_driver_symbols();
         assert_eq!(names.len(), 674);
         assert_eq!(ROUTES.len(), ALL_SYMBOLS.len());
         assert!(

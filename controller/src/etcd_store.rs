@@ -167,7 +167,7 @@ fn etcd(e: etcd_client::Error) -> StoreError {
 }
 
 fn json<T: Serialize>(v: &T) -> Result<Vec<u8>> {
-    serde_json::to_vec(v).map_err(|e| StoreError::Corrupt(e.to_string()))
+    serde_json::to_vec(v).map_err(StoreError::Encode)
 }
 
 fn prefix_end(p: &str) -> Vec<u8> {
@@ -186,7 +186,7 @@ impl EtcdStore {
             .thread_name("etcd-store")
             .enable_all()
             .build()
-            .map_err(|e| StoreError::Corrupt(format!("etcd store runtime: {e}")))?;
+            .map_err(StoreError::Runtime)?;
         let endpoints = cfg.endpoints.clone();
         let opts = ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(1))
@@ -610,7 +610,7 @@ impl Store for EtcdStore {
             let Some((kind, _)) = key.strip_prefix(&root).and_then(|r| r.split_once('/')) else {
                 continue;
             };
-            let bad = |e: serde_json::Error| StoreError::Corrupt(format!("{key}: {e}"));
+            let bad = |e: serde_json::Error| StoreError::CorruptJson(key.clone(), e);
             match kind {
                 "hosts" => {
                     let h: Host = serde_json::from_slice(&v).map_err(bad)?;
@@ -794,8 +794,8 @@ impl Store for EtcdStore {
             let Some((v, rev)) = self.get(&key)? else {
                 return Ok(()); // released meanwhile: nothing to bring back
             };
-            let mut a: Allocation = serde_json::from_slice(&v)
-                .map_err(|e| StoreError::Corrupt(format!("{key}: {e}")))?;
+            let mut a: Allocation =
+                serde_json::from_slice(&v).map_err(|e| StoreError::CorruptJson(key.clone(), e))?;
             if a.state == state {
                 return Ok(());
             }
@@ -828,7 +828,7 @@ impl Store for EtcdStore {
                     break;
                 };
                 let allocation: Allocation = serde_json::from_slice(&v)
-                    .map_err(|e| StoreError::Corrupt(format!("{key}: {e}")))?;
+                    .map_err(|e| StoreError::CorruptJson(key.clone(), e))?;
                 let rec = ReleasedRec {
                     allocation,
                     reason: reason.to_string(),

@@ -17,6 +17,12 @@ pub enum StoreError {
     Sqlite(#[from] rusqlite::Error),
     #[error("Corrupt row: {0}")]
     Corrupt(String),
+    #[error("Corrupt record {0}")]
+    CorruptJson(String, #[source] serde_json::Error),
+    #[error("Cannot encode a record")]
+    Encode(#[source] serde_json::Error),
+    #[error("Cannot start the etcd client's runtime")]
+    Runtime(#[source] std::io::Error),
     #[error("Database file {0}")]
     File(String, #[source] std::io::Error),
     /// A conditional commit found that another replica changed what the decision read.
@@ -290,7 +296,7 @@ impl Store for SqliteStore {
         for row in rows {
             let (name, address, port, socket_dir, labels, schedulable, gpu_source, at) = row?;
             let labels: BTreeMap<String, String> = serde_json::from_str(&labels)
-                .map_err(|e| StoreError::Corrupt(format!("host {name} labels: {e}")))?;
+                .map_err(|e| StoreError::CorruptJson(format!("host {name} labels"), e))?;
             snap.hosts.push(Host {
                 name,
                 address,
@@ -395,8 +401,7 @@ impl Store for SqliteStore {
 
     fn upsert_host(&mut self, host: &Host, gpus: &[Gpu]) -> Result<()> {
         let tx = self.conn.transaction()?;
-        let labels =
-            serde_json::to_string(&host.labels).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let labels = serde_json::to_string(&host.labels).map_err(StoreError::Encode)?;
         tx.execute(
             "INSERT INTO hosts(name, address, serve_port, socket_dir, labels, schedulable, gpu_source, registered_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)

@@ -187,15 +187,28 @@ pub fn output_ok(cmd: &mut Command) -> std::process::Output {
     out
 }
 
+/// What a command that ran to its end did: its exit status and its output as text.
+#[derive(Debug)]
+pub struct Ran {
+    pub status: std::process::ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs `cmd` to its end.
+pub fn run(cmd: &mut Command) -> Ran {
+    let out = cmd.output().unwrap_or_else(|e| panic!("run {cmd:?}: {e}"));
+    Ran {
+        status: out.status,
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
 /// Runs `cmd` to its end: its exit status and what it wrote (stdout, then stderr).
 pub fn run_text(cmd: &mut Command) -> (std::process::ExitStatus, String) {
-    let out = cmd.output().unwrap_or_else(|e| panic!("run {cmd:?}: {e}"));
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status, text)
+    let r = run(cmd);
+    (r.status, r.stdout + &r.stderr)
 }
 
 /// Makes `DIR/shim/libcuda.so.1` point at `DIR/libcuda.so`: the shim is loaded by its soname.

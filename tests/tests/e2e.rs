@@ -4,22 +4,23 @@
 use std::time::Duration;
 
 use vgpu_tests::{
-    Daemon, compile_c, e2e_command, fixture, guest_command, meminfo_lines, scratch, start_holder,
+    Daemon, Ran, compile_c, e2e_command, fixture, guest_command, meminfo_lines, run, scratch,
+    start_holder,
 };
 
 fn run_e2e(module: &str) {
     let dir = scratch(&format!("e2e-{module}"));
     let program = compile_c("driver_api_e2e.c", &dir);
     let daemon = Daemon::start_sim(&dir, &[]);
-    let out = guest_command(&program, &daemon.socket)
+    let Ran {
+        status,
+        stdout,
+        stderr,
+    } = run(guest_command(&program, &daemon.socket)
         .arg(fixture(module))
-        .arg("--no-kernel-check")
-        .output()
-        .expect("run the e2e program");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
+        .arg("--no-kernel-check"));
     assert!(
-        out.status.success() && stdout.contains("E2E PASS"),
+        status.success() && stdout.contains("E2E PASS"),
         "e2e failed:\n{stdout}\n{stderr}\n{}",
         daemon.log_text()
     );

@@ -8,12 +8,10 @@ use std::{
     time::Duration,
 };
 
-use vgpu_tests::{Daemon, compile_c, e2e_command, scratch};
+use vgpu_tests::{Daemon, Ran, compile_c, e2e_command, run, scratch};
 
-fn run_e2e(program: &std::path::Path, local: &Daemon) -> std::process::Output {
-    e2e_command(program, &local.socket)
-        .output()
-        .expect("run the e2e program")
+fn run_e2e(program: &std::path::Path, local: &Daemon) -> Ran {
+    run(&mut e2e_command(program, &local.socket))
 }
 
 /// A GPU host on the simulator, and a VM host's daemon forwarding to it with `extra` flags.
@@ -29,11 +27,13 @@ fn a_program_runs_on_a_remote_slice_and_the_slice_is_freed_after() {
     let dir = scratch("remote-e2e");
     let program = compile_c("driver_api_e2e.c", &dir);
     let (gpu_host, local) = gpu_and_vm_host(&dir, &["--mem-limit", "2G"]);
-    let out = run_e2e(&program, &local);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let Ran {
+        status,
+        stdout,
+        stderr,
+    } = run_e2e(&program, &local);
     assert!(
-        out.status.success() && stdout.contains("E2E PASS"),
+        status.success() && stdout.contains("E2E PASS"),
         "e2e over the network failed:\n{stdout}\n{stderr}\nVM host:\n{}\nGPU host:\n{}",
         local.log_text(),
         gpu_host.log_text()
@@ -64,9 +64,11 @@ fn a_slice_limit_is_enforced_by_the_gpu_host() {
     let program = compile_c("driver_api_e2e.c", &dir);
     // The program holds two 64 MiB buffers: a 100 MiB slice cannot have both.
     let (gpu_host, local) = gpu_and_vm_host(&dir, &["--mem-limit", "100M"]);
-    let out = run_e2e(&program, &local);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let Ran {
+        status,
+        stdout,
+        stderr,
+    } = run_e2e(&program, &local);
     let logs = || {
         format!(
             "{stdout}\n{stderr}\nVM host:\n{}\nGPU host:\n{}",
@@ -75,7 +77,7 @@ fn a_slice_limit_is_enforced_by_the_gpu_host() {
         )
     };
     assert!(
-        !out.status.success(),
+        !status.success(),
         "a 100 MiB slice held 128 MiB:\n{}",
         logs()
     );
@@ -182,7 +184,7 @@ fn garbage_on_the_gpu_host_port_ends_only_that_connection() {
     assert!(
         out.status.success(),
         "a good session after garbage failed:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
+        out.stdout,
         gpu_host.log_text()
     );
 }
@@ -227,7 +229,7 @@ fn a_gpu_host_with_a_secret_serves_only_vm_hosts_that_hold_it() {
     assert!(
         out.status.success(),
         "{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
+        out.stdout,
         gpu_host.log_text()
     );
     assert!(gpu_host.is_running());

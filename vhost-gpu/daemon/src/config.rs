@@ -26,7 +26,7 @@ pub enum ConfigError {
     #[error("--sm-count must be at least 1")]
     ZeroSms,
     #[error(
-        "give --socket PATH (serve a VM over vhost-user) or --listen ADDR:PORT (serve remote slices), not both"
+        "Give --socket PATH (serve a VM over vhost-user) or --listen ADDR:PORT (serve remote slices), not both"
     )]
     SocketOrListen,
     #[error("--remote forwards a VM's vhost-user device: it needs --socket")]

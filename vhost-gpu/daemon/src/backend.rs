@@ -53,10 +53,7 @@ impl Runner {
             Runner::Local {
                 executor,
                 namespace,
-            } => executor
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .close_namespace(*namespace),
+            } => locked(executor).close_namespace(*namespace),
             Runner::Isolated(workers) => workers.close_all(),
             Runner::Remote(session) => {
                 session.close();
@@ -109,7 +106,7 @@ impl VgpuBackend {
             workers.forget_memory();
         }
         if let Runner::Local { executor, .. } = &self.runner {
-            let mut ex = executor.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut ex = locked(executor);
             for (ptr, _) in self.registered.drain(..) {
                 ex.unregister_host(ptr as *mut u8);
             }
@@ -184,16 +181,13 @@ impl VgpuBackend {
             Runner::Local {
                 executor,
                 namespace,
-            } => executor
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .execute_in(
-                    *namespace,
-                    &self.parsed.msg,
-                    data_in,
-                    data_out,
-                    &mut self.reply,
-                ),
+            } => locked(executor).execute_in(
+                *namespace,
+                &self.parsed.msg,
+                data_in,
+                data_out,
+                &mut self.reply,
+            ),
             Runner::Isolated(workers) => workers.execute(
                 &self.parsed.msg,
                 &self.parsed.data_in,
@@ -339,7 +333,7 @@ impl VhostUserBackendMut for VgpuBackend {
             self.mem = Some(atomic);
             return Ok(());
         };
-        let mut ex = executor.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut ex = locked(executor);
         for r in gone {
             ex.unregister_host(r.0 as *mut u8);
             self.registered.retain(|x| *x != r);
@@ -384,4 +378,9 @@ impl VhostUserBackendMut for VgpuBackend {
             .push(std::os::fd::AsRawFd::as_raw_fd(&consumer));
         Some((consumer, notifier))
     }
+}
+
+/// The shared executor, also after a thread panicked holding it (its state stays usable).
+fn locked(executor: &Mutex<Executor>) -> std::sync::MutexGuard<'_, Executor> {
+    executor.lock().unwrap_or_else(PoisonError::into_inner)
 }

@@ -125,6 +125,23 @@ fn load_module(ex: &mut Executor, ctx: u64, image: &mut [u8]) -> (u32, Vec<u8>) 
     (r.result, r.body.to_vec())
 }
 
+/// The module handle of a `ModuleLoad` reply.
+fn module_of(body: &[u8]) -> u64 {
+    calls::ModuleLoadReply::read_from_prefix(body)
+        .unwrap()
+        .0
+        .module
+        .get()
+}
+
+/// Unloads client 1's `module`; returns the result.
+fn unload(ex: &mut Executor, module: u64) -> u32 {
+    let body = calls::HandleArg {
+        handle: module.into(),
+    };
+    call(ex, 1, Opcode::ModuleUnload, &body).0
+}
+
 fn mem_info(ex: &mut Executor, client: u32, ctx: u64) -> (u64, u64) {
     let (r, b) = call(
         ex,
@@ -283,20 +300,8 @@ fn module_images_are_charged_until_unloaded(gpu: MakeGpu) {
     assert_eq!(ex.mem_used(), n);
     // A second copy does not fit in what is left.
     assert_eq!(load(&mut ex, &mut img).0, CuResult::OUT_OF_MEMORY.0);
-    let module = calls::ModuleLoadReply::read_from_prefix(&body)
-        .unwrap()
-        .0
-        .module
-        .get();
-    let (r, _) = call(
-        &mut ex,
-        1,
-        Opcode::ModuleUnload,
-        &calls::HandleArg {
-            handle: module.into(),
-        },
-    );
-    assert_eq!(r, 0);
+    let module = module_of(&body);
+    assert_eq!(unload(&mut ex, module), 0);
     assert_eq!(ex.mem_used(), 0);
 }
 
@@ -390,11 +395,7 @@ fn a_modules_globals_go_with_it(gpu: MakeGpu) {
             .to_vec();
     let (result, body) = load_module(&mut ex, ctx, &mut image);
     assert_eq!(result, 0);
-    let module = calls::ModuleLoadReply::read_from_prefix(&body)
-        .unwrap()
-        .0
-        .module
-        .get();
+    let module = module_of(&body);
     // cuModuleGetGlobal("counter"): the name follows the fixed part.
     let mut buf = vec![0u8; 512];
     let mut e = Encoder::new(&mut buf).unwrap();
@@ -435,15 +436,7 @@ fn a_modules_globals_go_with_it(gpu: MakeGpu) {
         .0
     };
     assert_eq!(memset(&mut ex), 0);
-    let (r, _) = call(
-        &mut ex,
-        1,
-        Opcode::ModuleUnload,
-        &calls::HandleArg {
-            handle: module.into(),
-        },
-    );
-    assert_eq!(r, 0);
+    assert_eq!(unload(&mut ex, module), 0);
     assert_eq!(memset(&mut ex), CuResult::INVALID_VALUE.0);
     // Refused by the executor's own table, not only by the device: nothing is left in it.
     assert!(ex.clients[&client_key(0, 1)].globals.is_empty());

@@ -481,19 +481,15 @@ impl Gpu for CudaGpu {
         stream: u64,
         is_async: bool,
     ) -> GpuResult<()> {
+        let (p, n, s) = (src.ptr as *const c_void, src.len, stream as CUstream);
         // SAFETY: the caller keeps `src` valid for the copy; the device range was checked.
-        unsafe {
+        cu(unsafe {
             if is_async {
-                cu(sys::cuMemcpyHtoDAsync_v2(
-                    dst,
-                    src.ptr as *const c_void,
-                    src.len,
-                    stream as CUstream,
-                ))
+                sys::cuMemcpyHtoDAsync_v2(dst, p, n, s)
             } else {
-                cu(sys::cuMemcpyHtoD_v2(dst, src.ptr as *const c_void, src.len))
+                sys::cuMemcpyHtoD_v2(dst, p, n)
             }
-        }
+        })
     }
 
     unsafe fn memcpy_dtoh(
@@ -503,19 +499,15 @@ impl Gpu for CudaGpu {
         stream: u64,
         is_async: bool,
     ) -> GpuResult<()> {
+        let (p, n, s) = (dst.ptr as *mut c_void, dst.len, stream as CUstream);
         // SAFETY: the caller keeps `dst` valid for the copy; the device range was checked.
-        unsafe {
+        cu(unsafe {
             if is_async {
-                cu(sys::cuMemcpyDtoHAsync_v2(
-                    dst.ptr as *mut c_void,
-                    src,
-                    dst.len,
-                    stream as CUstream,
-                ))
+                sys::cuMemcpyDtoHAsync_v2(p, src, n, s)
             } else {
-                cu(sys::cuMemcpyDtoH_v2(dst.ptr as *mut c_void, src, dst.len))
+                sys::cuMemcpyDtoH_v2(p, src, n)
             }
-        }
+        })
     }
 
     fn memcpy_dtod(
@@ -526,19 +518,15 @@ impl Gpu for CudaGpu {
         stream: u64,
         is_async: bool,
     ) -> GpuResult<()> {
+        let (n, s) = (len as usize, stream as CUstream);
         // SAFETY: both ranges were checked against the client's allocations.
-        unsafe {
+        cu(unsafe {
             if is_async {
-                cu(sys::cuMemcpyDtoDAsync_v2(
-                    dst,
-                    src,
-                    len as usize,
-                    stream as CUstream,
-                ))
+                sys::cuMemcpyDtoDAsync_v2(dst, src, n, s)
             } else {
-                cu(sys::cuMemcpyDtoD_v2(dst, src, len as usize))
+                sys::cuMemcpyDtoD_v2(dst, src, n)
             }
-        }
+        })
     }
 
     fn stream_create(&mut self, flags: u32, priority: i32) -> GpuResult<u64> {

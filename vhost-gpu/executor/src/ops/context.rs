@@ -13,8 +13,7 @@ pub(super) fn create(ex: &mut Executor, r: &mut Req, a: &calls::CtxCreate) -> Ca
         .inspect_err(|_| ex.uncharge(r.client, ex.limits.ctx_overhead))?;
     ex.current_ctx = raw;
     let h = ex.client(r.client)?.objects.insert(Object::Ctx { raw });
-    r.handle(h);
-    Ok(())
+    r.handle(h)
 }
 
 /// `CtxDestroy`.
@@ -24,8 +23,7 @@ pub(super) fn destroy(ex: &mut Executor, r: &mut Req, a: &calls::CtxArg) -> Call
         return Err(CuResult::INVALID_CONTEXT);
     }
     ex.destroy_ctx(r.client, ctx)?;
-    r.ok();
-    Ok(())
+    r.ok()
 }
 
 /// `PrimaryCtxRetain`.
@@ -51,8 +49,7 @@ pub(super) fn primary_retain(ex: &mut Executor, r: &mut Req, a: &calls::DeviceAr
         }
     };
     ex.client(r.client)?.primary_refs += 1;
-    r.handle(h);
-    Ok(())
+    r.handle(h)
 }
 
 /// `PrimaryCtxRelease`, `PrimaryCtxReset`.
@@ -63,7 +60,7 @@ pub(super) fn primary_release(ex: &mut Executor, r: &mut Req, a: &calls::DeviceA
     let c = ex.client(r.client)?;
     let Some(h) = c.primary else {
         return if r.op == Opcode::PrimaryCtxReset {
-            r.ok();
+            r.ok()?;
             Ok(())
         } else {
             Err(CuResult::INVALID_CONTEXT)
@@ -75,8 +72,7 @@ pub(super) fn primary_release(ex: &mut Executor, r: &mut Req, a: &calls::DeviceA
         c.primary_refs = 0;
         ex.destroy_ctx(r.client, h)?;
     }
-    r.ok();
-    Ok(())
+    r.ok()
 }
 
 /// `PrimaryCtxSetFlags`.
@@ -86,8 +82,7 @@ pub(super) fn primary_set_flags(
     a: &calls::PrimaryCtxSetFlags,
 ) -> CallResult {
     ex.client(r.client)?.primary_flags = a.flags.get();
-    r.ok();
-    Ok(())
+    r.ok()
 }
 
 /// `CtxSynchronize`.
@@ -95,6 +90,5 @@ pub(super) fn synchronize(ex: &mut Executor, r: &mut Req, a: &calls::CtxArg) -> 
     ex.make_current(r.client, a.ctx.get())?;
     ex.gpu.ctx_synchronize()?;
     ex.take_deferred(r.client)?;
-    r.ok();
-    Ok(())
+    r.ok()
 }

@@ -28,8 +28,7 @@ pub(super) fn hello(ex: &mut Executor, r: &mut Req, h: &calls::Hello) -> CallRes
             ex.gpu.kind()
         );
     }
-    r.reply(&reply);
-    Ok(())
+    r.reply(&reply)
 }
 
 /// `ConsoleRead`.
@@ -44,8 +43,7 @@ pub(super) fn console_read(ex: &mut Executor, r: &mut Req, a: &calls::ConsoleRea
 /// `DeviceGetCount`.
 pub(super) fn count(ex: &mut Executor, r: &mut Req, _args: &()) -> CallResult {
     ex.client(r.client)?;
-    r.value_i32(ex.gpu.device_count());
-    Ok(())
+    r.value_i32(ex.gpu.device_count())
 }
 
 /// `DeviceGetInfo`.

@@ -11,8 +11,7 @@ pub(super) fn create(ex: &mut Executor, r: &mut Req, a: &calls::EventCreate) -> 
         raw,
         ctx: a.ctx.get(),
     });
-    r.handle(h);
-    Ok(())
+    r.handle(h)
 }
 
 /// `EventDestroy`.
@@ -20,8 +19,7 @@ pub(super) fn destroy(ex: &mut Executor, r: &mut Req, a: &calls::HandleArg) -> C
     let raw = ex.event(r.client, a.handle.get())?;
     ex.gpu.event_destroy(raw)?;
     ex.client(r.client)?.objects.remove(a.handle.get());
-    r.ok();
-    Ok(())
+    r.ok()
 }
 
 /// `EventRecord`.
@@ -29,8 +27,7 @@ pub(super) fn record(ex: &mut Executor, r: &mut Req, a: &calls::EventRecord) -> 
     let ev = ex.event(r.client, a.event.get())?;
     let s = ex.stream(r.client, a.stream.get(), a.ctx.get())?;
     ex.gpu.event_record(ev, s)?;
-    r.ok();
-    Ok(())
+    r.ok()
 }
 
 /// `EventSynchronize`, `EventQuery`.
@@ -46,8 +43,7 @@ pub(super) fn synchronize_or_query(
     } else {
         ex.gpu.event_query(ev)?;
     }
-    r.ok();
-    Ok(())
+    r.ok()
 }
 
 /// `EventElapsedTime`.
@@ -58,6 +54,5 @@ pub(super) fn elapsed(ex: &mut Executor, r: &mut Req, a: &calls::EventElapsed) -
     r.reply(&calls::F32Reply {
         value: ms.into(),
         _pad: 0.into(),
-    });
-    Ok(())
+    })
 }

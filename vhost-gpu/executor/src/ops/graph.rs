@@ -7,8 +7,7 @@ use super::prelude::*;
 pub(super) fn begin_capture(ex: &mut Executor, r: &mut Req, a: &calls::BeginCapture) -> CallResult {
     let raw = ex.stream(r.client, a.stream.get(), a.ctx.get())?;
     ex.gpu.stream_begin_capture(raw, a.mode.get())?;
-    r.ok();
-    Ok(())
+    r.ok()
 }
 
 /// `StreamEndCapture`.
@@ -20,8 +19,7 @@ pub(super) fn end_capture(ex: &mut Executor, r: &mut Req, a: &calls::StreamArg) 
         .client(r.client)?
         .objects
         .insert(Object::Graph { raw: graph, ctx });
-    r.handle(h);
-    Ok(())
+    r.handle(h)
 }
 
 /// `GraphInstantiate`.
@@ -40,8 +38,7 @@ pub(super) fn instantiate(
         .client(r.client)?
         .objects
         .insert(Object::GraphExec { raw: exec, ctx });
-    r.handle(h);
-    Ok(())
+    r.handle(h)
 }
 
 /// `GraphLaunch`.
@@ -52,8 +49,7 @@ pub(super) fn launch(ex: &mut Executor, r: &mut Req, a: &calls::GraphLaunch) -> 
     };
     let s = ex.stream(r.client, a.stream.get(), a.ctx.get())?;
     ex.gpu.graph_launch(exec, s)?;
-    r.ok();
-    Ok(())
+    r.ok()
 }
 
 /// `GraphExecUpdate`.
@@ -101,6 +97,5 @@ pub(super) fn destroy(ex: &mut Executor, r: &mut Req, a: &calls::HandleArg) -> C
         _ => return Err(CuResult::INVALID_HANDLE),
     }
     ex.client(r.client)?.objects.remove(a.handle.get());
-    r.ok();
-    Ok(())
+    r.ok()
 }

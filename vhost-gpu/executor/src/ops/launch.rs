@@ -13,8 +13,7 @@ pub(super) fn occupancy_blocks(ex: &mut Executor, r: &mut Req, a: &calls::Occupa
         a.dynamic_smem.get(),
         a.flags.get(),
     )?;
-    r.value_i32(n);
-    Ok(())
+    r.value_i32(n)
 }
 
 /// `OccupancyMaxActiveClusters`.
@@ -33,8 +32,7 @@ pub(super) fn occupancy_clusters(
         cluster: a.cluster.map(|v| v.get()),
     };
     let n = ex.gpu.occupancy_max_active_clusters(raw, &config)?;
-    r.value_i32(n);
-    Ok(())
+    r.value_i32(n)
 }
 
 /// `LaunchKernel`.
@@ -69,6 +67,5 @@ pub(super) fn launch(ex: &mut Executor, r: &mut Req, a: &calls::LaunchKernel) ->
         return Err(CuResult::INVALID_VALUE);
     }
     ex.gpu.launch(*raw, &config, s, params, layout)?;
-    r.ok();
-    Ok(())
+    r.ok()
 }

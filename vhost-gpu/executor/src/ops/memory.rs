@@ -23,8 +23,7 @@ pub(super) fn alloc(ex: &mut Executor, r: &mut Req, a: &calls::MemAlloc) -> Call
             ctx: a.ctx.get(),
         },
     );
-    r.handle(dptr);
-    Ok(())
+    r.handle(dptr)
 }
 
 /// `MemFree`.
@@ -39,8 +38,7 @@ pub(super) fn free(ex: &mut Executor, r: &mut Req, a: &calls::MemFree) -> CallRe
     let size = c.allocations.remove(&dptr).map_or(0, |a| a.size);
     c.mem_used -= size;
     ex.mem_used -= size;
-    r.ok();
-    Ok(())
+    r.ok()
 }
 
 /// `MemGetInfo`.
@@ -61,8 +59,7 @@ pub(super) fn info(ex: &mut Executor, r: &mut Req, a: &calls::CtxArg) -> CallRes
     r.reply(&calls::MemInfoReply {
         free: free.into(),
         total: total.into(),
-    });
-    Ok(())
+    })
 }
 
 /// `MemGetAddressRange`.
@@ -79,8 +76,7 @@ pub(super) fn address_range(ex: &mut Executor, r: &mut Req, a: &calls::MemFree) 
     r.reply(&calls::AddressRangeReply {
         base: base.into(),
         size: size.into(),
-    });
-    Ok(())
+    })
 }
 
 /// `Memset`.
@@ -101,8 +97,7 @@ pub(super) fn memset(ex: &mut Executor, r: &mut Req, a: &calls::Memset) -> CallR
         r.is_async(),
     )?;
     ex.finish_copy(r.client, r.flags, s)?;
-    r.ok();
-    Ok(())
+    r.ok()
 }
 
 /// `MemcpyHtoD`.
@@ -118,8 +113,7 @@ pub(super) fn copy_htod(ex: &mut Executor, r: &mut Req, a: &calls::MemcpyHtoD) -
         unsafe { gpu.memcpy_htod(dst + rel, seg, s, r.is_async()) }
     })?;
     ex.finish_copy(r.client, r.flags, s)?;
-    r.ok();
-    Ok(())
+    r.ok()
 }
 
 /// `MemcpyDtoH`.
@@ -135,8 +129,7 @@ pub(super) fn copy_dtoh(ex: &mut Executor, r: &mut Req, a: &calls::MemcpyDtoH) -
     })?;
     *r.data_out_len = (*r.data_out_len).max(off + len);
     ex.finish_copy(r.client, r.flags, s)?;
-    r.ok();
-    Ok(())
+    r.ok()
 }
 
 /// `MemcpyDtoD`.
@@ -147,6 +140,5 @@ pub(super) fn copy_dtod(ex: &mut Executor, r: &mut Req, a: &calls::MemcpyDtoD) -
     ex.gpu
         .memcpy_dtod(a.dst.get(), a.src.get(), a.len.get(), s, r.is_async())?;
     ex.finish_copy(r.client, r.flags, s)?;
-    r.ok();
-    Ok(())
+    r.ok()
 }

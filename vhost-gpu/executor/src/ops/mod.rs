@@ -62,28 +62,30 @@ impl Req<'_, '_, '_, '_> {
     }
 
     /// Answers success with no body.
-    pub fn ok(&mut self) {
+    pub fn ok(&mut self) -> CallResult {
         self.w.push_status(self.code(), 0);
+        Ok(())
     }
 
     /// Answers success with `body`.
-    pub fn reply<T: IntoBytes + Immutable>(&mut self, body: &T) {
+    pub fn reply<T: IntoBytes + Immutable>(&mut self, body: &T) -> CallResult {
         self.w.push(self.code(), 0, body, &[]);
+        Ok(())
     }
 
     /// Answers success with a new handle or a device pointer.
-    pub fn handle(&mut self, handle: u64) {
+    pub fn handle(&mut self, handle: u64) -> CallResult {
         self.reply(&calls::HandleReply {
             handle: handle.into(),
-        });
+        })
     }
 
     /// Answers success with one 32-bit value.
-    pub fn value_i32(&mut self, value: i32) {
+    pub fn value_i32(&mut self, value: i32) -> CallResult {
         self.reply(&calls::I32Reply {
             value: value.into(),
             _pad: 0.into(),
-        });
+        })
     }
 }
 

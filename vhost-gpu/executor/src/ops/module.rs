@@ -86,8 +86,7 @@ pub(super) fn load(ex: &mut Executor, r: &mut Req, a: &calls::ModuleLoad) -> Cal
 /// `ModuleUnload`.
 pub(super) fn unload(ex: &mut Executor, r: &mut Req, a: &calls::HandleArg) -> CallResult {
     ex.unload_module(r.client, a.handle.get())?;
-    r.ok();
-    Ok(())
+    r.ok()
 }
 
 /// `ModuleGetGlobal`.
@@ -109,8 +108,7 @@ pub(super) fn get_global(ex: &mut Executor, r: &mut Req, a: &calls::ModuleGetGlo
     r.reply(&calls::GlobalReply {
         dptr: dptr.into(),
         size: size.into(),
-    });
-    Ok(())
+    })
 }
 
 /// `FuncGetAttribute`, `FuncSetAttribute`.
@@ -123,11 +121,11 @@ pub(super) fn func_attribute(
     ex.make_current(r.client, ctx)?;
     if r.op == Opcode::FuncGetAttribute {
         let v = ex.gpu.func_get_attribute(raw, a.attribute.get())?;
-        r.value_i32(v);
+        r.value_i32(v)?;
     } else {
         ex.gpu
             .func_set_attribute(raw, a.attribute.get(), a.value.get())?;
-        r.ok();
+        r.ok()?;
     }
     Ok(())
 }

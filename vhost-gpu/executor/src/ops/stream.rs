@@ -11,8 +11,7 @@ pub(super) fn create(ex: &mut Executor, r: &mut Req, a: &calls::StreamCreate) ->
         raw,
         ctx: a.ctx.get(),
     });
-    r.handle(h);
-    Ok(())
+    r.handle(h)
 }
 
 /// `StreamDestroy`.
@@ -23,8 +22,7 @@ pub(super) fn destroy(ex: &mut Executor, r: &mut Req, a: &calls::StreamArg) -> C
     let raw = ex.stream(r.client, a.stream.get(), a.ctx.get())?;
     ex.gpu.stream_destroy(raw)?;
     ex.client(r.client)?.objects.remove(a.stream.get());
-    r.ok();
-    Ok(())
+    r.ok()
 }
 
 /// `StreamSynchronize`, `StreamQuery`.
@@ -40,8 +38,7 @@ pub(super) fn synchronize_or_query(
     } else {
         ex.gpu.stream_query(raw)?;
     }
-    r.ok();
-    Ok(())
+    r.ok()
 }
 
 /// `StreamWaitEvent`.
@@ -49,6 +46,5 @@ pub(super) fn wait_event(ex: &mut Executor, r: &mut Req, a: &calls::StreamWaitEv
     let ev = ex.event(r.client, a.event.get())?;
     let s = ex.stream(r.client, a.stream.get(), a.ctx.get())?;
     ex.gpu.stream_wait_event(s, ev, a.flags.get())?;
-    r.ok();
-    Ok(())
+    r.ok()
 }

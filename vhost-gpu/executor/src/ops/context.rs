@@ -89,6 +89,5 @@ pub(super) fn primary_set_flags(
 pub(super) fn synchronize(ex: &mut Executor, r: &mut Req, a: &calls::CtxArg) -> CallResult {
     ex.make_current(r.client, a.ctx.get())?;
     ex.gpu.ctx_synchronize()?;
-    ex.take_deferred(r.client)?;
-    r.ok()
+    r.synchronized(ex)
 }

@@ -31,19 +31,9 @@ pub(super) fn record(ex: &mut Executor, r: &mut Req, a: &calls::EventRecord) -> 
 }
 
 /// `EventSynchronize`, `EventQuery`.
-pub(super) fn synchronize_or_query(
-    ex: &mut Executor,
-    r: &mut Req,
-    a: &calls::HandleArg,
-) -> CallResult {
-    let ev = ex.event(r.client, a.handle.get())?;
-    if r.op == Opcode::EventSynchronize {
-        ex.gpu.event_synchronize(ev)?;
-        ex.take_deferred(r.client)?;
-    } else {
-        ex.gpu.event_query(ev)?;
-    }
-    r.ok()
+pub(super) fn sync_or_query(ex: &mut Executor, r: &mut Req, a: &calls::HandleArg) -> CallResult {
+    let raw = ex.event(r.client, a.handle.get())?;
+    super::sync_or_query(ex, r, super::Waitable::Event(raw))
 }
 
 /// `EventElapsedTime`.

@@ -102,32 +102,41 @@ pub(super) fn memset(ex: &mut Executor, r: &mut Req, a: &calls::Memset) -> CallR
 
 /// `MemcpyHtoD`.
 pub(super) fn copy_htod(ex: &mut Executor, r: &mut Req, a: &calls::MemcpyHtoD) -> CallResult {
-    let s = ex.stream(r.client, a.stream.get(), a.ctx.get())?;
-    let (off, len) = (a.data.offset.get(), a.data.len.get());
-    ex.check_range(r.client, a.dst.get(), len)?;
-    let dst = a.dst.get();
-    let gpu = &mut ex.gpu;
-    r.data_in.walk(off, len, |seg, rel| {
-        // SAFETY: `seg` lies inside the request's data-in segments, which stay
-        // mapped until the client is torn down (streams are synchronised first).
-        unsafe { gpu.memcpy_htod(dst + rel, seg, s, r.is_async()) }
-    })?;
-    ex.finish_copy(r.client, r.flags, s)?;
-    r.ok()
+    copy_with_host(ex, r, [a.stream, a.ctx, a.dst], a.data, true)
 }
 
 /// `MemcpyDtoH`.
 pub(super) fn copy_dtoh(ex: &mut Executor, r: &mut Req, a: &calls::MemcpyDtoH) -> CallResult {
-    let s = ex.stream(r.client, a.stream.get(), a.ctx.get())?;
-    let (off, len) = (a.data.offset.get(), a.data.len.get());
-    ex.check_range(r.client, a.src.get(), len)?;
-    let src = a.src.get();
-    let gpu = &mut ex.gpu;
-    r.data_out.walk(off, len, |seg, rel| {
-        // SAFETY: as for HtoD; the data-out segments are guest-writable memory.
-        unsafe { gpu.memcpy_dtoh(seg, src + rel, s, r.is_async()) }
-    })?;
-    *r.data_out_len = (*r.data_out_len).max(off + len);
+    copy_with_host(ex, r, [a.stream, a.ctx, a.src], a.data, false)
+}
+
+/// Copies between the device range at `dptr` (`ids` is stream, context, `dptr`) and `data` of the data-in stream (to the
+/// device) or the data-out stream (to the host), piece by piece as the guest's memory lies.
+fn copy_with_host(
+    ex: &mut Executor,
+    r: &mut Req,
+    ids: [zerocopy::little_endian::U64; 3],
+    data: vgpu_protocol::DataRef,
+    to_device: bool,
+) -> CallResult {
+    let [stream, ctx, dptr] = ids.map(|v| v.get());
+    let s = ex.stream(r.client, stream, ctx)?;
+    let (off, len) = (data.offset.get(), data.len.get());
+    ex.check_range(r.client, dptr, len)?;
+    let (gpu, is_async) = (&mut ex.gpu, r.is_async());
+    if to_device {
+        r.data_in.walk(off, len, |seg, rel| {
+            // SAFETY: `seg` lies inside the request's data-in segments, which stay mapped
+            // until the client is torn down (streams are synchronised first).
+            unsafe { gpu.memcpy_htod(dptr + rel, seg, s, is_async) }
+        })?;
+    } else {
+        r.data_out.walk(off, len, |seg, rel| {
+            // SAFETY: as above; the data-out segments are guest-writable memory.
+            unsafe { gpu.memcpy_dtoh(seg, dptr + rel, s, is_async) }
+        })?;
+        *r.data_out_len = (*r.data_out_len).max(off + len);
+    }
     ex.finish_copy(r.client, r.flags, s)?;
     r.ok()
 }

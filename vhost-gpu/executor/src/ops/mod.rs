@@ -67,6 +67,12 @@ impl Req<'_, '_, '_, '_> {
         Ok(())
     }
 
+    /// After a synchronising call: reports the client's deferred errors, else success.
+    pub fn synchronized(&mut self, ex: &mut Executor) -> CallResult {
+        ex.take_deferred(self.client)?;
+        self.ok()
+    }
+
     /// Answers success with `body`.
     pub fn reply<T: IntoBytes + Immutable>(&mut self, body: &T) -> CallResult {
         self.w.push(self.code(), 0, body, &[]);
@@ -87,6 +93,25 @@ impl Req<'_, '_, '_, '_> {
             _pad: 0.into(),
         })
     }
+}
+
+/// A resolved stream or event to synchronise on or poll.
+enum Waitable {
+    Stream(u64),
+    Event(u64),
+}
+
+/// Polls it (for `StreamQuery`/`EventQuery`) or synchronises on it; a synchronisation also
+/// reports the client's deferred errors.
+fn sync_or_query(ex: &mut Executor, r: &mut Req, what: Waitable) -> CallResult {
+    let query = matches!(r.op, Opcode::StreamQuery | Opcode::EventQuery);
+    match (what, query) {
+        (Waitable::Stream(s), true) => ex.gpu.stream_query(s)?,
+        (Waitable::Stream(s), false) => ex.gpu.stream_synchronize(s)?,
+        (Waitable::Event(e), true) => ex.gpu.event_query(e)?,
+        (Waitable::Event(e), false) => ex.gpu.event_synchronize(e)?,
+    }
+    if query { r.ok() } else { r.synchronized(ex) }
 }
 
 macro_rules! route {

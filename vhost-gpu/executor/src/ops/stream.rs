@@ -26,19 +26,9 @@ pub(super) fn destroy(ex: &mut Executor, r: &mut Req, a: &calls::StreamArg) -> C
 }
 
 /// `StreamSynchronize`, `StreamQuery`.
-pub(super) fn synchronize_or_query(
-    ex: &mut Executor,
-    r: &mut Req,
-    a: &calls::StreamArg,
-) -> CallResult {
+pub(super) fn sync_or_query(ex: &mut Executor, r: &mut Req, a: &calls::StreamArg) -> CallResult {
     let raw = ex.stream(r.client, a.stream.get(), a.ctx.get())?;
-    if r.op == Opcode::StreamSynchronize {
-        ex.gpu.stream_synchronize(raw)?;
-        ex.take_deferred(r.client)?;
-    } else {
-        ex.gpu.stream_query(raw)?;
-    }
-    r.ok()
+    super::sync_or_query(ex, r, super::Waitable::Stream(raw))
 }
 
 /// `StreamWaitEvent`.

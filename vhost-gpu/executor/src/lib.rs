@@ -662,11 +662,14 @@ impl Executor {
         }
     }
 
-    fn func(&mut self, client: ClientKey, func: u64) -> Result<(u64, u64), CuResult> {
-        match self.client(client)?.objects.get(func) {
-            Some(Object::Func { raw, ctx, .. }) => Ok((*raw, *ctx)),
-            _ => Err(CuResult::INVALID_HANDLE),
-        }
+    /// Resolves a function handle and makes its context current.
+    fn func(&mut self, client: ClientKey, func: u64) -> Result<u64, CuResult> {
+        let (raw, ctx) = match self.client(client)?.objects.get(func) {
+            Some(Object::Func { raw, ctx, .. }) => (*raw, *ctx),
+            _ => return Err(CuResult::INVALID_HANDLE),
+        };
+        self.make_current(client, ctx)?;
+        Ok(raw)
     }
 
     fn unload_module(&mut self, client: ClientKey, module: u64) -> CallResult {

@@ -5,8 +5,7 @@ use super::prelude::*;
 
 /// `OccupancyMaxActiveBlocks`.
 pub(super) fn occupancy_blocks(ex: &mut Executor, r: &mut Req, a: &calls::Occupancy) -> CallResult {
-    let (raw, ctx) = ex.func(r.client, a.func.get())?;
-    ex.make_current(r.client, ctx)?;
+    let raw = ex.func(r.client, a.func.get())?;
     let n = ex.gpu.occupancy_max_active_blocks(
         raw,
         a.block_size.get(),
@@ -22,8 +21,7 @@ pub(super) fn occupancy_clusters(
     r: &mut Req,
     a: &calls::OccupancyClusters,
 ) -> CallResult {
-    let (raw, ctx) = ex.func(r.client, a.func.get())?;
-    ex.make_current(r.client, ctx)?;
+    let raw = ex.func(r.client, a.func.get())?;
     let config = LaunchConfig {
         grid: a.grid.map(|v| v.get()),
         block: a.block.map(|v| v.get()),

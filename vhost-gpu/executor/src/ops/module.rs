@@ -117,8 +117,7 @@ pub(super) fn func_attribute(
     r: &mut Req,
     a: &calls::FuncAttribute,
 ) -> CallResult {
-    let (raw, ctx) = ex.func(r.client, a.func.get())?;
-    ex.make_current(r.client, ctx)?;
+    let raw = ex.func(r.client, a.func.get())?;
     if r.op == Opcode::FuncGetAttribute {
         let v = ex.gpu.func_get_attribute(raw, a.attribute.get())?;
         r.value_i32(v)?;

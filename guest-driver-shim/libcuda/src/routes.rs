@@ -146,10 +146,8 @@ vgpu_cuda_macros::cuda_exports! {
     ];
     implemented in api::graph: [
         cuGraphDestroy, cuGraphExecDestroy, cuGraphExecUpdate, cuGraphExecUpdate_v2,
-        cuGraphInstantiateWithFlags, cuGraphInstantiate_v2, cuGraphLaunch, cuGraphLaunch_ptsz,
-        cuStreamBeginCapture, cuStreamBeginCapture_ptsz, cuStreamBeginCapture_v2,
-        cuStreamBeginCapture_v2_ptsz, cuStreamEndCapture, cuStreamEndCapture_ptsz,
-    ];
+        cuGraphInstantiateWithFlags, cuGraphInstantiate_v2, cuGraphLaunch, cuStreamBeginCapture, cuStreamBeginCapture_v2,
+        cuStreamEndCapture, ];
     implemented in api::launch: [
         cuLaunchCooperativeKernel, cuLaunchKernel, cuLaunchKernelEx,
         cuOccupancyAvailableDynamicSMemPerBlock, cuOccupancyMaxActiveBlocksPerMultiprocessor,
@@ -184,8 +182,7 @@ vgpu_cuda_macros::cuda_exports! {
     ];
     implemented in api::pool: [
         cuDeviceGetDefaultMemPool, cuDeviceGetMemPool, cuDeviceSetMemPool, cuMemAllocAsync,
-        cuMemAllocAsync_ptsz, cuMemAllocFromPoolAsync, cuMemAllocFromPoolAsync_ptsz,
-        cuMemFreeAsync, cuMemFreeAsync_ptsz, cuMemPoolCreate, cuMemPoolDestroy,
+        cuMemAllocFromPoolAsync, cuMemFreeAsync, cuMemPoolCreate, cuMemPoolDestroy,
         cuMemPoolGetAttribute, cuMemPoolSetAttribute, cuMemPoolTrimTo,
     ];
     // cuLaunchHostFunc_ptsz and cuStreamAddCallback_ptsz are bodies of their own, not
@@ -200,10 +197,9 @@ vgpu_cuda_macros::cuda_exports! {
     implemented in api::stream: [
         cuEventCreate, cuEventDestroy, cuEventDestroy_v2, cuEventElapsedTime,
         cuEventElapsedTime_v2, cuEventQuery, cuEventRecord, cuEventRecordWithFlags,
-        cuEventRecordWithFlags_ptsz, cuEventRecord_ptsz, cuEventSynchronize, cuStreamCreate,
+        cuEventSynchronize, cuStreamCreate,
         cuStreamCreateWithPriority, cuStreamDestroy, cuStreamDestroy_v2, cuStreamGetCtx,
-        cuStreamGetFlags, cuStreamGetPriority, cuStreamQuery, cuStreamQuery_ptsz,
-        cuStreamSynchronize, cuStreamSynchronize_ptsz, cuStreamWaitEvent,
+        cuStreamGetFlags, cuStreamGetPriority, cuStreamQuery, cuStreamSynchronize, cuStreamWaitEvent,
         cuStreamWaitEvent_ptsz,
     ];
 
@@ -227,6 +223,17 @@ vgpu_cuda_macros::cuda_exports! {
         cuStreamGetId_ptsz = cuStreamGetId,
         cuStreamGetPriority_ptsz = cuStreamGetPriority,
         cuStreamIsCapturing_ptsz = cuStreamIsCapturing,
+        cuMemAllocAsync_ptsz = cuMemAllocAsync,
+        cuMemAllocFromPoolAsync_ptsz = cuMemAllocFromPoolAsync,
+        cuMemFreeAsync_ptsz = cuMemFreeAsync,
+        cuStreamBeginCapture_v2_ptsz = cuStreamBeginCapture_v2,
+        cuStreamBeginCapture_ptsz = cuStreamBeginCapture,
+        cuStreamEndCapture_ptsz = cuStreamEndCapture,
+        cuGraphLaunch_ptsz = cuGraphLaunch,
+        cuStreamSynchronize_ptsz = cuStreamSynchronize,
+        cuStreamQuery_ptsz = cuStreamQuery,
+        cuEventRecord_ptsz = cuEventRecord,
+        cuEventRecordWithFlags_ptsz = cuEventRecordWithFlags,
         cuStreamGetAttribute_ptsz = cuStreamGetAttribute,
         cuStreamSetAttribute_ptsz = cuStreamSetAttribute,
         cuStreamCopyAttributes_ptsz = cuStreamCopyAttributes,
@@ -332,8 +339,8 @@ mod tests {
             Route::Unsupported("no declaration in CUDA 13.0's headers")
         );
         let count = |f: fn(&Route) -> bool| ROUTES.iter().filter(|(_, r)| f(r)).count();
-        assert_eq!(count(|r| matches!(r, Route::Implemented)), 196);
-        assert_eq!(count(|r| matches!(r, Route::Alias(_))), 22);
+        assert_eq!(count(|r| matches!(r, Route::Implemented)), 185);
+        assert_eq!(count(|r| matches!(r, Route::Alias(_))), 33);
         assert_eq!(count(|r| matches!(r, Route::Forwarded)), 8);
         assert_eq!(route("cuStreamGetAttribute"), Route::Forwarded);
     }

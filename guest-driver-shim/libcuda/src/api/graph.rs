@@ -60,17 +60,7 @@ pub unsafe extern "C" fn cuStreamBeginCapture_v2(s: CUstream, mode: c_int) -> CU
 }
 
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuStreamBeginCapture_v2_ptsz(s: CUstream, mode: c_int) -> CUresult {
-    ret(begin_capture(s, mode))
-}
-
-#[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuStreamBeginCapture(s: CUstream) -> CUresult {
-    ret(begin_capture(s, 0))
-}
-
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuStreamBeginCapture_ptsz(s: CUstream) -> CUresult {
     ret(begin_capture(s, 0))
 }
 
@@ -101,11 +91,6 @@ fn end_capture(s: CUstream, graph: *mut *mut c_void) -> Result<(), CuResult> {
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuStreamEndCapture(s: CUstream, graph: *mut *mut c_void) -> CUresult {
-    ret(end_capture(s, graph))
-}
-
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuStreamEndCapture_ptsz(s: CUstream, graph: *mut *mut c_void) -> CUresult {
     ret(end_capture(s, graph))
 }
 
@@ -164,11 +149,6 @@ fn launch(exec: *mut c_void, s: CUstream) -> Result<(), CuResult> {
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuGraphLaunch(exec: *mut c_void, s: CUstream) -> CUresult {
-    ret(launch(exec, s))
-}
-
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuGraphLaunch_ptsz(exec: *mut c_void, s: CUstream) -> CUresult {
     ret(launch(exec, s))
 }
 

@@ -182,15 +182,6 @@ pub unsafe extern "C" fn cuMemAllocAsync(
 }
 
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuMemAllocAsync_ptsz(
-    dptr: *mut CUdeviceptr,
-    size: usize,
-    _stream: CUstream,
-) -> CUresult {
-    ret(alloc_async(dptr, size, DEFAULT_POOL))
-}
-
-#[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuMemAllocFromPoolAsync(
     dptr: *mut CUdeviceptr,
     size: usize,
@@ -201,22 +192,7 @@ pub unsafe extern "C" fn cuMemAllocFromPoolAsync(
 }
 
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuMemAllocFromPoolAsync_ptsz(
-    dptr: *mut CUdeviceptr,
-    size: usize,
-    pool: CUmemoryPool,
-    _stream: CUstream,
-) -> CUresult {
-    ret(alloc_async(dptr, size, pool as usize))
-}
-
-#[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuMemFreeAsync(dptr: CUdeviceptr, stream: CUstream) -> CUresult {
-    ret(free_async(dptr, stream))
-}
-
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuMemFreeAsync_ptsz(dptr: CUdeviceptr, stream: CUstream) -> CUresult {
     ret(free_async(dptr, stream))
 }
 

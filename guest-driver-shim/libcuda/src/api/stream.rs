@@ -108,17 +108,7 @@ pub unsafe extern "C" fn cuStreamSynchronize(s: CUstream) -> CUresult {
 }
 
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuStreamSynchronize_ptsz(s: CUstream) -> CUresult {
-    ret(stream_call(Opcode::StreamSynchronize, s))
-}
-
-#[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuStreamQuery(s: CUstream) -> CUresult {
-    ret(stream_call(Opcode::StreamQuery, s))
-}
-
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuStreamQuery_ptsz(s: CUstream) -> CUresult {
     ret(stream_call(Opcode::StreamQuery, s))
 }
 
@@ -247,21 +237,7 @@ pub unsafe extern "C" fn cuEventRecord(e: CUevent, s: CUstream) -> CUresult {
 }
 
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuEventRecord_ptsz(e: CUevent, s: CUstream) -> CUresult {
-    ret(event_record(e, s))
-}
-
-#[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuEventRecordWithFlags(
-    e: CUevent,
-    s: CUstream,
-    _flags: c_uint,
-) -> CUresult {
-    ret(event_record(e, s))
-}
-
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuEventRecordWithFlags_ptsz(
     e: CUevent,
     s: CUstream,
     _flags: c_uint,

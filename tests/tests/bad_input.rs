@@ -25,16 +25,6 @@ fn last(reply: &[u8]) -> (u32, Vec<u8>) {
     (r.result, r.body.to_vec())
 }
 
-/// Client `client` sends one call; its result and reply body.
-fn call<T: IntoBytes + Immutable>(
-    c: &mut RawClient,
-    client: u32,
-    op: u16,
-    body: &T,
-) -> (u32, Vec<u8>) {
-    last(&c.send(&message(client, op, body, &[])))
-}
-
 /// A 4 KiB allocation in context `ctx`.
 fn alloc_4k(ctx: u64) -> calls::MemAlloc {
     calls::MemAlloc {
@@ -48,11 +38,14 @@ fn hello(c: &mut RawClient, client: u32) {
         proto_major: PROTOCOL_MAJOR.into(),
         ..Default::default()
     };
-    assert_eq!(call(c, client, Opcode::Hello as u16, &body).0, 0);
+    assert_eq!(
+        last(&c.send(&message(client, Opcode::Hello as u16, &body, &[]))).0,
+        0
+    );
 }
 
 fn handle<T: IntoBytes + Immutable>(c: &mut RawClient, client: u32, op: Opcode, body: &T) -> u64 {
-    let (r, b) = call(c, client, op as u16, body);
+    let (r, b) = last(&c.send(&message(client, op as u16, body, &[])));
     assert_eq!(r, 0, "{op:?} failed");
     calls::HandleReply::read_from_prefix(&b)
         .unwrap()
@@ -83,15 +76,18 @@ fn hostile_messages_get_errors_and_the_daemon_keeps_serving() {
     m[at..at + 4].copy_from_slice(&4096u32.to_le_bytes());
     assert_eq!(last(&c.send(&m)).0, CuResult::INVALID_VALUE.0);
     // An unknown opcode.
-    assert_eq!(call(&mut c, 1, 0x7777, &()).0, CuResult::NOT_SUPPORTED.0);
+    assert_eq!(
+        last(&c.send(&message(1, 0x7777, &(), &[]))).0,
+        CuResult::NOT_SUPPORTED.0
+    );
     // A body too short for its opcode.
     assert_eq!(
-        call(&mut c, 1, Opcode::MemAlloc as u16, &0u8).0,
+        last(&c.send(&message(1, Opcode::MemAlloc as u16, &0u8, &[]))).0,
         CuResult::INVALID_VALUE.0
     );
     // Calls before the handshake.
     assert_eq!(
-        call(&mut c, 99, Opcode::DeviceGetCount as u16, &()).0,
+        last(&c.send(&message(99, Opcode::DeviceGetCount as u16, &(), &[]))).0,
         CuResult::NOT_INITIALIZED.0
     );
 
@@ -102,11 +98,12 @@ fn hostile_messages_get_errors_and_the_daemon_keeps_serving() {
         ctx: ctx.into(),
     };
     assert_eq!(
-        call(&mut c, 1, Opcode::StreamSynchronize as u16, &bogus).0,
+        last(&c.send(&message(1, Opcode::StreamSynchronize as u16, &bogus, &[]))).0,
         CuResult::INVALID_HANDLE.0
     );
+    let bogus_ctx = alloc_4k(ctx + 1);
     assert_eq!(
-        call(&mut c, 1, Opcode::MemAlloc as u16, &alloc_4k(ctx + 1)).0,
+        last(&c.send(&message(1, Opcode::MemAlloc as u16, &bogus_ctx, &[]))).0,
         CuResult::INVALID_CONTEXT.0
     );
 
@@ -122,11 +119,11 @@ fn hostile_messages_get_errors_and_the_daemon_keeps_serving() {
         dptr: dptr.into(),
     };
     assert_eq!(
-        call(&mut c, 2, Opcode::MemFree as u16, &steal).0,
+        last(&c.send(&message(2, Opcode::MemFree as u16, &steal, &[]))).0,
         CuResult::INVALID_VALUE.0
     );
     assert_eq!(
-        call(&mut c, 2, Opcode::MemAlloc as u16, &alloc_4k(ctx_b)).0,
+        last(&c.send(&message(2, Opcode::MemAlloc as u16, &alloc_4k(ctx_b), &[]))).0,
         CuResult::INVALID_CONTEXT.0
     );
     let out = c.vu.alloc(4096, 4096).unwrap();
@@ -247,7 +244,7 @@ fn a_different_protocol_version_is_refused_with_both_versions_named() {
         proto_major: 7.into(),
         ..Default::default()
     };
-    let text = refusal_text(call(&mut c, 1, Opcode::Hello as u16, &body));
+    let text = refusal_text(last(&c.send(&message(1, Opcode::Hello as u16, &body, &[]))));
     assert!(
         text.contains("guest speaks protocol 7.0, this host 1.0"),
         "{text}"
@@ -258,7 +255,7 @@ fn a_different_protocol_version_is_refused_with_both_versions_named() {
         proto_major: PROTOCOL_MAJOR.into(),
         ..Default::default()
     };
-    let (_, reply) = call(&mut c, 1, Opcode::Hello as u16, &body);
+    let (_, reply) = last(&c.send(&message(1, Opcode::Hello as u16, &body, &[])));
     let h = calls::HelloReply::read_from_prefix(&reply).unwrap().0;
     assert_ne!(h.caps.get() & vgpu_protocol::caps::SIM_GPU, 0);
     assert!(read_str(&h.message).contains("sim"));

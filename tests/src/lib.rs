@@ -3,9 +3,9 @@
 //! send anything (including garbage) to the daemon over virtio-user.
 
 use std::{
-    io::{BufRead, Read},
+    io::{BufRead, BufReader, Lines, Read},
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Child, ChildStdin, ChildStdout, Command, Stdio},
     sync::OnceLock,
     time::{Duration, Instant},
 };
@@ -203,6 +203,19 @@ pub fn e2e_command(program: &Path, socket: &Path) -> Command {
     let mut cmd = guest_command(program, socket);
     cmd.arg(fixture("kernels.cubin")).arg("--no-kernel-check");
     cmd
+}
+
+/// Starts `cmd` with its standard streams piped: the child, its stdin, and its stdout's lines.
+pub fn spawn_piped(cmd: &mut Command) -> (Child, ChildStdin, Lines<BufReader<ChildStdout>>) {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {cmd:?}: {e}"));
+    let stdin = child.stdin.take().expect("stdin");
+    let lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    (child, stdin, lines)
 }
 
 /// Runs `cmd` to its end and fails the test unless it exits 0 (showing its status and

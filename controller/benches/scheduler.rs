@@ -16,12 +16,35 @@ use std::time::{Duration, Instant};
 use vgpu_controller::auth::Role;
 use vgpu_controller::model::{AllocationRequest, Policy, SliceSpec, Strategy};
 use vgpu_controller::pool::{Pool, PoolConfig};
-use vgpu_controller::scheduler::{GpuSpec, PlaceRequest, Want};
+use vgpu_controller::scheduler::{Decision, GpuSpec, Index, PlaceRequest, Want};
 use vgpu_pool_wire::{GpuInfo, RegisterRequest};
 
 const HOSTS: usize = 10_000;
 const GPUS: u32 = 8;
 const ALLOCS_DEFAULT: usize = 50_000;
+
+/// Times one placement of a 4-SM, 1 GiB custom slice asked from `vm_host`, remote allowed.
+fn place_custom(
+    ix: &Index,
+    vm_host: &str,
+    strategy: Strategy,
+    topology: &[String],
+) -> (Duration, Decision) {
+    let req = PlaceRequest {
+        vm_host,
+        want: Want::Custom {
+            sm: 4,
+            mem: 1 << 30,
+        },
+        allow_remote: true,
+        strategy,
+        numa: None,
+        topology,
+    };
+    let s = Instant::now();
+    let d = ix.place(&req).unwrap();
+    (s.elapsed(), d)
+}
 
 struct Rng(u64);
 impl Rng {
@@ -50,6 +73,15 @@ fn pct(v: &mut [Duration], p: f64) -> f64 {
     v.sort_unstable();
     let i = ((v.len() as f64 - 1.0) * p).round() as usize;
     v[i].as_secs_f64() * 1e6
+}
+
+/// Prints `  <label>p50 .. us, p99 .. us<note>` for the durations `v`.
+fn print_pct(label: &str, v: &mut [Duration], note: &str) {
+    println!(
+        "  {label}p50 {:.1} us, p99 {:.1} us{note}",
+        pct(v, 0.5),
+        pct(v, 0.99)
+    );
 }
 
 fn host(i: usize) -> String {
@@ -207,7 +239,7 @@ fn main() {
     let churn_wall = t2.elapsed();
 
     // Decision alone on a fresh index of the same size.
-    let mut ix = vgpu_controller::scheduler::Index::default();
+    let mut ix = Index::default();
     for i in 0..HOSTS {
         let labels: BTreeMap<String, String> = [
             ("rack".to_string(), format!("r{}", i / 40)),
@@ -263,41 +295,14 @@ fn main() {
     }
     let mut rack = Vec::new();
     for i in 0..2_000 {
-        let h = host(i % 20);
-        let req = PlaceRequest {
-            vm_host: &h,
-            want: Want::Custom {
-                sm: 4,
-                mem: 1 << 30,
-            },
-            allow_remote: true,
-            strategy: Strategy::Binpack,
-            numa: None,
-            topology: &topo,
-        };
-        let s = Instant::now();
-        let d = ix.place(&req).unwrap();
-        rack.push(s.elapsed());
+        let (took, d) = place_custom(&ix, &host(i % 20), Strategy::Binpack, &topo);
+        rack.push(took);
         assert!(d.remote);
     }
     // Worst case: no topology preference, so the whole pool (80,000 GPUs) is scanned.
     let mut global = Vec::new();
     for i in 0..500 {
-        let h = host(i % 20);
-        let req = PlaceRequest {
-            vm_host: &h,
-            want: Want::Custom {
-                sm: 4,
-                mem: 1 << 30,
-            },
-            allow_remote: true,
-            strategy: Strategy::Spread,
-            numa: None,
-            topology: &[],
-        };
-        let s = Instant::now();
-        ix.place(&req).unwrap();
-        global.push(s.elapsed());
+        global.push(place_custom(&ix, &host(i % 20), Strategy::Spread, &[]).0);
     }
 
     println!(
@@ -328,20 +333,12 @@ fn main() {
         pct(&mut churn, 0.99)
     );
     println!("decision only (Index::place):");
-    println!(
-        "  local fit           p50 {:.1} us, p99 {:.1} us",
-        pct(&mut local, 0.5),
-        pct(&mut local, 0.99)
-    );
-    println!(
-        "  remote, same rack   p50 {:.1} us, p99 {:.1} us",
-        pct(&mut rack, 0.5),
-        pct(&mut rack, 0.99)
-    );
-    println!(
-        "  remote, whole pool  p50 {:.1} us, p99 {:.1} us (worst case: 80,000 GPUs scanned)",
-        pct(&mut global, 0.5),
-        pct(&mut global, 0.99)
+    print_pct("local fit           ", &mut local, "");
+    print_pct("remote, same rack   ", &mut rack, "");
+    print_pct(
+        "remote, whole pool  ",
+        &mut global,
+        " (worst case: 80,000 GPUs scanned)",
     );
     println!(
         "RSS: start {rss0:.1} MiB, after inventory {rss_inv:.1} MiB, after {ok} allocations {rss_alloc:.1} MiB (pool + second index for the decision runs: {:.1} MiB)",

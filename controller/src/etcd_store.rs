@@ -295,6 +295,25 @@ impl EtcdStore {
         })
     }
 
+    /// Runs `ops` if `key` is still at mod revision `rev`; true when it ran (the write to `key`
+    /// is then remembered as ours).
+    fn txn_if_unchanged(
+        &mut self,
+        what: &'static str,
+        key: &str,
+        rev: i64,
+        ops: Vec<TxnOp>,
+    ) -> Result<bool> {
+        let t = Txn::new()
+            .when(vec![Compare::mod_revision(key, CompareOp::Equal, rev)])
+            .and_then(ops);
+        let r = self.txn(what, t)?;
+        if r.succeeded() {
+            self.wrote(key, r.header().map_or(0, |h| h.revision()));
+        }
+        Ok(r.succeeded())
+    }
+
     fn get(&self, key: &str) -> Result<Option<(Vec<u8>, i64)>> {
         let k = key.to_string();
         let r = self.run("get", move |mut c| {
@@ -800,18 +819,8 @@ impl Store for EtcdStore {
                 return Ok(());
             }
             a.state = state.to_string();
-            let r = self.txn(
-                "set state",
-                Txn::new()
-                    .when(vec![Compare::mod_revision(
-                        key.clone(),
-                        CompareOp::Equal,
-                        rev,
-                    )])
-                    .and_then(vec![TxnOp::put(key.clone(), json(&a)?, None)]),
-            )?;
-            if r.succeeded() {
-                self.wrote(&key, r.header().map_or(0, |h| h.revision()));
+            let put = vec![TxnOp::put(key.clone(), json(&a)?, None)];
+            if self.txn_if_unchanged("set state", &key, rev, put)? {
                 return Ok(());
             }
         }
@@ -834,21 +843,11 @@ impl Store for EtcdStore {
                     reason: reason.to_string(),
                     released_at_ms: at_ms,
                 };
-                let r = self.txn(
-                    "release",
-                    Txn::new()
-                        .when(vec![Compare::mod_revision(
-                            key.clone(),
-                            CompareOp::Equal,
-                            rev,
-                        )])
-                        .and_then(vec![
-                            TxnOp::delete(key.clone(), None),
-                            TxnOp::put(self.k("released", id), json(&rec)?, None),
-                        ]),
-                )?;
-                if r.succeeded() {
-                    self.wrote(&key, r.header().map_or(0, |h| h.revision()));
+                let ops = vec![
+                    TxnOp::delete(key.clone(), None),
+                    TxnOp::put(self.k("released", id), json(&rec)?, None),
+                ];
+                if self.txn_if_unchanged("release", &key, rev, ops)? {
                     done = true;
                     break;
                 }

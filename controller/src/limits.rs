@@ -112,6 +112,30 @@ impl<S> IdleStream<S> {
             Poll::Pending => Poll::Pending,
         }
     }
+
+    /// Polls `op` on the inner stream. With `moved` (a read or write), a ready result resets the
+    /// idle deadline; an operation that is not ready fails once the connection has been idle too
+    /// long.
+    fn poll_inner<T>(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        moved: bool,
+        op: impl FnOnce(Pin<&mut S>, &mut Context<'_>) -> Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>>
+    where
+        S: Unpin,
+    {
+        let me = self.get_mut();
+        match op(Pin::new(&mut me.inner), cx) {
+            Poll::Ready(r) => {
+                if moved {
+                    me.progressed();
+                }
+                Poll::Ready(r)
+            }
+            Poll::Pending => me.pending_or_timeout(cx),
+        }
+    }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for IdleStream<S> {
@@ -120,14 +144,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for IdleStream<S> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let me = self.get_mut();
-        match Pin::new(&mut me.inner).poll_read(cx, buf) {
-            Poll::Ready(r) => {
-                me.progressed();
-                Poll::Ready(r)
-            }
-            Poll::Pending => me.pending_or_timeout(cx),
-        }
+        self.poll_inner(cx, true, |inner, cx| inner.poll_read(cx, buf))
     }
 }
 
@@ -137,14 +154,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for IdleStream<S> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let me = self.get_mut();
-        match Pin::new(&mut me.inner).poll_write(cx, buf) {
-            Poll::Ready(r) => {
-                me.progressed();
-                Poll::Ready(r)
-            }
-            Poll::Pending => me.pending_or_timeout(cx),
-        }
+        self.poll_inner(cx, true, |inner, cx| inner.poll_write(cx, buf))
     }
 
     fn poll_write_vectored(
@@ -152,14 +162,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for IdleStream<S> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let me = self.get_mut();
-        match Pin::new(&mut me.inner).poll_write_vectored(cx, bufs) {
-            Poll::Ready(r) => {
-                me.progressed();
-                Poll::Ready(r)
-            }
-            Poll::Pending => me.pending_or_timeout(cx),
-        }
+        self.poll_inner(cx, true, |inner, cx| inner.poll_write_vectored(cx, bufs))
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -167,19 +170,11 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for IdleStream<S> {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let me = self.get_mut();
-        match Pin::new(&mut me.inner).poll_flush(cx) {
-            Poll::Ready(r) => Poll::Ready(r),
-            Poll::Pending => me.pending_or_timeout(cx),
-        }
+        self.poll_inner(cx, false, |inner, cx| inner.poll_flush(cx))
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let me = self.get_mut();
-        match Pin::new(&mut me.inner).poll_shutdown(cx) {
-            Poll::Ready(r) => Poll::Ready(r),
-            Poll::Pending => me.pending_or_timeout(cx),
-        }
+        self.poll_inner(cx, false, |inner, cx| inner.poll_shutdown(cx))
     }
 }
 

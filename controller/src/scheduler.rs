@@ -397,114 +397,56 @@ mod tests {
         .into()
     }
 
+    /// An index of one unlabelled host `name` with `n` GPUs.
+    fn one_host(name: &str, n: u32) -> Index {
+        let mut ix = Index::default();
+        ix.upsert_host(name, &BTreeMap::new(), true, &gpus(name, n));
+        ix
+    }
+
+    fn custom(sm: u32, mem: u64) -> Want {
+        Want::Custom { sm, mem }
+    }
+
+    /// Places `want` on `host` itself: binpack, no remote fallback, no topology.
+    fn place_local(ix: &Index, host: &str, want: Want) -> Result<Decision, PlaceError> {
+        ix.place(&req(host, want, false, Strategy::Binpack, &[]))
+    }
+
     #[test]
     fn homogeneous_profiles_and_capacity() {
-        let mut ix = Index::default();
-        ix.upsert_host("h1", &BTreeMap::new(), true, &gpus("h1", 1));
-        let topo: Vec<String> = vec![];
+        let mut ix = one_host("h1", 1);
         for _ in 0..4 {
-            let d = ix
-                .place(&req(
-                    "h1",
-                    Want::Profile(4),
-                    false,
-                    Strategy::Binpack,
-                    &topo,
-                ))
-                .unwrap();
+            let d = place_local(&ix, "h1", Want::Profile(4)).unwrap();
             assert_eq!((d.sm, d.mem), (33, (141 << 30) / 4));
             ix.apply(d.gpu, Shape::Profile(4), d.sm, d.mem);
         }
-        assert!(
-            ix.place(&req(
-                "h1",
-                Want::Profile(4),
-                false,
-                Strategy::Binpack,
-                &topo
-            ))
-            .is_err()
-        );
+        assert!(place_local(&ix, "h1", Want::Profile(4)).is_err());
         // Free one 1/4: a 1/2 still may not go there (homogeneous), a 1/4 may.
         let g = ix.gpus[0].clone();
         ix.unapply(0, Shape::Profile(4), 33, g.mem_total / 4);
-        assert!(
-            ix.place(&req(
-                "h1",
-                Want::Profile(2),
-                false,
-                Strategy::Binpack,
-                &topo
-            ))
-            .is_err()
-        );
-        assert!(
-            ix.place(&req(
-                "h1",
-                Want::Profile(4),
-                false,
-                Strategy::Binpack,
-                &topo
-            ))
-            .is_ok()
-        );
+        assert!(place_local(&ix, "h1", Want::Profile(2)).is_err());
+        assert!(place_local(&ix, "h1", Want::Profile(4)).is_ok());
         // Mixed mode allows it while memory lasts.
         ix.set_gpu_policy("h1-g0", SliceMode::Mixed, 1.0, true);
-        assert!(
-            ix.place(&req(
-                "h1",
-                Want::Custom {
-                    sm: 20,
-                    mem: 1 << 30
-                },
-                false,
-                Strategy::Binpack,
-                &topo
-            ))
-            .is_ok()
-        );
+        assert!(place_local(&ix, "h1", custom(20, 1 << 30)).is_ok());
     }
 
     #[test]
     fn oversubscription_is_compute_only() {
-        let mut ix = Index::default();
-        ix.upsert_host("h1", &BTreeMap::new(), true, &gpus("h1", 1));
-        let topo: Vec<String> = vec![];
-        let want = Want::Custom {
-            sm: 100,
-            mem: 10 << 30,
-        };
-        let d = ix
-            .place(&req("h1", want, false, Strategy::Binpack, &topo))
-            .unwrap();
+        let mut ix = one_host("h1", 1);
+        let want = custom(100, 10 << 30);
+        let d = place_local(&ix, "h1", want).unwrap();
         ix.apply(d.gpu, Shape::Custom, d.sm, d.mem);
-        assert!(
-            ix.place(&req("h1", want, false, Strategy::Binpack, &topo))
-                .is_err(),
-            "200 SMs > 132"
-        );
+        assert!(place_local(&ix, "h1", want).is_err(), "200 SMs > 132");
         ix.set_gpu_policy("h1-g0", SliceMode::Homogeneous, 2.0, true);
-        let d = ix
-            .place(&req("h1", want, false, Strategy::Binpack, &topo))
-            .unwrap();
+        let d = place_local(&ix, "h1", want).unwrap();
         ix.apply(d.gpu, Shape::Custom, d.sm, d.mem);
         // Memory never oversubscribed: 141 GiB total.
-        let big = Want::Custom {
-            sm: 1,
-            mem: 122 << 30,
-        };
-        assert!(
-            ix.place(&req("h1", big, false, Strategy::Binpack, &topo))
-                .is_err()
-        );
-        let fits = Want::Custom {
-            sm: 1,
-            mem: 121 << 30,
-        };
-        assert!(
-            ix.place(&req("h1", fits, false, Strategy::Binpack, &topo))
-                .is_ok()
-        );
+        let big = custom(1, 122 << 30);
+        assert!(place_local(&ix, "h1", big).is_err());
+        let fits = custom(1, 121 << 30);
+        assert!(place_local(&ix, "h1", fits).is_ok());
     }
 
     #[test]
@@ -548,10 +490,8 @@ mod tests {
 
     #[test]
     fn numa_hint_preferred() {
-        let mut ix = Index::default();
-        ix.upsert_host("h", &BTreeMap::new(), true, &gpus("h", 2));
-        let topo: Vec<String> = vec![];
-        let mut r = req("h", Want::Profile(2), false, Strategy::Binpack, &topo);
+        let ix = one_host("h", 2);
+        let mut r = req("h", Want::Profile(2), false, Strategy::Binpack, &[]);
         r.numa = Some(1);
         let d = ix.place(&r).unwrap();
         assert_eq!(ix.gpus[d.gpu as usize].numa, Some(1));

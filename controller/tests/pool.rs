@@ -35,8 +35,7 @@ fn local_first_then_remote_by_topology_and_drain() {
         json!({"profile": "1/2"}),
         json!({"allow_remote": false}),
     );
-    assert_error(&r, 409, "no_capacity");
-    assert!(r.1["error"]["message"].as_str().unwrap().contains("h1"));
+    assert_error_says(&r, 409, "no_capacity", "h1");
 
     // Remote: same rack (h3) before same zone (h2) before anything (h4).
     let (s, a2) = c.allocate(
@@ -204,25 +203,11 @@ fn quotas_and_project_isolation() {
     assert_eq!(r.0, 201, "{}", r.1);
     assert_eq!(r.1["project"], json!("team-a"));
     let r = c.allocate_as(&tok, body("v2", 20 << 30));
-    assert_error(&r, 403, "quota_exceeded");
-    assert!(
-        r.1["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("memory_bytes"),
-        "{}",
-        r.1
-    );
+    assert_error_says(&r, 403, "quota_exceeded", "memory_bytes");
     let r = c.allocate_as(&tok, body("v2", 10 << 30));
     assert_eq!(r.0, 201);
     let r = c.allocate_as(&tok, body("v3", 1 << 30));
-    assert_error(&r, 403, "quota_exceeded");
-    assert!(
-        r.1["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("allocations")
-    );
+    assert_error_says(&r, 403, "quota_exceeded", "allocations");
     // The admin's allocation in another project is invisible to the project token.
     let (_, other) = c.allocate(
         "adm",
@@ -344,12 +329,7 @@ fn killed_agent_slices_reclaimed_within_lease() {
         json!({"profile": "1/8"}),
         json!({"allow_remote": true}),
     );
-    assert_error(&r, 409, "conflict");
-    assert!(
-        r.1["error"]["message"].as_str().unwrap().contains("lost"),
-        "{}",
-        r.1
-    );
+    assert_error_says(&r, 409, "conflict", "lost");
     // The other host's allocation is untouched.
     assert_eq!(
         c.admin(

@@ -3,9 +3,9 @@
 //! send anything (including garbage) to the daemon over virtio-user.
 
 use std::{
-    io::{BufRead, Read},
+    io::{BufRead, BufReader, Lines, Read},
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Child, ChildStdin, ChildStdout, Command, Stdio},
     sync::OnceLock,
     time::{Duration, Instant},
 };
@@ -58,6 +58,9 @@ pub fn scratch(name: &str) -> PathBuf {
 }
 
 /// A `vhost-gpu` child process; killed when dropped.
+/// The status file's name in the dir of `Daemon::start_sim_with_status`.
+const STATUS_FILE: &str = "slice.status";
+
 pub struct Daemon {
     pub child: Child,
     pub socket: PathBuf,
@@ -65,6 +68,21 @@ pub struct Daemon {
 }
 
 impl Daemon {
+    /// Runs `cmd`, a guest program on this daemon, to its end and fails the test unless it
+    /// exits 0 and its stdout says `marker` (showing its output and the daemon's log).
+    pub fn run_passing(&self, cmd: &mut Command, marker: &str) -> Ran {
+        let r = run(cmd);
+        assert!(
+            r.status.success() && r.stdout.contains(marker),
+            "{cmd:?} failed ({}):\n{}\n{}\n{}",
+            r.status,
+            r.stdout,
+            r.stderr,
+            self.log_text()
+        );
+        r
+    }
+
     /// Runs `vhost-gpu ARGS...`, logging to `log`, with no remote secret from our environment.
     fn spawn(args: &[&str], extra: &[&str], socket: PathBuf, log: PathBuf) -> Self {
         let child = Command::new(built().join("vhost-gpu"))
@@ -87,6 +105,19 @@ impl Daemon {
         let d = Self::spawn(&args, extra, socket, dir.join("daemon.log"));
         d.wait_for_log("vhost-gpu: serving", Duration::from_secs(20));
         d
+    }
+
+    /// Like `start_sim`, writing the slice's status to [`Daemon::status_file`].
+    pub fn start_sim_with_status(dir: &Path, extra: &[&str]) -> Self {
+        let status_arg = dir.join(STATUS_FILE).display().to_string();
+        let mut args = extra.to_vec();
+        args.extend(["--status-file", &status_arg]);
+        Self::start_sim(dir, &args)
+    }
+
+    /// Where a daemon of `start_sim_with_status` writes the slice's status (by its socket).
+    pub fn status_file(&self) -> PathBuf {
+        self.socket.with_file_name(STATUS_FILE)
     }
 
     /// Starts `vhost-gpu --listen 127.0.0.1:0 --gpu sim`, a GPU host serving remote slices on
@@ -172,6 +203,19 @@ pub fn e2e_command(program: &Path, socket: &Path) -> Command {
     let mut cmd = guest_command(program, socket);
     cmd.arg(fixture("kernels.cubin")).arg("--no-kernel-check");
     cmd
+}
+
+/// Starts `cmd` with its standard streams piped: the child, its stdin, and its stdout's lines.
+pub fn spawn_piped(cmd: &mut Command) -> (Child, ChildStdin, Lines<BufReader<ChildStdout>>) {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {cmd:?}: {e}"));
+    let stdin = child.stdin.take().expect("stdin");
+    let lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    (child, stdin, lines)
 }
 
 /// Runs `cmd` to its end and fails the test unless it exits 0 (showing its status and

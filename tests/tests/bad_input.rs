@@ -25,6 +25,14 @@ fn last(reply: &[u8]) -> (u32, Vec<u8>) {
     (r.result, r.body.to_vec())
 }
 
+/// A 4 KiB allocation in context `ctx`.
+fn alloc_4k(ctx: u64) -> calls::MemAlloc {
+    calls::MemAlloc {
+        ctx: ctx.into(),
+        size: 4096.into(),
+    }
+}
+
 fn hello(c: &mut RawClient, client: u32) {
     let body = calls::Hello {
         proto_major: PROTOCOL_MAJOR.into(),
@@ -93,27 +101,14 @@ fn hostile_messages_get_errors_and_the_daemon_keeps_serving() {
         last(&c.send(&message(1, Opcode::StreamSynchronize as u16, &bogus, &[]))).0,
         CuResult::INVALID_HANDLE.0
     );
-    let bogus_ctx = calls::MemAlloc {
-        ctx: (ctx + 1).into(),
-        size: 4096.into(),
-    };
+    let bogus_ctx = alloc_4k(ctx + 1);
     assert_eq!(
         last(&c.send(&message(1, Opcode::MemAlloc as u16, &bogus_ctx, &[]))).0,
         CuResult::INVALID_CONTEXT.0
     );
 
     // Another client's handles and memory are out of reach.
-    let alloc = calls::MemAlloc {
-        ctx: ctx.into(),
-        size: 4096.into(),
-    };
-    let (r, b) = last(&c.send(&message(1, Opcode::MemAlloc as u16, &alloc, &[])));
-    assert_eq!(r, 0);
-    let dptr = calls::HandleReply::read_from_prefix(&b)
-        .unwrap()
-        .0
-        .handle
-        .get();
+    let dptr = handle(&mut c, 1, Opcode::MemAlloc, &alloc_4k(ctx));
     // Handle numbers are per client: client 2's first context has the same number as client
     // 1's. Client 1's second context has no counterpart in client 2's table.
     let ctx_b = handle(&mut c, 1, Opcode::CtxCreate, &calls::CtxCreate::default());
@@ -127,12 +122,8 @@ fn hostile_messages_get_errors_and_the_daemon_keeps_serving() {
         last(&c.send(&message(2, Opcode::MemFree as u16, &steal, &[]))).0,
         CuResult::INVALID_VALUE.0
     );
-    let use_theirs = calls::MemAlloc {
-        ctx: ctx_b.into(),
-        size: 4096.into(),
-    };
     assert_eq!(
-        last(&c.send(&message(2, Opcode::MemAlloc as u16, &use_theirs, &[]))).0,
+        last(&c.send(&message(2, Opcode::MemAlloc as u16, &alloc_4k(ctx_b), &[]))).0,
         CuResult::INVALID_CONTEXT.0
     );
     let out = c.vu.alloc(4096, 4096).unwrap();
@@ -224,6 +215,17 @@ fn hostile_messages_get_errors_and_the_daemon_keeps_serving() {
     assert!(daemon.is_running());
 }
 
+/// The message of a handshake reply that refuses with `NOT_SUPPORTED`.
+fn refusal_text((r, body): (u32, Vec<u8>)) -> String {
+    assert_eq!(r, CuResult::NOT_SUPPORTED.0);
+    read_str(
+        &calls::HelloReply::read_from_prefix(&body)
+            .unwrap()
+            .0
+            .message,
+    )
+}
+
 #[test]
 fn a_different_protocol_version_is_refused_with_both_versions_named() {
     let dir = scratch("version");
@@ -232,14 +234,7 @@ fn a_different_protocol_version_is_refused_with_both_versions_named() {
     // A guest two majors ahead: the header itself is refused.
     let mut m = message(1, Opcode::Hello as u16, &calls::Hello::default(), &[]);
     m[4..6].copy_from_slice(&(PROTOCOL_MAJOR + 2).to_le_bytes());
-    let (r, body) = last(&c.send(&m));
-    assert_eq!(r, CuResult::NOT_SUPPORTED.0);
-    let text = read_str(
-        &calls::HelloReply::read_from_prefix(&body)
-            .unwrap()
-            .0
-            .message,
-    );
+    let text = refusal_text(last(&c.send(&m)));
     assert!(
         text.contains("Protocol version 3") && text.contains("protocol 1."),
         "{text}"
@@ -249,14 +244,7 @@ fn a_different_protocol_version_is_refused_with_both_versions_named() {
         proto_major: 7.into(),
         ..Default::default()
     };
-    let (r, body) = last(&c.send(&message(1, Opcode::Hello as u16, &body, &[])));
-    assert_eq!(r, CuResult::NOT_SUPPORTED.0);
-    let text = read_str(
-        &calls::HelloReply::read_from_prefix(&body)
-            .unwrap()
-            .0
-            .message,
-    );
+    let text = refusal_text(last(&c.send(&message(1, Opcode::Hello as u16, &body, &[]))));
     assert!(
         text.contains("guest speaks protocol 7.0, this host 1.0"),
         "{text}"

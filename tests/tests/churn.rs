@@ -8,13 +8,15 @@
 //! per round (64).
 
 use std::{
-    io::{BufRead, BufReader, Write},
+    io::Write,
     path::Path,
     process::Stdio,
     time::{Duration, Instant},
 };
 
-use vgpu_tests::{Daemon, TreeUsage, compile_c, fixture, guest_command, scratch, tree_usage};
+use vgpu_tests::{
+    Daemon, TreeUsage, compile_c, fixture, guest_command, scratch, spawn_piped, tree_usage,
+};
 
 fn count(var: &str, default: usize) -> usize {
     std::env::var(var)
@@ -120,17 +122,12 @@ fn module_rounds_leave_the_program_and_the_daemon_flat() {
     let program = compile_c("churn.c", &dir);
     let daemon = Daemon::start_sim(&dir, &[]);
     let start = Instant::now();
-    let mut child = guest_command(&program, &daemon.socket)
-        .arg("rounds")
-        .arg(fixture("kernels.cubin"))
-        .args([rounds, launches, allocs].map(|n| n.to_string()))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start the churn program");
-    let mut stdin = child.stdin.take().expect("stdin");
-    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let (child, mut stdin, mut lines) = spawn_piped(
+        guest_command(&program, &daemon.socket)
+            .arg("rounds")
+            .arg(fixture("kernels.cubin"))
+            .args([rounds, launches, allocs].map(|n| n.to_string())),
+    );
     let mut next_checkpoint = || {
         let line = lines.next().and_then(Result::ok).unwrap_or_default();
         line.starts_with("AT ").then(|| checkpoint(&line))

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use vgpu_tests::{
-    Daemon, Ran, compile_c, e2e_command, fixture, guest_command, meminfo_lines, run, scratch,
+    Daemon, Ran, compile_c, e2e_command, fixture, guest_command, meminfo_lines, scratch,
     start_holder,
 };
 
@@ -12,17 +12,11 @@ fn run_e2e(module: &str) {
     let dir = scratch(&format!("e2e-{module}"));
     let program = compile_c("driver_api_e2e.c", &dir);
     let daemon = Daemon::start_sim(&dir, &[]);
-    let Ran {
-        status,
-        stdout,
-        stderr,
-    } = run(guest_command(&program, &daemon.socket)
-        .arg(fixture(module))
-        .arg("--no-kernel-check"));
-    assert!(
-        status.success() && stdout.contains("E2E PASS"),
-        "e2e failed:\n{stdout}\n{stderr}\n{}",
-        daemon.log_text()
+    let Ran { stdout, stderr, .. } = daemon.run_passing(
+        guest_command(&program, &daemon.socket)
+            .arg(fixture(module))
+            .arg("--no-kernel-check"),
+        "E2E PASS",
     );
     assert!(
         stdout.contains("copy 64 MiB: checksum") && stdout.contains(" ok"),
@@ -73,17 +67,9 @@ fn assert_sim_freed_all_of(log: &str, client: &str) {
 
 /// Runs the driver-API program to the end and returns its stdout.
 fn run_to_the_end(program: &std::path::Path, daemon: &Daemon) -> String {
-    let out = e2e_command(program, &daemon.socket)
-        .output()
-        .expect("run the program");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success() && stdout.contains("E2E PASS"),
-        "the program failed:\n{stdout}\n{}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        daemon.log_text()
-    );
-    stdout
+    daemon
+        .run_passing(&mut e2e_command(program, &daemon.socket), "E2E PASS")
+        .stdout
 }
 
 #[test]
@@ -124,16 +110,7 @@ fn graphs_captured_from_a_stream_are_launched_on_the_host() {
     let dir = scratch("graph");
     let program = compile_c("graph_e2e.c", &dir);
     let daemon = Daemon::start_sim(&dir, &[]);
-    let out = e2e_command(&program, &daemon.socket)
-        .output()
-        .expect("run the graph program");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && stdout.contains("GRAPH PASS"),
-        "graph program failed:\n{stdout}\n{}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        daemon.log_text()
-    );
+    daemon.run_passing(&mut e2e_command(&program, &daemon.socket), "GRAPH PASS");
     // 10 launches captured into the graph, the graph launched 3 times.
     let log = daemon.wait_for_log("frontend disconnected", Duration::from_secs(10));
     assert!(log.contains("30 launches recorded by sim"), "{log}");
@@ -175,9 +152,8 @@ fn two_processes_are_served_at_once() {
 fn the_status_file_reports_the_memory_the_slice_holds() {
     let dir = scratch("status");
     let program = compile_c("driver_api_e2e.c", &dir);
-    let status = dir.join("slice.status");
-    let status_arg = status.display().to_string();
-    let daemon = Daemon::start_sim(&dir, &["--status-file", &status_arg]);
+    let daemon = Daemon::start_sim_with_status(&dir, &[]);
+    let status = daemon.status_file();
     let used = || {
         std::fs::read_to_string(&status).ok().and_then(|t| {
             t.split("\"memory_used_bytes\": ")

@@ -9,17 +9,12 @@ fn every_plain_forward_reaches_the_gpu_and_answers() {
     let dir = scratch("forwards");
     let program = compile_c("forwards.c", &dir);
     let daemon = Daemon::start_sim(&dir, &[]);
-    let out = guest_command(&program, &daemon.socket)
-        .arg("--sim-checks")
-        .output()
-        .expect("run the forwards program");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success() && stdout.contains("FORWARDS DONE"),
-        "forwards failed:\n{stdout}\n{stderr}\n{}",
-        daemon.log_text()
-    );
+    let stdout = daemon
+        .run_passing(
+            guest_command(&program, &daemon.socket).arg("--sim-checks"),
+            "FORWARDS DONE",
+        )
+        .stdout;
     let want = [
         // A value set on one stream comes back, and is copied to another.
         "RESULT set_sync_policy=0",

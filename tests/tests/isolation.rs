@@ -118,9 +118,8 @@ fn each_client_is_served_by_a_process_of_its_own() {
 fn the_slice_limit_holds_across_processes() {
     let dir = scratch("iso-limit");
     let program = compile_c("driver_api_e2e.c", &dir);
-    let status = dir.join("slice.status");
-    let status_arg = status.display().to_string();
-    let daemon = Daemon::start_sim(&dir, &["--mem-limit", "200M", "--status-file", &status_arg]);
+    let daemon = Daemon::start_sim_with_status(&dir, &["--mem-limit", "200M"]);
+    let status = daemon.status_file();
     let mut holder = start_holder(&program, &daemon);
     wait_until("the status says 128 MiB", &daemon, || {
         status_used(&status) == Some(128 << 20)
@@ -158,9 +157,8 @@ fn the_slice_limit_holds_across_processes() {
 fn a_dead_worker_fails_only_its_client_and_frees_its_memory() {
     let dir = scratch("iso-dead");
     let program = compile_c("driver_api_e2e.c", &dir);
-    let status = dir.join("slice.status");
-    let status_arg = status.display().to_string();
-    let mut daemon = Daemon::start_sim(&dir, &["--status-file", &status_arg]);
+    let mut daemon = Daemon::start_sim_with_status(&dir, &[]);
+    let status = daemon.status_file();
     let pid = daemon.child.id();
     let mut holder = start_holder(&program, &daemon);
     wait_until("the status says 128 MiB", &daemon, || {
@@ -174,14 +172,8 @@ fn a_dead_worker_fails_only_its_client_and_frees_its_memory() {
         status_used(&status) == Some(0)
     });
     assert!(daemon.is_running(), "the daemon died with a worker");
-    let out = e2e_command(&program, &daemon.socket)
-        .output()
-        .expect("run another program");
-    assert!(
-        String::from_utf8_lossy(&out.stdout).contains("E2E PASS"),
-        "another client failed after a worker died: {}",
-        daemon.log_text()
-    );
+    // Another client is served after a worker died.
+    daemon.run_passing(&mut e2e_command(&program, &daemon.socket), "E2E PASS");
     let _ = holder.kill();
     let _ = holder.wait();
 }
@@ -240,14 +232,7 @@ fn a_memory_region_larger_than_its_file_is_refused_and_others_are_served() {
     );
     drop(hostile);
     // The other frontend is still served, and so is a new one.
-    let out = e2e_command(&program, &daemon.socket)
-        .output()
-        .expect("run a program");
-    assert!(
-        String::from_utf8_lossy(&out.stdout).contains("E2E PASS"),
-        "{}",
-        daemon.log_text()
-    );
+    daemon.run_passing(&mut e2e_command(&program, &daemon.socket), "E2E PASS");
     assert!(daemon.is_running());
     let log = daemon.log_text();
     assert!(log.contains("refused a guest memory table"), "{log}");

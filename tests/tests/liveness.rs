@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use vgpu_tests::{Daemon, compile_c, fixture, guest_command, scratch, signal_tree};
+use vgpu_tests::{Daemon, compile_c, fixture, guest_command, scratch, signal_tree, spawn_piped};
 
 /// `VGPU_LIVENESS_SECS` for these tests.
 const BOUND: Duration = Duration::from_secs(2);
@@ -190,14 +190,8 @@ fn work_queued_behind_busy_device_is_sent_without_another_call() {
     let dir = scratch("held-batch");
     let program = compile_c("held_batch.c", &dir);
     let daemon = Daemon::start_sim(&dir, &[]);
-    let mut child = guest_command(&program, &daemon.socket)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start the program");
-    let mut stdin = child.stdin.take().expect("stdin");
-    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let (mut child, mut stdin, mut lines) =
+        spawn_piped(&mut guest_command(&program, &daemon.socket));
     let mut next = || lines.next().and_then(Result::ok).unwrap_or_default();
     assert_eq!(next(), "READY", "{}", daemon.log_text());
     let pid = daemon.child.id();

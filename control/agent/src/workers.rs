@@ -535,6 +535,13 @@ impl Workers {
         c
     }
 
+    /// Counts a worker that could not start, and reports it as exited with `code` so the
+    /// controller returns the slice to the pool.
+    fn start_failed(&mut self, allocation_id: &str, code: i32) {
+        self.start_failures += 1;
+        self.exited.insert(allocation_id.to_string(), Some(code));
+    }
+
     fn start(&mut self, a: &Assignment) {
         if a.remote_endpoint.is_some() && !self.supports("--remote") {
             log::error!(
@@ -542,8 +549,7 @@ impl Workers {
                 self.bin.display(),
                 a.allocation_id
             );
-            self.start_failures += 1;
-            self.exited.insert(a.allocation_id.clone(), Some(2));
+            self.start_failed(&a.allocation_id, 2);
             return;
         }
         let mut cmd = self.command(a);
@@ -587,9 +593,7 @@ impl Workers {
                     self.bin.display(),
                     a.allocation_id
                 );
-                self.start_failures += 1;
-                // Report it as exited so the controller returns the slice to the pool.
-                self.exited.insert(a.allocation_id.clone(), Some(127));
+                self.start_failed(&a.allocation_id, 127);
             }
         }
     }

@@ -514,3 +514,10 @@ pub fn assert_error(resp: &(u16, Value), status: u16, code: &str) {
         resp.1
     );
 }
+
+/// Like `assert_error`, and the error's message contains `text`.
+pub fn assert_error_says(resp: &(u16, Value), status: u16, code: &str, text: &str) {
+    assert_error(resp, status, code);
+    let message = resp.1["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains(text), "body: {}", resp.1);
+}

@@ -911,16 +911,12 @@ fn release(sh: &Shared, h: &Held) -> bool {
             true
         }
         Answer::Status(404, _) => {
-            let since = h.since.checked_sub(RECOVERY).unwrap_or(h.since);
-            if sh.faults.hit(&[&h.vm_host, &h.gpu_host], since) {
-                sh.ops.add("release: already reclaimed after a fault");
-            } else {
-                sh.ops.add("release: reclaimed with no fault");
-                lock(&sh.unexplained).push(format!(
-                    "{} (vm on {}, gpu on {}) was reclaimed although no fault hit its hosts",
-                    h.id, h.vm_host, h.gpu_host
-                ));
-            }
+            count_reclaimed(
+                sh,
+                h,
+                "release: already reclaimed after a fault",
+                "release: reclaimed with no fault",
+            );
             true
         }
         Answer::Status(s, t) => {
@@ -944,19 +940,30 @@ fn reclaimed(sh: &Shared, h: &Held) -> bool {
         Answer::Status(404, _)
     );
     if gone {
-        // (A fault just before the allocation counts: a host that had just died.)
-        let since = h.since.checked_sub(RECOVERY).unwrap_or(h.since);
-        if sh.faults.hit(&[&h.vm_host, &h.gpu_host], since) {
-            sh.ops.add("held allocation reclaimed after a fault");
-        } else {
-            sh.ops.add("held allocation reclaimed with no fault");
-            lock(&sh.unexplained).push(format!(
-                "{} (vm on {}, gpu on {}) was reclaimed although no fault hit its hosts",
-                h.id, h.vm_host, h.gpu_host
-            ));
-        }
+        count_reclaimed(
+            sh,
+            h,
+            "held allocation reclaimed after a fault",
+            "held allocation reclaimed with no fault",
+        );
     }
     gone
+}
+
+/// Counts allocation `h`, found reclaimed, as `after_fault` when a fault hit its hosts, else as
+/// `no_fault` and unexplained.
+fn count_reclaimed(sh: &Shared, h: &Held, after_fault: &str, no_fault: &str) {
+    // (A fault just before the allocation counts: a host that had just died.)
+    let since = h.since.checked_sub(RECOVERY).unwrap_or(h.since);
+    if sh.faults.hit(&[&h.vm_host, &h.gpu_host], since) {
+        sh.ops.add(after_fault);
+    } else {
+        sh.ops.add(no_fault);
+        lock(&sh.unexplained).push(format!(
+            "{} (vm on {}, gpu on {}) was reclaimed although no fault hit its hosts",
+            h.id, h.vm_host, h.gpu_host
+        ));
+    }
 }
 
 /// Runs the driver-API program on a held slice; false when the slice is gone (reclaimed).
@@ -1220,6 +1227,14 @@ impl Checks {
         println!("soak: check {}: {what}", if ok { "ok" } else { "FAILED" });
         self.0.push((ok, what));
     }
+    /// A check that holds when nothing was `found`; what was is named after `what`.
+    fn none(&mut self, what: &str, found: &[String]) {
+        if found.is_empty() {
+            self.add(true, what.to_string());
+        } else {
+            self.add(false, format!("{what}: {}", found.join("; ")));
+        }
+    }
 }
 
 /// Waits (bounded) for the pool to agree; returns what still disagrees.
@@ -1465,28 +1480,14 @@ fn main() {
         shared.runs.get("hung") == 0,
         format!("no program hung past {PROGRAM_BOUND:?}"),
     );
-    checks.add(
-        unexplained.is_empty(),
-        format!(
-            "every failed run, lost socket or reclaimed allocation is explained by a fault{}",
-            if unexplained.is_empty() {
-                String::new()
-            } else {
-                format!(": {}", unexplained.join("; "))
-            }
-        ),
+    checks.none(
+        "every failed run, lost socket or reclaimed allocation is explained by a fault",
+        &unexplained,
     );
     let outlived = lock(&pool.outlived).clone();
-    checks.add(
-        outlived.is_empty(),
-        format!(
-            "a killed agent's workers and slice server died with it{}",
-            if outlived.is_empty() {
-                String::new()
-            } else {
-                format!(": {}", outlived.join("; "))
-            }
-        ),
+    checks.none(
+        "a killed agent's workers and slice server died with it",
+        &outlived,
     );
     let passed = shared.runs.get("passed");
     checks.add(passed > 0, format!("programs passed on the pool: {passed}"));
@@ -1557,4 +1558,24 @@ fn finish(pool: &Pool, mut checks: Checks, dir: &Path) -> ! {
     }
     println!("soak: {passed} passed, {failed} failed");
     std::process::exit(i32::from(failed > 0));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Checks;
+
+    /// Breaks if `none` passes with something found, or drops what was found from its line.
+    #[test]
+    fn a_none_check_fails_naming_what_was_found() {
+        let mut c = Checks(Vec::new());
+        c.none("nothing left", &[]);
+        c.none("nothing left", &["a".to_string(), "b".to_string()]);
+        assert_eq!(
+            c.0,
+            [
+                (true, "nothing left".to_string()),
+                (false, "nothing left: a; b".to_string())
+            ]
+        );
+    }
 }

@@ -496,17 +496,23 @@ mod tests {
         records.next().unwrap().unwrap().result
     }
 
-    #[test]
-    fn an_idle_vm_keeps_its_session_past_the_gpu_hosts_idle_timeout() {
+    /// A session, past its handshake, with a GPU host that closes sessions idle for `idle`.
+    fn greeted_session(idle: Duration) -> RemoteSession {
         let addr = gpu_host(SessionOptions {
             timeouts: Timeouts {
-                idle: Duration::from_millis(300),
+                idle,
                 ..Timeouts::default()
             },
             ..SessionOptions::default()
         });
         let mut s = RemoteSession::new(&addr, SessionParams::default(), None);
         assert_eq!(hello(&mut s, 0), 0);
+        s
+    }
+
+    #[test]
+    fn an_idle_vm_keeps_its_session_past_the_gpu_hosts_idle_timeout() {
+        let mut s = greeted_session(Duration::from_millis(300));
         // Four idle timeouts with no call: the keepalives hold the session.
         std::thread::sleep(Duration::from_millis(1200));
         assert_eq!(hello(&mut s, 1), 0, "the idle session was closed");
@@ -531,15 +537,7 @@ mod tests {
 
     #[test]
     fn a_session_whose_gpu_host_closes_it_fails_with_device_unavailable() {
-        let addr = gpu_host(SessionOptions {
-            timeouts: Timeouts {
-                idle: Duration::from_millis(200),
-                ..Timeouts::default()
-            },
-            ..SessionOptions::default()
-        });
-        let mut s = RemoteSession::new(&addr, SessionParams::default(), None);
-        assert_eq!(hello(&mut s, 0), 0);
+        let mut s = greeted_session(Duration::from_millis(200));
         // Hold the session's lock so no keepalive goes out: the host's idle timeout ends it.
         {
             let _held = s.lock();

@@ -20,6 +20,46 @@ struct Ended {
     stderr: String,
 }
 
+/// The ptrace probe fails, with errno `want` (ESRCH: allowed; EPERM: refused by the filter).
+fn assert_ptrace_fails_with(want: i32) {
+    assert_eq!(ptrace_probe(), -1);
+    assert_eq!(errno(), want);
+}
+
+/// An iovec over `byte`.
+fn iov_of(byte: &mut [u8; 1]) -> libc::iovec {
+    libc::iovec {
+        iov_base: byte.as_mut_ptr().cast(),
+        iov_len: 1,
+    }
+}
+
+/// A message header for one `iov` and the control buffer `cbuf`; it points into both, so they
+/// must outlive its use.
+fn one_byte_msg(iov: &mut libc::iovec, cbuf: &mut [u8]) -> libc::msghdr {
+    // SAFETY: msghdr is plain data, for which all zeroes is a valid (empty) value.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cbuf.as_mut_ptr().cast();
+    msg.msg_controllen = cbuf.len() as _;
+    msg
+}
+
+/// Like `run_case`, failing the test unless the case exited 0.
+fn run_case_ok(name: &str, case: &str) -> Ended {
+    let e = run_case(name, case);
+    assert!(e.status.success(), "{:?}: {}", e.status, e.stderr);
+    e
+}
+
+/// Like `run_case_ok`, failing the test unless the case's stdout contains `text`.
+fn run_case_saying(name: &str, case: &str, text: &str) -> Ended {
+    let e = run_case_ok(name, case);
+    assert!(e.stdout.contains(text), "{}\n{}", e.stdout, e.stderr);
+    e
+}
+
 /// Runs test `name` again in a child process with `VGPU_SECCOMP_CASE=case`.
 fn run_case(name: &str, case: &str) -> Ended {
     let out = Command::new(std::env::current_exe().unwrap())
@@ -209,15 +249,8 @@ fn front_work() {
         let space = libc::CMSG_SPACE(4) as usize;
         let mut cbuf = vec![0u8; space];
         let mut byte = [1u8];
-        let mut iov = libc::iovec {
-            iov_base: byte.as_mut_ptr().cast(),
-            iov_len: 1,
-        };
-        let mut msg: libc::msghdr = std::mem::zeroed();
-        msg.msg_iov = &raw mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = cbuf.as_mut_ptr().cast();
-        msg.msg_controllen = space as _;
+        let mut iov = iov_of(&mut byte);
+        let msg = one_byte_msg(&mut iov, &mut cbuf);
         let cmsg = libc::CMSG_FIRSTHDR(&raw const msg);
         (*cmsg).cmsg_level = libc::SOL_SOCKET;
         (*cmsg).cmsg_type = libc::SCM_RIGHTS;
@@ -226,15 +259,8 @@ fn front_work() {
         assert_eq!(libc::sendmsg(sv[0], &raw const msg, 0), 1, "{}", errno());
         let mut rbuf = vec![0u8; space];
         let mut rbyte = [0u8];
-        let mut riov = libc::iovec {
-            iov_base: rbyte.as_mut_ptr().cast(),
-            iov_len: 1,
-        };
-        let mut rmsg: libc::msghdr = std::mem::zeroed();
-        rmsg.msg_iov = &raw mut riov;
-        rmsg.msg_iovlen = 1;
-        rmsg.msg_control = rbuf.as_mut_ptr().cast();
-        rmsg.msg_controllen = space as _;
+        let mut riov = iov_of(&mut rbyte);
+        let mut rmsg = one_byte_msg(&mut riov, &mut rbuf);
         assert_eq!(
             libc::recvmsg(sv[1], &raw mut rmsg, libc::MSG_CMSG_CLOEXEC),
             1
@@ -306,8 +332,7 @@ fn worker_case() {
     confine_worker(SeccompMode::Kill).unwrap();
     assert_eq!(exec_true(), -1, "execve ran");
     assert_eq!(errno(), libc::EPERM);
-    assert_eq!(ptrace_probe(), -1);
-    assert_eq!(errno(), libc::EPERM);
+    assert_ptrace_fails_with(libc::EPERM);
     // SAFETY: integer arguments only.
     assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWUSER) }, -1);
     assert_eq!(errno(), libc::EPERM);
@@ -390,9 +415,11 @@ fn worker_denies_execve_and_allows_ordinary_work() {
     if case().is_some() {
         worker_case();
     }
-    let e = run_case("worker_denies_execve_and_allows_ordinary_work", "worker");
-    assert!(e.status.success(), "{:?}: {}", e.status, e.stderr);
-    assert!(e.stdout.contains("worker work done"), "{}", e.stderr);
+    run_case_saying(
+        "worker_denies_execve_and_allows_ordinary_work",
+        "worker",
+        "worker work done",
+    );
 }
 
 /// Log mode installs the filters but kills nothing.
@@ -402,14 +429,11 @@ fn log_mode_installs_but_allows() {
     if case().is_some() {
         let before = filters();
         confine_front(SeccompMode::Log).unwrap();
-        assert_eq!(ptrace_probe(), -1);
-        assert_eq!(errno(), libc::ESRCH);
+        assert_ptrace_fails_with(libc::ESRCH);
         say(&format!("installed {}", filters() - before));
         done();
     }
-    let e = run_case("log_mode_installs_but_allows", "log");
-    assert!(e.status.success(), "{:?}: {}", e.status, e.stderr);
-    assert!(e.stdout.contains("installed 2"), "{}", e.stdout);
+    run_case_saying("log_mode_installs_but_allows", "log", "installed 2");
 }
 
 /// Trap mode names the refused call and fails it with EPERM.
@@ -419,12 +443,10 @@ fn log_mode_installs_but_allows() {
 fn trap_mode_names_the_refused_call() {
     if case().is_some() {
         confine_front(SeccompMode::Trap).unwrap();
-        assert_eq!(ptrace_probe(), -1);
-        assert_eq!(errno(), libc::EPERM);
+        assert_ptrace_fails_with(libc::EPERM);
         done();
     }
-    let e = run_case("trap_mode_names_the_refused_call", "trap");
-    assert!(e.status.success(), "{:?}: {}", e.status, e.stderr);
+    let e = run_case_ok("trap_mode_names_the_refused_call", "trap");
     assert!(
         e.stderr
             .contains(&format!("refused system call {}\n", libc::SYS_ptrace)),
@@ -442,15 +464,16 @@ fn off_installs_nothing_and_no_new_privs_sets_the_bit() {
         let before = filters();
         apply(Role::Front, SeccompMode::Off).unwrap();
         apply(Role::Worker, SeccompMode::Off).unwrap();
-        assert_eq!(ptrace_probe(), -1);
-        assert_eq!(errno(), libc::ESRCH);
+        assert_ptrace_fails_with(libc::ESRCH);
         say(&format!("installed {}", filters() - before));
         no_new_privs().unwrap();
         say(&format!("nnp after {}", status_field("NoNewPrivs")));
         done();
     }
-    let e = run_case("off_installs_nothing_and_no_new_privs_sets_the_bit", "off");
-    assert!(e.status.success(), "{:?}: {}", e.status, e.stderr);
-    assert!(e.stdout.contains("installed 0"), "{}", e.stdout);
+    let e = run_case_saying(
+        "off_installs_nothing_and_no_new_privs_sets_the_bit",
+        "off",
+        "installed 0",
+    );
     assert!(e.stdout.contains("nnp after 1"), "{}", e.stdout);
 }

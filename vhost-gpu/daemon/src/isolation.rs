@@ -113,10 +113,18 @@ fn write_frame(sock: &mut UnixStream, kind: u32, parts: &[&[u8]]) -> io::Result<
     let mut head = [0u8; 8];
     head[..4].copy_from_slice(&kind.to_le_bytes());
     head[4..].copy_from_slice(&(len as u32).to_le_bytes());
-    let mut slices: Vec<io::IoSlice<'_>> = Vec::with_capacity(parts.len() + 1);
-    slices.push(io::IoSlice::new(&head));
-    slices.extend(parts.iter().map(|p| io::IoSlice::new(p)));
-    let mut bufs = &mut slices[..];
+    // No allocation per frame: every frame has a header and at most three parts.
+    let mut slices = [io::IoSlice::new(&[]); 4];
+    slices[0] = io::IoSlice::new(&head);
+    for (slot, part) in slices[1..].iter_mut().zip(parts) {
+        *slot = io::IoSlice::new(part);
+    }
+    debug_assert!(
+        parts.len() < slices.len(),
+        "a frame of {} parts",
+        parts.len()
+    );
+    let mut bufs = &mut slices[..=parts.len().min(3)];
     while !bufs.is_empty() {
         match sock.write_vectored(bufs) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),

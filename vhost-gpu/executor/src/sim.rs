@@ -666,7 +666,10 @@ impl Gpu for SimGpu {
     fn forward(&mut self, call: &ForwardCall) -> GpuResult<Vec<u8>> {
         use vgpu_protocol::ops::forward as fwd;
         use zerocopy::IntoBytes;
-        let stream_ok = |s: u64, streams: &HashMap<u64, ()>| s <= 2 || streams.contains_key(&s);
+        // The NULL, legacy and per-thread streams always exist.
+        let stream_ok = |s: u64, streams: &HashMap<u64, ()>| {
+            s <= vgpu_protocol::stream::PER_THREAD || streams.contains_key(&s)
+        };
         match call {
             ForwardCall::StreamGetAttribute(c) => {
                 let (s, attr) = (c.stream.get(), c.attr.get());

@@ -35,15 +35,6 @@ macro_rules! forwards {
             $( $op(forward::$op::Request), )*
         }
 
-        impl ForwardCall {
-            /// The exported driver function it forwards.
-            pub fn export(&self) -> &'static str {
-                match self {
-                    $( ForwardCall::$op(_) => stringify!($cname), )*
-                }
-            }
-        }
-
         /// Runs one plain forward.
         pub(super) fn dispatch(ex: &mut Executor, call: &Call<'_>, r: &mut Req<'_, '_, '_, '_>) -> CallResult {
             match r.op {

@@ -5,6 +5,8 @@
 #   VGPU_SOAK_SECS=N   seconds of the pool soak, vgpu-soak (default 180; 0 skips it)
 set -euo pipefail
 export CARGO_TERM_COLOR=never
+# A one-shot build gains nothing from incremental caches, and they double the target on a small disk.
+export CARGO_INCREMENTAL=0
 cd "$(dirname "$0")/.."
 step() { echo; echo "=== $* ($(date -u +%H:%M:%S))"; }
 

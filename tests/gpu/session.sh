@@ -8,7 +8,8 @@
 #
 # usage: tests/gpu/session.sh BIN_DIR [CORRUPT_BIN_DIR]
 #        PARTS="suite executor slices isolation broken" (the default: all) picks parts, so a
-#        session too long for one call can be two.
+#        session too long for one call can be two; PARTS="telemetry" (never by default) runs
+#        tests/gpu/telemetry.sh.
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 bin=$1
@@ -39,6 +40,12 @@ if want isolation; then
 OUT=$res/iso CHURN_ROUNDS=${CHURN_ROUNDS:-400} timeout "${ISO_SECS:-150}" \
     bash "$here/isolation.sh" "$bin" >"$res/iso/stdout.txt" 2>&1
 rc=$?; echo "isolation exit $rc" | tee -a "$res/summary.txt"; [ $rc = 0 ] || status=1
+fi
+if want telemetry; then  # not in the default list: PARTS="telemetry" (tests/gpu/telemetry.sh, ~35 s)
+mkdir -p "$res/telemetry"
+OUT=$res/telemetry timeout 120 bash "$here/telemetry.sh" "$bin" >"$res/telemetry/stdout.txt" 2>&1
+rc=$?; echo "telemetry exit $rc" | tee -a "$res/summary.txt"; [ $rc = 0 ] || status=1
+cp "$res/telemetry/telemetry-table.txt" "$out/telemetry-table.txt" 2>/dev/null
 fi
 if want broken && [ -n "$corrupt" ]; then
     # The same programs, reused from the suite's build, through a shim that corrupts copies:

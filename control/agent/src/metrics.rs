@@ -424,8 +424,12 @@ async fn not_found() -> impl axum::response::IntoResponse {
     )
 }
 
-/// Serve GET /metrics on `addr` (axum, on a runtime of its own thread, every connection
-/// served at once) until `stop`; returns the bound address.
+/// How long the endpoint waits for a client's first request, or for a request's headers: a
+/// client that connects and says nothing is dropped after it.
+pub const IO_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Serve GET /metrics on `addr` (axum through `axum-server`, on a runtime of its own thread,
+/// every connection served at once) until `stop`; returns the bound address.
 pub fn serve(
     addr: &str,
     metrics: Arc<Mutex<AgentMetrics>>,
@@ -446,16 +450,23 @@ pub fn serve(
         .name("agent-metrics".into())
         .spawn(move || {
             rt.block_on(async move {
-                let l = match tokio::net::TcpListener::from_std(l) {
-                    Ok(l) => l,
-                    Err(e) => return log::error!("metrics endpoint: {e}"),
-                };
-                let stopped = async move {
+                let handle = axum_server::Handle::<SocketAddr>::new();
+                let h = handle.clone();
+                tokio::spawn(async move {
                     while !stop.load(Ordering::Relaxed) {
                         tokio::time::sleep(Duration::from_millis(100)).await;
                     }
+                    h.graceful_shutdown(Some(Duration::from_secs(1)));
+                });
+                let mut server = match axum_server::from_tcp(l) {
+                    Ok(s) => s.handle(handle).first_request_timeout(IO_TIMEOUT),
+                    Err(e) => return log::error!("metrics endpoint: {e}"),
                 };
-                if let Err(e) = axum::serve(l, app).with_graceful_shutdown(stopped).await {
+                server
+                    .http_builder()
+                    .http1()
+                    .header_read_timeout(Some(IO_TIMEOUT));
+                if let Err(e) = server.serve(app.into_make_service()).await {
                     log::error!("metrics endpoint: {e}");
                 }
             });

@@ -247,7 +247,7 @@ async fn metrics(State(st): State<AppState>) -> Response {
     (
         [(
             header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
+            vgpu_pool_wire::prometheus::CONTENT_TYPE,
         )],
         body,
     )

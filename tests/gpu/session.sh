@@ -42,6 +42,12 @@ OUT=$res/iso CHURN_ROUNDS=${CHURN_ROUNDS:-400} timeout "${ISO_SECS:-150}" \
     bash "$here/isolation.sh" "$bin" >"$res/iso/stdout.txt" 2>&1
 rc=$?; echo "isolation exit $rc" | tee -a "$res/summary.txt"; [ $rc = 0 ] || status=1
 fi
+if want telemetry; then  # not in the default list: PARTS="telemetry" (tests/gpu/telemetry.sh, ~35 s)
+mkdir -p "$res/telemetry"
+OUT=$res/telemetry timeout 120 bash "$here/telemetry.sh" "$bin" >"$res/telemetry/stdout.txt" 2>&1
+rc=$?; echo "telemetry exit $rc" | tee -a "$res/summary.txt"; [ $rc = 0 ] || status=1
+cp "$res/telemetry/telemetry-table.txt" "$out/telemetry-table.txt" 2>/dev/null
+fi
 if want broken && [ -n "$corrupt" ]; then
     # The same programs, reused from the suite's build, through a shim that corrupts copies:
     # the verdict must be FAIL and name them.
@@ -54,17 +60,12 @@ if want vm; then
         >"$res/vm/stdout.txt" 2>&1
     rc=$?; echo "vm exit $rc" | tee -a "$res/summary.txt"; [ $rc = 0 ] || status=1
 fi
-if want telemetry; then
-    OUT=$res/telemetry timeout "${TELEMETRY_SECS:-150}" bash "$here/telemetry.sh" "$bin" >"$res/telemetry/stdout.txt" 2>&1
-    rc=$?; echo "telemetry exit $rc" | tee -a "$res/summary.txt"; [ $rc = 0 ] || status=1
-fi
 cp "$res/suite/table.txt" "$out/suite-table.txt" 2>/dev/null
 cp "$res/iso/isolation-table.txt" "$out/isolation-table.txt" 2>/dev/null
 cp "$res/broken/table.txt" "$out/broken-table.txt" 2>/dev/null
 cp "$res/slices/slices-table.txt" "$out/slices-table.txt" 2>/dev/null
 tail -40 "$res/executor-tests.txt" >"$out/executor-tests.txt" 2>/dev/null
 tail -60 "$res/vm/stdout.txt" >"$out/vm.txt" 2>/dev/null
-tail -80 "$res/telemetry/stdout.txt" >"$out/telemetry.txt" 2>/dev/null
 cp "$res/summary.txt" "$out/summary.txt"
 tar czf "$out/logs-all.tgz" -C "$res" .
 exit $status

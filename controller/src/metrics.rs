@@ -187,15 +187,8 @@ fn encode(m: &MetricsSnapshot, legacy: bool, e: &mut Encoder) -> fmt::Result {
     let dev = |g: &GpuView| gpu_labels(g, ["node", "device_uuid", "device_index", "device_type"]);
     // HAMi's `device_cores` label: the cores (percent) allocated on the GPU.
     let cores = |g: &GpuView| {
-        let d = dev(g);
-        let (head, tail) = d.split_at(2);
-        let mut l = head.to_vec();
-        l.push((
-            "device_cores",
-            format!("{}", core_percent(g.sm_allocated, g).round()),
-        ));
-        l.extend(tail.iter().cloned());
-        l
+        let pct = core_percent(g.sm_allocated, g).round();
+        with(dev(g), [("device_cores", format!("{pct}"))])
     };
     prom::gauge(
         e,

@@ -132,11 +132,22 @@ fn run(shared: &Shared, interval: Duration) {
     log::info!("NVML {driver_version}: sampling {count} GPU(s) every {interval:?}");
     // Critical XID events, where the driver lets us register for them.
     let mut events = nvml.create_event_set().ok();
+    let mut registered = 0;
     for i in 0..count {
         if let (Some(set), Ok(d)) = (events.take(), nvml.device_by_index(i)) {
             match d.register_events(EventTypes::CRITICAL_XID_ERROR, set) {
-                Ok(s) => events = Some(s),
-                Err(e) => log::info!("NVML: no XID events for GPU {i}: {}", e.error),
+                Ok(s) => {
+                    events = Some(s);
+                    registered += 1;
+                }
+                Err(e) => {
+                    log::info!("NVML: no XID events for GPU {i}: {}", e.error);
+                    // A failed registration consumes the set: start another while it held none
+                    // (after that, the GPUs registered so far keep theirs and the rest get none).
+                    if registered == 0 {
+                        events = nvml.create_event_set().ok();
+                    }
+                }
             }
         }
     }

@@ -32,6 +32,9 @@ cargo test --workspace 2>&1 | tee "$log"
 passed=$(awk '/^test result: ok\./ {n += $4} END {print n+0}' "$log")
 rm -f "$log"
 
+step "console in headless Chromium (tests/console/run.sh)"
+tests/console/run.sh
+
 soak_secs=${VGPU_SOAK_SECS:-180}
 if [ "$soak_secs" -gt 0 ]; then
     step "soak, ${soak_secs} s"

@@ -20,6 +20,7 @@ use crate::model::{
 };
 use crate::scheduler::{GpuSpec, Index, PlaceError, PlaceRequest, Shape, Want};
 use crate::store::{Change, Leadership, Store, StoreError};
+use utoipa::ToSchema;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PoolError {
@@ -68,7 +69,7 @@ struct HostRt {
     alive: bool,
 }
 
-#[derive(Default, Clone, Copy, Debug, Serialize)]
+#[derive(Default, Clone, Copy, Debug, Serialize, ToSchema)]
 pub struct Usage {
     pub allocations: u64,
     pub memory_bytes: u64,
@@ -120,7 +121,7 @@ pub struct Pool {
 }
 
 /// Host as listed by the API.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct HostView {
     #[serde(flatten)]
     pub host: Host,
@@ -133,7 +134,7 @@ pub struct HostView {
 }
 
 /// GPU as listed by the API.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct GpuView {
     #[serde(flatten)]
     pub gpu: Gpu,
@@ -144,7 +145,7 @@ pub struct GpuView {
     pub slices: u32,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct ProjectView {
     #[serde(flatten)]
     pub project: Project,
@@ -152,7 +153,7 @@ pub struct ProjectView {
 }
 
 /// Result of creating a project: the only time the token is shown.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct ProjectCreated {
     pub name: String,
     pub quota: Quota,

@@ -45,6 +45,7 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
+    pub reason: Option<&'static str>,
 }
 
 /// The body of every error answer.
@@ -60,6 +61,11 @@ pub struct ErrorDetail {
     pub code: String,
     /// What went wrong, for people.
     pub message: String,
+    /// Which constraint refused the request. `no_capacity`: `sm`, `memory`, `profile` (a
+    /// homogeneous GPU holds another shape), `unhealthy`, `too_large`, `drained`, `host_lost`,
+    /// `no_gpus`; `quota_exceeded`: `allocations`, `memory`, `sm`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 impl ApiError {
@@ -68,6 +74,7 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            reason: None,
         }
     }
 }
@@ -78,6 +85,7 @@ impl IntoResponse for ApiError {
             error: ErrorDetail {
                 code: self.code.to_string(),
                 message: self.message,
+                reason: self.reason.map(str::to_string),
             },
         };
         (self.status, Json(body)).into_response()
@@ -90,8 +98,8 @@ impl From<PoolError> for ApiError {
             PoolError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             PoolError::NotFound { .. } => (StatusCode::NOT_FOUND, "not_found"),
             PoolError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
-            PoolError::QuotaExceeded(_) => (StatusCode::FORBIDDEN, "quota_exceeded"),
-            PoolError::NoCapacity(_) => (StatusCode::CONFLICT, "no_capacity"),
+            PoolError::QuotaExceeded { .. } => (StatusCode::FORBIDDEN, "quota_exceeded"),
+            PoolError::NoCapacity { .. } => (StatusCode::CONFLICT, "no_capacity"),
             PoolError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             PoolError::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "store_error"),
         };
@@ -99,7 +107,16 @@ impl From<PoolError> for ApiError {
         if status.is_server_error() {
             log::error!("{message}");
         }
-        ApiError::new(status, code, message)
+        let reason = match &e {
+            PoolError::QuotaExceeded { reason, .. } | PoolError::NoCapacity { reason, .. } => {
+                Some(*reason)
+            }
+            _ => None,
+        };
+        ApiError {
+            reason,
+            ..ApiError::new(status, code, message)
+        }
     }
 }
 

@@ -187,3 +187,50 @@ fn completion_and_man_page() {
         "{man}"
     );
 }
+
+#[test]
+fn wait_gives_up_or_says_the_allocation_went_away() {
+    let d = TempDir::new("vgpuctl-wait");
+    let c = Controller::start(&d.0, 5_000, 200);
+    // h3's workers exit at once: the controller releases their allocations.
+    let _h3 = Agent::start_with_worker(&d.0, &c.url, "h3", 1, &[], 7003, "exit 3");
+    let mut h4 = Agent::start(&d.0, &c.url, "h4", 1, &[], 7004);
+    c.wait_hosts(2);
+    let u = c.url.as_str();
+    let e = refused(&ctl(
+        u,
+        ADMIN,
+        &[
+            "allocate",
+            "--vm",
+            "w1",
+            "--host",
+            "h3",
+            "--profile",
+            "1",
+            "--wait",
+        ],
+    ));
+    assert!(e.contains("went away while waiting"), "{e}");
+    // h4's agent stops: its host stays alive until the lease runs out, the worker never runs.
+    h4.kill9();
+    let o = ctl(
+        u,
+        ADMIN,
+        &[
+            "allocate",
+            "--vm",
+            "w2",
+            "--host",
+            "h4",
+            "--profile",
+            "1",
+            "--wait",
+            "--timeout",
+            "1",
+        ],
+    );
+    let e = refused(&o);
+    assert!(e.contains(": pending (0.0 s)"), "progress: {e}");
+    assert!(e.contains("is still pending after 1 s"), "{e}");
+}

@@ -280,7 +280,10 @@ def main():
         st, allocs = http("GET", url + "/v1/allocations", token=admin)
         check("the controller no longer holds it", not [x for x in allocs if x["vm"] == "web-vm"], str(allocs))
 
-        # A project token sees its own slices.
+        # A project token sees its own slices: in a fresh tab state, as a project's user would.
+        b.js("sessionStorage.clear();")
+        b.go(url + "/console")
+        b.wait("return document.getElementById('status').textContent.includes('Enter a token')")
         login(b, team_token)
         who = b.wait("const w = document.getElementById('whoami').textContent; return w.startsWith('project') ? w : '';")
         check("a project token's role is shown", who == "project (team-a)", repr(who))

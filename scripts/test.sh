@@ -33,7 +33,10 @@ passed=$(awk '/^test result: ok\./ {n += $4} END {print n+0}' "$log")
 rm -f "$log"
 
 step "console in headless Chromium (tests/console/run.sh)"
-tests/console/run.sh
+clog=$(mktemp)
+tests/console/run.sh 2>&1 | tee "$clog"
+passed=$((passed + $(grep -c '^PASS: ' "$clog")))
+rm -f "$clog"
 
 soak_secs=${VGPU_SOAK_SECS:-180}
 if [ "$soak_secs" -gt 0 ]; then

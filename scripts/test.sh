@@ -32,6 +32,9 @@ cargo test --workspace 2>&1 | tee "$log"
 passed=$(awk '/^test result: ok\./ {n += $4} END {print n+0}' "$log")
 rm -f "$log"
 
+step "telemetry: a real Prometheus, the alert rules, the dashboard's queries"
+tests/telemetry/run.sh target/debug
+
 step "console in headless Chromium (tests/console/run.sh)"
 clog=$(mktemp)
 tests/console/run.sh 2>&1 | tee "$clog"

@@ -411,15 +411,15 @@ async fn openapi_json(Extension(Document(doc)): Extension<Document>) -> Json<ser
     Json((*doc).clone())
 }
 
-/// Prometheus metrics (text format).
+/// Prometheus metrics (OpenMetrics text).
 #[utoipa::path(get, path = "/metrics", tag = "service",
-    responses((status = 200, description = "Prometheus text exposition", content_type = "text/plain", body = String)))]
+    responses((status = 200, description = "OpenMetrics text exposition", content_type = "application/openmetrics-text", body = String)))]
 async fn metrics(State(st): State<AppState>) -> Response {
     let body = crate::metrics::render(&st.pool.metrics_snapshot(), st.legacy_metrics);
     (
         [(
             header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
+            vgpu_pool_wire::prometheus::CONTENT_TYPE,
         )],
         body,
     )

@@ -195,9 +195,10 @@ impl Checker {
         if let Some(schema) = content["application/json"].get("schema") {
             let doc = self.doc.clone();
             validate(&doc, schema, &v, &at, &mut self.errors);
-        } else if content.get("text/plain").is_some() {
-            if !v.is_string() {
-                self.errors.push(format!("{at}: text expected, got {v}"));
+        } else if content.get("application/openmetrics-text").is_some() {
+            if !v.as_str().is_some_and(|t| t.contains("# EOF")) {
+                self.errors
+                    .push(format!("{at}: OpenMetrics text expected, got {v}"));
             }
         } else if v != json!("") {
             self.errors

@@ -20,7 +20,7 @@ rm -f "$work"/*.res
 
 build_failed() { echo "VERDICT: FAIL build of $1"; exit 1; }
 nvcc -cubin -arch=sm_90 "$here/isolation/tenant_kernels.cu" -o "$work/tenant.cubin" || build_failed tenant.cubin
-gcc -O1 -o "$work/cross_tenant" "$here/isolation/cross_tenant.c" -I/usr/local/cuda/include \
+gcc -O1 -o "$work/cross_tenant" "$here/isolation/cross_tenant.c" -I"$repo/tests/programs" \
     -L/usr/local/cuda/lib64/stubs -lcuda || build_failed cross_tenant
 gcc -O1 -o "$work/churn" "$here/isolation/churn.c" -I/usr/local/cuda/include \
     -L/usr/local/cuda/lib64/stubs -lcuda || build_failed churn

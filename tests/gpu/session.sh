@@ -7,15 +7,17 @@
 # (the device returns at most 8 files).
 #
 # usage: tests/gpu/session.sh BIN_DIR [CORRUPT_BIN_DIR]
-#        PARTS="suite executor slices isolation broken" (the default: all) picks parts, so a
-#        session too long for one call can be two.
+#        PARTS="suite executor slices isolation broken" (the default) picks parts, so a
+#        session too long for one call can be two. Two more parts are asked for by name:
+#        "vm" (a QEMU guest through /dev/vgpu0, tests/vm/h200-run.sh, with VM_BUNDLE naming
+#        the bundle of tests/vm/h200-bundle.sh) and "telemetry" (tests/gpu/telemetry.sh).
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 bin=$1
 corrupt=${2:-}
 out=${OUT:?OUT must name the folder results go to}
 res=/tmp/vgpu-session
-rm -rf "$res"; mkdir -p "$res"/{suite,iso,broken,slices}
+rm -rf "$res"; mkdir -p "$res"/{suite,iso,broken,slices,vm,telemetry}
 headers=/usr/local/cuda/include   # CUDA_HEADERS=1 brings the driver headers back too
 [ -n "${CUDA_HEADERS:-}" ] && (cd "$headers" && tar cJf "$out/cuda-13-headers.tar.xz" cuda.h cudaTypedefs.h \
     $(ls cudaProfilerTypedefs.h cudaGL*.h cudaEGL*.h cudaVDPAU*.h 2>/dev/null)) || true
@@ -40,6 +42,12 @@ OUT=$res/iso CHURN_ROUNDS=${CHURN_ROUNDS:-400} timeout "${ISO_SECS:-150}" \
     bash "$here/isolation.sh" "$bin" >"$res/iso/stdout.txt" 2>&1
 rc=$?; echo "isolation exit $rc" | tee -a "$res/summary.txt"; [ $rc = 0 ] || status=1
 fi
+if want telemetry; then  # not in the default list: PARTS="telemetry" (tests/gpu/telemetry.sh, ~35 s)
+mkdir -p "$res/telemetry"
+OUT=$res/telemetry timeout 120 bash "$here/telemetry.sh" "$bin" >"$res/telemetry/stdout.txt" 2>&1
+rc=$?; echo "telemetry exit $rc" | tee -a "$res/summary.txt"; [ $rc = 0 ] || status=1
+cp "$res/telemetry/telemetry-table.txt" "$out/telemetry-table.txt" 2>/dev/null
+fi
 if want broken && [ -n "$corrupt" ]; then
     # The same programs, reused from the suite's build, through a shim that corrupts copies:
     # the verdict must be FAIL and name them.
@@ -47,11 +55,17 @@ if want broken && [ -n "$corrupt" ]; then
         timeout 90 bash "$here/run.sh" "$corrupt" >"$res/broken/stdout.txt" 2>&1
     rc=$?; echo "broken run exit $rc (must be non-zero)" | tee -a "$res/summary.txt"
 fi
+if want vm; then
+    OUT=$res/vm timeout "${VM_SECS:-240}" bash "$here/../vm/h200-run.sh" "${VM_BUNDLE:?VM_BUNDLE names the guest bundle}" "$bin" \
+        >"$res/vm/stdout.txt" 2>&1
+    rc=$?; echo "vm exit $rc" | tee -a "$res/summary.txt"; [ $rc = 0 ] || status=1
+fi
 cp "$res/suite/table.txt" "$out/suite-table.txt" 2>/dev/null
 cp "$res/iso/isolation-table.txt" "$out/isolation-table.txt" 2>/dev/null
 cp "$res/broken/table.txt" "$out/broken-table.txt" 2>/dev/null
 cp "$res/slices/slices-table.txt" "$out/slices-table.txt" 2>/dev/null
 tail -40 "$res/executor-tests.txt" >"$out/executor-tests.txt" 2>/dev/null
+tail -60 "$res/vm/stdout.txt" >"$out/vm.txt" 2>/dev/null
 cp "$res/summary.txt" "$out/summary.txt"
 tar czf "$out/logs-all.tgz" -C "$res" .
 exit $status

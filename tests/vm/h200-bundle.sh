@@ -20,10 +20,12 @@ KABI=${KROOT##*/kernel-}
 cp "$KROOT/boot/vmlinuz-$KABI" "$W/b/vmlinuz"
 make -s -C "$ROOT/guest-driver-shim/kmod" KDIR="/usr/src/linux-headers-$KABI" >/dev/null
 gcc -O1 -o "$W/driver_api_e2e" "$ROOT/tests/programs/driver_api_e2e.c" -I"$ROOT/tests/programs" "$ROOT/target/release/libcuda.so"
+gcc -O1 -o "$W/cross_tenant" "$ROOT/tests/gpu/isolation/cross_tenant.c" -I"$ROOT/tests/programs" "$ROOT/target/release/libcuda.so"
 "$ROOT/guest/build-initramfs.sh" --kroot "$KROOT" --kabi "$KABI" --out "$W/b/initramfs.cpio.gz" \
   --module "$ROOT/guest-driver-shim/kmod/vgpu.ko" \
   --file "$ROOT/target/release/libcuda.so:/usr/lib/libcuda.so.1" \
   --file "$W/driver_api_e2e:/usr/bin/driver_api_e2e" \
+  --file "$W/cross_tenant:/usr/bin/cross_tenant" \
   --file "$ROOT/tests/fixtures/kernels.cubin:/usr/share/vgpu/kernels.cubin" \
   --file "$ROOT/tests/fixtures/runtime/rt_basic_static:/usr/bin/rt_basic_static" \
   --file "$ROOT/tests/fixtures/runtime/rt_streams_static:/usr/bin/rt_streams_static" \

@@ -4,7 +4,7 @@
 # The last line is a verdict: PASS only when every expected step (the literal STEPS below)
 # printed VGPU-STEP-OK and its program's pass line, and the guest reached its end; the exit
 # status follows it.
-# usage: tests/vm/h200-run.sh BUNDLE.tar.gz BIN_DIR
+# usage: tests/vm/h200-run.sh BUNDLE.tar.gz BIN_DIR   (VGPU_GPU=sim tries the plumbing without a GPU)
 set -uo pipefail
 
 # The verdict on a guest's serial log and QEMU's exit status: each expected step, its pass
@@ -14,7 +14,7 @@ guest_verdict() {
     # The serial console ends lines with CR LF.
     serial=$(mktemp)
     tr -d '\r' <"$1" >"$serial" 2>/dev/null
-    STEPS="driver_api_e2e:E2E+PASS rt_basic_static:PASS+rt_basic rt_streams_static:PASS+rt_streams"  # step:pass line (+ for a space)
+    STEPS="driver_api_e2e:E2E+PASS cross_tenant_vm:CROSS-TENANT+RESULT+owner_intact=1 rt_basic_static:PASS+rt_basic rt_streams_static:PASS+rt_streams"  # step:pass line (+ for a space)
     failed=()
     [ "$qrc" = 124 ] && failed+=("qemu timed out")
     grep -q "^VGPU-GUEST-DONE fail=0" "$serial" || failed+=("the guest did not finish with fail=0")
@@ -41,7 +41,7 @@ W=/tmp/vgpu-h200-vm
 rm -rf "$W"; mkdir -p "$W"
 tar xzf "$bundle" -C "$W"
 B=$W/b
-RUST_LOG=info "$bin/vhost-gpu" --socket "$W/vgpu.sock" --gpu 0 >"$W/daemon.log" 2>&1 &
+RUST_LOG=info "$bin/vhost-gpu" --socket "$W/vgpu.sock" --gpu "${VGPU_GPU:-0}" >"$W/daemon.log" 2>&1 &
 d=$!
 for _ in $(seq 50); do [ -S "$W/vgpu.sock" ] && break; sleep 0.1; done
 t0=$(date +%s)
@@ -53,7 +53,7 @@ timeout 400 "$B/lib/ld-linux-x86-64.so.2" --library-path "$B/lib" "$B/qemu-syste
 qrc=$?
 echo "qemu exit $qrc after $(( $(date +%s) - t0 )) s"
 kill $d; wait $d 2>/dev/null
-grep -E "VGPU|E2E|device:|copy 64|kernels:|streams:|PASS|FAIL|vgpu" "$W/serial.log" | grep -v "^\[" | head -40
+grep -E "VGPU|E2E|CROSS-TENANT|device:|copy 64|kernels:|streams:|PASS|FAIL|vgpu" "$W/serial.log" | grep -v "^\[" | head -40
 echo "--- qemu"; tail -5 "$W/qemu.log"
 echo "--- daemon"; grep -v "pinned for DMA" "$W/daemon.log" | tail -8
 cp "$W/serial.log" "$W/daemon.log" "${OUT:-/tmp}/" 2>/dev/null

@@ -19,6 +19,7 @@
 
 pub mod discovery;
 mod metrics;
+pub mod nvml;
 mod workers;
 
 use std::collections::BTreeMap;
@@ -385,12 +386,13 @@ pub fn run_until(args: AgentArgs, stop: Arc<AtomicBool>) -> Result<(), AgentErro
         .unwrap_or_else(|| state_dir.join("host.token"));
     let worker_bin = args.worker_bin.clone().unwrap_or_else(default_worker_bin);
     let metrics = Arc::new(Mutex::new(AgentMetrics::new(&name, &gpus)));
-    let bound =
-        metrics::serve(&args.metrics_addr, metrics.clone(), stop.clone()).map_err(|source| {
-            AgentError::Metrics {
-                addr: args.metrics_addr.clone(),
-                source,
-            }
+    // NVML is read whatever the GPUs' source: it reports the host's real GPUs (none on a CI
+    // runner, where it is absent and says so once).
+    let telemetry = nvml::start(Duration::from_secs(1));
+    let bound = metrics::serve(&args.metrics_addr, metrics.clone(), telemetry, stop.clone())
+        .map_err(|source| AgentError::Metrics {
+            addr: args.metrics_addr.clone(),
+            source,
         })?;
     log::info!("agent {name}: metrics on http://{bound}/metrics");
     if let Some(f) = &args.metrics_addr_file {

@@ -35,6 +35,12 @@ rm -f "$log"
 step "telemetry: a real Prometheus, the alert rules, the dashboard's queries"
 tests/telemetry/run.sh target/debug
 
+step "console in headless Chromium (tests/console/run.sh)"
+clog=$(mktemp)
+tests/console/run.sh 2>&1 | tee "$clog"
+passed=$((passed + $(grep -c '^PASS: ' "$clog")))
+rm -f "$clog"
+
 soak_secs=${VGPU_SOAK_SECS:-180}
 if [ "$soak_secs" -gt 0 ]; then
     step "soak, ${soak_secs} s"

@@ -1,4 +1,8 @@
 //! REST/JSON API (axum), bearer-token auth middleware, error mapping, serving with optional TLS.
+//!
+//! The OpenAPI document (`GET /openapi.json`, [`openapi`]) is generated from these handlers'
+//! `#[utoipa::path]` attributes and the types' `ToSchema` derives: a route is registered with
+//! the router and the document in one `routes!` line, so neither can miss one the other has.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -9,17 +13,24 @@ use axum::extract::{FromRequest, Path, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::get;
 use axum::{Extension, Json, Router};
-use serde::Deserialize;
 use serde::de::DeserializeOwned;
-use serde_json::json;
-use vgpu_pool_wire::{EnrollRequest, HeartbeatRequest, RegisterRequest};
+use serde::{Deserialize, Serialize};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::{OpenApi as OpenApiDoc, RefOr};
+use utoipa::{Modify, OpenApi, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use vgpu_pool_wire::{
+    EnrollRequest, EnrollResponse, HeartbeatRequest, HeartbeatResponse, RegisterRequest,
+    RegisterResponse,
+};
 
 use crate::auth::{Auth, Role, bearer, sha256_hex};
 use crate::limits::{ConnGuard, ConnLimits};
-use crate::model::{AllocationRequest, Quota, SliceMode};
-use crate::pool::{Pool, PoolError};
+use crate::model::{Allocation, AllocationRequest, Quota, Slice, SliceMode};
+use crate::pool::{GpuView, HostView, Pool, PoolError, ProjectCreated, ProjectView};
 
 #[derive(Clone)]
 pub struct AppState {
@@ -34,6 +45,27 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
+    pub reason: Option<&'static str>,
+}
+
+/// The body of every error answer.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ErrorDetail {
+    /// `bad_request`, `unauthorized`, `forbidden`, `not_found`, `quota_exceeded`,
+    /// `no_capacity`, `conflict`, `timeout`, `store_error`, `internal`.
+    pub code: String,
+    /// What went wrong, for people.
+    pub message: String,
+    /// Which constraint refused the request. `no_capacity`: `sm`, `memory`, `profile` (a
+    /// homogeneous GPU holds another shape), `unhealthy`, `too_large`, `drained`, `host_lost`,
+    /// `no_gpus`; `quota_exceeded`: `allocations`, `memory`, `sm`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 impl ApiError {
@@ -42,17 +74,21 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            reason: None,
         }
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (
-            self.status,
-            Json(json!({"error": {"code": self.code, "message": self.message}})),
-        )
-            .into_response()
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code.to_string(),
+                message: self.message,
+                reason: self.reason.map(str::to_string),
+            },
+        };
+        (self.status, Json(body)).into_response()
     }
 }
 
@@ -62,8 +98,8 @@ impl From<PoolError> for ApiError {
             PoolError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             PoolError::NotFound { .. } => (StatusCode::NOT_FOUND, "not_found"),
             PoolError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
-            PoolError::QuotaExceeded(_) => (StatusCode::FORBIDDEN, "quota_exceeded"),
-            PoolError::NoCapacity(_) => (StatusCode::CONFLICT, "no_capacity"),
+            PoolError::QuotaExceeded { .. } => (StatusCode::FORBIDDEN, "quota_exceeded"),
+            PoolError::NoCapacity { .. } => (StatusCode::CONFLICT, "no_capacity"),
             PoolError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             PoolError::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "store_error"),
         };
@@ -71,7 +107,16 @@ impl From<PoolError> for ApiError {
         if status.is_server_error() {
             log::error!("{message}");
         }
-        ApiError::new(status, code, message)
+        let reason = match &e {
+            PoolError::QuotaExceeded { reason, .. } | PoolError::NoCapacity { reason, .. } => {
+                Some(*reason)
+            }
+            _ => None,
+        };
+        ApiError {
+            reason,
+            ..ApiError::new(status, code, message)
+        }
     }
 }
 
@@ -165,45 +210,148 @@ fn not_agent(r: &Role) -> ApiResult<()> {
     }
 }
 
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "vGPU pool controller",
+        description = "Inventory, placement, leases and quotas of the vGPU pool. All /v1 routes need `Authorization: Bearer <token>` (admin, agent or project token). Errors are `{\"error\": {\"code\", \"message\"}}`. Generated from the controller's types (utoipa)."
+    ),
+    components(schemas(ErrorBody)),
+    modifiers(&Conventions),
+    tags(
+        (name = "auth"), (name = "hosts"), (name = "gpus"), (name = "slices"),
+        (name = "allocations"), (name = "projects"), (name = "agents"), (name = "service")
+    )
+)]
+struct ApiDoc;
+
+/// What every `/v1` operation shares: the bearer scheme, and the error answers any of them may
+/// give (each with the `ErrorBody` schema).
+struct Conventions;
+
+impl Modify for Conventions {
+    fn modify(&self, doc: &mut OpenApiDoc) {
+        let components = doc.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// The error answers added to every `/v1` operation, after nesting.
+const V1_ERRORS: [(&str, &str); 6] = [
+    ("400", "Bad request: malformed JSON or invalid values"),
+    ("401", "Missing or unknown bearer token"),
+    (
+        "403",
+        "Not allowed for this token, or the project's quota exceeded (code quota_exceeded)",
+    ),
+    ("404", "Unknown id"),
+    ("408", "The request was not done within the idle timeout"),
+    ("409", "No capacity (code no_capacity) or a conflict"),
+];
+
+fn add_v1_conventions(doc: &mut OpenApiDoc) {
+    use utoipa::openapi::ResponseBuilder;
+    use utoipa::openapi::content::ContentBuilder;
+    use utoipa::openapi::security::SecurityRequirement;
+    let error = ContentBuilder::new()
+        .schema(Some(RefOr::Ref(utoipa::openapi::Ref::from_schema_name(
+            "ErrorBody",
+        ))))
+        .build();
+    for (path, item) in doc.paths.paths.iter_mut() {
+        let v1 = path.starts_with("/v1/");
+        for op in [
+            &mut item.get,
+            &mut item.post,
+            &mut item.put,
+            &mut item.patch,
+            &mut item.delete,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            if v1 {
+                op.security = Some(vec![SecurityRequirement::new(
+                    "bearer",
+                    Vec::<String>::new(),
+                )]);
+                for (status, desc) in V1_ERRORS {
+                    op.responses
+                        .responses
+                        .entry(status.to_string())
+                        .or_insert_with(|| {
+                            RefOr::T(
+                                ResponseBuilder::new()
+                                    .description(desc)
+                                    .content("application/json", error.clone())
+                                    .build(),
+                            )
+                        });
+                }
+            } else {
+                op.security = Some(vec![SecurityRequirement::default()]);
+            }
+        }
+    }
+}
+
+/// The `/v1` routes, each registered with its document entry.
+fn v1_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(whoami))
+        .routes(routes!(list_hosts))
+        .routes(routes!(get_host))
+        .routes(routes!(drain_host))
+        .routes(routes!(undrain_host))
+        .routes(routes!(list_gpus))
+        .routes(routes!(get_gpu, patch_gpu))
+        .routes(routes!(list_slices))
+        .routes(routes!(list_allocations, create_allocation))
+        .routes(routes!(get_allocation, delete_allocation))
+        .routes(routes!(list_projects, create_project))
+        .routes(routes!(get_project, patch_project, delete_project))
+        .routes(routes!(agent_enroll))
+        .routes(routes!(agent_register))
+        .routes(routes!(agent_heartbeat))
+}
+
+/// The routes outside `/v1`: no token needed.
+fn service_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(healthz))
+        .routes(routes!(openapi_json))
+        .routes(routes!(metrics))
+}
+
+/// The OpenAPI 3.1 document of the API, generated from the routes and types.
+pub fn openapi() -> OpenApiDoc {
+    let (_, v1) = v1_routes().split_for_parts();
+    let (_, doc) = service_routes().split_for_parts();
+    let mut doc = doc.nest("/v1", v1);
+    doc.info.version = env!("CARGO_PKG_VERSION").to_string();
+    add_v1_conventions(&mut doc);
+    doc
+}
+
+/// The served document, built once.
+#[derive(Clone)]
+struct Document(Arc<serde_json::Value>);
+
 pub fn router(st: AppState) -> Router {
-    let v1 = Router::new()
-        .route("/hosts", get(list_hosts))
-        .route("/hosts/{name}", get(get_host))
-        .route("/hosts/{name}/drain", post(drain_host))
-        .route("/hosts/{name}/undrain", post(undrain_host))
-        .route("/gpus", get(list_gpus))
-        .route("/gpus/{uuid}", get(get_gpu).patch(patch_gpu))
-        .route("/slices", get(list_slices))
-        .route(
-            "/allocations",
-            get(list_allocations).post(create_allocation),
-        )
-        .route(
-            "/allocations/{id}",
-            get(get_allocation).delete(delete_allocation),
-        )
-        .route("/projects", get(list_projects).post(create_project))
-        .route(
-            "/projects/{name}",
-            get(get_project).patch(patch_project).delete(delete_project),
-        )
-        .route("/agents/enroll", post(agent_enroll))
-        .route("/agents/register", post(agent_register))
-        .route("/agents/{name}/heartbeat", post(agent_heartbeat))
-        .route("/whoami", get(whoami))
-        .layer(middleware::from_fn_with_state(st.clone(), auth_layer));
-    Router::new()
+    let doc = serde_json::to_value(openapi()).expect("the OpenAPI document serialises");
+    let (v1, _) = v1_routes().split_for_parts();
+    let v1 = v1.layer(middleware::from_fn_with_state(st.clone(), auth_layer));
+    let (service, _) = service_routes().split_for_parts();
+    service
         .nest("/v1", v1)
-        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
-        .route(
-            "/openapi.json",
-            get(|| async { Json(crate::openapi::document()) }),
-        )
-        .route("/metrics", get(metrics))
         .route("/", get(|| async { axum::response::Redirect::to("/console") }))
         .route("/console", get(|| async { console_file("index.html") }))
         .route("/console/{file}", get(|axum::extract::Path(f): axum::extract::Path<String>| async move { console_file(&f) }))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
+        .layer(Extension(Document(Arc::new(doc))))
         .with_state(st)
 }
 
@@ -242,6 +390,30 @@ fn console_file(name: &str) -> Response {
         .into_response()
 }
 
+#[derive(Serialize, Deserialize, ToSchema)]
+struct Health {
+    /// Always `ok`.
+    status: String,
+}
+
+/// Liveness.
+#[utoipa::path(get, path = "/healthz", tag = "service", responses((status = 200, body = Health)))]
+async fn healthz() -> Json<Health> {
+    Json(Health {
+        status: "ok".into(),
+    })
+}
+
+/// This document.
+#[utoipa::path(get, path = "/openapi.json", tag = "service",
+    responses((status = 200, description = "the OpenAPI 3.1 document", body = Object)))]
+async fn openapi_json(Extension(Document(doc)): Extension<Document>) -> Json<serde_json::Value> {
+    Json((*doc).clone())
+}
+
+/// Prometheus metrics (OpenMetrics text).
+#[utoipa::path(get, path = "/metrics", tag = "service",
+    responses((status = 200, description = "OpenMetrics text exposition", content_type = "application/openmetrics-text", body = String)))]
 async fn metrics(State(st): State<AppState>) -> Response {
     let body = crate::metrics::render(&st.pool.metrics_snapshot(), st.legacy_metrics);
     (
@@ -254,81 +426,129 @@ async fn metrics(State(st): State<AppState>) -> Response {
         .into_response()
 }
 
-async fn whoami(Extension(r): Extension<Role>) -> Json<serde_json::Value> {
-    Json(match r {
-        Role::Admin => json!({"role": "admin"}),
-        Role::Agent => json!({"role": "agent"}),
-        Role::Host(h) => json!({"role": "host", "host": h}),
-        Role::Project(p) => json!({"role": "project", "project": p}),
+/// The role a token has.
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct WhoAmI {
+    /// `admin`, `agent`, `host` or `project`.
+    pub role: String,
+    /// The host, for a host's own credential.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// The project, for a project token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project: Option<String>,
+}
+
+/// Role of the presented token.
+#[utoipa::path(get, path = "/whoami", tag = "auth", responses((status = 200, body = WhoAmI)))]
+async fn whoami(Extension(r): Extension<Role>) -> Json<WhoAmI> {
+    let (role, host, project) = match r {
+        Role::Admin => ("admin", None, None),
+        Role::Agent => ("agent", None, None),
+        Role::Host(h) => ("host", Some(h), None),
+        Role::Project(p) => ("project", None, Some(p)),
+    };
+    Json(WhoAmI {
+        role: role.into(),
+        host,
+        project,
     })
 }
 
+/// List hosts (admin).
+#[utoipa::path(get, path = "/hosts", tag = "hosts", responses((status = 200, body = Vec<HostView>)))]
 async fn list_hosts(
     State(st): State<AppState>,
     Extension(r): Extension<Role>,
-) -> ApiResult<Response> {
+) -> ApiResult<Json<Vec<HostView>>> {
     need_admin(&r)?;
-    Ok(Json(st.pool.hosts()).into_response())
+    Ok(Json(st.pool.hosts()))
 }
 
+/// One host (admin).
+#[utoipa::path(get, path = "/hosts/{name}", tag = "hosts",
+    params(("name" = String, Path, description = "host name")),
+    responses((status = 200, body = HostView)))]
 async fn get_host(
     State(st): State<AppState>,
     Extension(r): Extension<Role>,
     Path(name): Path<String>,
-) -> ApiResult<Response> {
+) -> ApiResult<Json<HostView>> {
     need_admin(&r)?;
-    Ok(Json(st.pool.host(&name)?).into_response())
+    Ok(Json(st.pool.host(&name)?))
 }
 
+/// Drain: no new slices on this host's GPUs (admin).
+#[utoipa::path(post, path = "/hosts/{name}/drain", tag = "hosts",
+    params(("name" = String, Path, description = "host name")),
+    responses((status = 200, body = HostView)))]
 async fn drain_host(
     State(st): State<AppState>,
     Extension(r): Extension<Role>,
     Path(name): Path<String>,
-) -> ApiResult<Response> {
+) -> ApiResult<Json<HostView>> {
     need_admin(&r)?;
-    Ok(Json(st.pool.set_schedulable(&name, false)?).into_response())
+    Ok(Json(st.pool.set_schedulable(&name, false)?))
 }
 
+/// Undo a drain (admin).
+#[utoipa::path(post, path = "/hosts/{name}/undrain", tag = "hosts",
+    params(("name" = String, Path, description = "host name")),
+    responses((status = 200, body = HostView)))]
 async fn undrain_host(
     State(st): State<AppState>,
     Extension(r): Extension<Role>,
     Path(name): Path<String>,
-) -> ApiResult<Response> {
+) -> ApiResult<Json<HostView>> {
     need_admin(&r)?;
-    Ok(Json(st.pool.set_schedulable(&name, true)?).into_response())
+    Ok(Json(st.pool.set_schedulable(&name, true)?))
 }
 
+/// List GPUs with allocated and free capacity.
+#[utoipa::path(get, path = "/gpus", tag = "gpus", responses((status = 200, body = Vec<GpuView>)))]
 async fn list_gpus(
     State(st): State<AppState>,
     Extension(r): Extension<Role>,
-) -> ApiResult<Response> {
+) -> ApiResult<Json<Vec<GpuView>>> {
     not_agent(&r)?;
-    Ok(Json(st.pool.gpus()).into_response())
+    Ok(Json(st.pool.gpus()))
 }
 
+/// One GPU.
+#[utoipa::path(get, path = "/gpus/{uuid}", tag = "gpus",
+    params(("uuid" = String, Path, description = "GPU UUID")),
+    responses((status = 200, body = GpuView)))]
 async fn get_gpu(
     State(st): State<AppState>,
     Extension(r): Extension<Role>,
     Path(uuid): Path<String>,
-) -> ApiResult<Response> {
+) -> ApiResult<Json<GpuView>> {
     not_agent(&r)?;
-    Ok(Json(st.pool.gpu(&uuid)?).into_response())
+    Ok(Json(st.pool.gpu(&uuid)?))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct GpuPatch {
+    /// `homogeneous` or `mixed`.
     slice_mode: Option<String>,
+    /// Compute oversubscription, 1 to 64; memory is never oversubscribed.
     oversubscription_ratio: Option<f64>,
+    /// `healthy` or `unhealthy`.
     health: Option<String>,
 }
 
+/// Set the slice mode, the compute oversubscription ratio or the health (admin).
+#[utoipa::path(patch, path = "/gpus/{uuid}", tag = "gpus",
+    params(("uuid" = String, Path, description = "GPU UUID")),
+    request_body = GpuPatch,
+    responses((status = 200, body = GpuView)))]
 async fn patch_gpu(
     State(st): State<AppState>,
     Extension(r): Extension<Role>,
     Path(uuid): Path<String>,
     ApiJson(p): ApiJson<GpuPatch>,
-) -> ApiResult<Response> {
+) -> ApiResult<Json<GpuView>> {
     need_admin(&r)?;
     let mode = match p.slice_mode.as_deref() {
         None => None,
@@ -340,34 +560,45 @@ async fn patch_gpu(
             )
         })?),
     };
-    Ok(Json(
-        st.pool
-            .update_gpu(&uuid, mode, p.oversubscription_ratio, p.health)?,
-    )
-    .into_response())
+    Ok(Json(st.pool.update_gpu(
+        &uuid,
+        mode,
+        p.oversubscription_ratio,
+        p.health,
+    )?))
 }
 
+/// List the slices in use (project tokens see their own).
+#[utoipa::path(get, path = "/slices", tag = "slices", responses((status = 200, body = Vec<Slice>)))]
 async fn list_slices(
     State(st): State<AppState>,
     Extension(r): Extension<Role>,
-) -> ApiResult<Response> {
+) -> ApiResult<Json<Vec<Slice>>> {
     not_agent(&r)?;
-    Ok(Json(st.pool.slices(&r)).into_response())
+    Ok(Json(st.pool.slices(&r)))
 }
 
+/// List allocations (project tokens see their own).
+#[utoipa::path(get, path = "/allocations", tag = "allocations",
+    responses((status = 200, body = Vec<Allocation>)))]
 async fn list_allocations(
     State(st): State<AppState>,
     Extension(r): Extension<Role>,
-) -> ApiResult<Response> {
+) -> ApiResult<Json<Vec<Allocation>>> {
     not_agent(&r)?;
-    Ok(Json(st.pool.allocations(&r)).into_response())
+    Ok(Json(st.pool.allocations(&r)))
 }
 
+/// Allocate a slice: the VM's host first, then (allow_remote) hosts sharing its labels in
+/// order of the topology preference, then any.
+#[utoipa::path(post, path = "/allocations", tag = "allocations",
+    request_body = AllocationRequest,
+    responses((status = 201, description = "the allocation", body = Allocation)))]
 async fn create_allocation(
     State(st): State<AppState>,
     Extension(r): Extension<Role>,
     ApiJson(req): ApiJson<AllocationRequest>,
-) -> ApiResult<Response> {
+) -> ApiResult<(StatusCode, Json<Allocation>)> {
     not_agent(&r)?;
     let pool = st.pool.clone();
     // The decision itself is in-memory; the store write is a short SQLite transaction.
@@ -376,36 +607,47 @@ async fn create_allocation(
         .map_err(|e| {
             ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
         })??;
-    Ok((StatusCode::CREATED, Json(a)).into_response())
+    Ok((StatusCode::CREATED, Json(a)))
 }
 
+/// One allocation.
+#[utoipa::path(get, path = "/allocations/{id}", tag = "allocations",
+    params(("id" = String, Path, description = "allocation id")),
+    responses((status = 200, body = Allocation)))]
 async fn get_allocation(
     State(st): State<AppState>,
     Extension(r): Extension<Role>,
     Path(id): Path<String>,
-) -> ApiResult<Response> {
+) -> ApiResult<Json<Allocation>> {
     not_agent(&r)?;
-    Ok(Json(st.pool.get_allocation(&r, &id)?).into_response())
+    Ok(Json(st.pool.get_allocation(&r, &id)?))
 }
 
+/// Release an allocation.
+#[utoipa::path(delete, path = "/allocations/{id}", tag = "allocations",
+    params(("id" = String, Path, description = "allocation id")),
+    responses((status = 200, description = "the released allocation", body = Allocation)))]
 async fn delete_allocation(
     State(st): State<AppState>,
     Extension(r): Extension<Role>,
     Path(id): Path<String>,
-) -> ApiResult<Response> {
+) -> ApiResult<Json<Allocation>> {
     not_agent(&r)?;
-    Ok(Json(st.pool.release(&r, &id)?).into_response())
+    Ok(Json(st.pool.release(&r, &id)?))
 }
 
+/// List projects with their usage (admin).
+#[utoipa::path(get, path = "/projects", tag = "projects",
+    responses((status = 200, body = Vec<ProjectView>)))]
 async fn list_projects(
     State(st): State<AppState>,
     Extension(r): Extension<Role>,
-) -> ApiResult<Response> {
+) -> ApiResult<Json<Vec<ProjectView>>> {
     need_admin(&r)?;
-    Ok(Json(st.pool.projects()).into_response())
+    Ok(Json(st.pool.projects()))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NewProject {
     name: String,
@@ -413,24 +655,31 @@ struct NewProject {
     quota: Quota,
 }
 
+/// Create a project; the answer holds its token, shown once (admin).
+#[utoipa::path(post, path = "/projects", tag = "projects",
+    request_body = NewProject,
+    responses((status = 201, description = "created", body = ProjectCreated)))]
 async fn create_project(
     State(st): State<AppState>,
     Extension(r): Extension<Role>,
     ApiJson(p): ApiJson<NewProject>,
-) -> ApiResult<Response> {
+) -> ApiResult<(StatusCode, Json<ProjectCreated>)> {
     need_admin(&r)?;
     Ok((
         StatusCode::CREATED,
         Json(st.pool.create_project(&p.name, p.quota)?),
-    )
-        .into_response())
+    ))
 }
 
+/// One project (admin, or the project's own token).
+#[utoipa::path(get, path = "/projects/{name}", tag = "projects",
+    params(("name" = String, Path, description = "project name")),
+    responses((status = 200, body = ProjectView)))]
 async fn get_project(
     State(st): State<AppState>,
     Extension(r): Extension<Role>,
     Path(name): Path<String>,
-) -> ApiResult<Response> {
+) -> ApiResult<Json<ProjectView>> {
     match &r {
         Role::Admin => {}
         Role::Project(p) if *p == name => {}
@@ -442,60 +691,84 @@ async fn get_project(
             .into());
         }
     }
-    Ok(Json(st.pool.project(&name)?).into_response())
+    Ok(Json(st.pool.project(&name)?))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ProjectPatch {
     quota: Quota,
 }
 
+/// Set a project's quota (admin).
+#[utoipa::path(patch, path = "/projects/{name}", tag = "projects",
+    params(("name" = String, Path, description = "project name")),
+    request_body = ProjectPatch,
+    responses((status = 200, body = ProjectView)))]
 async fn patch_project(
     State(st): State<AppState>,
     Extension(r): Extension<Role>,
     Path(name): Path<String>,
     ApiJson(p): ApiJson<ProjectPatch>,
-) -> ApiResult<Response> {
+) -> ApiResult<Json<ProjectView>> {
     need_admin(&r)?;
-    Ok(Json(st.pool.set_quota(&name, p.quota)?).into_response())
+    Ok(Json(st.pool.set_quota(&name, p.quota)?))
 }
 
+/// Delete a project that holds no allocations (admin).
+#[utoipa::path(delete, path = "/projects/{name}", tag = "projects",
+    params(("name" = String, Path, description = "project name")),
+    responses((status = 204, description = "deleted")))]
 async fn delete_project(
     State(st): State<AppState>,
     Extension(r): Extension<Role>,
     Path(name): Path<String>,
-) -> ApiResult<Response> {
+) -> ApiResult<StatusCode> {
     need_admin(&r)?;
     st.pool.delete_project(&name)?;
-    Ok(StatusCode::NO_CONTENT.into_response())
+    Ok(StatusCode::NO_CONTENT)
 }
 
+/// Issue a host its own agent credential, shown once. The pool's agent token may do so only
+/// for a host without one (409 otherwise); the admin token always, replacing the old one.
+#[utoipa::path(post, path = "/agents/enroll", tag = "agents",
+    request_body = EnrollRequest,
+    responses((status = 201, description = "the credential", body = EnrollResponse)))]
 async fn agent_enroll(
     State(st): State<AppState>,
     Extension(r): Extension<Role>,
     ApiJson(req): ApiJson<EnrollRequest>,
-) -> ApiResult<Response> {
-    Ok((StatusCode::CREATED, Json(st.pool.enroll(&r, &req.host)?)).into_response())
+) -> ApiResult<(StatusCode, Json<EnrollResponse>)> {
+    Ok((StatusCode::CREATED, Json(st.pool.enroll(&r, &req.host)?)))
 }
 
+/// An agent registers its host and GPUs (that host's credential; 403 for another host's).
+#[utoipa::path(post, path = "/agents/register", tag = "agents",
+    request_body = RegisterRequest,
+    responses((status = 200, description = "lease settings", body = RegisterResponse)))]
 async fn agent_register(
     State(st): State<AppState>,
     Extension(r): Extension<Role>,
     ApiJson(req): ApiJson<RegisterRequest>,
-) -> ApiResult<Response> {
+) -> ApiResult<Json<RegisterResponse>> {
     need_host(&r, &req.name)?;
-    Ok(Json(st.pool.register(req)?).into_response())
+    Ok(Json(st.pool.register(req)?))
 }
 
+/// Agent heartbeat: reports its workers, renews leases, gets the assignments to run (that
+/// host's credential). 404: register again.
+#[utoipa::path(post, path = "/agents/{name}/heartbeat", tag = "agents",
+    params(("name" = String, Path, description = "host name")),
+    request_body = HeartbeatRequest,
+    responses((status = 200, description = "the workers to run", body = HeartbeatResponse)))]
 async fn agent_heartbeat(
     State(st): State<AppState>,
     Extension(r): Extension<Role>,
     Path(name): Path<String>,
     ApiJson(req): ApiJson<HeartbeatRequest>,
-) -> ApiResult<Response> {
+) -> ApiResult<Json<HeartbeatResponse>> {
     need_host(&r, &name)?;
-    Ok(Json(st.pool.heartbeat(&name, req)?).into_response())
+    Ok(Json(st.pool.heartbeat(&name, req)?))
 }
 
 /// Periodically return expired leases to the pool.

@@ -8,7 +8,6 @@ pub mod etcd_store;
 pub mod limits;
 pub mod metrics;
 pub mod model;
-pub mod openapi;
 pub mod pool;
 pub mod scheduler;
 pub mod server;

@@ -3,11 +3,12 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 pub use vgpu_pool_wire::GpuInfo;
 
 /// How a GPU may be cut.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum SliceMode {
     /// All slices on the GPU have one shape at a time: one fixed profile (1/N), or only
@@ -35,7 +36,7 @@ impl SliceMode {
 }
 
 /// A physical GPU with its operator policy.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 pub struct Gpu {
     #[serde(flatten)]
     pub info: GpuInfo,
@@ -49,7 +50,7 @@ pub struct Gpu {
 }
 
 /// A host running an agent.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 pub struct Host {
     pub name: String,
     pub address: String,
@@ -63,7 +64,7 @@ pub struct Host {
 }
 
 /// Quota of a project; `None` means unlimited.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Quota {
     #[serde(default)]
@@ -74,7 +75,7 @@ pub struct Quota {
     pub max_sm: Option<u64>,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 pub struct Project {
     pub name: String,
     pub quota: Quota,
@@ -84,7 +85,7 @@ pub struct Project {
 }
 
 /// The slice a request wants.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SliceSpec {
     /// Fixed profile as a fraction of the GPU: "1", "1/2", "1/4", "1/8", ... (power of two).
@@ -98,7 +99,7 @@ pub struct SliceSpec {
     pub memory_bytes: Option<u64>,
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Strategy {
     /// Fill the fullest GPU that fits (keeps whole GPUs free).
@@ -112,7 +113,7 @@ fn default_topology() -> Vec<String> {
     vec!["rack".to_string(), "zone".to_string()]
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Policy {
     /// Allow a GPU on another host (network fallback) when the VM's host has no room.
@@ -140,7 +141,7 @@ impl Default for Policy {
 }
 
 /// `POST /v1/allocations`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AllocationRequest {
     /// VM name or instance UUID.
@@ -156,7 +157,7 @@ pub struct AllocationRequest {
 }
 
 /// An allocation: a VM holds a slice of one GPU.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Allocation {
     pub id: String,
     pub project: String,
@@ -179,7 +180,7 @@ pub struct Allocation {
 }
 
 /// A slice view (what `GET /v1/slices` lists).
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 pub struct Slice {
     pub id: String,
     pub gpu_uuid: String,

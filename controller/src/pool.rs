@@ -20,6 +20,7 @@ use crate::model::{
 };
 use crate::scheduler::{GpuSpec, Index, PlaceError, PlaceRequest, Shape, Want};
 use crate::store::{Change, Leadership, Store, StoreError};
+use utoipa::ToSchema;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PoolError {
@@ -29,10 +30,18 @@ pub enum PoolError {
     NotFound { kind: &'static str, id: String },
     #[error("{0}")]
     Forbidden(String),
-    #[error("{0}")]
-    QuotaExceeded(String),
-    #[error("{0}")]
-    NoCapacity(String),
+    /// `reason`: which quota, `allocations`, `memory` or `sm`.
+    #[error("{message}")]
+    QuotaExceeded {
+        reason: &'static str,
+        message: String,
+    },
+    /// `reason`: the constraint that refused the slice (`scheduler::PlaceError::NoCapacity`).
+    #[error("{message}")]
+    NoCapacity {
+        reason: &'static str,
+        message: String,
+    },
     #[error("{0}")]
     Conflict(String),
     #[error("Store failed")]
@@ -68,7 +77,7 @@ struct HostRt {
     alive: bool,
 }
 
-#[derive(Default, Clone, Copy, Debug, Serialize)]
+#[derive(Default, Clone, Copy, Debug, Serialize, ToSchema)]
 pub struct Usage {
     pub allocations: u64,
     pub memory_bytes: u64,
@@ -120,7 +129,7 @@ pub struct Pool {
 }
 
 /// Host as listed by the API.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct HostView {
     #[serde(flatten)]
     pub host: Host,
@@ -133,7 +142,7 @@ pub struct HostView {
 }
 
 /// GPU as listed by the API.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct GpuView {
     #[serde(flatten)]
     pub gpu: Gpu,
@@ -144,7 +153,7 @@ pub struct GpuView {
     pub slices: u32,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct ProjectView {
     #[serde(flatten)]
     pub project: Project,
@@ -152,7 +161,7 @@ pub struct ProjectView {
 }
 
 /// Result of creating a project: the only time the token is shown.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct ProjectCreated {
     pub name: String,
     pub quota: Quota,
@@ -669,11 +678,14 @@ impl Pool {
                 && used.allocations + 1 > lim
             {
                 inner.counters.refused_quota += 1;
-                return Err(PoolError::QuotaExceeded(format!(
-                    "quota exceeded for project {project:?}: allocations would be {} (in use {}, limit {lim})",
-                    used.allocations + 1,
-                    used.allocations
-                )));
+                return Err(PoolError::QuotaExceeded {
+                    reason: "allocations",
+                    message: format!(
+                        "quota exceeded for project {project:?}: allocations would be {} (in use {}, limit {lim})",
+                        used.allocations + 1,
+                        used.allocations
+                    ),
+                });
             }
             let preq = PlaceRequest {
                 vm_host: &req.host,
@@ -694,19 +706,24 @@ impl Pool {
                         id: h,
                     });
                 }
-                Err(PlaceError::NoCapacity(m)) => {
+                Err(PlaceError::NoCapacity { reason, message }) => {
                     inner.counters.refused_capacity += 1;
-                    return Err(PoolError::NoCapacity(m));
+                    return Err(PoolError::NoCapacity { reason, message });
                 }
             };
             let u = inner.usage.get(&project).copied().unwrap_or_default();
-            let over = |name: &str, used: u64, add: u64, lim: Option<u64>| -> Option<String> {
+            let over = |name: &'static str,
+                        used: u64,
+                        add: u64,
+                        lim: Option<u64>|
+             -> Option<(&'static str, String)> {
                 let lim = lim?;
                 (used + add > lim).then(|| {
-                format!("quota exceeded for project {project:?}: {name} would be {} (in use {used}, limit {lim})", used + add)
-            })
+                    let reason = if name == "sm" { "sm" } else { "memory" };
+                    (reason, format!("quota exceeded for project {project:?}: {name} would be {} (in use {used}, limit {lim})", used + add))
+                })
             };
-            if let Some(msg) = over(
+            if let Some((reason, message)) = over(
                 "memory_bytes",
                 u.memory_bytes,
                 d.mem,
@@ -715,7 +732,7 @@ impl Pool {
             .or_else(|| over("sm", u.sm, u64::from(d.sm), quota.max_sm))
             {
                 inner.counters.refused_quota += 1;
-                return Err(PoolError::QuotaExceeded(msg));
+                return Err(PoolError::QuotaExceeded { reason, message });
             }
             inner.id_seq += 1;
             let id = format!("a-{:08x}-{:06x}", inner.id_nonce, inner.id_seq);

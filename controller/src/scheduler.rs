@@ -60,27 +60,85 @@ impl GpuSlot {
     /// SMs and memory a request would take on this GPU, if it fits.
     #[inline]
     pub fn demand(&self, want: Want) -> Option<(u32, u64)> {
-        let (sm, mem) = match want {
-            Want::Profile(n) => (self.sm_total / n, self.mem_total / u64::from(n)),
-            Want::Custom { sm, mem } => (sm, mem),
-        };
+        self.fit(want).ok()
+    }
+
+    /// SMs and memory a request would take on this GPU, or why it does not fit.
+    #[inline]
+    pub fn fit(&self, want: Want) -> Result<(u32, u64), Misfit> {
+        let (sm, mem) = self.size_of(want);
         if sm == 0 || sm > self.sm_total || mem > self.mem_total {
-            return None;
+            return Err(Misfit::TooLarge);
         }
-        if !self.healthy
-            || self.mem_total - self.mem_used < mem
-            || self.sm_used + u64::from(sm) > self.sm_cap
-        {
-            return None;
+        if !self.healthy {
+            return Err(Misfit::Unhealthy);
+        }
+        if self.mem_total - self.mem_used < mem {
+            return Err(Misfit::Memory {
+                free: self.mem_total - self.mem_used,
+            });
+        }
+        if self.sm_used + u64::from(sm) > self.sm_cap {
+            return Err(Misfit::Sms {
+                free: self.sm_cap.saturating_sub(self.sm_used),
+            });
         }
         if self.mode == SliceMode::Homogeneous {
             let shape = want.shape();
-            if self.shapes.iter().any(|(s, c)| *c > 0 && *s != shape) {
-                return None;
+            if let Some((held, _)) = self.shapes.iter().find(|(s, c)| *c > 0 && *s != shape) {
+                return Err(Misfit::Profile(*held));
             }
         }
-        Some((sm, mem))
+        Ok((sm, mem))
     }
+
+    /// SMs and memory of `want` on this GPU (a profile is a fraction of it).
+    fn size_of(&self, want: Want) -> (u32, u64) {
+        match want {
+            Want::Profile(n) => (self.sm_total / n, self.mem_total / u64::from(n)),
+            Want::Custom { sm, mem } => (sm, mem),
+        }
+    }
+}
+
+/// Why a GPU cannot take a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Misfit {
+    /// The slice is larger than the whole GPU (or has no SMs).
+    TooLarge,
+    /// The GPU is marked unhealthy.
+    Unhealthy,
+    /// Not enough free memory.
+    Memory { free: u64 },
+    /// Not enough free SMs (the capacity includes the oversubscription ratio).
+    Sms { free: u64 },
+    /// A homogeneous GPU that holds slices of another shape.
+    Profile(Shape),
+}
+
+impl Misfit {
+    /// The reason as the API names it (`error.reason`).
+    pub fn code(self) -> &'static str {
+        match self {
+            Misfit::TooLarge => "too_large",
+            Misfit::Unhealthy => "unhealthy",
+            Misfit::Memory { .. } => "memory",
+            Misfit::Sms { .. } => "sm",
+            Misfit::Profile(_) => "profile",
+        }
+    }
+}
+
+fn shape_name(s: Shape) -> String {
+    match s {
+        Shape::Profile(1) => "whole-GPU (1)".into(),
+        Shape::Profile(n) => format!("1/{n}"),
+        Shape::Custom => "arbitrary (SMs + memory)".into(),
+    }
+}
+
+fn gib(b: u64) -> String {
+    format!("{:.1} GiB", b as f64 / f64::from(1u32 << 30))
 }
 
 /// A GPU as the index needs it.
@@ -118,8 +176,13 @@ pub struct Decision {
 pub enum PlaceError {
     #[error("Unknown host {0:?}")]
     UnknownHost(String),
-    #[error("{0}")]
-    NoCapacity(String),
+    /// No GPU can take the request; `reason` names the constraint that refused the most
+    /// GPUs (`Misfit::code`, or `drained`, `host_lost`, `no_gpus`), `message` says it per GPU.
+    #[error("{message}")]
+    NoCapacity {
+        reason: &'static str,
+        message: String,
+    },
 }
 
 #[derive(Default, Debug)]
@@ -327,10 +390,14 @@ impl Index {
             return Ok(d);
         }
         if !req.allow_remote {
-            return Err(PlaceError::NoCapacity(format!(
-                "no GPU on host {:?} has room for the slice and allow_remote is false",
-                req.vm_host
-            )));
+            return Err(self.no_capacity(
+                std::iter::once(vh),
+                req.want,
+                format!(
+                    "no GPU on host {:?} has room for the slice and allow_remote is false",
+                    req.vm_host
+                ),
+            ));
         }
         let no_numa = PlaceRequest {
             numa: None,
@@ -347,10 +414,94 @@ impl Index {
         }
         match self.best(0..self.hosts.len() as u32, &no_numa, Some(vh)) {
             Some(d) => Ok(Decision { remote: true, ..d }),
-            None => Err(PlaceError::NoCapacity(
+            None => Err(self.no_capacity(
+                0..self.hosts.len() as u32,
+                req.want,
                 "no GPU in the pool has room for the slice".to_string(),
             )),
         }
+    }
+
+    /// Why none of `hosts`' GPUs takes `want`: the most common reason, and each GPU's (only
+    /// computed when a placement fails).
+    fn no_capacity(
+        &self,
+        hosts: impl Iterator<Item = u32>,
+        want: Want,
+        summary: String,
+    ) -> PlaceError {
+        let mut tally: Vec<(&'static str, usize)> = Vec::new();
+        let mut details = Vec::new();
+        let mut count = |code: &'static str| match tally.iter_mut().find(|(c, _)| *c == code) {
+            Some(e) => e.1 += 1,
+            None => tally.push((code, 1)),
+        };
+        for h in hosts {
+            let hs = &self.hosts[h as usize];
+            if !hs.alive {
+                count("host_lost");
+                details.push(format!("host {:?} is lost (no heartbeat)", hs.name));
+                continue;
+            }
+            if !hs.schedulable {
+                count("drained");
+                details.push(format!("host {:?} is drained", hs.name));
+                continue;
+            }
+            if hs.gpus.is_empty() {
+                count("no_gpus");
+                details.push(format!("host {:?} has no GPUs", hs.name));
+                continue;
+            }
+            for &gi in &hs.gpus {
+                let g = &self.gpus[gi as usize];
+                let Err(m) = g.fit(want) else { continue };
+                count(m.code());
+                let (sm, mem) = g.size_of(want);
+                details.push(match m {
+                    Misfit::TooLarge => format!(
+                        "{}: the slice ({sm} SMs, {}) is larger than the GPU ({} SMs, {})",
+                        g.uuid,
+                        gib(mem),
+                        g.sm_total,
+                        gib(g.mem_total)
+                    ),
+                    Misfit::Unhealthy => format!("{}: unhealthy", g.uuid),
+                    Misfit::Memory { free } => format!(
+                        "{}: memory {} free, {} wanted",
+                        g.uuid,
+                        gib(free),
+                        gib(mem)
+                    ),
+                    Misfit::Sms { free } => format!(
+                        "{}: {free} of {} SMs free, {sm} wanted",
+                        g.uuid, g.sm_cap
+                    ),
+                    Misfit::Profile(held) => format!(
+                        "{}: homogeneous and holds {} slices, so a {} slice cannot join them (slice_mode mixed allows it)",
+                        g.uuid,
+                        shape_name(held),
+                        shape_name(want.shape())
+                    ),
+                });
+            }
+        }
+        // The most common reason; the first seen on a tie.
+        let reason = tally
+            .iter()
+            .fold(None::<(&'static str, usize)>, |best, &(c, n)| match best {
+                Some((_, m)) if m >= n => best,
+                _ => Some((c, n)),
+            })
+            .map_or("no_gpus", |(c, _)| c);
+        const SHOWN: usize = 6;
+        let more = details.len().saturating_sub(SHOWN);
+        details.truncate(SHOWN);
+        let mut message = format!("{summary} (reason: {reason}): {}", details.join("; "));
+        if more > 0 {
+            message.push_str(&format!("; and {more} more"));
+        }
+        PlaceError::NoCapacity { reason, message }
     }
 }
 
@@ -486,6 +637,39 @@ mod tests {
             .place(&req("vmhost", w, true, Strategy::Binpack, &topo))
             .unwrap();
         assert_eq!(ix.hosts[d5.host as usize].name, "far");
+    }
+
+    fn reason(r: Result<Decision, PlaceError>) -> (&'static str, String) {
+        match r {
+            Err(PlaceError::NoCapacity { reason, message }) => (reason, message),
+            other => panic!("expected no capacity, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn no_capacity_names_the_constraint() {
+        let mut ix = one_host("h1", 1);
+        let (r, m) = reason(place_local(&ix, "h1", custom(200, 1 << 30)));
+        assert_eq!(r, "too_large", "{m}");
+        let d = place_local(&ix, "h1", custom(100, 8 << 30)).unwrap();
+        ix.apply(d.gpu, Shape::Custom, d.sm, d.mem);
+        let (r, m) = reason(place_local(&ix, "h1", custom(40, 1 << 30)));
+        assert_eq!(r, "sm", "{m}");
+        assert!(m.contains("32 of 132 SMs free, 40 wanted"), "{m}");
+        let (r, m) = reason(place_local(&ix, "h1", custom(10, 140 << 30)));
+        assert_eq!(r, "memory", "{m}");
+        ix.set_gpu_policy("h1-g0", SliceMode::Homogeneous, 2.0, true);
+        let (r, m) = reason(place_local(&ix, "h1", Want::Profile(4)));
+        assert_eq!(r, "profile", "{m}");
+        assert!(m.contains("holds arbitrary (SMs + memory) slices"), "{m}");
+        ix.set_gpu_policy("h1-g0", SliceMode::Homogeneous, 1.0, false);
+        assert_eq!(reason(place_local(&ix, "h1", custom(1, 1))).0, "unhealthy");
+        ix.hosts[0].schedulable = false;
+        assert_eq!(reason(place_local(&ix, "h1", custom(1, 1))).0, "drained");
+        ix.hosts[0].alive = false;
+        assert_eq!(reason(place_local(&ix, "h1", custom(1, 1))).0, "host_lost");
+        let empty = one_host("h2", 0);
+        assert_eq!(reason(place_local(&empty, "h2", custom(1, 1))).0, "no_gpus");
     }
 
     #[test]

@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 
 /// One physical GPU as the agent discovered it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct GpuInfo {
     /// `GPU-xxxxxxxx-...` for CUDA devices, `SIM-GPU-<host>-<n>` for simulated ones.
     pub uuid: String,
@@ -33,6 +34,7 @@ pub struct GpuInfo {
 
 /// `POST /v1/agents/register`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RegisterRequest {
     /// Host name, unique in the pool.
     pub name: String,
@@ -57,12 +59,14 @@ pub struct RegisterRequest {
 /// `POST /v1/agents/enroll`: asks for this host's own credential.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct EnrollRequest {
     pub host: String,
 }
 
 /// Answer to an enrolment: the host's credential, shown once (the controller keeps its hash).
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct EnrollResponse {
     pub host: String,
     pub token: String,
@@ -70,6 +74,7 @@ pub struct EnrollResponse {
 
 /// Answer to a registration.
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RegisterResponse {
     pub host: String,
     pub heartbeat_interval_ms: u64,
@@ -79,6 +84,7 @@ pub struct RegisterResponse {
 /// What the agent knows about one worker process.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum WorkerState {
     Running,
     Exited,
@@ -86,6 +92,7 @@ pub enum WorkerState {
 
 /// One worker, as reported in a heartbeat.
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct WorkerReport {
     pub allocation_id: String,
     pub state: WorkerState,
@@ -98,6 +105,7 @@ pub struct WorkerReport {
 
 /// `POST /v1/agents/{name}/heartbeat`.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct HeartbeatRequest {
     #[serde(default)]
     pub workers: Vec<WorkerReport>,
@@ -107,6 +115,7 @@ pub struct HeartbeatRequest {
 /// filesystem path: the agent derives the socket, pid and log paths from its own state
 /// directory and the allocation id (which it checks is a plain name).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Assignment {
     pub allocation_id: String,
     pub vm: String,
@@ -122,6 +131,7 @@ pub struct Assignment {
 
 /// Answer to a heartbeat: the full set of workers this host should run.
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct HeartbeatResponse {
     pub assignments: Vec<Assignment>,
     pub heartbeat_interval_ms: u64,

@@ -1,8 +1,9 @@
 //! `vgpuctl`: command-line client of the pool controller's REST API.
 
-use std::time::Duration;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use serde_json::{Value, json};
 
 #[derive(Parser, Debug)]
@@ -27,23 +28,62 @@ struct Cli {
     /// Extra CA certificate (PEM) to trust for https:// (e.g. the controller's self-signed one).
     #[arg(long, env = "VGPU_CA_CERT", global = true)]
     ca_cert: Option<std::path::PathBuf>,
-    /// Print the controller's JSON instead of tables.
+    /// Output format: a table, a wider table (more columns), the controller's JSON, or YAML.
+    #[arg(short, long, value_enum, default_value_t = Output::Table, global = true)]
+    output: Output,
+    /// The same as `-o json`.
     #[arg(long, global = true)]
     json: bool,
     #[command(subcommand)]
     cmd: Cmd,
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Output {
+    Table,
+    Wide,
+    Json,
+    Yaml,
+}
+
+/// The output format, set once in `run` (the tables read it to add the wide columns).
+static OUTPUT: OnceLock<Output> = OnceLock::new();
+
+/// Which rows of a list to print (matched on what the controller answers, for every format).
+#[derive(clap::Args, Debug, Clone, Default)]
+struct Filter {
+    /// Only rows of this host: a host's name, a GPU's host, an allocation's or slice's VM host
+    /// or GPU host.
+    #[arg(long)]
+    host: Option<String>,
+    /// Only rows of this project (allocations, slices).
+    #[arg(long)]
+    project: Option<String>,
+    /// Only rows in this state: allocations `pending` or `running`; hosts `alive`, `lost` or
+    /// `drained`; GPUs `healthy` or `unhealthy`.
+    #[arg(long)]
+    state: Option<String>,
+}
+
+/// The lists filters apply to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum List {
+    Hosts,
+    Gpus,
+    Slices,
+    Allocations,
+}
+
 #[derive(Subcommand, Debug)]
 enum Cmd {
     /// List hosts.
-    Hosts,
+    Hosts(Filter),
     /// List GPUs with their free capacity.
-    Gpus,
+    Gpus(Filter),
     /// List slices in use.
-    Slices,
+    Slices(Filter),
     /// List allocations.
-    Allocations,
+    Allocations(Filter),
     /// Show one allocation.
     Get { id: String },
     /// Allocate a slice for a VM.
@@ -74,6 +114,12 @@ enum Cmd {
         /// Prefer GPUs on this NUMA node.
         #[arg(long)]
         numa: Option<i32>,
+        /// Wait until the agent reports the slice's worker running (progress on stderr).
+        #[arg(long)]
+        wait: bool,
+        /// With --wait: give up after this many seconds (the allocation is kept).
+        #[arg(long, default_value_t = 120, requires = "wait")]
+        timeout: u64,
     },
     /// Release an allocation.
     Release { id: String },
@@ -97,6 +143,13 @@ enum Cmd {
         #[arg(long)]
         max_sm: Option<u64>,
     },
+    /// Print a shell completion script: `vgpuctl completion bash > /etc/bash_completion.d/vgpuctl`.
+    Completion {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff): `vgpuctl man | man -l -`.
+    Man,
     /// Set a GPU's slice mode or compute oversubscription ratio.
     GpuSet {
         uuid: String,
@@ -130,16 +183,43 @@ enum CliError {
         #[source]
         source: ureq::Error,
     },
-    #[error("HTTP {status} {code}: {message}")]
+    #[error("HTTP {status} {code}{}: {message}", because(.reason))]
     Refused {
         status: u16,
         code: String,
+        /// Which constraint refused it (`error.reason`), where the controller names one.
+        reason: Option<String>,
         message: String,
     },
+    #[error(
+        "Allocation {id} is still {state} after {secs} s (it is kept; release it or wait longer)"
+    )]
+    WaitTimeout {
+        id: String,
+        state: String,
+        secs: u64,
+    },
+    #[error(
+        "Allocation {id} went away while waiting for it to run (its lease was reclaimed: the host's agent did not start its worker)"
+    )]
+    WaitGone { id: String },
+    #[error("--{0} does not apply to this list")]
+    Filter(&'static str),
+    #[error("Cannot write the output")]
+    Write(#[source] std::io::Error),
+    #[error("Cannot write YAML")]
+    Yaml(#[source] serde_norway::Error),
     #[error("{0}")]
     BadSize(String),
     #[error("Give --profile, or --sm and --memory")]
     NoSlice,
+}
+
+fn because(reason: &Option<String>) -> String {
+    reason
+        .as_ref()
+        .map(|r| format!(" ({r})"))
+        .unwrap_or_default()
 }
 
 impl CliError {
@@ -279,9 +359,11 @@ impl Api {
                 .map(str::to_string)
                 .unwrap_or_else(|| v.to_string());
             let code = v["error"]["code"].as_str().unwrap_or("error").to_string();
+            let reason = v["error"]["reason"].as_str().map(str::to_string);
             return Err(CliError::Refused {
                 status,
                 code,
+                reason,
                 message,
             });
         }
@@ -297,7 +379,29 @@ fn s(v: &Value) -> String {
     }
 }
 
+/// Prints a table. Columns whose header starts with `+` are shown only with `-o wide`.
 fn table(headers: &[&str], rows: Vec<Vec<String>>) {
+    let wide = OUTPUT.get() == Some(&Output::Wide);
+    let keep: Vec<bool> = headers
+        .iter()
+        .map(|h| wide || !h.starts_with('+'))
+        .collect();
+    let headers: Vec<&str> = headers
+        .iter()
+        .zip(&keep)
+        .filter(|(_, k)| **k)
+        .map(|(h, _)| h.trim_start_matches('+'))
+        .collect();
+    let rows: Vec<Vec<String>> = rows
+        .into_iter()
+        .map(|r| {
+            r.into_iter()
+                .zip(&keep)
+                .filter(|(_, k)| **k)
+                .map(|(c, _)| c)
+                .collect()
+        })
+        .collect();
     let mut w: Vec<usize> = headers.iter().map(|h| h.len()).collect();
     for r in &rows {
         for (i, c) in r.iter().enumerate() {
@@ -347,19 +451,142 @@ fn print_allocations(v: &Value) {
                 },
                 s(&a["state"]),
                 s(&a["socket_path"]),
+                s(&a["gpu_host"]),
+                age(&a["created_at"]),
             ]
         })
         .collect();
     table(
         &[
-            "ID", "PROJECT", "VM", "VM HOST", "GPU", "PROFILE", "SMS", "MEMORY", "WHERE", "STATE",
+            "ID",
+            "PROJECT",
+            "VM",
+            "VM HOST",
+            "GPU",
+            "PROFILE",
+            "SMS",
+            "MEMORY",
+            "WHERE",
+            "STATE",
             "SOCKET",
+            "+GPU HOST",
+            "+AGE",
         ],
         rows,
     );
 }
 
+/// Time since `ms` (milliseconds since the epoch): `42s`, `5m`, `3h`, `2d`.
+fn age(ms: &Value) -> String {
+    let Some(ms) = ms.as_u64() else {
+        return "-".into();
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(ms);
+    let secs = now.saturating_sub(ms) / 1000;
+    match secs {
+        0..60 => format!("{secs}s"),
+        60..3600 => format!("{}m", secs / 60),
+        3600..86400 => format!("{}h", secs / 3600),
+        _ => format!("{}d", secs / 86400),
+    }
+}
+
+/// What a host's STATE column says.
+fn host_state(h: &Value) -> &'static str {
+    if h["alive"].as_bool() != Some(true) {
+        "lost"
+    } else if h["schedulable"].as_bool() != Some(true) {
+        "drained"
+    } else {
+        "alive"
+    }
+}
+
+/// Keeps the rows of list `v` that `f` selects.
+fn filter(list: List, f: &Filter, v: Value) -> Result<Value, CliError> {
+    if f.project.is_some() && matches!(list, List::Hosts | List::Gpus) {
+        return Err(CliError::Filter("project"));
+    }
+    if f.state.is_some() && list == List::Slices {
+        return Err(CliError::Filter("state"));
+    }
+    let Value::Array(rows) = v else {
+        return Ok(v);
+    };
+    let keep = |row: &Value| {
+        let host_ok = f.host.as_deref().is_none_or(|h| {
+            ["name", "host", "vm_host", "gpu_host"]
+                .iter()
+                .filter(|k| **k != "name" || list == List::Hosts)
+                .any(|k| row[*k].as_str() == Some(h))
+        });
+        let project_ok = f
+            .project
+            .as_deref()
+            .is_none_or(|p| row["project"].as_str() == Some(p));
+        let state_ok = f.state.as_deref().is_none_or(|want| match list {
+            List::Hosts => host_state(row) == want,
+            List::Gpus => row["health"].as_str() == Some(want),
+            _ => row["state"].as_str() == Some(want),
+        });
+        host_ok && project_ok && state_ok
+    };
+    Ok(Value::Array(rows.into_iter().filter(keep).collect()))
+}
+
+/// Polls allocation `id` until its worker runs, printing its state on stderr when it changes.
+fn wait_running(api: &Api, id: &str, timeout: Duration) -> Result<Value, CliError> {
+    let start = Instant::now();
+    let mut last = String::new();
+    loop {
+        let v = match api.call("GET", &format!("/v1/allocations/{id}"), None) {
+            Err(CliError::Refused { status: 404, .. }) => {
+                return Err(CliError::WaitGone { id: id.into() });
+            }
+            r => r?,
+        };
+        let state = s(&v["state"]);
+        if state != last {
+            eprintln!("{id}: {state} ({:.1} s)", start.elapsed().as_secs_f64());
+            last = state.clone();
+        }
+        if state == "running" {
+            return Ok(v);
+        }
+        if start.elapsed() >= timeout {
+            return Err(CliError::WaitTimeout {
+                id: id.into(),
+                state,
+                secs: timeout.as_secs(),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
 fn run(cli: Cli) -> Result<(), CliError> {
+    let output = if cli.json { Output::Json } else { cli.output };
+    let _ = OUTPUT.set(output);
+    match &cli.cmd {
+        Cmd::Completion { shell } => {
+            clap_complete::generate(
+                *shell,
+                &mut Cli::command(),
+                "vgpuctl",
+                &mut std::io::stdout(),
+            );
+            return Ok(());
+        }
+        Cmd::Man => {
+            return clap_mangen::Man::new(Cli::command())
+                .render(&mut std::io::stdout())
+                .map_err(CliError::Write);
+        }
+        _ => {}
+    }
     let agent = vgpu_pool_wire::http_client(cli.ca_cert.as_deref(), Duration::from_secs(30))?;
     let api = Api {
         url: cli.url.clone(),
@@ -367,137 +594,171 @@ fn run(cli: Cli) -> Result<(), CliError> {
         agent,
     };
     let (v, printer): (Value, fn(&Value)) = match cli.cmd {
-        Cmd::Hosts => (api.call("GET", "/v1/hosts", None)?, |v| {
-            let rows = v
-                .as_array()
-                .cloned()
-                .unwrap_or_default()
-                .iter()
-                .map(|h| {
-                    let labels = h["labels"]
-                        .as_object()
-                        .map(|m| {
-                            m.iter()
-                                .map(|(k, x)| format!("{k}={}", s(x)))
-                                .collect::<Vec<_>>()
-                                .join(",")
-                        })
-                        .unwrap_or_default();
-                    vec![
-                        s(&h["name"]),
-                        if h["alive"].as_bool() == Some(true) {
-                            "alive".into()
-                        } else {
-                            "lost".into()
-                        },
-                        if h["schedulable"].as_bool() == Some(true) {
-                            "yes".into()
-                        } else {
-                            "drained".into()
-                        },
-                        s(&h["gpu_source"]),
-                        s(&h["gpus"]),
-                        s(&h["allocations"]),
-                        format!("{}:{}", s(&h["address"]), s(&h["serve_port"])),
-                        if labels.is_empty() {
-                            "-".into()
-                        } else {
-                            labels
-                        },
-                    ]
-                })
-                .collect();
-            table(
-                &[
-                    "HOST",
-                    "STATE",
-                    "SCHEDULABLE",
-                    "GPUS FROM",
-                    "GPUS",
-                    "ALLOCS",
-                    "SERVE ENDPOINT",
-                    "LABELS",
-                ],
-                rows,
-            );
-        }),
-        Cmd::Gpus => (api.call("GET", "/v1/gpus", None)?, |v| {
-            let rows = v
-                .as_array()
-                .cloned()
-                .unwrap_or_default()
-                .iter()
-                .map(|g| {
-                    vec![
-                        s(&g["uuid"]),
-                        s(&g["host"]),
-                        s(&g["index"]),
-                        s(&g["model"]),
-                        format!("{}/{}", s(&g["sm_allocated"]), s(&g["sm_capacity"])),
-                        format!(
-                            "{} / {}",
-                            human_bytes(g["memory_allocated_bytes"].as_u64().unwrap_or(0)),
-                            human_bytes(g["memory_bytes"].as_u64().unwrap_or(0))
-                        ),
-                        s(&g["slices"]),
-                        s(&g["slice_mode"]),
-                        s(&g["health"]),
-                        s(&g["numa_node"]),
-                    ]
-                })
-                .collect();
-            table(
-                &[
-                    "UUID",
-                    "HOST",
-                    "IDX",
-                    "MODEL",
-                    "SMS USED",
-                    "MEMORY USED",
-                    "SLICES",
-                    "MODE",
-                    "HEALTH",
-                    "NUMA",
-                ],
-                rows,
-            );
-        }),
-        Cmd::Slices => (api.call("GET", "/v1/slices", None)?, |v| {
-            let rows = v
-                .as_array()
-                .cloned()
-                .unwrap_or_default()
-                .iter()
-                .map(|x| {
-                    vec![
-                        s(&x["id"]),
-                        s(&x["gpu_uuid"]),
-                        s(&x["gpu_host"]),
-                        x["profile"].as_str().unwrap_or("custom").to_string(),
-                        s(&x["sm_count"]),
-                        human_bytes(x["memory_bytes"].as_u64().unwrap_or(0)),
-                        s(&x["allocation_id"]),
-                        s(&x["project"]),
-                        s(&x["vm"]),
-                    ]
-                })
-                .collect();
-            table(
-                &[
-                    "SLICE",
-                    "GPU",
-                    "HOST",
-                    "PROFILE",
-                    "SMS",
-                    "MEMORY",
-                    "ALLOCATION",
-                    "PROJECT",
-                    "VM",
-                ],
-                rows,
-            );
-        }),
-        Cmd::Allocations => (api.call("GET", "/v1/allocations", None)?, print_allocations),
+        Cmd::Hosts(f) => (
+            filter(List::Hosts, &f, api.call("GET", "/v1/hosts", None)?)?,
+            |v| {
+                let rows = v
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|h| {
+                        let labels = h["labels"]
+                            .as_object()
+                            .map(|m| {
+                                m.iter()
+                                    .map(|(k, x)| format!("{k}={}", s(x)))
+                                    .collect::<Vec<_>>()
+                                    .join(",")
+                            })
+                            .unwrap_or_default();
+                        vec![
+                            s(&h["name"]),
+                            if h["alive"].as_bool() == Some(true) {
+                                "alive".into()
+                            } else {
+                                "lost".into()
+                            },
+                            if h["schedulable"].as_bool() == Some(true) {
+                                "yes".into()
+                            } else {
+                                "drained".into()
+                            },
+                            s(&h["gpu_source"]),
+                            s(&h["gpus"]),
+                            s(&h["allocations"]),
+                            format!("{}:{}", s(&h["address"]), s(&h["serve_port"])),
+                            if labels.is_empty() {
+                                "-".into()
+                            } else {
+                                labels
+                            },
+                            s(&h["socket_dir"]),
+                            format!("{} ms ago", s(&h["last_seen_ms_ago"])),
+                            if h["enrolled"].as_bool() == Some(true) {
+                                "yes".into()
+                            } else {
+                                "no".into()
+                            },
+                            age(&h["registered_at"]),
+                        ]
+                    })
+                    .collect();
+                table(
+                    &[
+                        "HOST",
+                        "STATE",
+                        "SCHEDULABLE",
+                        "GPUS FROM",
+                        "GPUS",
+                        "ALLOCS",
+                        "SERVE ENDPOINT",
+                        "LABELS",
+                        "+SOCKET DIR",
+                        "+LAST SEEN",
+                        "+ENROLLED",
+                        "+REGISTERED",
+                    ],
+                    rows,
+                );
+            },
+        ),
+        Cmd::Gpus(f) => (
+            filter(List::Gpus, &f, api.call("GET", "/v1/gpus", None)?)?,
+            |v| {
+                let rows = v
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|g| {
+                        vec![
+                            s(&g["uuid"]),
+                            s(&g["host"]),
+                            s(&g["index"]),
+                            s(&g["model"]),
+                            format!("{}/{}", s(&g["sm_allocated"]), s(&g["sm_capacity"])),
+                            format!(
+                                "{} / {}",
+                                human_bytes(g["memory_allocated_bytes"].as_u64().unwrap_or(0)),
+                                human_bytes(g["memory_bytes"].as_u64().unwrap_or(0))
+                            ),
+                            s(&g["slices"]),
+                            s(&g["slice_mode"]),
+                            s(&g["health"]),
+                            s(&g["numa_node"]),
+                            s(&g["pci_bus_id"]),
+                            s(&g["oversubscription_ratio"]),
+                            human_bytes(g["memory_free_bytes"].as_u64().unwrap_or(0)),
+                        ]
+                    })
+                    .collect();
+                table(
+                    &[
+                        "UUID",
+                        "HOST",
+                        "IDX",
+                        "MODEL",
+                        "SMS USED",
+                        "MEMORY USED",
+                        "SLICES",
+                        "MODE",
+                        "HEALTH",
+                        "NUMA",
+                        "+PCI",
+                        "+OVERSUB",
+                        "+MEMORY FREE",
+                    ],
+                    rows,
+                );
+            },
+        ),
+        Cmd::Slices(f) => (
+            filter(List::Slices, &f, api.call("GET", "/v1/slices", None)?)?,
+            |v| {
+                let rows = v
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|x| {
+                        vec![
+                            s(&x["id"]),
+                            s(&x["gpu_uuid"]),
+                            s(&x["gpu_host"]),
+                            x["profile"].as_str().unwrap_or("custom").to_string(),
+                            s(&x["sm_count"]),
+                            human_bytes(x["memory_bytes"].as_u64().unwrap_or(0)),
+                            s(&x["allocation_id"]),
+                            s(&x["project"]),
+                            s(&x["vm"]),
+                        ]
+                    })
+                    .collect();
+                table(
+                    &[
+                        "SLICE",
+                        "GPU",
+                        "HOST",
+                        "PROFILE",
+                        "SMS",
+                        "MEMORY",
+                        "ALLOCATION",
+                        "PROJECT",
+                        "VM",
+                    ],
+                    rows,
+                );
+            },
+        ),
+        Cmd::Allocations(f) => (
+            filter(
+                List::Allocations,
+                &f,
+                api.call("GET", "/v1/allocations", None)?,
+            )?,
+            print_allocations,
+        ),
         Cmd::Get { id } => (
             api.call("GET", &format!("/v1/allocations/{id}"), None)?,
             |v| print_allocations(&json!([v])),
@@ -512,6 +773,8 @@ fn run(cli: Cli) -> Result<(), CliError> {
             allow_remote,
             spread,
             numa,
+            wait,
+            timeout,
         } => {
             let slice = match (profile, sm, memory) {
                 (Some(p), _, _) => json!({"profile": p}),
@@ -527,7 +790,11 @@ fn run(cli: Cli) -> Result<(), CliError> {
             if let Some(p) = project {
                 body["project"] = json!(p);
             }
-            (api.call("POST", "/v1/allocations", Some(body))?, |v| {
+            let mut v = api.call("POST", "/v1/allocations", Some(body))?;
+            if wait {
+                v = wait_running(&api, &s(&v["id"]), Duration::from_secs(timeout))?;
+            }
+            (v, |v| {
                 print_allocations(&json!([v]));
                 println!(
                     "\nRun a program on it:\n  VGPU_DEVICE=vhost-user:{} LD_LIBRARY_PATH=<dir with our libcuda.so.1> ./program",
@@ -579,6 +846,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
                 .collect();
             table(&["PROJECT", "ALLOCS (USED / QUOTA)", "MEMORY", "SMS"], rows);
         }),
+        Cmd::Completion { .. } | Cmd::Man => unreachable!("answered above"),
         Cmd::ProjectCreate {
             name,
             max_allocations,
@@ -619,10 +887,10 @@ fn run(cli: Cli) -> Result<(), CliError> {
             )
         }
     };
-    if cli.json {
-        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
-    } else {
-        printer(&v);
+    match output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default()),
+        Output::Yaml => print!("{}", serde_norway::to_string(&v).map_err(CliError::Yaml)?),
+        Output::Table | Output::Wide => printer(&v),
     }
     Ok(())
 }

@@ -177,6 +177,10 @@ pub struct Allocation {
     /// `pending` until the agent reports the worker running, then `running`.
     pub state: String,
     pub created_at: u64,
+    /// Device memory the slice holds now, as its worker last reported it in a heartbeat
+    /// (absent until one has; never stored).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_used_bytes: Option<u64>,
 }
 
 /// A slice view (what `GET /v1/slices` lists).

@@ -511,6 +511,7 @@ impl Pool {
                         .get_mut(&w.allocation_id)
                         .expect("checked above");
                     a.lease_expires = now + self.cfg.lease_ttl;
+                    a.a.memory_used_bytes = w.memory_used_bytes;
                     if a.a.state != "running" {
                         a.a.state = "running".into();
                         inner
@@ -760,6 +761,7 @@ impl Pool {
                     .then(|| format!("{}:{}", gpu_host.address, gpu_host.serve_port)),
                 state: "pending".into(),
                 created_at: now_ms(),
+                memory_used_bytes: None,
             };
             match inner.store.insert_allocation(&a) {
                 Ok(()) => break (a, d.gpu),

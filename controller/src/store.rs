@@ -383,6 +383,7 @@ impl Store for SqliteStore {
                 socket_path: r.get(11)?,
                 state: r.get(12)?,
                 created_at: r.get::<_, i64>(13)? as u64,
+                memory_used_bytes: None,
             })
         })?;
         for row in rows {
@@ -590,6 +591,7 @@ mod tests {
             socket_path: "/tmp/x.sock".into(),
             state: "pending".into(),
             created_at: 1,
+            memory_used_bytes: None,
         }
     }
 

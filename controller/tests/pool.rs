@@ -383,6 +383,38 @@ fn worker_crash_returns_the_slice() {
 }
 
 #[test]
+fn the_memory_a_worker_reports_shows_on_its_allocation() {
+    let d = TempDir::new("memused");
+    let c = Controller::start(&d.0, 3_000, 150);
+    // The stand-in worker is `sh -c SCRIPT --socket PATH ...`: $1 is its socket, and the agent
+    // reads the worker's ledger from `<socket>.status`, as vhost-gpu writes it.
+    let _h = Agent::start_with_worker(
+        &d.0,
+        &c.url,
+        "h1",
+        1,
+        &[],
+        7001,
+        r#"echo '{"memory_used_bytes": 12345, "clients": 1}' > "$1.status"; exec sleep 60"#,
+    );
+    c.wait_hosts(1);
+    let (_, a) = c.allocate("vm", "h1", json!({"profile": "1/2"}), json!({}));
+    let id = a["id"].as_str().unwrap().to_string();
+    assert_eq!(
+        a.get("memory_used_bytes"),
+        None,
+        "nothing reported yet: {a}"
+    );
+    c.wait_state(&id, "running");
+    wait_until(Duration::from_secs(5), || {
+        c.admin("GET", &format!("/v1/allocations/{id}"), None).1["memory_used_bytes"]
+            == json!(12345)
+    });
+    let (_, list) = c.admin("GET", "/v1/allocations", None);
+    assert_eq!(list[0]["memory_used_bytes"], json!(12345), "{list}");
+}
+
+#[test]
 fn vm_stop_reported_by_agent_releases_the_slice_once() {
     let d = TempDir::new("vmstop");
     let c = Controller::start(&d.0, 3_000, 150);

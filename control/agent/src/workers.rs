@@ -439,6 +439,7 @@ impl Workers {
                     pid: Some(pid),
                     exit_code: None,
                     rss_bytes: rss_bytes(pid),
+                    memory_used_bytes: slice_memory_used(&self.status_path(id)),
                 }
             })
             .collect();
@@ -448,6 +449,7 @@ impl Workers {
             pid: None,
             exit_code: *code,
             rss_bytes: None,
+            memory_used_bytes: None,
         }));
         v
     }

@@ -101,6 +101,10 @@ pub struct WorkerReport {
     pub exit_code: Option<i32>,
     /// Resident memory of the worker process, where readable.
     pub rss_bytes: Option<u64>,
+    /// Device memory the slice holds, from the worker's status file (its ledger), where it
+    /// reports one.
+    #[serde(default)]
+    pub memory_used_bytes: Option<u64>,
 }
 
 /// `POST /v1/agents/{name}/heartbeat`.

@@ -23,6 +23,8 @@ use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
+pub mod socket;
+
 use clap::parser::ValueSource;
 use clap::{Arg, ArgAction, ArgMatches, Command, CommandFactory};
 
@@ -105,7 +107,7 @@ pub fn parse<T: clap::Parser>(program: &Program) -> T {
     let args: Vec<OsString> = std::env::args_os().collect();
     match try_parse_from(program, args) {
         Ok(t) => t,
-        Err(e) => e.exit(&T::command().get_name().to_string()),
+        Err(e) => e.exit(T::command().get_name()),
     }
 }
 

@@ -139,7 +139,7 @@ fn agent(args: Vec<OsString>) -> CliError {
 
 fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    let cli = Cli::parse();
+    let cli: Cli = vgpu_config::parse(&vgpu_config::CONTROLLER);
     if let Err(e) = run(cli) {
         eprintln!("vgpu-controller: error: {}", error_chain(&e));
         std::process::exit(1);

@@ -10,7 +10,7 @@ fn main() {
     let config = match Config::try_from(args) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("vhost-gpu: {e}");
+            eprintln!("vhost-gpu: {}", vhost_gpu::error_chain(&e));
             std::process::exit(2);
         }
     };

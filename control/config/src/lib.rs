@@ -11,7 +11,8 @@
 //! and the environment left unset is checked with the flag's own value parser (so a bad value is
 //! reported with the file, line and key), added as `--flag=value`, and clap parses again. The
 //! file is `--config FILE` (a flag every program gets from here), else the program's environment
-//! variable (`VGPU_AGENT_CONFIG`, ...), else its default path when that file exists. An unknown
+//! variable (`VGPU_AGENT_CONFIG`, ...), else its default path when that file exists (not for
+//! `vgpu-controller up`, the one-host pool of a checkout: see [`Program::no_default_for`]). An unknown
 //! key, a bad value or a file that is not TOML is an error, and the program exits 2 without
 //! starting.
 //!
@@ -39,19 +40,25 @@ pub struct Program {
     pub default_path: &'static str,
     /// Environment variable naming its file (`VGPU_AGENT_CONFIG`).
     pub env: &'static str,
+    /// Subcommands that read no file unless one is named (`vgpu-controller up`, the one-host
+    /// pool of a checkout, which must not pick up an installed host's paths).
+    pub no_default_for: &'static [&'static str],
 }
 
 pub const CONTROLLER: Program = Program {
     default_path: "/etc/vgpu/controller.toml",
     env: "VGPU_CONTROLLER_CONFIG",
+    no_default_for: &["up"],
 };
 pub const AGENT: Program = Program {
     default_path: "/etc/vgpu/agent.toml",
     env: "VGPU_AGENT_CONFIG",
+    no_default_for: &[],
 };
 pub const VHOST_GPU: Program = Program {
     default_path: "/etc/vgpu/vhost-gpu.toml",
     env: "VHOST_GPU_CONFIG",
+    no_default_for: &[],
 };
 
 /// Why a program's configuration could not be read.
@@ -160,7 +167,9 @@ pub fn command<T: CommandFactory>(program: &Program) -> Command {
 fn config_path(program: &Program, matches: &ArgMatches) -> Option<PathBuf> {
     // `--config` is global: the chosen subcommand's matches hold it.
     let mut m = matches;
-    while let Some((_, sub)) = m.subcommand() {
+    let mut skip_default = false;
+    while let Some((name, sub)) = m.subcommand() {
+        skip_default |= program.no_default_for.contains(&name);
         m = sub;
     }
     if let Some(p) = m
@@ -170,7 +179,7 @@ fn config_path(program: &Program, matches: &ArgMatches) -> Option<PathBuf> {
         return Some(p.clone());
     }
     let p = Path::new(program.default_path);
-    p.exists().then(|| p.to_path_buf())
+    (p.exists() && !skip_default).then(|| p.to_path_buf())
 }
 
 /// The key of a flag in the file: its long name with `_` for `-`.

@@ -29,6 +29,7 @@ struct Flags {
 const TEST: Program = Program {
     default_path: "/nonexistent/vgpu-config-test.toml",
     env: "VGPU_CONFIG_TEST_FILE",
+    no_default_for: &[],
 };
 
 fn file(text: &str) -> tempfile::NamedTempFile {
@@ -230,4 +231,41 @@ fn keys_apply_to_the_chosen_subcommand() {
         parse_with::<WithSubcommands>(&bad, &["export"]),
         Err(ConfigError::Value { line: 1, .. })
     ));
+}
+
+// Mutations: the default path not read when it exists, or read for a subcommand in
+// `no_default_for`, fail this.
+#[test]
+fn the_default_file_is_read_when_it_exists_but_not_for_listed_subcommands() {
+    let f = file("listen = \"0.0.0.0:9\"\n");
+    let path: &'static str = Box::leak(f.path().to_str().unwrap().to_string().into_boxed_str());
+    let p = Program {
+        default_path: path,
+        env: "VGPU_CONFIG_TEST_UNSET",
+        no_default_for: &["export"],
+    };
+    let WithSubcommands { cmd } = try_parse_from(&p, vec!["prog".into(), "serve".into()]).unwrap();
+    assert!(matches!(cmd, Sub::Serve { listen, .. } if listen == "0.0.0.0:9"));
+    // `export` does not know `listen`: with the file read it would still parse, so make the
+    // file set `store`, which it knows.
+    std::fs::write(f.path(), "store = \"from-file\"\n").unwrap();
+    let WithSubcommands { cmd } = try_parse_from(&p, vec!["prog".into(), "export".into()]).unwrap();
+    assert!(
+        matches!(&cmd, Sub::Export { store, .. } if store == "s"),
+        "{cmd:?}"
+    );
+    let WithSubcommands { cmd } = try_parse_from(
+        &p,
+        vec![
+            "prog".into(),
+            "export".into(),
+            "--config".into(),
+            f.path().into(),
+        ],
+    )
+    .unwrap();
+    assert!(
+        matches!(&cmd, Sub::Export { store, .. } if store == "from-file"),
+        "{cmd:?}"
+    );
 }

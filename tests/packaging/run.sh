@@ -56,8 +56,16 @@ finished=0
 finish() {
     [ "$finished" = 1 ] && return
     finished=1
+    # The services get SIGTERM, as systemd stops them, and SIGKILL after 5 s.
     for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
-    for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null; done
+    for _ in $(seq 50); do
+        local alive=0 p
+        for p in "${PIDS[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
+        [ $alive = 0 ] && break
+        sleep 0.1
+    done
+    for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null; wait "$p" 2>/dev/null; done
+    say "services stopped"
     if [ "$FAIL" -gt 0 ]; then
         for f in "$logs"/*.log; do
             [ -s "$f" ] || continue
@@ -76,7 +84,7 @@ finish() {
     exit 0
 }
 trap 'fatal "interrupted"' INT TERM
-trap 'bad "the script stopped early (line $LINENO)"; finish' EXIT
+trap '[ "$finished" = 1 ] || { bad "the script stopped early"; finish; }' EXIT
 
 # ------------------------------------------------------------------ 1. packages
 debs=$work/debs

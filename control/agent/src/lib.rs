@@ -610,4 +610,31 @@ mod tests {
         assert_eq!(l.get("zone").unwrap(), "z1");
         assert!(parse_labels(&["rack".into()]).is_err());
     }
+
+    // Mutation: `socket_dir` not giving the directory its group and 0750 fails this (QEMU in
+    // that group could not reach the sockets); an unknown group must stop the agent.
+    #[test]
+    fn the_socket_directory_gets_the_socket_group() {
+        use std::os::unix::fs::MetadataExt as _;
+        let tmp = std::env::temp_dir().join(format!("vgpu-agent-sockdir-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&tmp);
+        // Root may give any group (CI runs as root); anyone may give their own.
+        // SAFETY: geteuid and getegid have no preconditions.
+        let gid = if unsafe { libc::geteuid() } == 0 {
+            4242
+        } else {
+            // SAFETY: as above.
+            unsafe { libc::getegid() }
+        };
+        let dir = tmp.join("sockets");
+        assert_eq!(socket_dir(&dir, Some(&gid.to_string())).unwrap(), Some(gid));
+        let md = std::fs::metadata(&dir).unwrap();
+        assert_eq!((md.mode() & 0o777, md.gid()), (0o750, gid));
+        assert_eq!(socket_dir(&tmp.join("plain"), None).unwrap(), None);
+        assert!(matches!(
+            socket_dir(&tmp.join("x"), Some("no-such-group-vgpu")),
+            Err(AgentError::SocketGroup(_))
+        ));
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
 }

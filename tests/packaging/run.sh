@@ -8,8 +8,8 @@
 #     is installed there so `systemd-analyze` checks the units as installed. That root is a
 #     chroot, not a booted system: systemd is not PID 1 there, so
 #  3. each unit's ExecStart runs as systemd would start it, read from the installed unit file:
-#     User=, Group=, SupplementaryGroups=, EnvironmentFile=, UMask=, StateDirectory=,
-#     RuntimeDirectory= (and their modes), LimitMEMLOCK=, NoNewPrivileges= and an empty
+#     User=, Group=, SupplementaryGroups=, Environment=, EnvironmentFile=, UMask=,
+#     StateDirectory=, RuntimeDirectory= (and their modes), CacheDirectory=, LimitMEMLOCK=, NoNewPrivileges= and an empty
 #     CapabilityBoundingSet= (setpriv). What is not emulated (the cgroup's DevicePolicy and
 #     DeviceAllow, ProtectSystem, PrivateTmp, the namespaces, SystemCallFilter) is checked by
 #     `systemd-analyze verify` and `systemd-analyze security --offline` instead.
@@ -25,8 +25,7 @@
 #   VGPU_DEB_MIRROR    Debian mirror for debootstrap (default http://deb.debian.org/debian)
 #   VGPU_KEEP=1        keep the temporary folder (the root and the logs) for a look afterwards
 set -uo pipefail
-cd "$(dirname "$0")/../.."
-repo=$PWD
+cd "$(dirname "$0")/../.." || exit 1
 bin_dir=${VGPU_BIN_DIR:-target/debug}
 mirror=${VGPU_DEB_MIRROR:-http://deb.debian.org/debian}
 t0=$(date +%s)
@@ -200,7 +199,14 @@ start_unit() {
         install -d -m "${mode:-0755}" "$root/run/$d"
         in_root chown "$user:$group" "/run/$d"
     done
+    for d in $(unit_get "$file" CacheDirectory "$inst"); do
+        mkdir -p "$root/var/cache/$(dirname "$d")"
+        install -d -m 0700 "$root/var/cache/$d"
+        in_root chown "$user:$group" "/var/cache/$d"
+    done
     local envs=() f line
+    # shellcheck disable=SC2207
+    envs+=($(unit_get "$file" Environment "$inst"))
     for f in $(unit_get "$file" EnvironmentFile "$inst"); do
         f=${f#-}
         [ -f "$root$f" ] || continue
@@ -263,7 +269,7 @@ wait_for() { # wait_for SECONDS command...
 check "controller (vgpu-controller.service's ExecStart as user vgpu) answers on 127.0.0.1:$cport" wait_for 30 ctl hosts
 vgpu_uid=$(in_root id -u vgpu)
 check "controller runs as vgpu with no capabilities and no_new_privs" bash -c "
-    s=/proc/$CPID/status; grep -q '^Uid:[[:space:]]*$vgpu_uid[[:space:]]' \$s && grep -q '^CapEff:.*0000000000000000' \$s &&
+    s=/proc/$CPID/status; grep -q '^Uid:[[:space:]]*${vgpu_uid}[[:space:]]' \$s && grep -q '^CapEff:.*0000000000000000' \$s &&
     grep -q '^CapBnd:.*0000000000000000' \$s && grep -q '^NoNewPrivs:.*1' \$s"
 access() { in_root stat -c '%a %U %G' "$1"; }
 state_ok() { [ "$(access /var/lib/vgpu/controller)" = '700 vgpu vgpu' ] && [ -f "$root/var/lib/vgpu/controller/pool.db" ]; }

@@ -3,6 +3,7 @@
 #   VGPU_SKIP_VM=1     skip the QEMU/libvirt guest tests (they need root, apt and ~5 minutes)
 #   VGPU_FUZZ_SECS=N   seconds per fuzz target (default 30; 0 skips fuzzing)
 #   VGPU_SOAK_SECS=N   seconds of the pool soak, vgpu-soak (default 180; 0 skips it)
+#   VGPU_SKIP_PACKAGING=1  skip the .deb install test (it needs root and debootstrap's mirror)
 set -euo pipefail
 export CARGO_TERM_COLOR=never
 # A one-shot build gains nothing from incremental caches, and they double the target on a small disk.
@@ -76,6 +77,14 @@ if [ "${VGPU_SKIP_VM:-0}" != 1 ]; then
     vm_passed=$(sed -n 's/.* \([0-9]*\) passed, 0 failed$/\1/p' "$vmlog" | tail -1)
     rm -f "$vmlog"
     passed=$((passed + ${vm_passed:-0}))
+fi
+if [ "${VGPU_SKIP_PACKAGING:-0}" != 1 ]; then
+    step "packaging: the .deb packages in a clean bookworm root, the services run as their units say"
+    plog=$(mktemp)
+    VGPU_BIN_DIR=target/debug tests/packaging/run.sh 2>&1 | tee "$plog"
+    pkg_passed=$(sed -n 's/^packaging: \([0-9]*\) passed, 0 failed.*/\1/p' "$plog" | tail -1)
+    rm -f "$plog"
+    passed=$((passed + ${pkg_passed:-0}))
 fi
 step "all tests passed"
 echo "tests: $passed passed, 0 failed"

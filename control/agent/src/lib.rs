@@ -84,6 +84,18 @@ pub struct AgentArgs {
     /// Directory for the credential, worker sockets (`sockets/`), pid files and logs (`workers/`).
     #[arg(long, default_value = "./.vgpu-agent")]
     pub state_dir: PathBuf,
+    /// Directory of the workers' vhost-user sockets and status files (default
+    /// `<state-dir>/sockets`; installed: /run/vgpu/sockets).
+    #[arg(long)]
+    pub socket_dir: Option<PathBuf>,
+    /// Mode of the workers' sockets, octal (0660: the agent's user and --socket-group may
+    /// connect). Default: as the worker's umask leaves it.
+    #[arg(long, value_parser = vgpu_config::socket::parse_mode)]
+    pub socket_mode: Option<u32>,
+    /// Group of the workers' sockets and their directory, a name or number: the group QEMU runs
+    /// in (kvm, libvirt-qemu), so QEMU running as its own user can connect.
+    #[arg(long)]
+    pub socket_group: Option<String>,
     /// Worker program (default: `vhost-gpu` next to this executable, else from PATH).
     #[arg(long)]
     pub worker_bin: Option<PathBuf>,
@@ -102,11 +114,25 @@ pub struct AgentArgs {
     pub ca_cert: Option<PathBuf>,
 }
 
+/// Creates the workers' socket directory; with a socket group, gives it that group and mode
+/// 0750 (so members of the group, QEMU, can reach the sockets in it, and nobody else).
+fn socket_dir(dir: &Path, group: Option<&str>) -> Result<Option<u32>, AgentError> {
+    std::fs::create_dir_all(dir).map_err(FileError::on("create", dir))?;
+    let Some(group) = group else {
+        return Ok(None);
+    };
+    let gid = vgpu_config::socket::group_id(group).map_err(AgentError::SocketGroup)?;
+    vgpu_config::socket::apply(dir, Some(0o750), Some(gid)).map_err(AgentError::SocketGroup)?;
+    Ok(Some(gid))
+}
+
 /// Why the agent stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
     #[error("Label {0:?} is not key=value")]
     BadLabel(String),
+    #[error("Cannot give the worker sockets their group")]
+    SocketGroup(#[source] vgpu_config::socket::SocketError),
     #[error("GPU discovery failed")]
     Discovery(#[source] DiscoveryError),
     #[error(transparent)]
@@ -377,9 +403,13 @@ pub fn run_until(args: AgentArgs, stop: Arc<AtomicBool>) -> Result<(), AgentErro
         .and_then(|()| std::fs::canonicalize(&args.state_dir))
         .map_err(FileError::on("create", &args.state_dir))?;
     // Pid files and worker logs: the agent's only. Sockets: reachable by the VMM.
-    let (workers_dir, sockets_dir) = (state_dir.join("workers"), state_dir.join("sockets"));
+    let workers_dir = state_dir.join("workers");
     create_private_dir(&workers_dir).map_err(FileError::on("create", &workers_dir))?;
-    std::fs::create_dir_all(&sockets_dir).map_err(FileError::on("create", &sockets_dir))?;
+    let sockets_dir = args
+        .socket_dir
+        .clone()
+        .unwrap_or_else(|| state_dir.join("sockets"));
+    let socket_gid = socket_dir(&sockets_dir, args.socket_group.as_deref())?;
     let cred_path = args
         .host_token_file
         .clone()
@@ -404,6 +434,7 @@ pub fn run_until(args: AgentArgs, stop: Arc<AtomicBool>) -> Result<(), AgentErro
         worker_bin,
         args.worker_args.clone(),
     );
+    workers.set_socket_access(args.socket_mode, socket_gid);
     workers.adopt();
     // The pool's enrolment token doubles as the secret between slice servers and workers.
     if let Some(t) = &args.token {
@@ -580,5 +611,32 @@ mod tests {
         assert_eq!(l.get("rack").unwrap(), "r1");
         assert_eq!(l.get("zone").unwrap(), "z1");
         assert!(parse_labels(&["rack".into()]).is_err());
+    }
+
+    // Mutation: `socket_dir` not giving the directory its group and 0750 fails this (QEMU in
+    // that group could not reach the sockets); an unknown group must stop the agent.
+    #[test]
+    fn the_socket_directory_gets_the_socket_group() {
+        use std::os::unix::fs::MetadataExt as _;
+        let tmp = std::env::temp_dir().join(format!("vgpu-agent-sockdir-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&tmp);
+        // Root may give any group (CI runs as root); anyone may give their own.
+        // SAFETY: geteuid and getegid have no preconditions.
+        let gid = if unsafe { libc::geteuid() } == 0 {
+            4242
+        } else {
+            // SAFETY: as above.
+            unsafe { libc::getegid() }
+        };
+        let dir = tmp.join("sockets");
+        assert_eq!(socket_dir(&dir, Some(&gid.to_string())).unwrap(), Some(gid));
+        let md = std::fs::metadata(&dir).unwrap();
+        assert_eq!((md.mode() & 0o777, md.gid()), (0o750, gid));
+        assert_eq!(socket_dir(&tmp.join("plain"), None).unwrap(), None);
+        assert!(matches!(
+            socket_dir(&tmp.join("x"), Some("no-such-group-vgpu")),
+            Err(AgentError::SocketGroup(_))
+        ));
+        let _ = std::fs::remove_dir_all(&tmp);
     }
 }

@@ -159,6 +159,9 @@ pub(crate) struct Workers {
     remote_token: Option<String>,
     /// Assignments refused by `check_assignment` (logged once each).
     refused: HashSet<String>,
+    /// `--socket-mode` and the id of `--socket-group`, passed to each worker.
+    socket_mode: Option<u32>,
+    socket_gid: Option<u32>,
 }
 
 fn pid_alive(pid: u32) -> bool {
@@ -203,6 +206,12 @@ fn probe_help(bin: &std::path::Path, prefix: &[String]) -> Option<String> {
 impl Workers {
     fn supports(&self, flag: &str) -> bool {
         self.help.as_ref().is_none_or(|h| h.contains(flag))
+    }
+
+    /// Who may connect to the workers' sockets (`vhost-gpu --socket-mode/--socket-group`).
+    pub(crate) fn set_socket_access(&mut self, mode: Option<u32>, gid: Option<u32>) {
+        self.socket_mode = mode;
+        self.socket_gid = gid;
     }
 
     /// Remote slices between this pool's hosts prove `token` (see `docs/remote.md`).
@@ -266,6 +275,8 @@ impl Workers {
             start_failures: 0,
             remote_token: None,
             refused: HashSet::new(),
+            socket_mode: None,
+            socket_gid: None,
         }
     }
 
@@ -506,6 +517,12 @@ impl Workers {
         }
         c.env(ALLOCATION_ENV, &a.allocation_id);
         c.arg("--socket").arg(self.socket_path(&a.allocation_id));
+        if let Some(m) = self.socket_mode.filter(|_| self.supports("--socket-mode")) {
+            c.arg("--socket-mode").arg(format!("{m:04o}"));
+        }
+        if let Some(g) = self.socket_gid.filter(|_| self.supports("--socket-group")) {
+            c.arg("--socket-group").arg(g.to_string());
+        }
         if let Some(ep) = &a.remote_endpoint {
             c.arg("--remote").arg(ep);
         }
@@ -715,6 +732,30 @@ mod tests {
                 .any(|(k, v)| *k == ALLOCATION_ENV && v.is_some_and(|v| v == "a-1")),
             "{env:?}"
         );
+        assert!(!args.iter().any(|a| a.starts_with("--socket-")), "{args:?}");
+    }
+
+    // Mutation: not passing the agent's socket mode or group to the worker fails this.
+    #[test]
+    fn a_worker_gets_the_agents_socket_mode_and_group() {
+        let mut w = Workers::new(
+            PathBuf::from("/state/workers"),
+            PathBuf::from("/state/sockets"),
+            PathBuf::from("/nonexistent/vhost-gpu"),
+            Vec::new(),
+        );
+        w.set_socket_access(Some(0o660), Some(994));
+        let args: Vec<String> = w
+            .command(&assignment("a-1"))
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        let after = |flag: &str| {
+            let i = args.iter().position(|a| a == flag).expect(flag);
+            args[i + 1].clone()
+        };
+        assert_eq!(after("--socket-mode"), "0660");
+        assert_eq!(after("--socket-group"), "994");
     }
 }
 

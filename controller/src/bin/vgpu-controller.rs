@@ -139,7 +139,7 @@ fn agent(args: Vec<OsString>) -> CliError {
 
 fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    let cli = Cli::parse();
+    let cli: Cli = vgpu_config::parse(&vgpu_config::CONTROLLER);
     if let Err(e) = run(cli) {
         eprintln!("vgpu-controller: error: {}", error_chain(&e));
         std::process::exit(1);
@@ -349,6 +349,11 @@ async fn up(mut a: UpArgs) -> Result<(), CliError> {
         "--metrics-addr".into(),
         a.agent_metrics_addr.clone().into(),
     ];
+    // The one-host pool of a checkout: an installed host's /etc/vgpu/agent.toml (its paths,
+    // its socket group) is not this agent's, unless VGPU_AGENT_CONFIG names a file.
+    if std::env::var_os(vgpu_config::AGENT.env).is_none() {
+        args.extend(["--config".into(), "/dev/null".into()]);
+    }
     match a.sim_gpus {
         Some(n) => args.extend(["--sim-gpus".into(), n.to_string().into()]),
         None => args.extend(["--sim-gpus-without-driver".into(), "1".into()]),

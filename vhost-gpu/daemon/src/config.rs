@@ -45,6 +45,8 @@ pub enum ConfigError {
     Zero(&'static str),
     #[error("--serve-remote-connection is for the remote-slice listener's session processes")]
     ConnectionWithoutListen,
+    #[error("Bad --socket-group")]
+    SocketGroup(#[source] vgpu_config::socket::SocketError),
 }
 
 /// Which device executes the calls.
@@ -64,6 +66,14 @@ pub struct Args {
     /// vhost-user socket to serve a VM (or virtio-user processes) on.
     #[arg(long)]
     pub socket: Option<PathBuf>,
+    /// Mode of the vhost-user socket, octal (e.g. 0660: its owner and group may connect).
+    /// Default: as the umask leaves it.
+    #[arg(long, value_parser = vgpu_config::socket::parse_mode)]
+    pub socket_mode: Option<u32>,
+    /// Group of the vhost-user socket, a name or number (e.g. kvm or libvirt-qemu: the group
+    /// QEMU runs in), so QEMU running as its own user can connect.
+    #[arg(long)]
+    pub socket_group: Option<String>,
     /// Serve remote slices on this TCP address (HOST:PORT) instead: each connection is one
     /// slice, with the limits its VM host asks for.
     #[arg(long)]
@@ -177,6 +187,9 @@ impl GpuSelection {
 pub struct Config {
     /// The vhost-user socket (empty with `listen`).
     pub socket: PathBuf,
+    /// Its mode and group, when given.
+    pub socket_mode: Option<u32>,
+    pub socket_gid: Option<u32>,
     /// Serve remote slices on this TCP address.
     pub listen: Option<String>,
     /// Forward to this GPU host.
@@ -334,8 +347,16 @@ impl TryFrom<Args> for Config {
                 .accepted_at_us
                 .map(|us| std::time::UNIX_EPOCH + Duration::from_micros(us)),
         };
+        let socket_gid = a
+            .socket_group
+            .as_deref()
+            .map(vgpu_config::socket::group_id)
+            .transpose()
+            .map_err(ConfigError::SocketGroup)?;
         Ok(Config {
             socket,
+            socket_mode: a.socket_mode,
+            socket_gid,
             listen,
             remote,
             remote_secret,

@@ -40,6 +40,8 @@ pub enum Error {
     Exec(#[source] std::io::Error),
     #[error("Could not listen on the vhost-user socket: {0}")]
     Listen(vhost::vhost_user::Error),
+    #[error("Could not set who may connect to the vhost-user socket")]
+    SocketAccess(#[source] vgpu_config::socket::SocketError),
     #[error("Could not start a thread for a frontend")]
     Thread(#[source] std::io::Error),
     #[error("Could not listen for remote slices")]
@@ -159,6 +161,8 @@ pub fn run(config: &Config, max_connections: Option<usize>) -> Result<(), Error>
         }
     }
     let mut listener = Listener::new(&config.socket, true).map_err(Error::Listen)?;
+    vgpu_config::socket::apply(&config.socket, config.socket_mode, config.socket_gid)
+        .map_err(Error::SocketAccess)?;
     confine(config)?;
     let mut connections: Vec<std::thread::JoinHandle<()>> = Vec::new();
     let mut namespace = 0u32;

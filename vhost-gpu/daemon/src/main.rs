@@ -1,4 +1,3 @@
-use clap::Parser;
 use vhost_gpu::{Config, config::Args};
 
 fn main() {
@@ -6,12 +5,12 @@ fn main() {
     // there and never returns.
     vgpu_seccomp::spawner::serve_if_spawner();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    let args = Args::parse();
+    let args: Args = vgpu_config::parse(&vgpu_config::VHOST_GPU);
     let max = args.max_connections;
     let config = match Config::try_from(args) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("vhost-gpu: {e}");
+            eprintln!("vhost-gpu: {}", vhost_gpu::error_chain(&e));
             std::process::exit(2);
         }
     };

@@ -12,7 +12,7 @@ struct Cli {
 
 fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    let cli = Cli::parse();
+    let cli: Cli = vgpu_config::parse(&vgpu_config::AGENT);
     if let Err(e) = vgpu_agent::run(cli.agent) {
         eprintln!("vgpu-agent: error: {}", vgpu_protocol::error_chain(&e));
         std::process::exit(1);

@@ -9,6 +9,7 @@ pub mod limits;
 pub mod metrics;
 pub mod model;
 pub mod openapi;
+pub mod placement;
 pub mod pool;
 pub mod scheduler;
 pub mod server;

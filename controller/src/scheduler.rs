@@ -141,6 +141,9 @@ pub struct PlaceRequest<'a> {
     pub strategy: Strategy,
     pub numa: Option<i32>,
     pub topology: &'a [String],
+    /// Only this GPU (index into `Index::gpus`): a placement another scheduler already decided
+    /// (OpenStack Placement's allocation, `placement.rs`).
+    pub only_gpu: Option<u32>,
 }
 
 impl Index {
@@ -282,6 +285,9 @@ impl Index {
                 continue;
             }
             for &gi in &self.hosts[h as usize].gpus {
+                if req.only_gpu.is_some_and(|only| only != gi) {
+                    continue;
+                }
                 let g = &self.gpus[gi as usize];
                 let Some((sm, mem)) = g.demand(req.want) else {
                     continue;
@@ -386,6 +392,7 @@ mod tests {
             strategy,
             numa: None,
             topology: topo,
+            only_gpu: None,
         }
     }
 

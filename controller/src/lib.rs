@@ -5,6 +5,7 @@
 pub mod api;
 pub mod auth;
 pub mod etcd_store;
+pub mod libvirt;
 pub mod limits;
 pub mod metrics;
 pub mod model;

@@ -8,8 +8,8 @@
 //!    `CUSTOM_VGPU_MEMORY_MB` and one class per fixed profile (`CUSTOM_VGPU_<MODEL>_1_<N>`),
 //!    and traits for the model, the slice mode, the compute mode and remote capability.
 //!    A GPU whose host serves remote slices also gets a *sharing* provider,
-//!    `vgpu_remote_<gpu uuid>` (`MISC_SHARES_VIA_AGGREGATE`), in one aggregate with every
-//!    compute node of the pool, so Nova can land an instance on a host without a GPU.
+//!    `vgpu_remote_<gpu uuid>` (`MISC_SHARES_VIA_AGGREGATE`), in one aggregate with the
+//!    compute nodes of the pool's hosts that have no GPU, so Nova can land an instance there.
 //! 2. Placement's allocations against those providers, by consumer (instance UUID), are the
 //!    truth for which instance holds which slice: a consumer without a pool allocation gets one
 //!    (on the GPU Placement chose, in project `--placement-project`, `vm` = the instance UUID);
@@ -711,9 +711,13 @@ impl Sync {
                 self.ensure_aggregate(rp)?;
             }
         }
+        // Only hosts without a GPU see the sharing providers: a GPU host takes its own
+        // GPUs' child providers, so one instance never finds the same GPU twice.
         if any_remote {
-            for cn in cn_of_host.values() {
-                self.ensure_aggregate(cn)?;
+            for (host, cn) in &cn_of_host {
+                if !gpus.iter().any(|g| &g.gpu.host == host) {
+                    self.ensure_aggregate(cn)?;
+                }
             }
         }
         // inventories first from the pool as it is, so new providers can be allocated from

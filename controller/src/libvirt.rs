@@ -183,12 +183,26 @@ impl Virsh {
             return Ok(t.elapsed());
         }
         let bus = free_root_port(&pci).ok_or_else(|| LibvirtError::NoRootPort(domain.into()))?;
-        // a chardev left by an earlier attach whose device_add failed
-        let _ = self.qmp(
-            domain,
-            &json!({"execute": "chardev-remove", "arguments": {"id": format!("{id}c")}}),
-        );
-        self.qmp(domain, &chardev_add(id, socket, reconnect_ms))?;
+        if let Err(e) = self.qmp(domain, &chardev_add(id, socket, reconnect_ms)) {
+            // Another attach of the same device is under way (the watcher and `vgpuctl
+            // attach` at once), or an earlier one left its chardev: wait for the device, then
+            // take the chardev over.
+            let in_flight = Instant::now();
+            while in_flight.elapsed() < Duration::from_secs(5) {
+                if self.is_attached(domain, id)? {
+                    return Ok(t.elapsed());
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let removed = self.qmp(
+                domain,
+                &json!({"execute": "chardev-remove", "arguments": {"id": format!("{id}c")}}),
+            );
+            if removed.is_err() {
+                return Err(e);
+            }
+            self.qmp(domain, &chardev_add(id, socket, reconnect_ms))?;
+        }
         if let Err(e) = self.qmp(domain, &device_add(id, &bus)) {
             let _ = self.qmp(
                 domain,

@@ -306,13 +306,13 @@ pub enum Action {
         allocation: String,
         consumer: String,
     },
-    /// A slice made outside Nova without its mirror in Placement.
+    /// A slice made outside Nova without its mirror in Placement: a fixed profile as its
+    /// class (amount 1), an arbitrary slice as SMs and memory.
     Mirror {
         allocation: String,
         consumer: String,
         provider: String,
-        sm: u32,
-        memory_mb: u64,
+        resources: BTreeMap<String, u64>,
     },
     /// A mirror whose slice is gone.
     DeleteMirror { consumer: String },
@@ -322,9 +322,10 @@ pub enum Action {
 
 /// Decide what one pass does: Placement's consumers against the pool's allocations.
 /// `compute_nodes` maps compute-node provider UUIDs to pool host names; `gpu_provider` maps a
-/// GPU UUID to its child provider (for mirrors).
+/// GPU UUID to its child provider (for mirrors); `profiles` are the profile classes offered.
 pub fn plan(
     project: &str,
+    profiles: &[u32],
     allocs: &[Allocation],
     consumers: &[Consumer],
     ours: &HashMap<String, OurProvider>,
@@ -424,12 +425,19 @@ pub fn plan(
             continue;
         }
         if let Some(rp) = gpu_provider.get(&a.gpu_uuid) {
+            let model = ours.get(rp).map_or("", |p| p.model.as_str());
+            let resources = match a.profile {
+                Some(n) if profiles.contains(&n) => BTreeMap::from([(profile_class(model, n), 1)]),
+                _ => BTreeMap::from([
+                    (RC_SM.to_string(), u64::from(a.sm_count)),
+                    (RC_MEMORY_MB.to_string(), a.memory_bytes.div_ceil(MIB)),
+                ]),
+            };
             out.push(Action::Mirror {
                 allocation: a.id.clone(),
                 consumer: consumer.clone(),
                 provider: rp.clone(),
-                sm: a.sm_count,
-                memory_mb: a.memory_bytes.div_ceil(MIB),
+                resources,
             });
         }
     }
@@ -740,6 +748,7 @@ impl Sync {
         let allocs = self.pool.allocations(&Role::Admin);
         let actions = plan(
             &self.args.placement_project,
+            &self.args.placement_profiles,
             &allocs,
             &consumers,
             &ours,
@@ -906,12 +915,11 @@ impl Sync {
             Action::Mirror {
                 consumer,
                 provider,
-                sm,
-                memory_mb,
+                resources,
                 ..
             } => {
                 let body = json!({
-                    "allocations": {provider: {"resources": {RC_SM: sm, RC_MEMORY_MB: memory_mb}}},
+                    "allocations": {provider: {"resources": resources}},
                     "project_id": MIRROR_PROJECT, "user_id": MIRROR_PROJECT,
                     "consumer_generation": null, "consumer_type": MIRROR_CONSUMER_TYPE,
                 });
@@ -1115,7 +1123,8 @@ mod tests {
 
     /// Mutations caught: dropping any of the four directions (allocate for a new consumer,
     /// release an orphan slice, mirror a slice made outside Nova, delete an orphan mirror),
-    /// taking the GPU's host instead of the compute node as the VM's host.
+    /// taking the GPU's host instead of the compute node as the VM's host, mirroring a
+    /// profile slice as SMs (a homogeneous GPU has no SMs to offer next to a profile).
     #[test]
     fn plan_reconciles_both_ways() {
         let ours = HashMap::from([
@@ -1148,6 +1157,7 @@ mod tests {
             alloc("a-orphan", "openstack", "i-gone", Some(2)),
             alloc("a-cli", "default", "myvm", None),
             alloc("a-cli2", "default", "myvm2", None),
+            alloc("a-cli3", "default", "myvm3", Some(2)),
         ];
         let consumers = vec![
             consumer(
@@ -1190,7 +1200,7 @@ mod tests {
                 &[("rp-gpu", &[])],
             ),
         ];
-        let mut got = plan("openstack", &allocs, &consumers, &ours, &cns, &gp);
+        let mut got = plan("openstack", &[1, 2], &allocs, &consumers, &ours, &cns, &gp);
         got.sort_by_key(|a| format!("{a:?}"));
         let mut want = vec![
             Action::Allocate {
@@ -1223,8 +1233,13 @@ mod tests {
                 allocation: "a-cli2".into(),
                 consumer: mirror_consumer("a-cli2"),
                 provider: "rp-gpu".into(),
-                sm: 66,
-                memory_mb: 70 * 1024,
+                resources: BTreeMap::from([(RC_SM.into(), 66), (RC_MEMORY_MB.into(), 70 * 1024)]),
+            },
+            Action::Mirror {
+                allocation: "a-cli3".into(),
+                consumer: mirror_consumer("a-cli3"),
+                provider: "rp-gpu".into(),
+                resources: BTreeMap::from([("CUSTOM_VGPU_H200_1_2".into(), 1)]),
             },
             Action::DeleteMirror {
                 consumer: mirror_consumer("a-old"),

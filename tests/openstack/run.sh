@@ -204,8 +204,10 @@ fi
 
 # ---------------------------------------------------------------- 2. delete frees the slice
 $NOVA delete "$I1" > /dev/null
-if wait_alloc "$I1" absent 15 && [ "$(used_on "$RP0" $RC_HALF)" = 0 ] && [ "$(used_on "$RP1" $RC_HALF)" = 0 ] \
-   && [ -z "$(ls "$W/agent/sockets/" 2>/dev/null | grep '\.sock$')" ]; then
+freed() { [ -z "$(alloc_of "$I1")" ] && [ "$(used_on "$RP0" $RC_HALF)" = 0 ] && [ "$(used_on "$RP1" $RC_HALF)" = 0 ] \
+   && [ -z "$(ls "$W/agent/sockets/" 2>/dev/null | grep '\.sock$')" ]; }
+for _ in $(seq 150); do freed && break; sleep 0.1; done
+if freed; then
   ok "instance deleted: its slice is gone from the pool, its allocation from Placement, the worker's socket removed"
 else
   bad "instance deleted: pool '$(alloc_of "$I1")', Placement usage $(used_on "$RP0" $RC_HALF)/$(used_on "$RP1" $RC_HALF), sockets '$(ls "$W/agent/sockets/" 2>/dev/null)'"
@@ -236,6 +238,7 @@ if "$BIN/vgpuctl" attach os-plain --profile 1/4 --host $HOST > "$LOG/attach.log"
 else
   cat "$LOG/attach.log"; bad "vgpuctl attach"
 fi
+$V destroy os-plain > /dev/null 2>&1
 fi
 $V undefine os-plain > /dev/null 2>&1
 

@@ -420,6 +420,25 @@ mod tests {
         ix.place(&req(host, want, false, Strategy::Binpack, &[]))
     }
 
+    /// Mutation caught: `only_gpu` ignored (binpack would take the fuller GPU 0).
+    #[test]
+    fn only_gpu_pins_the_decision() {
+        let mut ix = one_host("h1", 2);
+        ix.apply(0, Shape::Profile(4), 33, 35 << 30);
+        let free = req("h1", Want::Profile(4), false, Strategy::Binpack, &[]);
+        assert_eq!(ix.place(&free).unwrap().gpu, 0);
+        let pinned = PlaceRequest {
+            only_gpu: Some(1),
+            ..free.clone()
+        };
+        assert_eq!(ix.place(&pinned).unwrap().gpu, 1);
+        // a pinned GPU without room is no capacity, never another GPU
+        for _ in 0..4 {
+            ix.apply(1, Shape::Profile(4), 33, 35 << 30);
+        }
+        assert!(matches!(ix.place(&pinned), Err(PlaceError::NoCapacity(_))));
+    }
+
     #[test]
     fn homogeneous_profiles_and_capacity() {
         let mut ix = one_host("h1", 1);

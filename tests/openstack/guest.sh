@@ -12,7 +12,7 @@ if [ ! -e /dev/vgpu0 ]; then
 fi
 echo "VGPU-OS hot-plugged /dev/vgpu0 at uptime $(cut -d' ' -f1 /proc/uptime)s"
 for d in /sys/bus/virtio/devices/*; do
-  echo "VGPU-OS virtio $(basename $d) device=$(cat $d/device) driver=$(basename $(readlink $d/driver) 2>/dev/null)"
+  echo "VGPU-OS virtio $(basename $d) device=$(cat $d/device) driver=$(basename "$(readlink "$d/driver")" 2>/dev/null)"
 done
 # shellcheck disable=SC2046
 driver_api_e2e $(cat /etc/vgpu/e2e-args 2>/dev/null)

@@ -112,7 +112,7 @@ start_controller() {
   RUST_LOG=info "$BIN/vgpu-controller" serve --listen "$CTL_ADDR" --state-dir "$W/ctl" \
     --admin-token "$VGPU_TOKEN" --agent-token os-agent-token --heartbeat-ms 500 --lease-ttl-ms 10000 \
     --placement-url "$PL_URL" --placement-interval-ms 1000 >> "$LOG/controller.log" 2>&1 &
-  CTL_PID=$!; PIDS+=($CTL_PID)
+  CTL_PID=$!; PIDS+=("$CTL_PID")
   for _ in $(seq 100); do curl -sf "$VGPU_URL/healthz" >/dev/null && return 0; sleep 0.1; done
   return 1
 }
@@ -205,12 +205,12 @@ fi
 # ---------------------------------------------------------------- 2. delete frees the slice
 $NOVA delete "$I1" > /dev/null
 freed() { [ -z "$(alloc_of "$I1")" ] && [ "$(used_on "$RP0" $RC_HALF)" = 0 ] && [ "$(used_on "$RP1" $RC_HALF)" = 0 ] \
-   && [ -z "$(ls "$W/agent/sockets/" 2>/dev/null | grep '\.sock$')" ]; }
+   && ! compgen -G "$W/agent/sockets/*.sock" > /dev/null; }
 for _ in $(seq 150); do freed && break; sleep 0.1; done
 if freed; then
   ok "instance deleted: its slice is gone from the pool, its allocation from Placement, the worker's socket removed"
 else
-  bad "instance deleted: pool '$(alloc_of "$I1")', Placement usage $(used_on "$RP0" $RC_HALF)/$(used_on "$RP1" $RC_HALF), sockets '$(ls "$W/agent/sockets/" 2>/dev/null)'"
+  bad "instance deleted: pool '$(alloc_of "$I1")', Placement usage $(used_on "$RP0" $RC_HALF)/$(used_on "$RP1" $RC_HALF), sockets '$(ls "$W/agent/sockets/" 2>/dev/null | tr '\n' ' ')'"
 fi
 
 # ---------------------------------------------------------------- 3. plain libvirt: hot-plug into a running guest
@@ -297,5 +297,38 @@ else
   bad "controller restart: pool '$(ctl allocations | jq -c '[.[].vm]')', expected $IN and not $IK"
 fi
 $NOVA delete "$IN" > /dev/null; wait_alloc "$IN" absent 15
+
+# ---------------------------------------------------------------- 8. a host without a GPU: the sharing provider
+H2=os-compute-2
+$NOVA node $H2 > "$LOG/node2.json" || bad "second compute node"
+CN2=$(jq -r .uuid "$LOG/node2.json")
+mkdir -p "$W/agent2"; chmod 755 "$W/agent2"
+(umask 000; RUST_LOG=info exec "$BIN/vgpu-agent" --controller "$VGPU_URL" --token os-agent-token --name $H2 \
+  --sim-gpus 0 --serve-port 0 --state-dir "$W/agent2" --worker-bin "$BIN/vhost-gpu" \
+  --metrics-addr 127.0.0.1:0) > "$LOG/agent2.log" 2>&1 &
+PIDS+=($!)
+for _ in $(seq 100); do pl "/resource_providers/$CN2/aggregates" | jq -e '.aggregates | length > 0' >/dev/null 2>&1 && break; sleep 0.2; done
+cat > "$W/flavor-remote.json" <<F
+{"name": "vgpu.remote10", "vcpus": 1, "ram": 512, "disk": 1,
+ "extra_specs": {"resources1:CUSTOM_VGPU_SM": "10", "resources1:CUSTOM_VGPU_MEMORY_MB": "1024",
+                 "trait1:CUSTOM_VGPU_REMOTE_CAPABLE": "required"}}
+F
+IR=$($PY -c 'import uuid; print(uuid.uuid4())')
+if $NOVA boot "$W/flavor-remote.json" --host $H2 --uuid "$IR" --no-domain > "$LOG/boot-remote.json" 2> "$LOG/boot-remote.err" \
+   && wait_alloc "$IR" present 15; then
+  SRP=$(jq -r --arg cn "$CN2" '.allocations | keys[] | select(. != $cn)' "$LOG/boot-remote.json")
+  a=$(alloc_of "$IR")
+  for _ in $(seq 100); do [ "$(ctl get "$(jq -r .id <<<"$a")" | jq -r .state)" = running ] && break; sleep 0.1; done
+  a=$(alloc_of "$IR")
+  if [ "$(pl "/resource_providers/$SRP" | jq -r .name)" = "vgpu_remote_$(jq -r .gpu_uuid <<<"$a")" ] \
+     && [ "$(jq -r '.remote' <<<"$a")" = true ] && [ "$(jq -r .vm_host <<<"$a")" = $H2 ] && [ "$(jq -r .state <<<"$a")" = running ]; then
+    ok "instance on $H2 (no GPU): candidate through the sharing provider $(pl "/resource_providers/$SRP" | jq -r .name) (aggregate), remote slice on $(jq -r .gpu_host <<<"$a"), worker running on $H2"
+  else
+    bad "remote instance: provider $SRP, slice $a"
+  fi
+else
+  cat "$LOG/boot-remote.err"; bad "instance on a host without a GPU: no claim or no slice (candidates: $($NOVA candidates "$W/flavor-remote.json" | jq -c .providers))"
+fi
+$NOVA delete "$IR" > /dev/null; wait_alloc "$IR" absent 15 || bad "remote instance deleted: slice still in the pool"
 
 finish

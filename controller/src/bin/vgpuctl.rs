@@ -841,6 +841,38 @@ fn watch(api: &Api, lv: &LibvirtOpts, wait: Duration) -> Result<(), CliError> {
             }
         });
     };
+    // Every 5 s: a running domain whose slice exists but is not plugged (the slice came after
+    // the attach gave up waiting, or an event was missed) is attached.
+    {
+        let (api, lv, virsh) = (
+            Api {
+                url: api.url.clone(),
+                token: api.token.clone(),
+                agent: api.agent.clone(),
+            },
+            lv.clone(),
+            virsh.clone(),
+        );
+        std::thread::spawn(move || {
+            loop {
+                std::thread::sleep(Duration::from_secs(5));
+                for name in virsh.running().unwrap_or_default() {
+                    let Ok(uuid) = virsh.domuuid(&name) else {
+                        continue;
+                    };
+                    let Ok(Some(a)) = slice_of(&api, &[uuid.as_str(), name.as_str()]) else {
+                        continue;
+                    };
+                    if a["state"] != "running" || virsh.is_attached(&name, &lv.id).unwrap_or(true) {
+                        continue;
+                    }
+                    if let Err(e) = attach(&api, &lv, &name, None, Duration::from_secs(5)) {
+                        eprintln!("vgpuctl: attach {name}: {}", vgpu_protocol::error_chain(&e));
+                    }
+                }
+            }
+        });
+    }
     loop {
         let mut child = virsh.watch()?;
         // domains already running (or started before the watch began)

@@ -18,4 +18,12 @@ done
 driver_api_e2e $(cat /etc/vgpu/e2e-args 2>/dev/null)
 rc=$?
 echo "VGPU-OS driver_api_e2e rc=$rc"
+# vgpu_os_hold=1 (kernel command line): stay up until the host unplugs the vGPU (vgpuctl detach)
+if [ "${vgpu_os_hold:-0}" = 1 ]; then
+  echo "VGPU-OS holding until /dev/vgpu0 is unplugged"
+  i=0
+  while [ -e /dev/vgpu0 ] && [ $i -lt 1200 ]; do sleep 0.1; i=$((i+1)); done
+  if [ -e /dev/vgpu0 ]; then echo "VGPU-OS /dev/vgpu0 still there after 120 s"; rc=1
+  else echo "VGPU-OS unplugged /dev/vgpu0 at uptime $(cut -d' ' -f1 /proc/uptime)s"; fi
+fi
 exit $rc

@@ -216,24 +216,33 @@ fi
 # ---------------------------------------------------------------- 3. plain libvirt: hot-plug into a running guest
 SER=$W/plain.serial; rm -f "$SER"
 "$ROOT/libvirt/vgpu-xml.sh" domain --name os-plain --no-device --root-ports 2 --kernel "$KERNEL" \
-  --initrd "$W/initramfs.cpio.gz" --cmdline "console=ttyS0 panic=-1 quiet vgpu_backend=daemon" --serial-log "$SER" > "$W/os-plain.xml"
+  --initrd "$W/initramfs.cpio.gz" --cmdline "console=ttyS0 panic=-1 quiet vgpu_backend=daemon vgpu_os_hold=1" --serial-log "$SER" > "$W/os-plain.xml"
 DOMS+=(os-plain)
 if ! { $V define "$W/os-plain.xml" > "$LOG/plain-define.log" 2>&1 && $V start os-plain >> "$LOG/plain-define.log" 2>&1; }; then
   cat "$LOG/plain-define.log"; bad "plain libvirt domain define/start"
 else
 for _ in $(seq 1200); do grep -aq 'VGPU-OS waiting' "$SER" 2>/dev/null && break; sleep 0.1; done
 if "$BIN/vgpuctl" attach os-plain --profile 1/4 --host $HOST > "$LOG/attach.log" 2>&1; then
+  for _ in $(seq 1800); do grep -aq 'VGPU-OS holding\|VGPU-VERDICT' "$SER" && break; sleep 0.1; done
+  PUUID=$($V domuuid os-plain 2>/dev/null)
+  # --keep: the slice stays; libvirt-watch releases it when the domain stops (below)
+  if "$BIN/vgpuctl" detach os-plain --keep > "$LOG/detach.log" 2>&1 && [ -n "$(alloc_of "$PUUID")" ] \
+     && wait_shutoff os-plain 60 && grep -aq 'VGPU-OS unplugged' "$SER" && grep -aq 'VGPU-VERDICT PASS' "$SER"; then
+    ok "vgpuctl detach os-plain: device_del + chardev-remove ($(head -1 "$LOG/detach.log" | sed 's/.* in //')), the guest saw /dev/vgpu0 go, vgpu.ko unbound cleanly (no kernel trace)"
+  else
+    cat "$LOG/detach.log"; grep -a 'VGPU-OS\|VERDICT\|DMESG.*vgpu' "$SER" | tail -8 | sed 's/^/    guest| /'; bad "vgpuctl detach os-plain"
+  fi
+  if wait_alloc "$PUUID" absent 15; then
+    ok "plain domain stopped: libvirt-watch released its slice"
+  else
+    bad "plain domain stopped: its slice is still in the pool"
+  fi
   wait_shutoff os-plain 240; cp "$SER" "$LOG/" 2>/dev/null
   w=$(sed -n 's/.*waiting for .*uptime \([0-9.]*\)s.*/\1/p' "$SER" | tr -d '\r'); h=$(sed -n 's/.*hot-plugged .*uptime \([0-9.]*\)s.*/\1/p' "$SER" | tr -d '\r')
   if grep -aq 'E2E PASS' "$SER" && [ -n "$w" ] && [ -n "$h" ] && awk -v w="$w" -v h="$h" 'BEGIN{exit !(h > w)}'; then
     ok "vgpuctl attach os-plain --profile 1/4: hot-plug into the running guest ($(sed 's/.*: //' "$LOG/attach.log")); vgpu.ko bound it at guest uptime ${h}s (waiting since ${w}s); E2E PASS"
   else
     grep -a 'VGPU-OS\|E2E\|VERDICT' "$SER" | sed 's/^/    guest| /'; bad "hot-plug into a running guest (see $LOG/plain.serial)"
-  fi
-  if wait_alloc "$($V domuuid os-plain 2>/dev/null)" absent 15; then
-    ok "plain domain stopped: libvirt-watch released its slice"
-  else
-    bad "plain domain stopped: its slice is still in the pool"
   fi
 else
   cat "$LOG/attach.log"; bad "vgpuctl attach"

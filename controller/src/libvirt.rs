@@ -129,6 +129,11 @@ impl Virsh {
         self.run(&["domuuid", domain])
     }
 
+    pub fn is_running(&self, domain: &str) -> bool {
+        self.run(&["domstate", domain])
+            .is_ok_and(|s| s.trim() == "running")
+    }
+
     pub fn domname(&self, domain: &str) -> Result<String, LibvirtError> {
         self.run(&["domname", domain])
     }
@@ -221,7 +226,14 @@ impl Virsh {
                 domain,
                 &json!({"execute": "device_del", "arguments": {"id": id}}),
             )?;
-            while has_device(&self.query_pci(domain)?, id) {
+            loop {
+                match self.query_pci(domain) {
+                    Ok(pci) if !has_device(&pci, id) => break,
+                    Ok(_) => {}
+                    // the guest let the device go and the domain stopped meanwhile
+                    Err(_) if !self.is_running(domain) => return Ok(t.elapsed()),
+                    Err(e) => return Err(e),
+                }
                 if t.elapsed() > wait {
                     return Err(LibvirtError::NotRemoved {
                         id: id.into(),

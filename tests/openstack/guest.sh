@@ -24,6 +24,6 @@ if [ "${vgpu_os_hold:-0}" = 1 ]; then
   i=0
   while [ -e /dev/vgpu0 ] && [ $i -lt 1200 ]; do sleep 0.1; i=$((i+1)); done
   if [ -e /dev/vgpu0 ]; then echo "VGPU-OS /dev/vgpu0 still there after 120 s"; rc=1
-  else echo "VGPU-OS unplugged /dev/vgpu0 at uptime $(cut -d' ' -f1 /proc/uptime)s"; fi
+  else echo "VGPU-OS unplugged /dev/vgpu0 at uptime $(cut -d' ' -f1 /proc/uptime)s"; sleep 2; fi
 fi
 exit $rc

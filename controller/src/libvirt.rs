@@ -174,18 +174,19 @@ impl Virsh {
         Ok(has_device(&self.query_pci(domain)?, id))
     }
 
-    /// Hot-plug the vGPU `id` on `socket`; the time it took.
+    /// Hot-plug the vGPU `id` on `socket`; the time it took, or `None` when another attach
+    /// (or an earlier one) had plugged it.
     pub fn attach(
         &self,
         domain: &str,
         id: &str,
         socket: &str,
         reconnect_ms: u64,
-    ) -> Result<Duration, LibvirtError> {
+    ) -> Result<Option<Duration>, LibvirtError> {
         let t = Instant::now();
         let pci = self.query_pci(domain)?;
         if has_device(&pci, id) {
-            return Ok(t.elapsed());
+            return Ok(None);
         }
         let bus = free_root_port(&pci).ok_or_else(|| LibvirtError::NoRootPort(domain.into()))?;
         if let Err(e) = self.qmp(domain, &chardev_add(id, socket, reconnect_ms)) {
@@ -195,7 +196,7 @@ impl Virsh {
             let in_flight = Instant::now();
             while in_flight.elapsed() < Duration::from_secs(5) {
                 if self.is_attached(domain, id)? {
-                    return Ok(t.elapsed());
+                    return Ok(None);
                 }
                 std::thread::sleep(Duration::from_millis(100));
             }
@@ -215,7 +216,7 @@ impl Virsh {
             );
             return Err(e);
         }
-        Ok(t.elapsed())
+        Ok(Some(t.elapsed()))
     }
 
     /// Unplug the vGPU `id` (the guest must release it) and remove its chardev.

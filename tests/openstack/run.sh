@@ -240,7 +240,7 @@ if "$BIN/vgpuctl" attach os-plain --profile 1/4 --host $HOST > "$LOG/attach.log"
   wait_shutoff os-plain 240; cp "$SER" "$LOG/" 2>/dev/null
   w=$(sed -n 's/.*waiting for .*uptime \([0-9.]*\)s.*/\1/p' "$SER" | tr -d '\r'); h=$(sed -n 's/.*hot-plugged .*uptime \([0-9.]*\)s.*/\1/p' "$SER" | tr -d '\r')
   if grep -aq 'E2E PASS' "$SER" && [ -n "$w" ] && [ -n "$h" ] && awk -v w="$w" -v h="$h" 'BEGIN{exit !(h > w)}'; then
-    ok "vgpuctl attach os-plain --profile 1/4: hot-plug into the running guest ($(sed 's/.*: //' "$LOG/attach.log")); vgpu.ko bound it at guest uptime ${h}s (waiting since ${w}s); E2E PASS"
+    ok "vgpuctl attach os-plain --profile 1/4: hot-plug into the running guest ($(sed 's/.*: //' "$LOG/attach.log"); $(grep -c 'to os-plain .*hot-plug' "$LOG/watch.log") by libvirt-watch); vgpu.ko bound it at guest uptime ${h}s (waiting since ${w}s); E2E PASS"
   else
     grep -a 'VGPU-OS\|E2E\|VERDICT' "$SER" | sed 's/^/    guest| /'; bad "hot-plug into a running guest (see $LOG/plain.serial)"
   fi

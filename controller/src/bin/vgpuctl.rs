@@ -791,13 +791,19 @@ fn attach(
         cur = api.call("GET", &format!("/v1/allocations/{id}"), None)?;
     }
     let socket = s(&cur["socket_path"]);
-    let took = virsh.attach(&name, &lv.id, &socket, lv.reconnect_ms)?;
-    println!(
-        "attached {} (allocation {id}, {socket}) to {name} ({uuid}): hot-plug {} ms, {} ms from the request",
-        lv.id,
-        took.as_millis(),
-        t0.elapsed().as_millis()
-    );
+    match virsh.attach(&name, &lv.id, &socket, lv.reconnect_ms)? {
+        Some(took) => println!(
+            "attached {} (allocation {id}, {socket}) to {name} ({uuid}): hot-plug {} ms, {} ms from the request",
+            lv.id,
+            took.as_millis(),
+            t0.elapsed().as_millis()
+        ),
+        None => println!(
+            "{} (allocation {id}) is plugged into {name} ({uuid}) already (by another attach): {} ms from the request",
+            lv.id,
+            t0.elapsed().as_millis()
+        ),
+    }
     Ok(cur)
 }
 

@@ -8,15 +8,17 @@
 #
 #   libvirt/vgpu-xml.sh domain --name NAME --socket PATH --kernel VMLINUZ --initrd INITRD
 #       [--cmdline STR] [--serial-log FILE] [--memory MiB] [--vcpus N] [--type qemu|kvm]
-#       [--id vgpu0] [--generic VIRTIO_ID]
-#       A complete direct-kernel-boot domain (used by tests/vm/run.sh).
+#       [--id vgpu0] [--generic VIRTIO_ID] [--root-ports N] [--no-device]
+#       A complete direct-kernel-boot domain (used by tests/vm/run.sh). --root-ports adds N
+#       free pcie-root-port controllers (hot-plug needs one); --no-device leaves the vGPU out
+#       (for `vgpuctl attach`, tests/openstack/run.sh).
 #
 # --generic N uses `vhost-user-device-pci,virtio-id=N,num_vqs=2,vq_size=256,config_size=8`, which
 # needs a QEMU where that device is user-creatable (stock QEMU 10.0 is not; see docs/vm.md);
 # the default is `vhost-user-gpio-pci` (virtio id 41), which stock QEMU has.
 set -euo pipefail
 mode=${1:-}; shift || true
-NAME=vgpu-guest SOCK= ID=vgpu0 KERNEL= INITRD= CMDLINE="console=ttyS0 panic=-1 quiet" SERIAL= MEM=512 VCPUS=1 TYPE=qemu GENERIC=
+NAME=vgpu-guest SOCK= ID=vgpu0 KERNEL= INITRD= CMDLINE="console=ttyS0 panic=-1 quiet" SERIAL= MEM=512 VCPUS=1 TYPE=qemu GENERIC= PORTS=0 NODEV=0
 while [ $# -gt 0 ]; do
   case $1 in
     --name) NAME=$2; shift ;;
@@ -30,10 +32,12 @@ while [ $# -gt 0 ]; do
     --vcpus) VCPUS=$2; shift ;;
     --type) TYPE=$2; shift ;;
     --generic) GENERIC=$2; shift ;;
+    --root-ports) PORTS=$2; shift ;;
+    --no-device) NODEV=1 ;;
     *) echo "unknown arg $1" >&2; exit 2 ;;
   esac; shift
 done
-[ -n "$SOCK" ] || { echo "--socket PATH is required" >&2; exit 2; }
+[ -n "$SOCK" ] || [ "$NODEV" = 1 ] || { echo "--socket PATH is required" >&2; exit 2; }
 esc() { sed -e 's/&/\&amp;/g' -e 's/</\&lt;/g' -e 's/>/\&gt;/g' -e "s/'/\&apos;/g" -e 's/"/\&quot;/g' <<<"$1"; }
 # QEMU option values: a comma inside a value is written ",,"
 qv() { sed 's/,/,,/g' <<<"$1"; }
@@ -95,10 +99,14 @@ X
     fi
     cat <<X
     <console type='pty'><target type='serial' port='0'/></console>
+X
+    [ "$PORTS" -gt 0 ] && echo "    <controller type='pci' model='pcie-root'/>"
+    for _ in $(seq "$PORTS"); do echo "    <controller type='pci' model='pcie-root-port'/>"; done
+    cat <<X
     <controller type='usb' model='none'/>
     <memballoon model='none'/>
   </devices>
-$(qemucmd)
+$([ "$NODEV" = 1 ] || qemucmd)
 </domain>
 X
     ;;

@@ -77,6 +77,13 @@ if [ "${VGPU_SKIP_VM:-0}" != 1 ]; then
     vm_passed=$(sed -n 's/.* \([0-9]*\) passed, 0 failed$/\1/p' "$vmlog" | tail -1)
     rm -f "$vmlog"
     passed=$((passed + ${vm_passed:-0}))
+
+    step "OpenStack: real Placement (PyPI), libvirtd, a nova-compute stand-in (tests/openstack)"
+    oslog=$(mktemp)
+    VGPU_BIN_DIR=target/debug tests/openstack/run.sh 2>&1 | tee "$oslog"
+    os_passed=$(sed -n 's/.* \([0-9]*\) passed, 0 failed$/\1/p' "$oslog" | tail -1)
+    rm -f "$oslog"
+    passed=$((passed + ${os_passed:-0}))
 fi
 if [ "${VGPU_SKIP_PACKAGING:-0}" != 1 ]; then
     step "packaging: the .deb packages in a clean bookworm root, the services run as their units say"

@@ -40,6 +40,7 @@ fn place_custom(
         strategy,
         numa: None,
         topology,
+        only_gpu: None,
     };
     let s = Instant::now();
     let d = ix.place(&req).unwrap();
@@ -274,6 +275,7 @@ fn main() {
             },
             numa: Some(0),
             topology: &topo,
+            only_gpu: None,
         };
         let s = Instant::now();
         let d = ix.place(&req).unwrap();

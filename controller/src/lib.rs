@@ -5,9 +5,11 @@
 pub mod api;
 pub mod auth;
 pub mod etcd_store;
+pub mod libvirt;
 pub mod limits;
 pub mod metrics;
 pub mod model;
+pub mod placement;
 pub mod pool;
 pub mod scheduler;
 pub mod server;

@@ -604,6 +604,17 @@ impl Pool {
     }
 
     pub fn allocate(&self, role: &Role, req: AllocationRequest) -> Result<Allocation, PoolError> {
+        self.allocate_on(role, req, None)
+    }
+
+    /// `allocate`, on the GPU `only_gpu` (by UUID) or nowhere: for a placement another
+    /// scheduler already decided (OpenStack Placement, `placement.rs`).
+    pub fn allocate_on(
+        &self,
+        role: &Role,
+        req: AllocationRequest,
+        only_gpu: Option<&str>,
+    ) -> Result<Allocation, PoolError> {
         let project = match role {
             Role::Project(p) => {
                 if req.project.as_ref().is_some_and(|x| x != p) {
@@ -695,6 +706,21 @@ impl Pool {
                 strategy: req.policy.strategy,
                 numa: req.policy.numa_node,
                 topology: &req.policy.topology_preference,
+                only_gpu: match only_gpu {
+                    None => None,
+                    Some(u) => {
+                        Some(
+                            *inner
+                                .index
+                                .gpu_ix
+                                .get(u)
+                                .ok_or_else(|| PoolError::NotFound {
+                                    kind: "gpu",
+                                    id: u.to_string(),
+                                })?,
+                        )
+                    }
+                },
             };
             let decision = inner.index.place(&preq);
             let secs = started.elapsed().as_secs_f64();

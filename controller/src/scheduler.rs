@@ -204,6 +204,9 @@ pub struct PlaceRequest<'a> {
     pub strategy: Strategy,
     pub numa: Option<i32>,
     pub topology: &'a [String],
+    /// Only this GPU (index into `Index::gpus`): a placement another scheduler already decided
+    /// (OpenStack Placement's allocation, `placement.rs`).
+    pub only_gpu: Option<u32>,
 }
 
 impl Index {
@@ -345,6 +348,9 @@ impl Index {
                 continue;
             }
             for &gi in &self.hosts[h as usize].gpus {
+                if req.only_gpu.is_some_and(|only| only != gi) {
+                    continue;
+                }
                 let g = &self.gpus[gi as usize];
                 let Some((sm, mem)) = g.demand(req.want) else {
                     continue;
@@ -537,6 +543,7 @@ mod tests {
             strategy,
             numa: None,
             topology: topo,
+            only_gpu: None,
         }
     }
 
@@ -562,6 +569,25 @@ mod tests {
     /// Places `want` on `host` itself: binpack, no remote fallback, no topology.
     fn place_local(ix: &Index, host: &str, want: Want) -> Result<Decision, PlaceError> {
         ix.place(&req(host, want, false, Strategy::Binpack, &[]))
+    }
+
+    /// Mutation caught: `only_gpu` ignored (binpack would take the fuller GPU 0).
+    #[test]
+    fn only_gpu_pins_the_decision() {
+        let mut ix = one_host("h1", 2);
+        ix.apply(0, Shape::Profile(4), 33, 35 << 30);
+        let free = req("h1", Want::Profile(4), false, Strategy::Binpack, &[]);
+        assert_eq!(ix.place(&free).unwrap().gpu, 0);
+        let pinned = PlaceRequest {
+            only_gpu: Some(1),
+            ..free.clone()
+        };
+        assert_eq!(ix.place(&pinned).unwrap().gpu, 1);
+        // a pinned GPU without room is no capacity, never another GPU
+        for _ in 0..4 {
+            ix.apply(1, Shape::Profile(4), 33, 35 << 30);
+        }
+        assert!(matches!(ix.place(&pinned), Err(PlaceError::NoCapacity(_))));
     }
 
     #[test]

@@ -110,6 +110,9 @@ pub struct ControllerArgs {
     /// Write the bound address (host:port) to this file once listening.
     #[arg(long)]
     pub addr_file: Option<PathBuf>,
+    /// OpenStack Placement sync (off unless --placement-url is given).
+    #[command(flatten)]
+    pub placement: crate::placement::PlacementArgs,
 }
 
 impl ControllerArgs {
@@ -187,6 +190,7 @@ pub async fn start(
     };
     let is_tls = tls.is_some();
     spawn_reclaimer(pool.clone());
+    crate::placement::spawn(pool.clone(), &args.placement);
     let limits = ConnLimits {
         idle_timeout: Duration::from_millis(args.idle_timeout_ms.max(50)),
         max_connections: args.max_connections.max(1),

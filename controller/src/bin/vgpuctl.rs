@@ -150,6 +150,42 @@ enum Cmd {
     },
     /// Print the manual page (roff): `vgpuctl man | man -l -`.
     Man,
+    /// Hot-plug a vGPU into a running libvirt domain with shared memory: the slice the domain
+    /// (by UUID or name) already holds, else a new one (--profile, or --sm and --memory).
+    Attach {
+        domain: String,
+        #[command(flatten)]
+        lv: LibvirtOpts,
+        /// Fixed profile: 1, 1/2, 1/4, ...
+        #[arg(long, conflicts_with_all = ["sm", "memory"])]
+        profile: Option<String>,
+        #[arg(long, requires = "memory")]
+        sm: Option<u32>,
+        #[arg(long, requires = "sm")]
+        memory: Option<String>,
+        /// Seconds to wait for the slice's worker to be running.
+        #[arg(long, default_value_t = 60)]
+        wait_secs: u64,
+    },
+    /// Unplug the vGPU from a domain and release its slice (not a slice Nova's instance holds
+    /// in Placement: that one goes when Nova deletes the instance).
+    Detach {
+        domain: String,
+        #[command(flatten)]
+        lv: LibvirtOpts,
+        /// Keep the slice.
+        #[arg(long)]
+        keep: bool,
+    },
+    /// Follow libvirt's lifecycle events: attach a domain's slice when it starts, release it
+    /// (outside Nova's project) when it stops. Domains already running are attached at start.
+    LibvirtWatch {
+        #[command(flatten)]
+        lv: LibvirtOpts,
+        /// Seconds to wait, after a domain starts, for its slice and worker.
+        #[arg(long, default_value_t = 60)]
+        wait_secs: u64,
+    },
     /// Set a GPU's slice mode or compute oversubscription ratio.
     GpuSet {
         uuid: String,
@@ -164,9 +200,35 @@ enum Cmd {
     },
 }
 
+/// Options of the libvirt commands.
+#[derive(clap::Args, Debug, Clone)]
+struct LibvirtOpts {
+    /// libvirt connection URI.
+    #[arg(long, default_value = "qemu:///system")]
+    libvirt_uri: String,
+    /// This host's name in the pool (default: the kernel's host name).
+    #[arg(long)]
+    host: Option<String>,
+    /// QEMU id of the device (its chardev is `<id>c`).
+    #[arg(long, default_value = "vgpu0")]
+    id: String,
+    /// The chardev reconnects to a restarted worker after this many milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    reconnect_ms: u64,
+    /// Pool project of Nova's instances (their slices follow Placement, not the domain).
+    #[arg(long, default_value = "openstack")]
+    openstack_project: String,
+}
+
 /// Why a command failed.
 #[derive(Debug, thiserror::Error)]
 enum CliError {
+    #[error(transparent)]
+    Libvirt(#[from] vgpu_controller::libvirt::LibvirtError),
+    #[error("Domain {0:?} holds no slice; give --profile, or --sm and --memory")]
+    NoSliceFor(String),
+    #[error("The worker of allocation {id} was not running within {secs} s")]
+    NotReady { id: String, secs: u64 },
     #[error(transparent)]
     Client(#[from] vgpu_pool_wire::ClientSetupError),
     #[error("No controller URL in {0:?}")]
@@ -594,6 +656,44 @@ fn run(cli: Cli) -> Result<(), CliError> {
         agent,
     };
     let (v, printer): (Value, fn(&Value)) = match cli.cmd {
+        Cmd::Attach {
+            domain,
+            lv,
+            profile,
+            sm,
+            memory,
+            wait_secs,
+        } => {
+            let slice = match (profile, sm, memory) {
+                (Some(p), _, _) => Some(json!({"profile": p})),
+                (None, Some(sm), Some(m)) => Some(
+                    json!({"sm_count": sm, "memory_bytes": parse_size(&m).map_err(CliError::BadSize)?}),
+                ),
+                _ => None,
+            };
+            let a = attach(&api, &lv, &domain, slice, Duration::from_secs(wait_secs))?;
+            (a, |_| {})
+        }
+        Cmd::Detach { domain, lv, keep } => {
+            let virsh = vgpu_controller::libvirt::Virsh {
+                uri: lv.libvirt_uri.clone(),
+            };
+            let uuid = virsh.domuuid(&domain)?;
+            let took = virsh.detach(&domain, &lv.id, Duration::from_secs(30))?;
+            println!(
+                "detached {} from {domain} in {} ms",
+                lv.id,
+                took.as_millis()
+            );
+            if !keep {
+                release_for(&api, &lv, &[uuid.as_str(), domain.as_str()])?;
+            }
+            (Value::Null, |_| {})
+        }
+        Cmd::LibvirtWatch { lv, wait_secs } => {
+            watch(&api, &lv, Duration::from_secs(wait_secs))?;
+            (Value::Null, |_| {})
+        }
         Cmd::Hosts(f) => (
             filter(List::Hosts, &f, api.call("GET", "/v1/hosts", None)?)?,
             |v| {
@@ -893,6 +993,198 @@ fn run(cli: Cli) -> Result<(), CliError> {
         Output::Table | Output::Wide => printer(&v),
     }
     Ok(())
+}
+
+fn this_host(lv: &LibvirtOpts) -> String {
+    lv.host.clone().unwrap_or_else(|| {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|_| "localhost".into())
+    })
+}
+
+/// The allocation a domain holds: `vm` is its UUID (Nova's instances, `attach`) or its name.
+fn slice_of(api: &Api, names: &[&str]) -> Result<Option<Value>, CliError> {
+    let all = api.call("GET", "/v1/allocations", None)?;
+    Ok(all
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|a| names.iter().any(|n| a["vm"].as_str() == Some(n)))
+        .cloned())
+}
+
+/// Find (or make) the domain's slice, wait for its worker, hot-plug it.
+fn attach(
+    api: &Api,
+    lv: &LibvirtOpts,
+    domain: &str,
+    slice: Option<Value>,
+    wait: Duration,
+) -> Result<Value, CliError> {
+    let virsh = vgpu_controller::libvirt::Virsh {
+        uri: lv.libvirt_uri.clone(),
+    };
+    let t0 = std::time::Instant::now();
+    let uuid = virsh.domuuid(domain)?;
+    let name = virsh.domname(&uuid)?;
+    let mut a = slice_of(api, &[uuid.as_str(), name.as_str()])?;
+    if a.is_none() {
+        if let Some(slice) = slice {
+            let body = json!({"vm": uuid, "host": this_host(lv), "slice": slice});
+            a = Some(api.call("POST", "/v1/allocations", Some(body))?);
+        } else {
+            // the Placement sync may not have made it yet
+            while a.is_none() && t0.elapsed() < wait {
+                std::thread::sleep(Duration::from_millis(250));
+                a = slice_of(api, &[uuid.as_str(), name.as_str()])?;
+            }
+        }
+    }
+    let a = a.ok_or_else(|| CliError::NoSliceFor(domain.to_string()))?;
+    let id = s(&a["id"]);
+    let mut cur = a;
+    loop {
+        let socket = s(&cur["socket_path"]);
+        if cur["state"] == "running" && std::path::Path::new(&socket).exists() {
+            break;
+        }
+        if t0.elapsed() > wait {
+            return Err(CliError::NotReady {
+                id,
+                secs: wait.as_secs(),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        cur = api.call("GET", &format!("/v1/allocations/{id}"), None)?;
+    }
+    let socket = s(&cur["socket_path"]);
+    match virsh.attach(&name, &lv.id, &socket, lv.reconnect_ms)? {
+        Some(took) => println!(
+            "attached {} (allocation {id}, {socket}) to {name} ({uuid}): hot-plug {} ms, {} ms from the request",
+            lv.id,
+            took.as_millis(),
+            t0.elapsed().as_millis()
+        ),
+        None => println!(
+            "{} (allocation {id}) is plugged into {name} ({uuid}) already (by another attach): {} ms from the request",
+            lv.id,
+            t0.elapsed().as_millis()
+        ),
+    }
+    Ok(cur)
+}
+
+/// Release the slices of a domain that are not Nova's (Placement holds those).
+fn release_for(api: &Api, lv: &LibvirtOpts, names: &[&str]) -> Result<(), CliError> {
+    while let Some(a) = slice_of(api, names)? {
+        if a["project"].as_str() == Some(lv.openstack_project.as_str()) {
+            println!(
+                "kept {} of {}: an OpenStack instance's slice goes when Placement drops it",
+                s(&a["id"]),
+                s(&a["vm"])
+            );
+            return Ok(());
+        }
+        api.call("DELETE", &format!("/v1/allocations/{}", s(&a["id"])), None)?;
+        println!("released {} of {}", s(&a["id"]), s(&a["vm"]));
+    }
+    Ok(())
+}
+
+/// `vgpuctl libvirt-watch`: attach at start, release at stop, for ever.
+fn watch(api: &Api, lv: &LibvirtOpts, wait: Duration) -> Result<(), CliError> {
+    use vgpu_controller::libvirt::{Lifecycle, Virsh, events};
+    let virsh = Virsh {
+        uri: lv.libvirt_uri.clone(),
+    };
+    // name -> uuid of the domains seen running (a transient domain's UUID is gone at stop)
+    let mut uuids = std::collections::HashMap::new();
+    let spawn_attach = |name: String| {
+        let (api, lv) = (
+            Api {
+                url: api.url.clone(),
+                token: api.token.clone(),
+                agent: api.agent.clone(),
+            },
+            lv.clone(),
+        );
+        std::thread::spawn(move || {
+            if let Err(e) = attach(&api, &lv, &name, None, wait) {
+                eprintln!("vgpuctl: attach {name}: {}", vgpu_protocol::error_chain(&e));
+            }
+        });
+    };
+    // Every 5 s: a running domain whose slice exists but is not plugged (the slice came after
+    // the attach gave up waiting, or an event was missed) is attached.
+    {
+        let (api, lv, virsh) = (
+            Api {
+                url: api.url.clone(),
+                token: api.token.clone(),
+                agent: api.agent.clone(),
+            },
+            lv.clone(),
+            virsh.clone(),
+        );
+        std::thread::spawn(move || {
+            loop {
+                std::thread::sleep(Duration::from_secs(5));
+                for name in virsh.running().unwrap_or_default() {
+                    let Ok(uuid) = virsh.domuuid(&name) else {
+                        continue;
+                    };
+                    let Ok(Some(a)) = slice_of(&api, &[uuid.as_str(), name.as_str()]) else {
+                        continue;
+                    };
+                    if a["state"] != "running" || virsh.is_attached(&name, &lv.id).unwrap_or(true) {
+                        continue;
+                    }
+                    if let Err(e) = attach(&api, &lv, &name, None, Duration::from_secs(5)) {
+                        eprintln!("vgpuctl: attach {name}: {}", vgpu_protocol::error_chain(&e));
+                    }
+                }
+            }
+        });
+    }
+    loop {
+        let mut child = virsh.watch()?;
+        // domains already running (or started before the watch began)
+        for name in virsh.running()? {
+            if let Ok(u) = virsh.domuuid(&name) {
+                uuids.insert(name.clone(), u);
+            }
+            match slice_of(api, &[uuids.get(&name).map_or("", |u| u.as_str()), &name]) {
+                Ok(Some(_)) => spawn_attach(name),
+                Ok(None) => {}
+                Err(e) => eprintln!("vgpuctl: {}", vgpu_protocol::error_chain(&e)),
+            }
+        }
+        for ev in events(&mut child) {
+            match ev {
+                Lifecycle::Started(name) => {
+                    println!("domain {name} started");
+                    if let Ok(u) = virsh.domuuid(&name) {
+                        uuids.insert(name.clone(), u);
+                    }
+                    spawn_attach(name);
+                }
+                Lifecycle::Stopped(name) => {
+                    println!("domain {name} stopped");
+                    let uuid = uuids.remove(&name).unwrap_or_default();
+                    if let Err(e) = release_for(api, lv, &[uuid.as_str(), name.as_str()]) {
+                        eprintln!(
+                            "vgpuctl: release {name}: {}",
+                            vgpu_protocol::error_chain(&e)
+                        );
+                    }
+                }
+            }
+        }
+        let _ = child.wait();
+        eprintln!("vgpuctl: libvirt event stream ended; reconnecting");
+        std::thread::sleep(Duration::from_secs(1));
+    }
 }
 
 fn main() {

@@ -1047,6 +1047,7 @@ mod tests {
             socket_path: format!("/s/{id}.sock"),
             state: "running".into(),
             created_at: 0,
+            memory_used_bytes: None,
         }
     }
 

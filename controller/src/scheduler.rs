@@ -587,7 +587,10 @@ mod tests {
         for _ in 0..4 {
             ix.apply(1, Shape::Profile(4), 33, 35 << 30);
         }
-        assert!(matches!(ix.place(&pinned), Err(PlaceError::NoCapacity { .. })));
+        assert!(matches!(
+            ix.place(&pinned),
+            Err(PlaceError::NoCapacity { .. })
+        ));
     }
 
     #[test]

@@ -43,7 +43,10 @@ fn the_verdict_logic_passes_its_self_test() {
 fn the_guest_suite_verdict_follows_the_serial_log() {
     let dir = scratch("h200-verdict");
     let good = "boot\r\nVGPU-STEP driver_api_e2e /usr/share/vgpu/kernels.cubin\r\nE2E PASS\r\n\
-                VGPU-STEP-OK driver_api_e2e\r\nVGPU-STEP rt_basic_static\r\nPASS rt_basic\r\n\
+                VGPU-STEP-OK driver_api_e2e\r\nVGPU-STEP cross_tenant_vm\r\n\
+                CROSS-TENANT RESULT owner_intact=1\r\n\
+                CROSS-TENANT RESULT thief_error=CUDA_ERROR_ILLEGAL_ADDRESS thief_matching_words=0\r\n\
+                VGPU-STEP-OK cross_tenant_vm\r\nVGPU-STEP rt_basic_static\r\nPASS rt_basic\r\n\
                 VGPU-STEP-OK rt_basic_static\r\nVGPU-STEP rt_streams_static\r\nPASS rt_streams\r\n\
                 VGPU-STEP-OK rt_streams_static\r\nVGPU-GUEST-DONE fail=0\r\n";
     let cases = [
@@ -75,6 +78,13 @@ fn the_guest_suite_verdict_follows_the_serial_log() {
             "0",
             1,
             "driver_api_e2e (no 'E2E PASS' line)",
+        ),
+        (
+            "owner-damaged",
+            good.replace("owner_intact=1", "owner_intact=0"),
+            "0",
+            1,
+            "cross_tenant_vm (no 'CROSS-TENANT RESULT owner_intact=1' line)",
         ),
         ("timeout", good.to_string(), "124", 1, "qemu timed out"),
     ];

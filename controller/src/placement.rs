@@ -702,14 +702,7 @@ impl Sync {
             let have = self
                 .client
                 .get(&format!("/resource_providers/{rp}/traits"))?;
-            let mut now: Vec<String> = have["traits"]
-                .as_array()
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|t| t.as_str().map(String::from))
-                        .collect()
-                })
-                .unwrap_or_default();
+            let mut now = strings(&have["traits"]);
             now.sort();
             if now != traits {
                 self.client
@@ -782,14 +775,7 @@ impl Sync {
         let v = self
             .client
             .get(&format!("/resource_providers/{rp}/aggregates"))?;
-        let mut aggs: Vec<String> = v["aggregates"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|t| t.as_str().map(String::from))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let mut aggs = strings(&v["aggregates"]);
         if aggs.contains(&self.aggregate) {
             return Ok(());
         }
@@ -996,6 +982,17 @@ pub fn spawn(pool: Arc<Pool>, args: &PlacementArgs) -> Option<std::thread::JoinH
             None
         }
     }
+}
+
+/// The strings of a JSON array (Placement's trait and aggregate lists); none for anything else.
+fn strings(v: &Value) -> Vec<String> {
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|t| t.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 #[cfg(test)]

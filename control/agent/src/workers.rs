@@ -716,14 +716,8 @@ mod tests {
             Vec::new(),
         );
         let c = w.command(&assignment("a-1"));
-        let args: Vec<String> = c
-            .get_args()
-            .map(|a| a.to_string_lossy().into_owned())
-            .collect();
-        let after = |flag: &str| {
-            let i = args.iter().position(|a| a == flag).expect(flag);
-            args[i + 1].clone()
-        };
+        let args = args_of(&c);
+        let after = |flag: &str| value_after(&args, flag);
         assert_eq!(after("--socket"), "/state/sockets/a-1.sock");
         assert_eq!(after("--status-file"), "/state/sockets/a-1.sock.status");
         let env: Vec<_> = c.get_envs().collect();
@@ -733,6 +727,18 @@ mod tests {
             "{env:?}"
         );
         assert!(!args.iter().any(|a| a.starts_with("--socket-")), "{args:?}");
+    }
+
+    fn args_of(c: &Command) -> Vec<String> {
+        c.get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect()
+    }
+
+    /// The argument that follows `flag`.
+    fn value_after(args: &[String], flag: &str) -> String {
+        let i = args.iter().position(|a| a == flag).expect(flag);
+        args[i + 1].clone()
     }
 
     // Mutation: not passing the agent's socket mode or group to the worker fails this.
@@ -745,15 +751,8 @@ mod tests {
             Vec::new(),
         );
         w.set_socket_access(Some(0o660), Some(994));
-        let args: Vec<String> = w
-            .command(&assignment("a-1"))
-            .get_args()
-            .map(|a| a.to_string_lossy().into_owned())
-            .collect();
-        let after = |flag: &str| {
-            let i = args.iter().position(|a| a == flag).expect(flag);
-            args[i + 1].clone()
-        };
+        let args = args_of(&w.command(&assignment("a-1")));
+        let after = |flag: &str| value_after(&args, flag);
         assert_eq!(after("--socket-mode"), "0660");
         assert_eq!(after("--socket-group"), "994");
     }

@@ -311,6 +311,13 @@ fn parse_size(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("Size {s:?} is too large"))
 }
 
+/// One table row per element of a JSON array answer.
+fn rows_of(v: &Value, row: impl Fn(&Value) -> Vec<String>) -> Vec<Vec<String>> {
+    v.as_array()
+        .map(|a| a.iter().map(row).collect())
+        .unwrap_or_default()
+}
+
 fn human_bytes(b: u64) -> String {
     const U: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut v = b as f64;
@@ -488,36 +495,30 @@ fn table(headers: &[&str], rows: Vec<Vec<String>>) {
 }
 
 fn print_allocations(v: &Value) {
-    let rows = v
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-        .iter()
-        .map(|a| {
-            vec![
-                s(&a["id"]),
-                s(&a["project"]),
-                s(&a["vm"]),
-                s(&a["vm_host"]),
-                s(&a["gpu_uuid"]),
-                a["profile"]
-                    .as_u64()
-                    .map(|n| if n == 1 { "1".into() } else { format!("1/{n}") })
-                    .unwrap_or_else(|| "custom".into()),
-                s(&a["sm_count"]),
-                human_bytes(a["memory_bytes"].as_u64().unwrap_or(0)),
-                if a["remote"].as_bool() == Some(true) {
-                    s(&a["endpoint"])
-                } else {
-                    "local".into()
-                },
-                s(&a["state"]),
-                s(&a["socket_path"]),
-                s(&a["gpu_host"]),
-                age(&a["created_at"]),
-            ]
-        })
-        .collect();
+    let rows = rows_of(v, |a| {
+        vec![
+            s(&a["id"]),
+            s(&a["project"]),
+            s(&a["vm"]),
+            s(&a["vm_host"]),
+            s(&a["gpu_uuid"]),
+            a["profile"]
+                .as_u64()
+                .map(|n| if n == 1 { "1".into() } else { format!("1/{n}") })
+                .unwrap_or_else(|| "custom".into()),
+            s(&a["sm_count"]),
+            human_bytes(a["memory_bytes"].as_u64().unwrap_or(0)),
+            if a["remote"].as_bool() == Some(true) {
+                s(&a["endpoint"])
+            } else {
+                "local".into()
+            },
+            s(&a["state"]),
+            s(&a["socket_path"]),
+            s(&a["gpu_host"]),
+            age(&a["created_at"]),
+        ]
+    });
     table(
         &[
             "ID",
@@ -697,53 +698,47 @@ fn run(cli: Cli) -> Result<(), CliError> {
         Cmd::Hosts(f) => (
             filter(List::Hosts, &f, api.call("GET", "/v1/hosts", None)?)?,
             |v| {
-                let rows = v
-                    .as_array()
-                    .cloned()
-                    .unwrap_or_default()
-                    .iter()
-                    .map(|h| {
-                        let labels = h["labels"]
-                            .as_object()
-                            .map(|m| {
-                                m.iter()
-                                    .map(|(k, x)| format!("{k}={}", s(x)))
-                                    .collect::<Vec<_>>()
-                                    .join(",")
-                            })
-                            .unwrap_or_default();
-                        vec![
-                            s(&h["name"]),
-                            if h["alive"].as_bool() == Some(true) {
-                                "alive".into()
-                            } else {
-                                "lost".into()
-                            },
-                            if h["schedulable"].as_bool() == Some(true) {
-                                "yes".into()
-                            } else {
-                                "drained".into()
-                            },
-                            s(&h["gpu_source"]),
-                            s(&h["gpus"]),
-                            s(&h["allocations"]),
-                            format!("{}:{}", s(&h["address"]), s(&h["serve_port"])),
-                            if labels.is_empty() {
-                                "-".into()
-                            } else {
-                                labels
-                            },
-                            s(&h["socket_dir"]),
-                            format!("{} ms ago", s(&h["last_seen_ms_ago"])),
-                            if h["enrolled"].as_bool() == Some(true) {
-                                "yes".into()
-                            } else {
-                                "no".into()
-                            },
-                            age(&h["registered_at"]),
-                        ]
-                    })
-                    .collect();
+                let rows = rows_of(v, |h| {
+                    let labels = h["labels"]
+                        .as_object()
+                        .map(|m| {
+                            m.iter()
+                                .map(|(k, x)| format!("{k}={}", s(x)))
+                                .collect::<Vec<_>>()
+                                .join(",")
+                        })
+                        .unwrap_or_default();
+                    vec![
+                        s(&h["name"]),
+                        if h["alive"].as_bool() == Some(true) {
+                            "alive".into()
+                        } else {
+                            "lost".into()
+                        },
+                        if h["schedulable"].as_bool() == Some(true) {
+                            "yes".into()
+                        } else {
+                            "drained".into()
+                        },
+                        s(&h["gpu_source"]),
+                        s(&h["gpus"]),
+                        s(&h["allocations"]),
+                        format!("{}:{}", s(&h["address"]), s(&h["serve_port"])),
+                        if labels.is_empty() {
+                            "-".into()
+                        } else {
+                            labels
+                        },
+                        s(&h["socket_dir"]),
+                        format!("{} ms ago", s(&h["last_seen_ms_ago"])),
+                        if h["enrolled"].as_bool() == Some(true) {
+                            "yes".into()
+                        } else {
+                            "no".into()
+                        },
+                        age(&h["registered_at"]),
+                    ]
+                });
                 table(
                     &[
                         "HOST",
@@ -766,33 +761,27 @@ fn run(cli: Cli) -> Result<(), CliError> {
         Cmd::Gpus(f) => (
             filter(List::Gpus, &f, api.call("GET", "/v1/gpus", None)?)?,
             |v| {
-                let rows = v
-                    .as_array()
-                    .cloned()
-                    .unwrap_or_default()
-                    .iter()
-                    .map(|g| {
-                        vec![
-                            s(&g["uuid"]),
-                            s(&g["host"]),
-                            s(&g["index"]),
-                            s(&g["model"]),
-                            format!("{}/{}", s(&g["sm_allocated"]), s(&g["sm_capacity"])),
-                            format!(
-                                "{} / {}",
-                                human_bytes(g["memory_allocated_bytes"].as_u64().unwrap_or(0)),
-                                human_bytes(g["memory_bytes"].as_u64().unwrap_or(0))
-                            ),
-                            s(&g["slices"]),
-                            s(&g["slice_mode"]),
-                            s(&g["health"]),
-                            s(&g["numa_node"]),
-                            s(&g["pci_bus_id"]),
-                            s(&g["oversubscription_ratio"]),
-                            human_bytes(g["memory_free_bytes"].as_u64().unwrap_or(0)),
-                        ]
-                    })
-                    .collect();
+                let rows = rows_of(v, |g| {
+                    vec![
+                        s(&g["uuid"]),
+                        s(&g["host"]),
+                        s(&g["index"]),
+                        s(&g["model"]),
+                        format!("{}/{}", s(&g["sm_allocated"]), s(&g["sm_capacity"])),
+                        format!(
+                            "{} / {}",
+                            human_bytes(g["memory_allocated_bytes"].as_u64().unwrap_or(0)),
+                            human_bytes(g["memory_bytes"].as_u64().unwrap_or(0))
+                        ),
+                        s(&g["slices"]),
+                        s(&g["slice_mode"]),
+                        s(&g["health"]),
+                        s(&g["numa_node"]),
+                        s(&g["pci_bus_id"]),
+                        s(&g["oversubscription_ratio"]),
+                        human_bytes(g["memory_free_bytes"].as_u64().unwrap_or(0)),
+                    ]
+                });
                 table(
                     &[
                         "UUID",
@@ -816,25 +805,19 @@ fn run(cli: Cli) -> Result<(), CliError> {
         Cmd::Slices(f) => (
             filter(List::Slices, &f, api.call("GET", "/v1/slices", None)?)?,
             |v| {
-                let rows = v
-                    .as_array()
-                    .cloned()
-                    .unwrap_or_default()
-                    .iter()
-                    .map(|x| {
-                        vec![
-                            s(&x["id"]),
-                            s(&x["gpu_uuid"]),
-                            s(&x["gpu_host"]),
-                            x["profile"].as_str().unwrap_or("custom").to_string(),
-                            s(&x["sm_count"]),
-                            human_bytes(x["memory_bytes"].as_u64().unwrap_or(0)),
-                            s(&x["allocation_id"]),
-                            s(&x["project"]),
-                            s(&x["vm"]),
-                        ]
-                    })
-                    .collect();
+                let rows = rows_of(v, |x| {
+                    vec![
+                        s(&x["id"]),
+                        s(&x["gpu_uuid"]),
+                        s(&x["gpu_host"]),
+                        x["profile"].as_str().unwrap_or("custom").to_string(),
+                        s(&x["sm_count"]),
+                        human_bytes(x["memory_bytes"].as_u64().unwrap_or(0)),
+                        s(&x["allocation_id"]),
+                        s(&x["project"]),
+                        s(&x["vm"]),
+                    ]
+                });
                 table(
                     &[
                         "SLICE",
@@ -919,31 +902,25 @@ fn run(cli: Cli) -> Result<(), CliError> {
             |v| println!("{}", s(&v["token"])),
         ),
         Cmd::Projects => (api.call("GET", "/v1/projects", None)?, |v| {
-            let rows = v
-                .as_array()
-                .cloned()
-                .unwrap_or_default()
-                .iter()
-                .map(|p| {
-                    vec![
-                        s(&p["name"]),
-                        format!(
-                            "{} / {}",
-                            s(&p["usage"]["allocations"]),
-                            s(&p["quota"]["max_allocations"])
-                        ),
-                        format!(
-                            "{} / {}",
-                            human_bytes(p["usage"]["memory_bytes"].as_u64().unwrap_or(0)),
-                            p["quota"]["max_memory_bytes"]
-                                .as_u64()
-                                .map(human_bytes)
-                                .unwrap_or_else(|| "-".into())
-                        ),
-                        format!("{} / {}", s(&p["usage"]["sm"]), s(&p["quota"]["max_sm"])),
-                    ]
-                })
-                .collect();
+            let rows = rows_of(v, |p| {
+                vec![
+                    s(&p["name"]),
+                    format!(
+                        "{} / {}",
+                        s(&p["usage"]["allocations"]),
+                        s(&p["quota"]["max_allocations"])
+                    ),
+                    format!(
+                        "{} / {}",
+                        human_bytes(p["usage"]["memory_bytes"].as_u64().unwrap_or(0)),
+                        p["quota"]["max_memory_bytes"]
+                            .as_u64()
+                            .map(human_bytes)
+                            .unwrap_or_else(|| "-".into())
+                    ),
+                    format!("{} / {}", s(&p["usage"]["sm"]), s(&p["quota"]["max_sm"])),
+                ]
+            });
             table(&["PROJECT", "ALLOCS (USED / QUOTA)", "MEMORY", "SMS"], rows);
         }),
         Cmd::Completion { .. } | Cmd::Man => unreachable!("answered above"),
